@@ -1,0 +1,48 @@
+/**
+ * @packageDocumentation
+ * The `mesh` command line. `main(argv)` runs one invocation and resolves to its exit code.
+ */
+import { Command, CommanderError } from 'commander'
+import pkg from '../package.json' with { type: 'json' }
+import { registerInit } from './commands/init.ts'
+import { commandContext, type GlobalOptions } from './context.ts'
+import { type CliIo, processIo, reportError } from './io.ts'
+
+export type { CliIo } from './io.ts'
+
+export function createProgram(io: CliIo = processIo): Command {
+  const program = new Command('mesh')
+    .description('Meshnet node: pool computers on a private peer-to-peer mesh and run LLMs across them')
+    .version(pkg.version, '-V, --version', 'print the version')
+    .option('--data-dir <path>', 'where this node keeps its files (default: $MESH_DATA_DIR or ~/.meshnet)')
+    .option('--json', 'print machine-readable JSON')
+    .option('--verbose', 'print debug logs and stack traces')
+    .showHelpAfterError('(run `mesh --help` for usage)')
+    .exitOverride()
+    .configureOutput({
+      writeOut: (text) => io.stdout.write(text),
+      writeErr: (text) => io.stderr.write(text),
+    })
+  const context = (cmd: Command) => commandContext(cmd, io)
+  registerInit(program, context)
+  for (const sub of program.commands) sub.exitOverride().configureOutput(program.configureOutput())
+  return program
+}
+
+/** Runs one `mesh` invocation; resolves to the process exit code. */
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  const program = createProgram(io)
+  try {
+    await program.parseAsync(argv, { from: 'user' })
+    return 0
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // Help and version exit with 0; usage errors were already printed by commander.
+      return err.exitCode === 0 ? 0 : 2
+    }
+    const globals = program.opts<GlobalOptions>()
+    const json = globals.json === true || argv.includes('--json')
+    const verbose = globals.verbose === true || argv.includes('--verbose')
+    return reportError(io, err, { json, verbose })
+  }
+}

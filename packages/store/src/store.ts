@@ -1,0 +1,327 @@
+import { closeSync, existsSync, openSync, readSync, renameSync } from 'node:fs'
+import { DatabaseSync } from 'node:sqlite'
+import { dataDirLayout, type Logger, silentLogger } from '@meshnet/identity'
+import { acquireLock, type DataDirLock } from './lock.ts'
+import { migrate } from './migrations.ts'
+
+const SQLITE_HEADER = Buffer.from('SQLite format 3\u0000', 'latin1')
+
+/** Score a peer starts with, on a 0..1 scale. */
+export const INITIAL_TRUST = 0.5
+
+export interface OpenStoreOptions {
+  /** The node's data directory (the database is `mesh_state.db` inside it). */
+  dataDir: string
+  logger?: Logger
+  /** Clock, in milliseconds; tests pass their own. */
+  now?: () => number
+}
+
+export interface PeerRecord {
+  peerId: string
+  addresses: string[]
+  capabilities: Record<string, unknown>
+  firstSeen: number
+  lastSeen: number
+}
+
+export interface TrustEvent {
+  peerId: string
+  at: number
+  kind: string
+  delta: number
+  /** Score after the event. */
+  score: number
+  reason: string
+}
+
+export type JobStatus = 'queued' | 'running' | 'completed' | 'failed' | 'cancelled'
+
+export interface JobRecord {
+  id: string
+  poolId: string | null
+  model: string
+  mode: string
+  status: JobStatus
+  createdAt: number
+  finishedAt: number | null
+  error: string | null
+  stats: Record<string, unknown>
+}
+
+/** What happened when the store was opened. */
+export interface OpenReport {
+  /** Set when the old database was unusable and moved aside. */
+  recoveredFrom?: { movedTo: string; problem: string }
+  migratedFrom: number
+  schemaVersion: number
+}
+
+/**
+ * The node's durable state. One process at a time holds a data directory's store; the database is
+ * checked on open and a corrupt one is moved aside (never deleted) and replaced by a fresh one.
+ */
+export class MeshStore {
+  readonly path: string
+  readonly report: OpenReport
+  readonly #db: DatabaseSync
+  readonly #lock: DataDirLock
+  readonly #now: () => number
+  #closed = false
+
+  /** Use {@link openStore}. */
+  constructor(db: DatabaseSync, lock: DataDirLock, path: string, report: OpenReport, now: () => number) {
+    this.#db = db
+    this.#lock = lock
+    this.path = path
+    this.report = report
+    this.#now = now
+  }
+
+  /** Records that a peer was seen now, merging its addresses and replacing its capabilities if given. */
+  upsertPeer(
+    peerId: string,
+    update: { addresses?: string[]; capabilities?: Record<string, unknown> } = {},
+  ): PeerRecord {
+    const now = this.#now()
+    const existing = this.getPeer(peerId)
+    const addresses = [...new Set([...(update.addresses ?? []), ...(existing?.addresses ?? [])])].slice(0, 32)
+    const capabilities = update.capabilities ?? existing?.capabilities ?? {}
+    this.#db
+      .prepare(
+        `INSERT INTO peers (peer_id, addresses, capabilities, first_seen, last_seen)
+         VALUES (?, ?, ?, ?, ?)
+         ON CONFLICT (peer_id) DO UPDATE SET addresses = excluded.addresses,
+           capabilities = excluded.capabilities, last_seen = excluded.last_seen`,
+      )
+      .run(peerId, JSON.stringify(addresses), JSON.stringify(capabilities), now, now)
+    return { peerId, addresses, capabilities, firstSeen: existing?.firstSeen ?? now, lastSeen: now }
+  }
+
+  getPeer(peerId: string): PeerRecord | undefined {
+    const row = this.#db.prepare('SELECT * FROM peers WHERE peer_id = ?').get(peerId)
+    return row === undefined ? undefined : peerFromRow(row)
+  }
+
+  /** Peers, most recently seen first. */
+  listPeers(limit = 1000): PeerRecord[] {
+    return this.#db.prepare('SELECT * FROM peers ORDER BY last_seen DESC LIMIT ?').all(limit).map(peerFromRow)
+  }
+
+  /** A peer's trust score (INITIAL_TRUST when nothing is known). */
+  trustScore(peerId: string): number {
+    const row = this.#db.prepare('SELECT score FROM trust WHERE peer_id = ?').get(peerId) as
+      | { score: number }
+      | undefined
+    return row?.score ?? INITIAL_TRUST
+  }
+
+  /** Moves a peer's score by `delta` (clamped to 0..1) and records why. Returns the event. */
+  recordTrustEvent(peerId: string, event: { kind: string; delta: number; reason?: string }): TrustEvent {
+    if (!Number.isFinite(event.delta)) throw new RangeError(`trust delta must be finite, got ${event.delta}`)
+    const at = this.#now()
+    this.#db.exec('BEGIN IMMEDIATE')
+    try {
+      const score = Math.min(1, Math.max(0, this.trustScore(peerId) + event.delta))
+      this.#db
+        .prepare(
+          `INSERT INTO trust (peer_id, score, updated_at) VALUES (?, ?, ?)
+           ON CONFLICT (peer_id) DO UPDATE SET score = excluded.score, updated_at = excluded.updated_at`,
+        )
+        .run(peerId, score, at)
+      this.#db
+        .prepare(
+          'INSERT INTO trust_events (peer_id, at, kind, delta, score, reason) VALUES (?, ?, ?, ?, ?, ?)',
+        )
+        .run(peerId, at, event.kind, event.delta, score, event.reason ?? '')
+      this.#db.exec('COMMIT')
+      return { peerId, at, kind: event.kind, delta: event.delta, score, reason: event.reason ?? '' }
+    } catch (err) {
+      this.#db.exec('ROLLBACK')
+      throw err
+    }
+  }
+
+  /** The most recent trust events for a peer, newest first. */
+  trustEvents(peerId: string, limit = 100): TrustEvent[] {
+    return this.#db
+      .prepare('SELECT * FROM trust_events WHERE peer_id = ? ORDER BY at DESC, id DESC LIMIT ?')
+      .all(peerId, limit)
+      .map((row) => ({
+        peerId: String(row.peer_id),
+        at: Number(row.at),
+        kind: String(row.kind),
+        delta: Number(row.delta),
+        score: Number(row.score),
+        reason: String(row.reason),
+      }))
+  }
+
+  createJob(job: { id: string; poolId?: string | null; model: string; mode: string }): JobRecord {
+    const createdAt = this.#now()
+    this.#db
+      .prepare('INSERT INTO jobs (id, pool_id, model, mode, status, created_at) VALUES (?, ?, ?, ?, ?, ?)')
+      .run(job.id, job.poolId ?? null, job.model, job.mode, 'queued', createdAt)
+    return this.getJob(job.id)!
+  }
+
+  /** Updates a job's status and merges `stats` into what it had. */
+  updateJob(
+    id: string,
+    update: { status?: JobStatus; error?: string | null; stats?: Record<string, unknown> },
+  ): JobRecord {
+    const job = this.getJob(id)
+    if (job === undefined) throw new RangeError(`no job ${id} in ${this.path}`)
+    const status = update.status ?? job.status
+    const finished = status === 'completed' || status === 'failed' || status === 'cancelled'
+    this.#db
+      .prepare('UPDATE jobs SET status = ?, error = ?, stats = ?, finished_at = ? WHERE id = ?')
+      .run(
+        status,
+        update.error === undefined ? job.error : update.error,
+        JSON.stringify({ ...job.stats, ...update.stats }),
+        finished ? (job.finishedAt ?? this.#now()) : null,
+        id,
+      )
+    return this.getJob(id)!
+  }
+
+  getJob(id: string): JobRecord | undefined {
+    const row = this.#db.prepare('SELECT * FROM jobs WHERE id = ?').get(id)
+    return row === undefined ? undefined : jobFromRow(row)
+  }
+
+  /** Jobs, newest first. */
+  listJobs(limit = 100): JobRecord[] {
+    return this.#db
+      .prepare('SELECT * FROM jobs ORDER BY created_at DESC, id LIMIT ?')
+      .all(limit)
+      .map(jobFromRow)
+  }
+
+  /** Closes the database and releases the data-dir lock. Safe to call twice. */
+  close(): void {
+    if (this.#closed) return
+    this.#closed = true
+    try {
+      this.#db.close()
+    } finally {
+      this.#lock.release()
+    }
+  }
+}
+
+type Row = Record<string, unknown>
+
+function peerFromRow(row: Row): PeerRecord {
+  return {
+    peerId: String(row.peer_id),
+    addresses: JSON.parse(String(row.addresses)),
+    capabilities: JSON.parse(String(row.capabilities)),
+    firstSeen: Number(row.first_seen),
+    lastSeen: Number(row.last_seen),
+  }
+}
+
+function jobFromRow(row: Row): JobRecord {
+  return {
+    id: String(row.id),
+    poolId: row.pool_id === null ? null : String(row.pool_id),
+    model: String(row.model),
+    mode: String(row.mode),
+    status: String(row.status) as JobStatus,
+    createdAt: Number(row.created_at),
+    finishedAt: row.finished_at === null ? null : Number(row.finished_at),
+    error: row.error === null ? null : String(row.error),
+    stats: JSON.parse(String(row.stats)),
+  }
+}
+
+/**
+ * Opens `<dataDir>/mesh_state.db`, creating or migrating it. Takes the data-dir lock first (a second
+ * process gets DataDirInUseError). A database that fails its integrity check is renamed to
+ * `mesh_state.db.corrupt-<timestamp>` (with its -wal and -shm files) and a fresh one is created;
+ * the identity key is never touched.
+ */
+export function openStore(options: OpenStoreOptions): MeshStore {
+  const layout = dataDirLayout(options.dataDir)
+  const logger = options.logger ?? silentLogger()
+  const now = options.now ?? Date.now
+  const lock = acquireLock(layout.lockFile, layout.root)
+  try {
+    let recoveredFrom: OpenReport['recoveredFrom']
+    let db: DatabaseSync
+    try {
+      db = openChecked(layout.stateDb)
+    } catch (err) {
+      const movedTo = `${layout.stateDb}.corrupt-${new Date(now()).toISOString().replace(/[:.]/g, '-')}`
+      const problem = (err as Error).message
+      moveAside(layout.stateDb, movedTo)
+      recoveredFrom = { movedTo, problem }
+      logger.warn(
+        { problem, movedTo },
+        `mesh_state.db was corrupt (${problem}); moved it aside and started a fresh database (known peers and trust scores are reset; the identity is unchanged)`,
+      )
+      db = openChecked(layout.stateDb)
+    }
+    let migration: { from: number; to: number }
+    try {
+      migration = migrate(db)
+    } catch (err) {
+      db.close()
+      throw err
+    }
+    return new MeshStore(
+      db,
+      lock,
+      layout.stateDb,
+      {
+        ...(recoveredFrom ? { recoveredFrom } : {}),
+        migratedFrom: migration.from,
+        schemaVersion: migration.to,
+      },
+      now,
+    )
+  } catch (err) {
+    lock.release()
+    throw err
+  }
+}
+
+/** Opens the database and proves it usable; throws (with the handle closed) when it is not. */
+function openChecked(path: string): DatabaseSync {
+  if (existsSync(path)) checkHeader(path)
+  const db = new DatabaseSync(path)
+  try {
+    db.exec('PRAGMA busy_timeout = 5000')
+    db.exec('PRAGMA journal_mode = WAL')
+    db.exec('PRAGMA synchronous = NORMAL')
+    const rows = db.prepare('PRAGMA integrity_check').all() as Array<{ integrity_check: string }>
+    const verdict = rows.map((row) => row.integrity_check)
+    if (verdict.length !== 1 || verdict[0] !== 'ok') {
+      throw new Error(`integrity check failed: ${verdict.slice(0, 3).join('; ')}`)
+    }
+    return db
+  } catch (err) {
+    db.close()
+    throw err
+  }
+}
+
+function checkHeader(path: string): void {
+  const fd = openSync(path, 'r')
+  try {
+    const header = Buffer.alloc(16)
+    const read = readSync(fd, header, 0, 16, 0)
+    if (read === 0) return // an empty file is a valid new database
+    if (read < 16 || !header.equals(SQLITE_HEADER)) throw new Error('not an SQLite database (bad header)')
+  } finally {
+    closeSync(fd)
+  }
+}
+
+function moveAside(dbPath: string, movedTo: string): void {
+  for (const suffix of ['', '-wal', '-shm']) {
+    if (existsSync(dbPath + suffix)) renameSync(dbPath + suffix, movedTo + suffix)
+  }
+}

@@ -1,0 +1,29 @@
+import { readdirSync, readFileSync } from 'node:fs'
+import { join } from 'node:path'
+import { defineConfig } from 'vitest/config'
+
+// One vitest project per workspace package, tested from src/ without a build step: the
+// `meshnet-source` export condition points every @meshnet/* import at the package's TypeScript.
+const conditions = ['meshnet-source', 'module', 'node', 'development|production']
+
+const projects = ['packages', 'apps'].flatMap((group) =>
+  readdirSync(group).map((dir) => {
+    const root = join(group, dir)
+    const { name } = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { name: string }
+    return {
+      extends: true as const,
+      test: { name, root, include: ['src/**/*.test.ts', 'test/**/*.test.ts'] },
+    }
+  }),
+)
+
+export default defineConfig({
+  resolve: { conditions },
+  ssr: { resolve: { conditions, externalConditions: ['meshnet-source'] } },
+  test: {
+    projects,
+    testTimeout: 30_000,
+    hookTimeout: 30_000,
+    pool: 'forks',
+  },
+})
