@@ -1,0 +1,25 @@
+import { execFile } from 'node:child_process'
+import { join } from 'node:path'
+
+export const BIN = join(import.meta.dirname, '..', 'src', 'bin.ts')
+
+export interface MeshResult {
+  code: number
+  stdout: string
+  stderr: string
+}
+
+/** Runs the real `mesh` CLI from source in a child process. */
+export function runMesh(args: string[], env: Record<string, string> = {}): Promise<MeshResult> {
+  return new Promise((resolve) => {
+    execFile(
+      process.execPath,
+      ['--conditions=meshnet-source', BIN, ...args],
+      { env: { ...process.env, MESH_LOG: '', ...env }, timeout: 60_000 },
+      (error, stdout, stderr) => {
+        const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1
+        resolve({ code, stdout, stderr })
+      },
+    )
+  })
+}

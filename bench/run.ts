@@ -1,0 +1,28 @@
+// `pnpm bench`: runs every benchmark in this folder, one child process each, in name order.
+// Each prints its own table; figures are ratios against a reference measured in the same run.
+import { spawnSync } from 'node:child_process'
+import { readdirSync } from 'node:fs'
+import { join } from 'node:path'
+
+const only = process.argv.slice(2)
+const benches = readdirSync(import.meta.dirname)
+  .filter((file) => file.endsWith('.bench.ts'))
+  .filter((file) => only.length === 0 || only.some((name) => file.startsWith(name)))
+  .sort()
+if (benches.length === 0) {
+  console.log('no benchmarks matched')
+  process.exit(only.length === 0 ? 0 : 1)
+}
+let failed = 0
+for (const file of benches) {
+  console.log(`\n=== ${file}`)
+  const result = spawnSync(
+    process.execPath,
+    ['--conditions=meshnet-source', join(import.meta.dirname, file)],
+    {
+      stdio: 'inherit',
+    },
+  )
+  if (result.status !== 0) failed++
+}
+process.exit(failed === 0 ? 0 : 1)
