@@ -1,0 +1,221 @@
+import { type GossipSub, type Message, TopicValidatorResult } from '@libp2p/gossipsub'
+import { type Logger, type NodeIdentity, silentLogger } from '@meshnet/identity'
+import {
+  type Announcement,
+  AnnouncementError,
+  type Capabilities,
+  decodeAnnouncement,
+  encodeAnnouncement,
+} from './announcement.ts'
+import { RingMembership, type RingView } from './membership.ts'
+
+/** The gossipsub topic of a pool's ring. */
+export function ringTopic(poolId: string): string {
+  return `/meshnet/ring/1.0.0/${poolId}`
+}
+
+export interface RingGossipInit {
+  poolId: string
+  identity: NodeIdentity
+  /** This node's pool certificate, carried in every announcement. */
+  certificate: Uint8Array
+  capabilities: Capabilities
+  /** This node's current dialable addresses. */
+  addresses: () => string[]
+  /**
+   * Checks an announcement's certificate against the pool (signature, expiry, revocation, that it
+   * belongs to the announcing key). Returns a reason to refuse it, or undefined to accept.
+   */
+  verifyMember: (announcement: Announcement) => string | undefined
+  /** Announcement interval once the ring has converged. Default 2000 ms. */
+  heartbeatMs?: number
+  /** Announcement interval while it has not. Default 250 ms. */
+  fastHeartbeatMs?: number
+  /** A member not heard from for this long is dropped. Default 3 × heartbeatMs + 500 ms. */
+  failureTimeoutMs?: number
+  logger?: Logger
+}
+
+export interface RingGossipComponents {
+  pubsub: GossipSub
+}
+
+export interface RingGossipStats {
+  sent: { messages: number; bytes: number }
+  received: { messages: number; bytes: number; accepted: number }
+  dropped: Record<string, number>
+}
+
+/** Emitted whenever the view (members, epoch, convergence) changes. */
+export type RingViewEvent = CustomEvent<RingView>
+
+/**
+ * Gossips signed membership announcements on a pool's topic and keeps the ring view. Start and
+ * stop it; listen for `view` events.
+ */
+export class RingGossip extends EventTarget {
+  readonly topic: string
+  readonly #init: RingGossipInit
+  readonly #pubsub: GossipSub
+  readonly #membership: RingMembership
+  readonly #logger: Logger
+  readonly #heartbeatMs: number
+  readonly #fastHeartbeatMs: number
+  readonly #stats: RingGossipStats = {
+    sent: { messages: 0, bytes: 0 },
+    received: { messages: 0, bytes: 0, accepted: 0 },
+    dropped: {},
+  }
+  #timer: NodeJS.Timeout | undefined
+  #soon: NodeJS.Timeout | undefined
+  #running = false
+  #lastEmitted = ''
+  #capabilities: Capabilities
+
+  constructor(init: RingGossipInit, components: RingGossipComponents) {
+    super()
+    this.#init = init
+    this.#pubsub = components.pubsub
+    this.topic = ringTopic(init.poolId)
+    this.#logger = init.logger ?? silentLogger()
+    this.#capabilities = init.capabilities
+    this.#heartbeatMs = init.heartbeatMs ?? 2_000
+    this.#fastHeartbeatMs = init.fastHeartbeatMs ?? 250
+    this.#membership = new RingMembership({
+      self: { nodeId: init.identity.nodeId, addresses: init.addresses(), capabilities: init.capabilities },
+      failureTimeoutMs: init.failureTimeoutMs ?? 3 * this.#heartbeatMs + 500,
+    })
+  }
+
+  view(): RingView {
+    return this.#membership.view()
+  }
+
+  stats(): RingGossipStats {
+    return structuredClone(this.#stats)
+  }
+
+  start(): void {
+    if (this.#running) return
+    this.#running = true
+    this.#pubsub.topicValidators.set(this.topic, (_peer, message) => this.#validate(message))
+    this.#pubsub.subscribe(this.topic)
+    this.#tick()
+  }
+
+  /** Announces that this node leaves (so peers re-plan at once), then stops. */
+  async stop(): Promise<void> {
+    if (!this.#running) return
+    this.#running = false
+    clearTimeout(this.#timer)
+    clearTimeout(this.#soon)
+    await this.#publish(true).catch(() => {})
+    this.#pubsub.unsubscribe(this.topic)
+    this.#pubsub.topicValidators.delete(this.topic)
+  }
+
+  /** Tells the ring a peer's connection closed; it is dropped now rather than at its timeout. */
+  peerDisconnected(nodeId: string): void {
+    if (this.#membership.remove(nodeId)) {
+      this.#logger.info({ nodeId }, 'ring member disconnected')
+      this.#afterChange()
+    }
+  }
+
+  /** Changes what this node offers (a new epoch when the plan inputs change). */
+  updateCapabilities(capabilities: Capabilities): void {
+    this.#capabilities = capabilities
+    this.#membership.updateSelf({ capabilities })
+    this.#afterChange()
+  }
+
+  #validate(message: Message): TopicValidatorResult {
+    this.#stats.received.messages++
+    this.#stats.received.bytes += message.data.length
+    let announcement: Announcement
+    try {
+      announcement = decodeAnnouncement(message.data, this.#init.poolId)
+    } catch (err) {
+      this.#drop(err instanceof AnnouncementError ? err.reason : 'malformed')
+      return TopicValidatorResult.Reject
+    }
+    if (message.type === 'signed' && message.from.toString() !== announcement.nodeId) {
+      // Forwarded messages keep their origin's gossipsub signature, so `from` is the announcer.
+      this.#drop('origin-mismatch')
+      return TopicValidatorResult.Reject
+    }
+    const refusal = this.#init.verifyMember(announcement)
+    if (refusal !== undefined) {
+      this.#drop('untrusted')
+      this.#logger.warn({ nodeId: announcement.nodeId, refusal }, 'refused a ring announcement')
+      return TopicValidatorResult.Reject
+    }
+    const result = this.#membership.apply(announcement)
+    if (result === 'stale') return TopicValidatorResult.Ignore
+    this.#stats.received.accepted++
+    this.#afterChange()
+    return TopicValidatorResult.Accept
+  }
+
+  #drop(reason: string): void {
+    this.#stats.dropped[reason] = (this.#stats.dropped[reason] ?? 0) + 1
+  }
+
+  #afterChange(): void {
+    const view = this.#membership.view()
+    const key = `${view.epoch}/${view.digest}/${view.converged}`
+    if (key !== this.#lastEmitted) {
+      this.#lastEmitted = key
+      this.dispatchEvent(new CustomEvent('view', { detail: view }))
+      // Tell the others at once so that a change spreads in one round trip, not one heartbeat.
+      if (this.#running && this.#soon === undefined) {
+        this.#soon = setTimeout(() => {
+          this.#soon = undefined
+          void this.#publish(false)
+        }, 10)
+      }
+    }
+  }
+
+  #tick(): void {
+    if (!this.#running) return
+    if (this.#membership.expire().length > 0) this.#afterChange()
+    void this.#publish(false)
+    const interval = this.#membership.view().converged ? this.#heartbeatMs : this.#fastHeartbeatMs
+    this.#timer = setTimeout(() => this.#tick(), interval)
+  }
+
+  async #publish(leaving: boolean): Promise<void> {
+    const data = encodeAnnouncement(this.#init.identity, {
+      v: 1,
+      poolId: this.#init.poolId,
+      nodeId: this.#init.identity.nodeId,
+      publicKey: this.#init.identity.publicKey,
+      addresses: this.#init.addresses().slice(0, 16),
+      certificate: this.#init.certificate,
+      capabilities: this.#capabilities,
+      seq: nextSeq(),
+      view: this.#membership.selfView,
+      leaving,
+    })
+    try {
+      await this.#pubsub.publish(this.topic, data)
+      this.#stats.sent.messages++
+      this.#stats.sent.bytes += data.length
+    } catch (err) {
+      this.#logger.debug({ err: (err as Error).message }, 'ring announcement not published')
+    }
+  }
+}
+
+let lastSeq = 0
+/** Milliseconds since the epoch, strictly increasing within this process. */
+function nextSeq(): number {
+  lastSeq = Math.max(lastSeq + 1, Date.now())
+  return lastSeq
+}
+
+/** Factory in the style of libp2p services: configuration now, dependencies at construction. */
+export function ringGossip(init: RingGossipInit): (components: RingGossipComponents) => RingGossip {
+  return (components) => new RingGossip(init, components)
+}

@@ -1,0 +1,24 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('./index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "ANNOUNCEMENT_DOMAIN",
+      "AnnouncementError",
+      "MAX_ANNOUNCEMENT_BYTES",
+      "RingGossip",
+      "RingMembership",
+      "ShardPlanError",
+      "apportion",
+      "decodeAnnouncement",
+      "encodeAnnouncement",
+      "planPipeline",
+      "planTensor",
+      "readTopologyFile",
+      "ringGossip",
+      "ringTopic",
+      "topologyOf",
+      "writeTopologyFile",
+    ]
+  `)
+})
