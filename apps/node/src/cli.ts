@@ -5,6 +5,8 @@
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
 import { registerInit } from './commands/init.ts'
+import { registerStart } from './commands/start.ts'
+import { registerStatus } from './commands/status.ts'
 import { commandContext, type GlobalOptions } from './context.ts'
 import { type CliIo, processIo, reportError } from './io.ts'
 
@@ -23,8 +25,10 @@ export function createProgram(io: CliIo = processIo): Command {
       writeOut: (text) => io.stdout.write(text),
       writeErr: (text) => io.stderr.write(text),
     })
-  const context = (cmd: Command) => commandContext(cmd, io)
+  const context = (cmd: Command, app?: string) => commandContext(cmd, io, app)
   registerInit(program, context)
+  registerStart(program, context)
+  registerStatus(program, context)
   for (const sub of program.commands) sub.exitOverride().configureOutput(program.configureOutput())
   return program
 }

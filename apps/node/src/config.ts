@@ -3,6 +3,7 @@ import { hostname } from 'node:os'
 import { CorruptFileError, InvalidArgumentError, writeFileAtomic } from '@meshnet/identity'
 import { parse, stringify } from 'yaml'
 import { z } from 'zod'
+import { agentSettingsSchema } from './agent/settings.ts'
 
 export const networkIdSchema = z
   .string()
@@ -17,8 +18,8 @@ export const nodeNameSchema = z
   .max(64, 'at most 64 characters')
   .regex(/^[^\p{Cc}]+$/u, 'no control characters')
 
-/** `<data-dir>/config.yaml`: the node's settings. Later issues add agent options here. */
-export const nodeConfigSchema = z.strictObject({
+/** `<data-dir>/config.yaml`: the node's identity settings plus any agent settings (see settings.ts). */
+export const nodeConfigSchema = agentSettingsSchema.extend({
   networkId: networkIdSchema,
   name: nodeNameSchema,
 })

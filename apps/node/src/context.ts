@@ -18,14 +18,18 @@ export interface CommandContext {
   logger: Logger
 }
 
+/**
+ * Builds the context for one command. One-shot commands (app `cli`) keep stderr to warnings unless
+ * MESH_LOG or --verbose asks for more; daemons (`agent`, ...) log at MESH_LOG's level (default info).
+ */
 export function commandContext(cmd: Command, io: CliIo, app = 'cli'): CommandContext {
   const globals = cmd.optsWithGlobals<GlobalOptions>()
   const dataDir = resolveDataDir({ dataDir: globals.dataDir, env: io.env })
-  // One-shot commands keep stderr to warnings unless MESH_LOG asks for more; the file gets MESH_LOG.
   const logger = createLogger({
     app,
     file: `${dataDir}/logs/${app}.log`,
-    stderrLevel: io.env.MESH_LOG ? undefined : globals.verbose ? 'debug' : 'warn',
+    level: globals.verbose && !io.env.MESH_LOG ? 'debug' : undefined,
+    stderrLevel: io.env.MESH_LOG || app !== 'cli' ? undefined : globals.verbose ? 'debug' : 'warn',
     stderr: io.stderr,
   })
   return { dataDir, json: globals.json === true, verbose: globals.verbose === true, io, logger }

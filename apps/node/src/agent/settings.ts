@@ -1,0 +1,91 @@
+import { readFile } from 'node:fs/promises'
+import { CorruptFileError, InvalidArgumentError } from '@meshnet/identity'
+import { parse } from 'yaml'
+import { z } from 'zod'
+
+/** Multicast group, port and interval of LAN beacons unless configured otherwise. */
+export const BEACON_DEFAULTS = { group: '239.192.0.1', port: 42424, intervalMs: 5_000 } as const
+
+const multiaddr = z.string().regex(/^\/[a-z0-9]+\//i, 'a multiaddr such as /ip4/192.168.1.5/tcp/4001')
+
+/**
+ * Agent settings: the same fields in `<data-dir>/config.yaml`, in a `--config <file.yaml>`, and as
+ * `mesh start` flags (flags win, then --config, then the data dir's file).
+ */
+export const agentSettingsSchema = z.strictObject({
+  /** Addresses to listen on. Default: all interfaces, random TCP port (127.0.0.1 with localOnly). */
+  listen: z.array(multiaddr).max(16).optional(),
+  /** Peers to connect to first: full multiaddrs ending in /p2p/<id>. */
+  bootstrap: z.array(multiaddr).max(64).optional(),
+  /** Kademlia DHT on (server mode on a LAN). */
+  dht: z.boolean().optional(),
+  /** mDNS discovery on the LAN. */
+  mdns: z.boolean().optional(),
+  /** Circuit relays to reserve a slot on when this node is not reachable directly. */
+  relay: z.array(multiaddr).max(8).optional(),
+  /** GGUF model this node serves. */
+  model: z.string().min(1).optional(),
+  /** Keep every packet on this machine (tests, demos). */
+  localOnly: z.boolean().optional(),
+  /** Sign any LAN join request for pools this node administers. */
+  autoApprove: z.boolean().optional(),
+  beacon: z
+    .strictObject({
+      group: z.ipv4().optional(),
+      port: z.number().int().min(1).max(65535).optional(),
+      interface: z.ipv4().optional(),
+      intervalMs: z.number().int().min(100).max(600_000).optional(),
+    })
+    .optional(),
+})
+export type AgentSettings = z.infer<typeof agentSettingsSchema>
+
+/** Reads a settings file (YAML); errors name the file and the field. */
+export async function readSettingsFile(
+  path: string,
+  schema: z.ZodType = agentSettingsSchema,
+): Promise<AgentSettings> {
+  let text: string
+  try {
+    text = await readFile(path, 'utf8')
+  } catch (err) {
+    throw new InvalidArgumentError(`cannot read config file ${path}: ${(err as Error).message}`, {
+      cause: err,
+    })
+  }
+  let doc: unknown
+  try {
+    doc = parse(text) ?? {}
+  } catch (err) {
+    throw new CorruptFileError(`${path} is not valid YAML: ${(err as Error).message}`, { cause: err })
+  }
+  const parsed = schema.safeParse(doc)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    throw new InvalidArgumentError(`${path}: ${issue.path.join('.') || 'document'}: ${issue.message}`)
+  }
+  return parsed.data as AgentSettings
+}
+
+/** Validates merged settings; the error names the field (`listen.0: a multiaddr such as ...`). */
+export function parseSettings<T>(schema: z.ZodType<T>, value: unknown): T {
+  const parsed = schema.safeParse(value)
+  if (parsed.success) return parsed.data
+  const issue = parsed.error.issues[0]!
+  throw new InvalidArgumentError(`setting ${issue.path.join('.') || 'value'}: ${issue.message}`, {
+    hint: 'check the flag, --config file or config.yaml that sets it',
+  })
+}
+
+/** Later sources win field by field; `beacon` merges key by key. */
+export function mergeSettings(...sources: AgentSettings[]): AgentSettings {
+  const out: AgentSettings = {}
+  for (const source of sources) {
+    for (const [key, value] of Object.entries(source) as Array<[keyof AgentSettings, unknown]>) {
+      if (value === undefined) continue
+      if (key === 'beacon') out.beacon = { ...out.beacon, ...(value as AgentSettings['beacon']) }
+      else (out as Record<string, unknown>)[key] = value
+    }
+  }
+  return out
+}

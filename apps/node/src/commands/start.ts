@@ -1,0 +1,127 @@
+import { ensureDataDir, InvalidArgumentError } from '@meshnet/identity'
+import type { Command } from 'commander'
+import { type AgentPartFactory, startAgent } from '../agent/agent.ts'
+import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
+import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
+import type { CommandContext } from '../context.ts'
+import { printFields, printJson } from '../io.ts'
+
+interface StartFlags {
+  config?: string
+  localOnly?: boolean
+  listen?: string[]
+  bootstrap?: string[]
+  mdns?: boolean
+  dht?: boolean
+  relay?: string[]
+  model?: string
+  autoApprove?: boolean
+  beaconInterface?: string
+  beaconPort?: string
+  beaconGroup?: string
+  beaconInterval?: string
+}
+
+const collect = (value: string, previous: string[] = []) => [...previous, value]
+
+/** Agent parts, in start order; later issues append theirs. */
+export const agentParts: AgentPartFactory[] = []
+
+export function registerStart(
+  program: Command,
+  context: (cmd: Command, app?: string) => CommandContext,
+): void {
+  program
+    .command('start')
+    .description('run the agent: beacons, pools, the libp2p node and the local control API, until stopped')
+    .option('--config <file.yaml>', 'settings file (same fields as config.yaml in the data dir)')
+    .option(
+      '--local-only',
+      'keep every packet on this machine: 127.0.0.1 only, beacons on loopback, no mDNS/UPnP/AutoNAT',
+    )
+    .option('--listen <multiaddr>', 'address to listen on (repeatable)', collect)
+    .option('--bootstrap <multiaddr>', 'peer to connect to first, ending in /p2p/<id> (repeatable)', collect)
+    .option('--no-mdns', 'turn mDNS discovery off')
+    .option('--no-dht', 'turn the Kademlia DHT off')
+    .option('--relay <multiaddr>', 'circuit relay to reserve a slot on (repeatable)', collect)
+    .option('--model <path.gguf>', 'GGUF model this node serves')
+    .option(
+      '--auto-approve',
+      'sign every LAN join request for pools this node administers (unsafe on shared LANs)',
+    )
+    .option('--beacon-interface <ip>', 'IPv4 address of the interface LAN beacons use')
+    .option('--beacon-port <port>', 'UDP port of LAN beacons (default 42424)')
+    .option('--beacon-group <ip>', 'multicast group of LAN beacons (default 239.192.0.1)')
+    .option('--beacon-interval <ms>', 'milliseconds between presence beacons (default 5000)')
+    .action(async (flags: StartFlags, cmd: Command) => {
+      const ctx = context(cmd, 'agent')
+      const layout = await ensureDataDir(ctx.dataDir)
+      const stored = (await readNodeConfig(layout.config)) ?? defaultNodeConfig()
+      const fromFile = flags.config === undefined ? {} : await readSettingsFile(flags.config)
+      const config = parseSettings(nodeConfigSchema, {
+        ...stored,
+        ...mergeSettings(stored, fromFile, settingsFromFlags(flags)),
+      })
+
+      const agent = await startAgent({ dataDir: ctx.dataDir, config, logger: ctx.logger, parts: agentParts })
+      const status = agent.status()
+      if (ctx.json) printJson(ctx.io, { event: 'started', ...status, controlPort: agent.controlPort })
+      else {
+        ctx.io.stdout.write('Meshnet agent running (Ctrl+C to stop)\n')
+        printFields(ctx.io, [
+          ['Node ID', agent.identity.nodeId],
+          ['Name', config.name],
+          ['Data dir', ctx.dataDir],
+          ['Control API', `127.0.0.1:${agent.controlPort}`],
+          ['Local only', config.localOnly === true ? 'yes' : undefined],
+        ])
+      }
+      ctx.logger.info({ nodeId: agent.identity.nodeId, controlPort: agent.controlPort }, 'agent started')
+      await waitForSignal()
+      ctx.logger.info('stopping')
+      await agent.stop()
+      ctx.logger.info('agent stopped')
+      if (ctx.json) printJson(ctx.io, { event: 'stopped' })
+      else ctx.io.stdout.write('Agent stopped\n')
+    })
+}
+
+function waitForSignal(): Promise<void> {
+  return new Promise((resolve) => {
+    const done = () => {
+      process.off('SIGINT', done)
+      process.off('SIGTERM', done)
+      resolve()
+    }
+    process.on('SIGINT', done)
+    process.on('SIGTERM', done)
+  })
+}
+
+function settingsFromFlags(flags: StartFlags): AgentSettings {
+  const number = (flag: string, value: string | undefined) => {
+    if (value === undefined) return undefined
+    const n = Number(value)
+    if (!Number.isInteger(n) || n <= 0)
+      throw new InvalidArgumentError(`${flag} ${JSON.stringify(value)}: not a positive whole number`)
+    return n
+  }
+  const beacon = {
+    interface: flags.beaconInterface,
+    port: number('--beacon-port', flags.beaconPort),
+    group: flags.beaconGroup,
+    intervalMs: number('--beacon-interval', flags.beaconInterval),
+  }
+  return {
+    listen: flags.listen,
+    bootstrap: flags.bootstrap,
+    relay: flags.relay,
+    model: flags.model,
+    localOnly: flags.localOnly,
+    autoApprove: flags.autoApprove,
+    // commander sets --no-x flags to true by default; only an explicit --no-x means false.
+    mdns: flags.mdns === false ? false : undefined,
+    dht: flags.dht === false ? false : undefined,
+    beacon: Object.values(beacon).some((v) => v !== undefined) ? beacon : undefined,
+  }
+}

@@ -1,0 +1,62 @@
+import { dataDirLayout } from '@meshnet/identity'
+import type { Command } from 'commander'
+import { connectAgent } from '../agent/control-api.ts'
+import type { CommandContext } from '../context.ts'
+import { printFields, printJson } from '../io.ts'
+
+interface AgentStatus {
+  nodeId: string
+  name: string
+  networkId: string
+  version: string
+  pid: number
+  startedAt: string
+  libp2p?: { addresses: string[]; connections: number }
+}
+
+export function registerStatus(program: Command, context: (cmd: Command) => CommandContext): void {
+  program
+    .command('status')
+    .description('show what the running agent on this data dir is doing')
+    .action(async (_flags: unknown, cmd: Command) => {
+      const ctx = context(cmd)
+      const agent = await connectAgent(dataDirLayout(ctx.dataDir))
+      const status = await agent.request<AgentStatus & Record<string, unknown>>('GET', '/status')
+      if (ctx.json) return printJson(ctx.io, status)
+      printFields(ctx.io, [
+        ['Node ID', status.nodeId],
+        ['Name', status.name],
+        ['Network ID', status.networkId],
+        ['Agent', `pid ${status.pid}, version ${status.version}, up since ${status.startedAt}`],
+        ['Connections', status.libp2p?.connections],
+      ])
+      for (const address of status.libp2p?.addresses ?? []) ctx.io.stdout.write(`  ${address}\n`)
+    })
+
+  program
+    .command('info')
+    .description('print this node’s id and, when its agent runs, the full multiaddrs to give to others')
+    .action(async (_flags: unknown, cmd: Command) => {
+      const ctx = context(cmd)
+      const layout = dataDirLayout(ctx.dataDir)
+      const { loadIdentity } = await import('@meshnet/identity')
+      const { identity } = await loadIdentity(layout.identityKey)
+      let addresses: string[] | undefined
+      try {
+        const agent = await connectAgent(layout)
+        addresses = (await agent.request<AgentStatus>('GET', '/status')).libp2p?.addresses ?? []
+      } catch (err) {
+        if ((err as Error).name !== 'AgentNotRunningError') throw err
+      }
+      if (ctx.json)
+        return printJson(ctx.io, {
+          nodeId: identity.nodeId,
+          agentRunning: addresses !== undefined,
+          addresses: addresses ?? [],
+        })
+      printFields(ctx.io, [['Node ID', identity.nodeId]])
+      if (addresses === undefined)
+        ctx.io.stdout.write('Addresses: none (no agent is running; start one with `mesh start`)\n')
+      else for (const address of addresses) ctx.io.stdout.write(`${address}\n`)
+    })
+}

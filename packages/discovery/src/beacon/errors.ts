@@ -1,0 +1,28 @@
+import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import type { BeaconDropReason } from './envelope.ts'
+
+/** A datagram was refused; `reason` is the counter it is dropped under. */
+export class BeaconDropError extends MeshError {
+  override name = 'BeaconDropError' as const
+  readonly reason: BeaconDropReason
+  constructor(reason: BeaconDropReason, message: string) {
+    super('ERR_BEACON_DROPPED', message)
+    this.reason = reason
+  }
+}
+
+/** A beacon to send does not fit in one datagram. */
+export class BeaconTooLargeError extends MeshError {
+  override name = 'BeaconTooLargeError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_BEACON_TOO_LARGE', message, options)
+  }
+}
+
+/** The beacon socket could not be opened, joined to the group or used to send. */
+export class BeaconSocketError extends MeshError {
+  override name = 'BeaconSocketError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_BEACON_SOCKET', message, options)
+  }
+}
