@@ -31,7 +31,8 @@ export interface AgentPart {
   routes?: ControlRoutes
 }
 
-export type AgentPartFactory = (context: AgentContext) => AgentPart | Promise<AgentPart>
+/** Builds the agent's parts (no I/O here); they start in the order returned. */
+export type AgentParts = (context: AgentContext) => AgentPart[]
 
 export interface RunningAgent {
   readonly identity: NodeIdentity
@@ -48,7 +49,7 @@ export async function startAgent(options: {
   dataDir: string
   config: NodeConfig
   logger: Logger
-  parts: AgentPartFactory[]
+  parts: AgentParts
 }): Promise<RunningAgent> {
   const { logger } = options
   const layout = await ensureDataDir(options.dataDir)
@@ -76,8 +77,7 @@ export async function startAgent(options: {
   }
 
   try {
-    for (const factory of options.parts) {
-      const part = await factory(context)
+    for (const part of options.parts(context)) {
       await part.start()
       started.push(part)
       logger.debug({ part: part.name }, 'started')

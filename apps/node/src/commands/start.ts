@@ -1,6 +1,8 @@
 import { ensureDataDir, InvalidArgumentError } from '@meshnet/identity'
 import type { Command } from 'commander'
-import { type AgentPartFactory, startAgent } from '../agent/agent.ts'
+import { type AgentParts, startAgent } from '../agent/agent.ts'
+import { beaconsPart } from '../agent/beacons-part.ts'
+import { poolPart } from '../agent/pool-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
 import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
 import type { CommandContext } from '../context.ts'
@@ -24,8 +26,11 @@ interface StartFlags {
 
 const collect = (value: string, previous: string[] = []) => [...previous, value]
 
-/** Agent parts, in start order; later issues append theirs. */
-export const agentParts: AgentPartFactory[] = []
+/** The agent's parts, in start order. */
+const agentParts: AgentParts = (context) => {
+  const beacons = beaconsPart(context)
+  return [beacons, poolPart(context, beacons)]
+}
 
 export function registerStart(
   program: Command,

@@ -1,0 +1,62 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { access } from 'node:fs/promises'
+import { join } from 'node:path'
+import { BIN } from './run-mesh.ts'
+
+export interface AgentProcess {
+  readonly process: ChildProcess
+  /** Everything the agent printed so far (stdout and stderr). */
+  output(): string
+  /** SIGTERM and wait for a clean exit; returns the exit code. */
+  stop(): Promise<number | null>
+  /** SIGKILL (a crash). */
+  kill(): Promise<void>
+}
+
+/** Starts `mesh start` as a real child process and waits until its control API is up. */
+export async function startAgentProcess(dataDir: string, args: string[] = []): Promise<AgentProcess> {
+  const child = spawn(
+    process.execPath,
+    ['--conditions=meshnet-source', BIN, 'start', '--data-dir', dataDir, ...args],
+    {
+      env: { ...process.env, MESH_LOG: 'debug' },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  let output = ''
+  child.stdout!.on('data', (chunk) => (output += chunk))
+  child.stderr!.on('data', (chunk) => (output += chunk))
+  const exited = once(child, 'exit')
+  const agent: AgentProcess = {
+    process: child,
+    output: () => output,
+    async stop() {
+      if (child.exitCode !== null) return child.exitCode
+      child.kill('SIGTERM')
+      const [code] = await exited
+      return code as number | null
+    },
+    async kill() {
+      if (child.exitCode !== null) return
+      child.kill('SIGKILL')
+      await exited
+    },
+  }
+  for (let i = 0; i < 300; i++) {
+    if (child.exitCode !== null) throw new Error(`agent exited early (code ${child.exitCode}):\n${output}`)
+    try {
+      await access(join(dataDir, 'agent.json'))
+      return agent
+    } catch {
+      await new Promise((resolve) => setTimeout(resolve, 50))
+    }
+  }
+  await agent.kill()
+  throw new Error(`agent did not start within 15 s:\n${output}`)
+}
+
+/** A UDP port for one test's beacons, so that test files running side by side do not hear each other. */
+export function beaconPort(): string {
+  return String(43_000 + Math.floor(Math.random() * 10_000))
+}
