@@ -5,6 +5,7 @@
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
 import { registerInit } from './commands/init.ts'
+import { registerModelCreate } from './commands/model-create.ts'
 import { registerPool } from './commands/pool.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
@@ -28,6 +29,7 @@ export function createProgram(io: CliIo = processIo): Command {
     })
   const context = (cmd: Command, app?: string) => commandContext(cmd, io, app)
   registerInit(program, context)
+  registerModelCreate(program, context)
   registerStart(program, context)
   registerPool(program, context)
   registerStatus(program, context)
