@@ -8,6 +8,8 @@ it('exports exactly the public surface', async () => {
       "MeshStore",
       "SchemaTooNewError",
       "acquireLock",
+      "migrate",
+      "openSqlite",
       "openStore",
     ]
   `)

@@ -6,6 +6,8 @@
  */
 export type { DataDirLock } from './lock.ts'
 export { acquireLock } from './lock.ts'
-export { MIGRATIONS, SchemaTooNewError } from './migrations.ts'
-export type { JobRecord, JobStatus, OpenReport, OpenStoreOptions, PeerRecord, TrustEvent } from './store.ts'
+export { MIGRATIONS, migrate, SchemaTooNewError } from './migrations.ts'
+export type { OpenedSqlite, OpenReport, OpenSqliteOptions } from './sqlite.ts'
+export { openSqlite } from './sqlite.ts'
+export type { JobRecord, JobStatus, OpenStoreOptions, PeerRecord, TrustEvent } from './store.ts'
 export { INITIAL_TRUST, MeshStore, openStore } from './store.ts'

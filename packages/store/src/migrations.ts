@@ -50,19 +50,27 @@ export const MIGRATIONS: readonly string[] = [
    CREATE INDEX jobs_created ON jobs (created_at);`,
 ]
 
-/** Brings `db` to the newest schema; returns the versions before and after. */
-export function migrate(db: DatabaseSync): { from: number; to: number } {
+/**
+ * Brings `db` to the newest of `migrations` (one transaction each; `PRAGMA user_version` counts
+ * those that ran); returns the versions before and after. `name` is used in errors.
+ */
+export function migrate(
+  db: DatabaseSync,
+  migrations: readonly string[] = MIGRATIONS,
+  name = 'mesh_state.db',
+  upgradeHint = 'upgrade Meshnet',
+): { from: number; to: number } {
   const from = Number((db.prepare('PRAGMA user_version').get() as { user_version: number }).user_version)
-  if (from > MIGRATIONS.length) {
+  if (from > migrations.length) {
     throw new SchemaTooNewError(
-      `mesh_state.db has schema version ${from}, newer than this build knows (${MIGRATIONS.length})`,
-      'upgrade Meshnet; the database was left as it is',
+      `${name} has schema version ${from}, newer than this build knows (${migrations.length})`,
+      `${upgradeHint}; the database was left as it is`,
     )
   }
-  for (let version = from; version < MIGRATIONS.length; version++) {
+  for (let version = from; version < migrations.length; version++) {
     db.exec('BEGIN IMMEDIATE')
     try {
-      db.exec(MIGRATIONS[version]!)
+      db.exec(migrations[version]!)
       db.exec(`PRAGMA user_version = ${version + 1}`)
       db.exec('COMMIT')
     } catch (err) {
@@ -70,5 +78,5 @@ export function migrate(db: DatabaseSync): { from: number; to: number } {
       throw err
     }
   }
-  return { from, to: MIGRATIONS.length }
+  return { from, to: migrations.length }
 }

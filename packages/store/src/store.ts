@@ -1,10 +1,8 @@
-import { closeSync, existsSync, openSync, readSync, renameSync } from 'node:fs'
-import { DatabaseSync } from 'node:sqlite'
-import { dataDirLayout, type Logger, silentLogger } from '@meshnet/identity'
-import { acquireLock, type DataDirLock } from './lock.ts'
-import { migrate } from './migrations.ts'
-
-const SQLITE_HEADER = Buffer.from('SQLite format 3\u0000', 'latin1')
+import type { DatabaseSync } from 'node:sqlite'
+import { dataDirLayout, type Logger } from '@meshnet/identity'
+import type { DataDirLock } from './lock.ts'
+import { MIGRATIONS } from './migrations.ts'
+import { type OpenReport, openSqlite } from './sqlite.ts'
 
 /** Score a peer starts with, on a 0..1 scale. */
 export const INITIAL_TRUST = 0.5
@@ -47,14 +45,6 @@ export interface JobRecord {
   finishedAt: number | null
   error: string | null
   stats: Record<string, unknown>
-}
-
-/** What happened when the store was opened. */
-export interface OpenReport {
-  /** Set when the old database was unusable and moved aside. */
-  recoveredFrom?: { movedTo: string; problem: string }
-  migratedFrom: number
-  schemaVersion: number
 }
 
 /**
@@ -245,83 +235,15 @@ function jobFromRow(row: Row): JobRecord {
  */
 export function openStore(options: OpenStoreOptions): MeshStore {
   const layout = dataDirLayout(options.dataDir)
-  const logger = options.logger ?? silentLogger()
   const now = options.now ?? Date.now
-  const lock = acquireLock(layout.lockFile, layout.root)
-  try {
-    let recoveredFrom: OpenReport['recoveredFrom']
-    let db: DatabaseSync
-    try {
-      db = openChecked(layout.stateDb)
-    } catch (err) {
-      const movedTo = `${layout.stateDb}.corrupt-${new Date(now()).toISOString().replace(/[:.]/g, '-')}`
-      const problem = (err as Error).message
-      moveAside(layout.stateDb, movedTo)
-      recoveredFrom = { movedTo, problem }
-      logger.warn(
-        { problem, movedTo },
-        `mesh_state.db was corrupt (${problem}); moved it aside and started a fresh database (known peers and trust scores are reset; the identity is unchanged)`,
-      )
-      db = openChecked(layout.stateDb)
-    }
-    let migration: { from: number; to: number }
-    try {
-      migration = migrate(db)
-    } catch (err) {
-      db.close()
-      throw err
-    }
-    return new MeshStore(
-      db,
-      lock,
-      layout.stateDb,
-      {
-        ...(recoveredFrom ? { recoveredFrom } : {}),
-        migratedFrom: migration.from,
-        schemaVersion: migration.to,
-      },
-      now,
-    )
-  } catch (err) {
-    lock.release()
-    throw err
-  }
-}
-
-/** Opens the database and proves it usable; throws (with the handle closed) when it is not. */
-function openChecked(path: string): DatabaseSync {
-  if (existsSync(path)) checkHeader(path)
-  const db = new DatabaseSync(path)
-  try {
-    db.exec('PRAGMA busy_timeout = 5000')
-    db.exec('PRAGMA journal_mode = WAL')
-    db.exec('PRAGMA synchronous = NORMAL')
-    const rows = db.prepare('PRAGMA integrity_check').all() as Array<{ integrity_check: string }>
-    const verdict = rows.map((row) => row.integrity_check)
-    if (verdict.length !== 1 || verdict[0] !== 'ok') {
-      throw new Error(`integrity check failed: ${verdict.slice(0, 3).join('; ')}`)
-    }
-    return db
-  } catch (err) {
-    db.close()
-    throw err
-  }
-}
-
-function checkHeader(path: string): void {
-  const fd = openSync(path, 'r')
-  try {
-    const header = Buffer.alloc(16)
-    const read = readSync(fd, header, 0, 16, 0)
-    if (read === 0) return // an empty file is a valid new database
-    if (read < 16 || !header.equals(SQLITE_HEADER)) throw new Error('not an SQLite database (bad header)')
-  } finally {
-    closeSync(fd)
-  }
-}
-
-function moveAside(dbPath: string, movedTo: string): void {
-  for (const suffix of ['', '-wal', '-shm']) {
-    if (existsSync(dbPath + suffix)) renameSync(dbPath + suffix, movedTo + suffix)
-  }
+  const { db, lock, report } = openSqlite({
+    path: layout.stateDb,
+    lockPath: layout.lockFile,
+    dataDir: layout.root,
+    migrations: MIGRATIONS,
+    losesOnRecovery: 'known peers, trust scores and job history',
+    ...(options.logger ? { logger: options.logger } : {}),
+    now,
+  })
+  return new MeshStore(db, lock, layout.stateDb, report, now)
 }

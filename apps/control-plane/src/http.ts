@@ -1,0 +1,137 @@
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import type { z } from 'zod'
+
+/** Largest request body the control plane reads: 64 KiB. */
+export const MAX_BODY_BYTES = 64 * 1024
+
+/** A request the control plane refuses, with the HTTP status to answer. */
+export class HttpError extends MeshError {
+  override name = 'HttpError' as const
+  readonly status: number
+  constructor(status: number, code: string, message: string, options?: MeshErrorOptions) {
+    super(code, message, options)
+    this.status = status
+  }
+}
+
+export const notFound = (code: string, message: string, hint?: string) =>
+  new HttpError(404, code, message, hint === undefined ? {} : { hint })
+
+export const conflict = (code: string, message: string, details?: Record<string, unknown>) =>
+  new HttpError(409, code, message, details === undefined ? {} : { details })
+
+/** What a route answers: a status and a JSON body (none for 204). */
+export interface Reply {
+  status: number
+  body?: unknown
+}
+
+export const ok = (body: unknown): Reply => ({ status: 200, body })
+export const created = (body: unknown): Reply => ({ status: 201, body })
+export const noContent = (): Reply => ({ status: 204 })
+
+export function sendJson(res: ServerResponse, status: number, body: unknown, close = false): void {
+  if (res.headersSent) {
+    res.end()
+    return
+  }
+  const headers: Record<string, string> = { 'cache-control': 'no-store' }
+  if (status === 401) headers['www-authenticate'] = 'Bearer realm="mesh-control-plane"'
+  if (close) headers.connection = 'close'
+  if (status === 204) {
+    res.writeHead(status, headers).end()
+    return
+  }
+  const text = JSON.stringify(body)
+  res
+    .writeHead(status, {
+      ...headers,
+      'content-type': 'application/json; charset=utf-8',
+      'content-length': String(Buffer.byteLength(text)),
+    })
+    .end(text)
+}
+
+/**
+ * Reads a JSON request body of at most {@link MAX_BODY_BYTES}: 413 when larger (checked against
+ * Content-Length first, then while reading), 400 naming the problem when it is not JSON.
+ * An empty body is `undefined`.
+ */
+export async function readJsonBody(req: IncomingMessage): Promise<unknown> {
+  const declared = Number(req.headers['content-length'])
+  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) throw tooLarge(declared)
+  const chunks: Buffer[] = []
+  let size = 0
+  for await (const chunk of req) {
+    size += (chunk as Buffer).length
+    if (size > MAX_BODY_BYTES) throw tooLarge(size)
+    chunks.push(chunk as Buffer)
+  }
+  if (size === 0) return undefined
+  const text = Buffer.concat(chunks).toString('utf8')
+  try {
+    return JSON.parse(text)
+  } catch (err) {
+    throw new HttpError(400, 'ERR_BAD_JSON', `request body is not valid JSON: ${(err as Error).message}`, {
+      hint: 'send a JSON object with Content-Type: application/json',
+    })
+  }
+}
+
+function tooLarge(bytes: number): HttpError {
+  return new HttpError(
+    413,
+    'ERR_TOO_LARGE',
+    `request body of ${bytes} bytes is over the ${MAX_BODY_BYTES}-byte limit`,
+    { details: { limit: MAX_BODY_BYTES } },
+  )
+}
+
+/**
+ * Parses untrusted input with a zod schema; 400 `ERR_INVALID_REQUEST` whose message names each
+ * failing field (`capabilities.capacityBytes: ...`) when it does not fit.
+ */
+export function parseInput<T>(schema: z.ZodType<T>, value: unknown, what = 'request body'): T {
+  const parsed = schema.safeParse(value)
+  if (parsed.success) return parsed.data
+  const { text, issues } = describeIssues(parsed.error)
+  throw new HttpError(400, 'ERR_INVALID_REQUEST', `invalid ${what}: ${text}`, { details: { issues } })
+}
+
+/** The first few problems of a zod error, each naming its field. */
+export function describeIssues(error: z.ZodError): {
+  text: string
+  issues: { field: string; message: string }[]
+} {
+  const issues = error.issues.slice(0, 5).map((issue) => ({
+    field: issue.path.map(String).join('.'),
+    message: issue.message,
+  }))
+  const text = issues
+    .map((issue) => (issue.field === '' ? issue.message : `${issue.field}: ${issue.message}`))
+    .join('; ')
+  return { text, issues }
+}
+
+/** A request as a route sees it; `body` is the parsed JSON (POST only). */
+export interface RouteInput {
+  params: Record<string, string>
+  query: URLSearchParams
+  body: unknown
+  req: IncomingMessage
+  res: ServerResponse
+}
+
+export interface Route {
+  method: 'GET' | 'POST' | 'DELETE'
+  /** `/v1/devices/:nodeId`; parameters match one path segment. */
+  path: string
+  /** Answered without the bearer token (only `/health`). */
+  public?: boolean
+  /** Returns the reply, or `streaming` after writing the response itself. */
+  handler(input: RouteInput): Reply | typeof streaming | Promise<Reply | typeof streaming>
+}
+
+/** What a route that writes its own response (SSE) returns. */
+export const streaming = Symbol('streaming')

@@ -1,0 +1,45 @@
+import { isPoolId } from '@meshnet/pool'
+import type { Capabilities } from '@meshnet/ring'
+import { z } from 'zod'
+
+/** A libp2p PeerId string (base58btc), as every Meshnet node id is. */
+export const nodeIdSchema = z.string().regex(/^[1-9A-HJ-NP-Za-km-z]{40,60}$/, 'not a node id')
+
+export const poolIdSchema = z.string().refine(isPoolId, 'not a pool id (pool- and 26 base32 characters)')
+
+export const jobIdSchema = z.uuid('not a job id')
+
+/** Multiaddrs or host:port strings a device can be reached at. */
+export const addressesSchema = z.array(z.string().min(1).max(512)).max(32)
+
+/** What a device offers; the same shape as a ring announcement's capabilities. */
+export const capabilitiesSchema = z.strictObject({
+  capacityBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  freeMemoryBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+  computeScore: z.number().nonnegative().max(1e12),
+  engines: z.array(z.string().min(1).max(64)).max(8),
+  models: z
+    .array(
+      z.strictObject({
+        name: z.string().min(1).max(256),
+        sha256: z.string().regex(/^[0-9a-f]{64}$/, 'not a lowercase hex SHA-256'),
+        bytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+      }),
+    )
+    .max(32),
+}) satisfies z.ZodType<Capabilities>
+
+/** A device name: printable, no surrounding spaces. */
+export const deviceNameSchema = z
+  .string()
+  .min(1)
+  .max(64)
+  .regex(/^\S(.*\S)?$/u, 'must not start or end with spaces')
+  .refine((name) => !/\p{Cc}/u.test(name), 'must not contain control characters')
+
+/** Standard base64 of at most `maxBytes` bytes. */
+export const base64Of = (maxBytes: number) =>
+  z
+    .base64('not base64')
+    .max(Math.ceil(maxBytes / 3) * 4, `over ${maxBytes} bytes`)
+    .transform((text) => new Uint8Array(Buffer.from(text, 'base64')))
