@@ -4,9 +4,11 @@
  */
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
+import { registerInference } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
 import { registerPool } from './commands/pool.ts'
+import { registerRing } from './commands/ring.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { commandContext, type GlobalOptions } from './context.ts'
@@ -30,8 +32,10 @@ export function createProgram(io: CliIo = processIo): Command {
   const context = (cmd: Command, app?: string) => commandContext(cmd, io, app)
   registerInit(program, context)
   registerModelCreate(program, context)
+  registerInference(program, context)
   registerStart(program, context)
   registerPool(program, context)
+  registerRing(program, context)
   registerStatus(program, context)
   for (const sub of program.commands) sub.exitOverride().configureOutput(program.configureOutput())
   return program

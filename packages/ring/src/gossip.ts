@@ -1,4 +1,4 @@
-import { type GossipSub, type Message, TopicValidatorResult } from '@libp2p/gossipsub'
+import { type GossipSub, gossipsub, type Message, TopicValidatorResult } from '@libp2p/gossipsub'
 import { type Logger, type NodeIdentity, silentLogger } from '@meshnet/identity'
 import {
   type Announcement,
@@ -218,4 +218,28 @@ function nextSeq(): number {
 /** Factory in the style of libp2p services: configuration now, dependencies at construction. */
 export function ringGossip(init: RingGossipInit): (components: RingGossipComponents) => RingGossip {
   return (components) => new RingGossip(init, components)
+}
+
+/**
+ * The gossipsub service Meshnet rings run on. Peers that have not proved membership of any of this
+ * node's pools (`isMember`) get a score far below the graylist threshold: we neither publish to
+ * them nor process their messages, so a connected outsider sees no announcement and can inject
+ * none. Messages are signed by their origin (StrictSign) on top of each announcement's own signature.
+ */
+export function ringPubsub(isMember: (peerId: string) => boolean) {
+  return gossipsub({
+    allowPublishToZeroTopicPeers: true,
+    emitSelf: false,
+    scoreParams: {
+      appSpecificScore: (peerId: string) => (isMember(peerId) ? 0 : -1_000),
+      appSpecificWeight: 1,
+    },
+    scoreThresholds: {
+      gossipThreshold: -10,
+      publishThreshold: -50,
+      graylistThreshold: -80,
+      acceptPXThreshold: 10,
+      opportunisticGraftThreshold: 20,
+    },
+  })
 }

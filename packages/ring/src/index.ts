@@ -14,10 +14,12 @@ export {
   MAX_ANNOUNCEMENT_BYTES,
 } from './announcement.ts'
 export type { RingGossipComponents, RingGossipInit, RingGossipStats, RingViewEvent } from './gossip.ts'
-export { RingGossip, ringGossip, ringTopic } from './gossip.ts'
+export { RingGossip, ringGossip, ringPubsub, ringTopic } from './gossip.ts'
 export type { ApplyResult, MembershipInit, RingMember, RingView } from './membership.ts'
 export { RingMembership } from './membership.ts'
 export type { PipelineShard, PlanMember, PlanModel, Range, TensorShard } from './plan.ts'
 export { apportion, planPipeline, planTensor, ShardPlanError } from './plan.ts'
+export type { PoolGateStats } from './pool-gate.ts'
+export { MAX_CERT_EXCHANGE_BYTES, POOL_CERT_PROTOCOL, PoolAccessError, PoolGate } from './pool-gate.ts'
 export type { RingTopology } from './topology.ts'
 export { readTopologyFile, topologyOf, writeTopologyFile } from './topology.ts'

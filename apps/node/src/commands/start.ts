@@ -2,7 +2,9 @@ import { ensureDataDir, InvalidArgumentError } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
+import { meshPart } from '../agent/mesh-part.ts'
 import { poolPart } from '../agent/pool-part.ts'
+import { ringPart } from '../agent/ring-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
 import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
 import type { CommandContext } from '../context.ts'
@@ -29,7 +31,8 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 /** The agent's parts, in start order. */
 const agentParts: AgentParts = (context) => {
   const beacons = beaconsPart(context)
-  return [beacons, poolPart(context, beacons)]
+  const mesh = meshPart(context, beacons)
+  return [beacons, poolPart(context, beacons), mesh, ringPart(context, mesh)]
 }
 
 export function registerStart(

@@ -1,0 +1,147 @@
+import type { GossipSub } from '@libp2p/gossipsub'
+import { type BeaconMessage, createMeshNode, type MeshNode } from '@meshnet/discovery'
+import { PoolGate, ringPubsub } from '@meshnet/ring'
+import { multiaddr } from '@multiformats/multiaddr'
+import { CID } from 'multiformats/cid'
+import * as raw from 'multiformats/codecs/raw'
+import { sha256 } from 'multiformats/hashes/sha2'
+import type { AgentContext, AgentPart } from './agent.ts'
+import type { BeaconsPart } from './beacons-part.ts'
+
+export type AgentNode = MeshNode<{ pubsub: GossipSub }>
+
+/** The agent's libp2p node, the certificate gate in front of pool protocols, and peer discovery. */
+export interface MeshPart extends AgentPart {
+  node(): AgentNode
+  readonly gate: () => PoolGate
+}
+
+/** How often pool members look each other up in the DHT (provider records of the pool). */
+const RENDEZVOUS_MS = 5_000
+
+/** The DHT key under which members of a pool announce themselves. */
+export async function poolRendezvousKey(poolId: string): Promise<CID> {
+  return CID.create(
+    1,
+    raw.code,
+    await sha256.digest(new TextEncoder().encode(`meshnet:pool-rendezvous:${poolId}`)),
+  )
+}
+
+/**
+ * Starts the libp2p node from the agent's settings (`--local-only` keeps it on 127.0.0.1 with mDNS,
+ * UPnP and AutoNAT off), exchanges certificates with every peer it connects to, records peers in
+ * mesh_state.db, and finds pool members three ways: LAN presence beacons carrying addresses, mDNS,
+ * and provider records of the pool in the DHT (which also works through a bootstrap relay).
+ */
+export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undefined): MeshPart {
+  const { config, logger, store, identity } = context
+  let node: AgentNode | undefined
+  let gate: PoolGate | undefined
+  let rendezvous: NodeJS.Timeout | undefined
+  const dialing = new Set<string>()
+  const counts = { beaconDials: 0, dhtDials: 0 }
+
+  const dial = async (nodeId: string, addresses: string[], via: 'beaconDials' | 'dhtDials') => {
+    if (node === undefined || nodeId === identity.nodeId || dialing.has(nodeId)) return
+    if (node.libp2p.getConnections().some((c) => c.remotePeer.toString() === nodeId)) return
+    dialing.add(nodeId)
+    try {
+      await node.libp2p.dial(
+        addresses.map((a) => multiaddr(a)),
+        { signal: AbortSignal.timeout(10_000) },
+      )
+      counts[via]++
+    } catch (err) {
+      logger.debug({ nodeId, err: (err as Error).message }, 'dial failed')
+    } finally {
+      dialing.delete(nodeId)
+    }
+  }
+
+  const onPresence = (message: BeaconMessage) => {
+    if (message.type !== 'presence' || gate === undefined) return
+    const body = message.body as { pools?: unknown; addrs?: unknown }
+    const theirs = Array.isArray(body?.pools) ? body.pools : []
+    const addrs = Array.isArray(body?.addrs)
+      ? body.addrs.filter((a): a is string => typeof a === 'string').slice(0, 16)
+      : []
+    const shared = gate.pools().some((p) => theirs.includes(p.id))
+    if (shared && addrs.length > 0) void dial(message.from.nodeId, addrs, 'beaconDials')
+  }
+
+  const lookUpPools = async () => {
+    if (node === undefined || gate === undefined || config.dht === false) return
+    for (const pool of gate.pools()) {
+      const key = await poolRendezvousKey(pool.id)
+      try {
+        await node.libp2p.contentRouting.provide(key, { signal: AbortSignal.timeout(4_000) })
+      } catch (err) {
+        logger.debug({ err: (err as Error).message }, 'pool provider record not stored yet')
+      }
+      try {
+        for await (const provider of node.libp2p.contentRouting.findProviders(key, {
+          signal: AbortSignal.timeout(4_000),
+        })) {
+          const addrs = provider.multiaddrs.map((a) => `${a.toString()}/p2p/${provider.id.toString()}`)
+          if (addrs.length > 0) void dial(provider.id.toString(), addrs, 'dhtDials')
+        }
+      } catch (err) {
+        logger.debug({ err: (err as Error).message }, 'pool provider lookup ended')
+      }
+    }
+  }
+
+  return {
+    name: 'libp2p',
+    node: () => {
+      if (node === undefined) throw new Error('the libp2p node is not started')
+      return node
+    },
+    gate: () => {
+      if (gate === undefined) throw new Error('the pool gate is not started')
+      return gate
+    },
+    async start() {
+      node = await createMeshNode({
+        identity,
+        dataDir: context.layout.root,
+        localOnly: config.localOnly === true,
+        ...(config.listen ? { listen: config.listen } : {}),
+        bootstrap: config.bootstrap ?? [],
+        ...(config.mdns === undefined ? {} : { mdns: config.mdns }),
+        dhtMode: config.dht === false ? 'off' : 'server',
+        relays: config.relay ?? [],
+        logger,
+        services: { pubsub: ringPubsub((peerId) => gate?.isMemberOfAny(peerId) === true) },
+      })
+      gate = new PoolGate({ node, dataDir: context.layout.root, logger })
+      await gate.start()
+      node.libp2p.addEventListener('peer:identify', (event) => {
+        const { peerId, listenAddrs } = event.detail
+        store.upsertPeer(peerId.toString(), { addresses: listenAddrs.map(String) })
+      })
+      beaconsPart?.addPresence(() => ({ addrs: node ? node.multiaddrs().map(String).slice(0, 8) : [] }))
+      if (beaconsPart) beaconsPart.beacons.onMessage(onPresence)
+      void lookUpPools()
+      rendezvous = setInterval(() => void lookUpPools(), RENDEZVOUS_MS)
+      logger.info({ addresses: node.multiaddrs().map(String) }, 'libp2p node listening')
+    },
+    async stop() {
+      clearInterval(rendezvous)
+      await gate?.stop()
+      await node?.stop()
+    },
+    status: () =>
+      node === undefined
+        ? {}
+        : {
+            addresses: node.multiaddrs().map(String),
+            connections: node.libp2p.getConnections().length,
+            peers: node.libp2p.getPeers().map(String),
+            gate: gate?.stats(),
+            discovery: counts,
+            connectivity: node.connectivity(),
+          },
+  }
+}

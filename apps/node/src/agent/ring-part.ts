@@ -1,0 +1,304 @@
+import { createHash } from 'node:crypto'
+import { createReadStream } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { freemem, totalmem } from 'node:os'
+import { basename, resolve } from 'node:path'
+import type { Message } from '@libp2p/gossipsub'
+import { openGGUF, readLlamaHyperparameters } from '@meshnet/gguf'
+import { InvalidArgumentError } from '@meshnet/identity'
+import { decodeRevocationList, encodeRevocationList, loadPool, saveRevocationList } from '@meshnet/pool'
+import {
+  type Capabilities,
+  type PipelineShard,
+  type PlanModel,
+  planPipeline,
+  RingGossip,
+  type RingView,
+  ShardPlanError,
+  topologyOf,
+  writeTopologyFile,
+} from '@meshnet/ring'
+import type { AgentContext, AgentPart } from './agent.ts'
+import type { MeshPart } from './mesh-part.ts'
+
+/** Gossip topic on which a pool's root-signed revocation list is repeated. */
+export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/${poolId}`
+
+/** How often new pools (joined while the agent runs) are picked up, and revocations repeated. */
+const POOL_SCAN_MS = 3_000
+
+interface ServedModel {
+  path: string
+  info: Capabilities['models'][number]
+  plan: PlanModel
+}
+
+/** What a peer of a pool looks like to `mesh pool-peers`. */
+interface PoolPeer {
+  nodeId: string
+  addresses: string[]
+  online: boolean
+  lastSeen: number
+}
+
+/**
+ * One ring per pool this node belongs to: gossip of signed announcements, a shard plan for the
+ * served model once the ring converges, `ring_topology_<pool-id>.json` on every new epoch, and the
+ * pool's revocation list repeated over gossip.
+ */
+export function ringPart(
+  context: AgentContext,
+  mesh: MeshPart,
+): AgentPart & { rings(): Map<string, RingGossip> } {
+  const { logger, layout, identity, config, store } = context
+  const rings = new Map<string, RingGossip>()
+  const plans = new Map<string, { epoch: number; plan: PipelineShard[] | undefined; problem?: string }>()
+  const peers = new Map<string, Map<string, PoolPeer>>()
+  let served: ServedModel | undefined
+  let capabilities: Capabilities
+  let scan: NodeJS.Timeout | undefined
+
+  const onView = (poolId: string, view: RingView) => {
+    const known = peers.get(poolId) ?? new Map<string, PoolPeer>()
+    peers.set(poolId, known)
+    for (const peer of known.values()) peer.online = false
+    for (const member of view.members) {
+      if (member.nodeId === identity.nodeId) continue
+      known.set(member.nodeId, {
+        nodeId: member.nodeId,
+        addresses: member.addresses,
+        online: true,
+        lastSeen: Date.now(),
+      })
+      store.upsertPeer(member.nodeId, { addresses: member.addresses, capabilities: member.capabilities })
+    }
+    let plan: PipelineShard[] | undefined
+    let problem: string | undefined
+    if (served !== undefined && view.converged) {
+      const holders = view.members.filter((m) =>
+        m.capabilities.models.some((x) => x.sha256 === served!.info.sha256),
+      )
+      if (holders.length === view.members.length) {
+        try {
+          plan = planPipeline(
+            holders.map((m) => ({ nodeId: m.nodeId, capacityBytes: m.capabilities.capacityBytes })),
+            served.plan,
+          )
+        } catch (err) {
+          if (!(err instanceof ShardPlanError)) throw err
+          problem = err.message
+        }
+      } else problem = 'not every member holds the same model file'
+    }
+    plans.set(poolId, { epoch: view.epoch, plan, ...(problem ? { problem } : {}) })
+    void writeTopologyFile(layout.root, topologyOf(poolId, view, plan ?? [])).catch((err: Error) =>
+      logger.error({ err: err.message }, 'could not write the ring topology file'),
+    )
+    logger.info(
+      { poolId, epoch: view.epoch, converged: view.converged, members: view.members.length },
+      view.converged ? 'ring converged' : 'ring changed',
+    )
+  }
+
+  const startRing = async (poolId: string) => {
+    const gate = mesh.gate()
+    const certificate = gate.certificateBytes(poolId)
+    if (certificate === undefined || rings.has(poolId)) return
+    const node = mesh.node()
+    const ring = new RingGossip(
+      {
+        poolId,
+        identity,
+        certificate,
+        capabilities,
+        addresses: () => node.multiaddrs().map(String),
+        verifyMember: (a) => gate.verifyCertificateBytes(poolId, a.certificate, a.nodeId),
+        logger,
+      },
+      { pubsub: node.libp2p.services.pubsub },
+    )
+    ring.addEventListener('view', (event) => onView(poolId, (event as CustomEvent<RingView>).detail))
+    rings.set(poolId, ring)
+    node.libp2p.services.pubsub.subscribe(revocationTopic(poolId))
+    ring.start()
+    onView(poolId, ring.view())
+  }
+
+  const onRevocationMessage = (event: CustomEvent<Message>) => {
+    const { topic, data } = event.detail
+    const poolId = topic.startsWith('/meshnet/revocations/1.0.0/') ? topic.slice(27) : undefined
+    if (poolId === undefined || !rings.has(poolId)) return
+    void (async () => {
+      const pool = await loadPool(layout.root, poolId)
+      const list = decodeRevocationList(data, { poolId, rootPublicKey: pool.rootPublicKey })
+      if (await saveRevocationList(pool, list)) {
+        logger.info({ poolId, version: list.version }, 'took a newer revocation list from gossip')
+        await mesh.gate().reload()
+      }
+    })().catch((err: Error) => logger.debug({ err: err.message }, 'ignored a revocation message'))
+  }
+
+  const scanPools = async () => {
+    const gate = mesh.gate()
+    await gate.reload()
+    for (const pool of gate.pools()) await startRing(pool.id)
+    for (const [poolId, ring] of rings) {
+      if (gate.certificateBytes(poolId) === undefined) {
+        logger.warn({ poolId }, 'own certificate no longer valid (revoked or expired); leaving the ring')
+        await ring.stop()
+        rings.delete(poolId)
+        continue
+      }
+      const list = gate.revocations(poolId)
+      if (list !== undefined) {
+        await mesh
+          .node()
+          .libp2p.services.pubsub.publish(revocationTopic(poolId), encodeRevocationList(list))
+          .catch(() => {})
+      }
+    }
+  }
+
+  const onDisconnect = (event: CustomEvent<{ toString(): string }>) => {
+    for (const ring of rings.values()) ring.peerDisconnected(event.detail.toString())
+  }
+
+  return {
+    name: 'rings',
+    rings: () => rings,
+    async start() {
+      served = config.model === undefined ? undefined : await describeModel(resolve(config.model))
+      capabilities = {
+        capacityBytes: Math.floor((totalmem() * 0.5) / 2 ** 26) * 2 ** 26,
+        freeMemoryBytes: freemem(),
+        computeScore: measureComputeScore(),
+        engines: ['meshnet', 'llama-cpp'],
+        models: served ? [served.info] : [],
+      }
+      const node = mesh.node()
+      node.libp2p.services.pubsub.addEventListener('message', onRevocationMessage)
+      node.libp2p.addEventListener('peer:disconnect', onDisconnect)
+      await scanPools()
+      scan = setInterval(
+        () => void scanPools().catch((err: Error) => logger.warn({ err: err.message }, 'pool scan failed')),
+        POOL_SCAN_MS,
+      )
+    },
+    async stop() {
+      clearInterval(scan)
+      await Promise.all([...rings.values()].map((ring) => ring.stop()))
+      rings.clear()
+    },
+    status: () =>
+      Object.fromEntries(
+        [...rings].map(([poolId, ring]) => {
+          const view = ring.view()
+          return [
+            poolId,
+            {
+              epoch: view.epoch,
+              converged: view.converged,
+              members: view.members.length,
+              gossip: ring.stats(),
+            },
+          ]
+        }),
+      ),
+    routes: {
+      'GET /rings': () => ({ rings: [...rings.keys()].map((poolId) => ringStatus(poolId)) }),
+      'GET /rings/:poolId': (_body, { poolId }) => ringStatus(poolId!),
+      'GET /pools/:poolId/peers': (_body, { poolId }) => {
+        ringOf(poolId!)
+        return {
+          poolId,
+          peers: [...(peers.get(poolId!)?.values() ?? [])].map((peer) => ({
+            ...peer,
+            lastSeen: new Date(peer.lastSeen).toISOString(),
+            trust: store.trustScore(peer.nodeId),
+          })),
+        }
+      },
+    },
+  }
+
+  function ringOf(poolId: string): RingGossip {
+    const ring = rings.get(poolId)
+    if (ring === undefined) {
+      throw new InvalidArgumentError(`this node has no ring for pool ${poolId}`, {
+        hint: 'check the pool id with mesh pool-list; the node needs a valid certificate of that pool',
+      })
+    }
+    return ring
+  }
+
+  function ringStatus(poolId: string) {
+    const view = ringOf(poolId).view()
+    const plan = plans.get(poolId)
+    const shards = new Map((plan?.plan ?? []).map((s) => [s.nodeId, s.layers]))
+    return {
+      poolId,
+      epoch: view.epoch,
+      converged: view.converged,
+      digest: view.digest,
+      model: served
+        ? { name: served.info.name, sha256: served.info.sha256, layers: served.plan.layers }
+        : null,
+      ...(plan?.problem ? { planProblem: plan.problem } : {}),
+      members: view.members.map((m, position) => ({
+        nodeId: m.nodeId,
+        position,
+        addresses: m.addresses,
+        capacityBytes: m.capabilities.capacityBytes,
+        shard: shards.has(m.nodeId) ? { layers: shards.get(m.nodeId) } : null,
+      })),
+    }
+  }
+}
+
+/** Reads what planning needs from the served GGUF and hashes the file (same hash across the ring). */
+async function describeModel(path: string): Promise<ServedModel> {
+  const bytes = (
+    await stat(path).catch(() => {
+      throw new InvalidArgumentError(`--model ${path}: no such file`)
+    })
+  ).size
+  const gguf = await openGGUF(path)
+  let plan: PlanModel
+  try {
+    const hp = readLlamaHyperparameters(gguf)
+    const layerBytes = [...gguf.tensors.values()]
+      .filter((t) => t.name.startsWith('blk.0.'))
+      .reduce((n, t) => n + t.byteLength, 0)
+    const allLayers = [...gguf.tensors.values()]
+      .filter((t) => t.name.startsWith('blk.'))
+      .reduce((n, t) => n + t.byteLength, 0)
+    plan = {
+      layers: hp.blockCount,
+      heads: hp.headCount,
+      kvHeads: hp.headCountKv,
+      ff: hp.feedForwardLength,
+      bytesPerLayer: layerBytes,
+      bytesOutsideLayers: bytes - allLayers,
+    }
+  } finally {
+    await gguf.close()
+  }
+  const hash = createHash('sha256')
+  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer)
+  return { path, info: { name: basename(path), sha256: hash.digest('hex'), bytes }, plan }
+}
+
+/** A rough compute score: billions of float multiply-adds per second in a short JS loop. */
+function measureComputeScore(): number {
+  const a = new Float32Array(1 << 16).fill(1.0001)
+  const b = new Float32Array(1 << 16).fill(0.9999)
+  const started = performance.now()
+  let ops = 0
+  let sum = 0
+  while (performance.now() - started < 20) {
+    for (let i = 0; i < a.length; i++) sum += a[i]! * b[i]!
+    ops += a.length
+  }
+  if (sum === 42) return 0 // keeps the loop from being optimised away
+  return Math.round((ops / ((performance.now() - started) / 1000) / 1e9) * 100) / 100
+}

@@ -1,0 +1,77 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { runMesh } from './run-mesh.ts'
+
+let dir: string
+let model: string
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'meshnet-infer-'))
+  model = join(dir, 'gqa.gguf')
+  const created = await runMesh([
+    'model-create',
+    '--out',
+    model,
+    '--layers',
+    '2',
+    '--embd',
+    '256',
+    '--heads',
+    '4',
+    '--kv-heads',
+    '2',
+    '--vocab',
+    '1000',
+    '--type',
+    'Q8_0',
+    '--seed',
+    '3',
+  ])
+  expect(created.code, created.stderr).toBe(0)
+})
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true })
+})
+
+const infer = async (engine: string, ...extra: string[]) => {
+  const result = await runMesh([
+    'inference',
+    '--local',
+    '--model',
+    model,
+    '--prompt',
+    'Hello world',
+    '--max-tokens',
+    '24',
+    '--engine',
+    engine,
+    '--threads',
+    '1',
+    '--json',
+    ...extra,
+  ])
+  expect(result.code, result.stderr).toBe(0)
+  return JSON.parse(result.stdout) as { tokens: number[]; text: string; timings: Record<string, number> }
+}
+
+describe('mesh inference --local', () => {
+  it('gives the same greedy tokens on the Meshnet engine as on llama.cpp', async () => {
+    const [ours, reference] = [await infer('meshnet'), await infer('llama-cpp')]
+    expect(ours.tokens).toHaveLength(24)
+    expect(ours.tokens).toEqual(reference.tokens)
+    expect(ours.text).toBe(reference.text)
+  })
+
+  it('is reproducible with a seed when sampling', async () => {
+    const a = await infer('meshnet', '--temperature', '0.8', '--top-k', '40', '--seed', '11')
+    const b = await infer('meshnet', '--temperature', '0.8', '--top-k', '40', '--seed', '11')
+    expect(a.tokens).toEqual(b.tokens)
+  })
+
+  it('says that only --local runs today', async () => {
+    const result = await runMesh(['inference', '--model', model, '--prompt', 'x'])
+    expect(result.code).not.toBe(0)
+    expect(result.stderr).toMatch(/--local/)
+  })
+})

@@ -1,0 +1,239 @@
+// Throughput of the inference kernels: GB/s of weight bytes through matvec (decode) and matmul
+// (prompt) for each ggml type, JS reference vs WebAssembly on 1 and 2 threads, as a ratio to the
+// memory read bandwidth measured in the same run. The weights are the matrices of a ~100M-parameter
+// llama (12 layers of 768×768 ×4 and 2048×768 ×3, 85M weights), more than the caches hold, so a
+// pass over them is what one decode step costs. With --llama it also measures node-llama-cpp's
+// decode tokens/s on generated 134M-parameter Q8_0 and Q4_0 models, as weight GB/s.
+//
+//   node --conditions=meshnet-source bench/kernels.ts [--llama] [--types Q8_0,Q4_0] [--seconds 1]
+import { existsSync } from 'node:fs'
+import { mkdir } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { parseArgs } from 'node:util'
+import { GGML_TYPE, generateLlamaModel, quantizeRow, rowByteLength } from '../packages/gguf/src/index.ts'
+import {
+  createJsKernels,
+  createWasmKernels,
+  type KernelBuffer,
+  type Kernels,
+} from '../packages/inference/src/kernels/index.ts'
+import { type KernelsExports, kernelsModule } from '../packages/inference/src/kernels/wasm.ts'
+import { wasmApi } from '../packages/inference/src/kernels/webassembly.ts'
+import { acquireLlama } from '../packages/inference/src/llama-cpp/runtime.ts'
+import { table } from './lib.ts'
+
+const { values: flags } = parseArgs({
+  options: {
+    llama: { type: 'boolean', default: false },
+    types: { type: 'string', default: 'F32,F16,Q8_0,Q4_0,Q4_K,Q6_K' },
+    seconds: { type: 'string', default: '1' },
+    threads: { type: 'string', default: '1,2' },
+  },
+})
+const SECONDS = Number(flags.seconds)
+const TYPES = flags.types.split(',') as Array<keyof typeof GGML_TYPE>
+const THREADS = flags.threads.split(',').map(Number)
+const EMBD = 768
+const FF = 2048
+const LAYERS = 12
+/** [rows, cols] of the matrices of one layer: q, k, v, o, gate, up, down. */
+const LAYER: ReadonlyArray<readonly [number, number]> = [
+  [EMBD, EMBD],
+  [EMBD, EMBD],
+  [EMBD, EMBD],
+  [EMBD, EMBD],
+  [FF, EMBD],
+  [FF, EMBD],
+  [EMBD, FF],
+]
+const PROMPT = 64
+const GB = 1e9
+
+/**
+ * Seconds per call of `fn`: the fastest of repeated samples of at least 20 ms each over about
+ * `seconds`, after a warm-up call. The fastest sample is the one least disturbed by other processes
+ * on the machine, and the same rule is applied to the reference.
+ */
+function time(fn: () => void, seconds = SECONDS): number {
+  fn()
+  let best = Number.POSITIVE_INFINITY
+  const end = performance.now() + seconds * 1000
+  do {
+    const start = performance.now()
+    let calls = 0
+    let now = start
+    do {
+      fn()
+      calls++
+      now = performance.now()
+    } while (now - start < 20)
+    best = Math.min(best, (now - start) / 1000 / calls)
+  } while (performance.now() < end)
+  return best
+}
+
+/** Memory read bandwidth: Σ over 256 MiB of floats, in WebAssembly SIMD and as a JS Float64Array. */
+async function memoryBandwidth(): Promise<{ wasm: number; js: number }> {
+  const bytes = 256 * 1024 * 1024
+  const memory = new wasmApi.Memory({ initial: bytes / 65536 + 1, maximum: 65536, shared: true })
+  const { exports } = await wasmApi.instantiate(await kernelsModule(), { env: { memory } })
+  new Float32Array(memory.buffer, 65536, bytes / 4).fill(1)
+  const sum = (exports as unknown as KernelsExports).sumF32
+  const wasm = bytes / time(() => sum(65536, bytes / 4)) / GB
+  const f64 = new Float64Array(bytes / 8).fill(1)
+  let sink = 0
+  const js =
+    bytes /
+    time(() => {
+      let s = 0
+      for (let i = 0; i < f64.length; i++) s += f64[i]!
+      sink += s
+    }) /
+    GB
+  if (sink === 0) console.log('')
+  return { wasm, js }
+}
+
+interface Matrix {
+  w: KernelBuffer
+  rows: number
+  cols: number
+}
+
+/** The model's matrices of `type` in `k`'s memory (64 quantized rows repeated: speed does not depend on values). */
+function loadModel(k: Kernels, type: number, layers: number): { matrices: Matrix[]; bytes: number } {
+  const matrices: Matrix[] = []
+  let bytes = 0
+  const seeds = new Map<number, Uint8Array>()
+  for (let l = 0; l < layers; l++) {
+    for (const [rows, cols] of LAYER) {
+      const rowBytes = rowByteLength(type, cols)
+      let block = seeds.get(cols)
+      if (block === undefined) {
+        block = new Uint8Array(64 * rowBytes)
+        const v = new Float32Array(cols)
+        for (let r = 0; r < 64; r++) {
+          for (let c = 0; c < cols; c++) v[c] = Math.sin(r * 131 + c * 0.37) * 0.05
+          quantizeRow(type, v, block.subarray(r * rowBytes))
+        }
+        seeds.set(cols, block)
+      }
+      const w = k.alloc(rows * rowBytes)
+      const view = w.bytes()
+      for (let r = 0; r < rows; r += 64)
+        view.set(block.subarray(0, Math.min(64, rows - r) * rowBytes), r * rowBytes)
+      matrices.push({ w, rows, cols })
+      bytes += rows * rowBytes
+    }
+  }
+  return { matrices, bytes }
+}
+
+interface Throughput {
+  /** Weight GB/s of a decode pass (matvec over every matrix). */
+  decode: number
+  /** Weight GB/s of a prompt pass (matmul of PROMPT rows), counting the weight bytes once. */
+  prompt: number
+}
+
+function measure(k: Kernels, type: number, layers: number, prompt: boolean): Throughput {
+  const { matrices, bytes } = loadModel(k, type, layers)
+  const x = k.alloc(PROMPT * FF * 4)
+  x.f32().forEach((_, i, a) => {
+    a[i] = Math.cos(i * 0.11)
+  })
+  const out = k.alloc(PROMPT * FF * 4)
+  const decode =
+    bytes /
+    time(() => {
+      for (const m of matrices) k.matvec(type, m.w, m.rows, m.cols, x, out)
+    }) /
+    GB
+  const promptRate = prompt
+    ? bytes /
+      time(() => {
+        for (const m of matrices) k.matmul(type, m.w, m.rows, m.cols, x, PROMPT, out)
+      }) /
+      GB
+    : Number.NaN
+  for (const m of matrices) k.free(m.w)
+  k.free(x)
+  k.free(out)
+  return { decode, prompt: promptRate }
+}
+
+/** node-llama-cpp decode tokens/s on a generated 134M-parameter model, at `threads` threads. */
+async function llamaCppDecode(
+  type: 'Q8_0' | 'Q4_0',
+  threads: number,
+): Promise<{ tps: number; gbps: number }> {
+  const dir = join(tmpdir(), 'meshnet-bench-models')
+  await mkdir(dir, { recursive: true })
+  const path = join(dir, `llama-134m-${type}.gguf`)
+  if (!existsSync(path)) {
+    await generateLlamaModel({ out: path, layers: LAYERS, embd: EMBD, heads: 12, ff: FF, vocab: 32000, type })
+  }
+  const runtime = await acquireLlama()
+  const { llama } = runtime
+  const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 })
+  const context = await model.createContext({ contextSize: 512, threads, flashAttention: false })
+  const sequence = context.getSequence()
+  const best: number[] = []
+  for (let run = 0; run < 3; run++) {
+    await sequence.clearHistory()
+    let n = 0
+    let first = 0
+    for await (const _ of sequence.evaluate(model.tokenize('The quick brown fox'), { temperature: 0 })) {
+      if (n === 0) first = performance.now()
+      if (++n === 65) break
+    }
+    best.push(64 / ((performance.now() - first) / 1000))
+  }
+  await context.dispose()
+  await model.dispose()
+  await runtime.release()
+  const tps = Math.max(...best)
+  // Bytes a decode step reads: every layer matrix and the output matrix (the embedding is a lookup).
+  const rowBytes = (cols: number) => rowByteLength(type, cols)
+  const perToken =
+    LAYERS * LAYER.reduce((s, [rows, cols]) => s + rows * rowBytes(cols), 0) + 32000 * rowBytes(EMBD)
+  return { tps, gbps: (tps * perToken) / GB }
+}
+
+const bandwidth = await memoryBandwidth()
+console.log(
+  `memory read bandwidth, 1 thread: ${bandwidth.wasm.toFixed(1)} GB/s (wasm SIMD Σ), ${bandwidth.js.toFixed(1)} GB/s (JS Float64Array Σ)`,
+)
+console.log(`decode: matvec over ${LAYERS} layers of 768/2048 matrices; prompt: matmul of ${PROMPT} rows\n`)
+
+const rows: Array<Record<string, string | number>> = []
+for (const name of TYPES) {
+  const type = GGML_TYPE[name]
+  const js = createJsKernels()
+  const jsRate = measure(js, type, 1, false)
+  await js.dispose()
+  const row: Record<string, string | number> = { type: name, 'js GB/s': jsRate.decode }
+  for (const threads of THREADS) {
+    const wasm = await createWasmKernels({ threads })
+    const rate = measure(wasm, type, LAYERS, true)
+    await wasm.dispose()
+    row[`wasm ${threads}T GB/s`] = rate.decode
+    row[`${threads}T / mem bw`] = rate.decode / bandwidth.wasm
+    row[`prompt ${threads}T GB/s`] = rate.prompt
+  }
+  rows.push(row)
+}
+table(rows)
+
+if (flags.llama) {
+  console.log('\nnode-llama-cpp decode (134M-parameter generated llama, 64 tokens, best of 3)')
+  const ref: Array<Record<string, string | number>> = []
+  for (const type of ['Q8_0', 'Q4_0'] as const) {
+    for (const threads of THREADS) {
+      const { tps, gbps } = await llamaCppDecode(type, threads)
+      ref.push({ type, threads, 'tokens/s': tps, 'weight GB/s': gbps, '/ mem bw': gbps / bandwidth.wasm })
+    }
+  }
+  table(ref)
+}

@@ -1,0 +1,62 @@
+/**
+ * @packageDocumentation
+ * How Meshnet nodes find each other: LAN beacons (signed UDP multicast datagrams on
+ * 239.192.0.1:42424 that carry pool joins and presence) and the libp2p node factory.
+ */
+
+export type {
+  BeaconDropReason,
+  BeaconEnvelope,
+  DecodeBeaconOptions,
+  EncodeBeaconOptions,
+} from './beacon/envelope.ts'
+export {
+  BEACON_DOMAIN,
+  BEACON_DROP_REASONS,
+  BEACON_TYPE_PATTERN,
+  BEACON_VERSION,
+  decodeBeacon,
+  encodeBeacon,
+  MAX_BEACON_BYTES,
+} from './beacon/envelope.ts'
+export { BeaconDropError, BeaconSocketError, BeaconTooLargeError } from './beacon/errors.ts'
+export type {
+  BeaconHandler,
+  BeaconMessage,
+  LanBeacons,
+  LanBeaconsInit,
+  LanBeaconsStats,
+  SendBeaconOptions,
+} from './beacon/lan-beacons.ts'
+export { DEFAULT_BEACON_GROUP, DEFAULT_BEACON_PORT, lanBeacons } from './beacon/lan-beacons.ts'
+export type { ConnectivityStatus } from './node/connectivity.ts'
+export {
+  DEFAULT_MAX_FRAME_BYTES,
+  DEFAULT_TCP_PORT,
+  DEFAULT_WS_PORT,
+  MAX_FRAME_BYTES_LIMIT,
+} from './node/defaults.ts'
+export {
+  DialError,
+  FrameTooLargeError,
+  NodeStartError,
+  PeerTimeoutError,
+  StreamEndedError,
+} from './node/errors.ts'
+export type { FrameOptions, FrameStream, FrameStreamOptions } from './node/frames.ts'
+export { frameStream, readFrame, writeFrame } from './node/frames.ts'
+export type {
+  DialProtocolOptions,
+  HandleRequestsOptions,
+  MeshNode,
+  MeshServices,
+  PeerTarget,
+  RequestContext,
+  RequestDrops,
+  RequestHandler,
+  RequestOptions,
+} from './node/mesh-node.ts'
+export { createMeshNode } from './node/mesh-node.ts'
+export type { MeshNodeOptions, ResolvedMeshNodeOptions } from './node/options.ts'
+export { resolveMeshNodeOptions } from './node/options.ts'
+export { isMeshnetProtocol, MESHNET_DHT_PROTOCOL, meshnetProtocol } from './node/protocols.ts'

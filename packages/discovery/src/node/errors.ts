@@ -1,0 +1,41 @@
+import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+
+/** A frame was larger than the size cap of its protocol; the stream is aborted. */
+export class FrameTooLargeError extends MeshError {
+  override name = 'FrameTooLargeError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_FRAME_TOO_LARGE', message, options)
+  }
+}
+
+/** The remote closed (or reset) the stream before a whole frame arrived. */
+export class StreamEndedError extends MeshError {
+  override name = 'StreamEndedError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_STREAM_ENDED', message, options)
+  }
+}
+
+/** A dial, protocol negotiation, request or DHT lookup did not finish within its time budget. */
+export class PeerTimeoutError extends MeshError {
+  override name = 'PeerTimeoutError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_PEER_TIMEOUT', message, options)
+  }
+}
+
+/** A peer could not be dialed, refused the protocol, or was refused by our own gater. */
+export class DialError extends MeshError {
+  override name = 'DialError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_DIAL_FAILED', message, options)
+  }
+}
+
+/** The node could not start: a listen address was refused or the data dir unusable. */
+export class NodeStartError extends MeshError {
+  override name = 'NodeStartError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_NODE_START', message, options)
+  }
+}

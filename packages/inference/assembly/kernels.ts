@@ -1,0 +1,1027 @@
+// Meshnet's WebAssembly compute kernels, written in AssemblyScript and compiled with SIMD, relaxed
+// SIMD and threads (see scripts/build-wasm.ts). The host (src/kernels/wasm.ts) owns the shared
+// memory: it allocates weights, activations, the quantized-activation scratch and the control
+// block, and this module only reads and writes where a job tells it to. There is no AssemblyScript
+// runtime, no data segment and no import but the memory, so every thread can instantiate the same
+// module over the same memory without touching anything.
+//
+// One job is `out[i * rows + r] = dot(W row r, x_i)` for r in [0, rows), i in [0, n). Quantized
+// weights are multiplied with activations quantized to 8 bits, as llama.cpp does on the CPU:
+// - Q8_0, Q4_0: x in blocks of 32 with an f32 scale each (plus |x|, sign(x) and 8·d·Σq per block);
+// - Q4_K, Q6_K: x in blocks of 256 with one f32 scale (ggml's q8_K rounding) and i16 sums per 16
+//   and per 32 values,
+// so that the inner loops are integer dot products (relaxed i8×i7 dot, then i16×i16 pairs) and the
+// per-block scales are applied once per block. F32 and F16 weights use f32 activations.
+
+// ggml type ids.
+const F32: i32 = 0
+const F16: i32 = 1
+const Q4_0: i32 = 2
+const Q8_0: i32 = 8
+const Q4_K: i32 = 12
+const Q6_K: i32 = 14
+
+// Control block, at byte offsets (mirrored in src/kernels/wasm.ts). A job is split into chunks of
+// rows that threads claim one at a time from CLAIM, an i64 of (job id << 32 | next chunk): a thread
+// claims with a compare-exchange that also checks the job id, so a worker that wakes up late, or
+// reads the parameters of a newer job, cannot take a chunk of a job it did not read. The caller
+// claims chunks too and returns once DONE counts every chunk, so a descheduled worker delays a job
+// only by the chunk it holds.
+const C_GEN: usize = 0 // i32, bumped for each job that wants workers; idle workers poll it
+const C_CLAIM: usize = 64 // i64, on its own cache line: every claim writes it
+const C_DONE: usize = 128 // i32, chunks finished; the caller waits on it
+const C_QUIT: usize = 192
+const C_TYPE: usize = 196
+const C_W: usize = 200
+const C_X: usize = 204
+const C_XQ: usize = 208
+const C_OUT: usize = 212
+const C_ROWS: usize = 216
+const C_COLS: usize = 220
+const C_N: usize = 224
+const C_THREADS: usize = 228 // threads for this job: 1 keeps the workers asleep
+const C_SPIN: usize = 232
+// 236: set by a worker whose chunk trapped (src/kernels/wasm.ts)
+const C_JOB: usize = 240 // i32, id of the current job
+const C_CHUNKS: usize = 244 // i32, chunks in the current job
+const C_CHUNK_ROWS: usize = 248 // i32, rows per chunk
+const C_ROW_STRIDE: usize = 252 // i32, bytes from one weight row to the next
+
+// Weight rows per tile in a matmul: a tile stays in L1/L2 while every activation row passes over it.
+const ROW_TILE: usize = 16
+
+// Vector constants live in the control block and are loaded once per row range: V8 re-creates a
+// v128 constant at each use inside a loop (three instructions), while a loaded one stays in a
+// register. `init` writes them.
+const K_LOW4: usize = 256
+const K_BITS45: usize = 272
+const K_ONES16: usize = 288
+const K_F16_MASK: usize = 304
+const K_F16_SCALE: usize = 320
+const K_M127: usize = 336
+
+const ZERO: v128 = i32x4.splat(0)
+
+/** Writes the vector constants into the control block; the main thread calls it once. */
+export function init(ctrl: usize): void {
+  v128.store(ctrl, i8x16.splat(0x0f), K_LOW4)
+  v128.store(ctrl, i8x16.splat(0x30), K_BITS45)
+  v128.store(ctrl, i16x8.splat(1), K_ONES16)
+  v128.store(ctrl, i32x4.splat(0x8fffe000), K_F16_MASK)
+  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x77800000)), K_F16_SCALE) // 2^112
+  v128.store(ctrl, i8x16.splat(-127), K_M127)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Quantized-activation layout, per activation row of `cols` values, `4 * cols` bytes in all:
+//   [0, cols)            q: i8 values
+//   [cols, 2 cols)       |q| (Q8_0 only)
+//   [2 cols, 3 cols)     sign mask of q, 0xff where q < 0 (Q8_0 only)
+//   3 cols               f32 scale per 32 (Q8_0, Q4_0) or per 256 (Q4_K, Q6_K)
+//   3 cols + cols / 8    f32 8·d·Σq per 32 (Q4_0), or i16 Σq per 16 (Q4_K, Q6_K)
+//   3 cols + cols / 4    i16 Σq per 32 (Q4_K)
+// and after the n rows, for Q8_0 and Q4_0 with n >= 4, `cols` bytes per group of four rows: per
+// block of 32, the four rows' f32 scales, then their four f32 8·d·Σq (see dot4Q8_0).
+
+function absMax(p: usize, bytes: usize): f32 {
+  let m = f32x4.abs(v128.load(p))
+  for (let i: usize = 16; i < bytes; i += 16) m = f32x4.max(m, f32x4.abs(v128.load(p + i)))
+  return max(
+    max(f32x4.extract_lane(m, 0), f32x4.extract_lane(m, 1)),
+    max(f32x4.extract_lane(m, 2), f32x4.extract_lane(m, 3)),
+  )
+}
+
+// Rounds 16 floats at p times `inv` to the nearest integer (ties to even) and stores them as i8 at
+// q, saturated to [-128, 127].
+function round16(p: usize, inv: v128, q: usize): void {
+  const a = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p), inv)))
+  const b = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 16), inv)))
+  const c = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 32), inv)))
+  const d = i32x4.trunc_sat_f32x4_s(f32x4.nearest(f32x4.mul(v128.load(p, 48), inv)))
+  v128.store(q, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(a, b), i16x8.narrow_i32x4_s(c, d)))
+}
+
+// Σ of the 16 i8 values in v.
+function sum16(v: v128): i32 {
+  const s = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v))
+  return (
+    i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3)
+  )
+}
+
+function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool): void {
+  const nb = cols >> 5
+  const scales = xq + 3 * cols
+  const sums = scales + (cols >> 3)
+  for (let b: usize = 0; b < nb; b++) {
+    const p = x + (b << 7)
+    const q = xq + (b << 5)
+    const d: f32 = absMax(p, 128) / 127
+    const inv = f32x4.splat(d !== 0 ? 1 / d : 0)
+    round16(p, inv, q)
+    round16(p + 64, inv, q + 16)
+    const q0 = v128.load(q)
+    const q1 = v128.load(q, 16)
+    if (withSign) {
+      v128.store(q + cols, i8x16.abs(q0))
+      v128.store(q + cols, i8x16.abs(q1), 16)
+      v128.store(q + 2 * cols, i8x16.lt_s(q0, ZERO))
+      v128.store(q + 2 * cols, i8x16.lt_s(q1, ZERO), 16)
+    }
+    store<f32>(scales + (b << 2), d)
+    store<f32>(sums + (b << 2), <f32>8 * d * <f32>(sum16(q0) + sum16(q1)))
+  }
+}
+
+function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
+  const nb = cols >> 8
+  const scales = xq + 3 * cols
+  const sums16 = scales + (cols >> 3)
+  const sums32 = scales + (cols >> 2)
+  for (let b: usize = 0; b < nb; b++) {
+    const p = x + (b << 10)
+    const q = xq + (b << 8)
+    // As ggml's quantize_row_q8_K: the value of largest magnitude maps to -128, so rounding
+    // activations that are already q8_K values (the Meshnet engine's llama.cpp parity) is lossless.
+    let hi = v128.load(p)
+    let lo = hi
+    for (let i: usize = 16; i < 1024; i += 16) {
+      hi = f32x4.max(hi, v128.load(p + i))
+      lo = f32x4.min(lo, v128.load(p + i))
+    }
+    const top = max(
+      max(f32x4.extract_lane(hi, 0), f32x4.extract_lane(hi, 1)),
+      max(f32x4.extract_lane(hi, 2), f32x4.extract_lane(hi, 3)),
+    )
+    const bottom = min(
+      min(f32x4.extract_lane(lo, 0), f32x4.extract_lane(lo, 1)),
+      min(f32x4.extract_lane(lo, 2), f32x4.extract_lane(lo, 3)),
+    )
+    const extreme = -bottom > top ? bottom : top
+    const iscale: f32 = extreme !== 0 ? -128 / extreme : 0
+    const d: f32 = extreme !== 0 ? 1 / iscale : 0
+    const inv = f32x4.splat(iscale)
+    for (let j: usize = 0; j < 16; j += 2) {
+      round16(p + (j << 6), inv, q + (j << 4))
+      round16(p + (j << 6) + 64, inv, q + (j << 4) + 16)
+      const s0 = sum16(v128.load(q + (j << 4)))
+      const s1 = sum16(v128.load(q + (j << 4) + 16))
+      store<i16>(sums16 + (b << 5) + (j << 1), <i16>s0)
+      store<i16>(sums16 + (b << 5) + (j << 1) + 2, <i16>s1)
+      store<i16>(sums32 + (b << 4) + j, <i16>(s0 + s1))
+    }
+    store<f32>(scales + (b << 2), d)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+// IEEE half -> float: with the half's bits in the top 16 bits of an i32, an arithmetic shift right
+// by 3 puts sign, exponent and mantissa where a float has them (the exponent still biased by 15,
+// and copies of the sign in bits 28-30, masked off); × 2^112 then re-biases the exponent, which
+// also turns half subnormals into float normals. Exact for every finite half; infinities and NaNs
+// (never in a valid weight) come out as finite values above 65504.
+function f16(h: u32): f32 {
+  return reinterpret<f32>((<i32>(h << 16) >> 3) & 0x8fffe000) * reinterpret<f32>(0x77800000)
+}
+
+// The same for four halves, in the top 16 bits of each i32 lane of h.
+function f16x4(h: v128, mask: v128, scale: v128): v128 {
+  return f32x4.mul(v128.and(i32x4.shr_s(h, 3), mask), scale)
+}
+
+function hsum(v: v128): f32 {
+  const s = f32x4.add(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1))
+  return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)
+}
+
+// [Σ a, Σ b, Σ c, Σ d] of four i32x4 vectors.
+function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
+  const ab = i32x4.add(v128.shuffle<i32>(a, b, 0, 4, 1, 5), v128.shuffle<i32>(a, b, 2, 6, 3, 7))
+  const cd = i32x4.add(v128.shuffle<i32>(c, d, 0, 4, 1, 5), v128.shuffle<i32>(c, d, 2, 6, 3, 7))
+  return i32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7))
+}
+
+// The f16 scales at the start of four consecutive blocks of `size` bytes, as floats.
+function scales4(p: usize, size: usize, mask: v128, scale: v128): v128 {
+  let h = v128.load16_lane(p, ZERO, 1)
+  h = v128.load16_lane(p + size, h, 3)
+  h = v128.load16_lane(p + 2 * size, h, 5)
+  h = v128.load16_lane(p + 3 * size, h, 7)
+  return f16x4(h, mask, scale)
+}
+
+// ---------------------------------------------------------------------------------------------
+// F32 and F16 rows (f32 activations)
+
+function dotF32(w: usize, x: usize, cols: usize): f32 {
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  const end16 = (cols >> 4) << 6
+  let o: usize = 0
+  for (; o < end16; o += 64) {
+    a0 = f32x4.relaxed_madd(v128.load(w + o), v128.load(x + o), a0)
+    a1 = f32x4.relaxed_madd(v128.load(w + o, 16), v128.load(x + o, 16), a1)
+    a2 = f32x4.relaxed_madd(v128.load(w + o, 32), v128.load(x + o, 32), a2)
+    a3 = f32x4.relaxed_madd(v128.load(w + o, 48), v128.load(x + o, 48), a3)
+  }
+  const end4 = (cols >> 2) << 4
+  for (; o < end4; o += 16) a0 = f32x4.relaxed_madd(v128.load(w + o), v128.load(x + o), a0)
+  let s = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
+  for (; o < cols << 2; o += 4) s += load<f32>(w + o) * load<f32>(x + o)
+  return s
+}
+
+function dotF16(w: usize, x: usize, cols: usize, mask: v128, scale: v128): f32 {
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  const end16 = (cols >> 4) << 4
+  let i: usize = 0
+  for (; i < end16; i += 16) {
+    const h0 = v128.load(w + (i << 1))
+    const h1 = v128.load(w + (i << 1), 16)
+    const xp = x + (i << 2)
+    const z = i32x4.splat(0)
+    a0 = f32x4.relaxed_madd(
+      f16x4(v128.shuffle<i16>(z, h0, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
+      v128.load(xp),
+      a0,
+    )
+    a1 = f32x4.relaxed_madd(
+      f16x4(v128.shuffle<i16>(z, h0, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
+      v128.load(xp, 16),
+      a1,
+    )
+    a2 = f32x4.relaxed_madd(
+      f16x4(v128.shuffle<i16>(z, h1, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
+      v128.load(xp, 32),
+      a2,
+    )
+    a3 = f32x4.relaxed_madd(
+      f16x4(v128.shuffle<i16>(z, h1, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
+      v128.load(xp, 48),
+      a3,
+    )
+  }
+  let s = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
+  for (; i < cols; i++) s += f16(load<u16>(w + (i << 1))) * load<f32>(x + (i << 2))
+  return s
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q8_0: block = f16 d, i8 q[32] (34 bytes). Σ w·x = Σ (w·sign(x))·|x|, an i8 × i7 dot product.
+
+function q8_0Block(wp: usize, xa: usize, xs: usize, ones: v128): v128 {
+  const m0 = v128.load(xs)
+  const m1 = v128.load(xs, 16)
+  // sub_sat keeps -(-128) at 127 (ggml's quantizers never write -128, whose sign cannot flip in i8).
+  const s0 = i8x16.sub_sat_s(v128.xor(v128.load(wp, 2), m0), m0)
+  const s1 = i8x16.sub_sat_s(v128.xor(v128.load(wp, 18), m1), m1)
+  const p0 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(s0, v128.load(xa)), ones)
+  const p1 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(s1, v128.load(xa, 16)), ones)
+  return i32x4.add(p0, p1)
+}
+
+function dotQ8_0(w: usize, xq: usize, cols: usize, ones: v128, mask: v128, scale: v128): f32 {
+  const nb = cols >> 5
+  const xa = xq + cols
+  const xs = xq + 2 * cols
+  const xd = xq + 3 * cols
+  let acc = f32x4.splat(0)
+  let b: usize = 0
+  for (; b + 4 <= nb; b += 4) {
+    const wp = w + b * 34
+    const o = b << 5
+    const s = hsum4(
+      q8_0Block(wp, xa + o, xs + o, ones),
+      q8_0Block(wp + 34, xa + o + 32, xs + o + 32, ones),
+      q8_0Block(wp + 68, xa + o + 64, xs + o + 64, ones),
+      q8_0Block(wp + 102, xa + o + 96, xs + o + 96, ones),
+    )
+    const d = f32x4.mul(scales4(wp, 34, mask, scale), v128.load(xd + (b << 2)))
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
+  }
+  let tail: f32 = 0
+  for (; b < nb; b++) {
+    const wp = w + b * 34
+    const o = b << 5
+    const s = q8_0Block(wp, xa + o, xs + o, ones)
+    const isum =
+      i32x4.extract_lane(s, 0) +
+      i32x4.extract_lane(s, 1) +
+      i32x4.extract_lane(s, 2) +
+      i32x4.extract_lane(s, 3)
+    tail += f16(load<u16>(wp)) * load<f32>(xd + (b << 2)) * <f32>isum
+  }
+  return hsum(acc) + tail
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_0: block = f16 d, u8 qs[16]; value j is (qs[j] & 15) - 8, value j + 16 is (qs[j] >> 4) - 8.
+// Σ w·x = d_w·(d_x·Σ nibble·q - 8·d_x·Σq): an i8 × i7 dot product and the precomputed 8·d_x·Σq.
+
+function q4_0Block(wp: usize, xp: usize, low4: v128, ones: v128): v128 {
+  const q = v128.load(wp, 2)
+  const lo = v128.and(q, low4)
+  const hi = v128.and(i16x8.shr_u(q, 4), low4)
+  const p = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), lo),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), hi),
+  )
+  return i32x4.dot_i16x8_s(p, ones)
+}
+
+function dotQ4_0(w: usize, xq: usize, cols: usize, low4: v128, ones: v128, mask: v128, scale: v128): f32 {
+  const nb = cols >> 5
+  const xd = xq + 3 * cols
+  const xs = xd + (cols >> 3)
+  let acc = f32x4.splat(0)
+  let b: usize = 0
+  for (; b + 4 <= nb; b += 4) {
+    const wp = w + b * 18
+    const xp = xq + (b << 5)
+    const s = hsum4(
+      q4_0Block(wp, xp, low4, ones),
+      q4_0Block(wp + 18, xp + 32, low4, ones),
+      q4_0Block(wp + 36, xp + 64, low4, ones),
+      q4_0Block(wp + 54, xp + 96, low4, ones),
+    )
+    const o = b << 2
+    const v = f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(xd + o)), v128.load(xs + o))
+    acc = f32x4.relaxed_madd(scales4(wp, 18, mask, scale), v, acc)
+  }
+  let tail: f32 = 0
+  for (; b < nb; b++) {
+    const wp = w + b * 18
+    const s = q4_0Block(wp, xq + (b << 5), low4, ones)
+    const isum =
+      i32x4.extract_lane(s, 0) +
+      i32x4.extract_lane(s, 1) +
+      i32x4.extract_lane(s, 2) +
+      i32x4.extract_lane(s, 3)
+    tail += f16(load<u16>(wp)) * (<f32>isum * load<f32>(xd + (b << 2)) - load<f32>(xs + (b << 2)))
+  }
+  return hsum(acc) + tail
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q4_K: super-block of 256 = f16 d, f16 dmin, u8 scales[12] (eight 6-bit scales and mins), u8 qs[128].
+// Values 64k..64k+31 are the low nibbles of qs[32k..32k+31] (scale 2k), values 64k+32..64k+63 the
+// high nibbles (scale 2k+1); value = d·scale·nibble - dmin·min.
+
+// Σ over 64 values of nibble·q·scale, as i32x4: low nibbles × x[0..32) × sLo, high × x[32..64) × sHi.
+function q4_KChunk(qp: usize, xp: usize, sLo: v128, sHi: v128, low4: v128): v128 {
+  const q0 = v128.load(qp)
+  const q1 = v128.load(qp, 16)
+  const lo = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), v128.and(q0, low4)),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), v128.and(q1, low4)),
+  )
+  const hi = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 32), v128.and(i16x8.shr_u(q0, 4), low4)),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 48), v128.and(i16x8.shr_u(q1, 4), low4)),
+  )
+  return i32x4.add(i32x4.dot_i16x8_s(lo, sLo), i32x4.dot_i16x8_s(hi, sHi))
+}
+
+function dotQ4_K(w: usize, xq: usize, cols: usize, low4: v128): f32 {
+  const nb = cols >> 8
+  const xd = xq + 3 * cols
+  const xs32 = xd + (cols >> 2)
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 144
+    const xp = xq + (b << 8)
+    const dx = load<f32>(xd + (b << 2))
+    // Unpack the 6-bit scales and mins: bytes 0-3 hold scales 0-3 (+ high bits of scales 4-7),
+    // bytes 4-7 mins 0-3 (+ high bits of mins 4-7), bytes 8-11 the low nibbles of scales/mins 4-7.
+    const a = load<u32>(bp, 4)
+    const m = load<u32>(bp, 8)
+    const c = load<u32>(bp, 12)
+    let sm = i32x4.splat(a & 0x3f3f3f3f)
+    sm = i32x4.replace_lane(sm, 1, (c & 0x0f0f0f0f) | (((a >> 6) & 0x03030303) << 4))
+    sm = i32x4.replace_lane(sm, 2, m & 0x3f3f3f3f)
+    sm = i32x4.replace_lane(sm, 3, ((c >> 4) & 0x0f0f0f0f) | (((m >> 6) & 0x03030303) << 4))
+    const sc = i16x8.extend_low_i8x16_u(sm)
+    const mn = i16x8.extend_high_i8x16_u(sm)
+    let isum = q4_KChunk(
+      bp + 16,
+      xp,
+      v128.shuffle<i16>(sc, sc, 0, 0, 0, 0, 0, 0, 0, 0),
+      v128.shuffle<i16>(sc, sc, 1, 1, 1, 1, 1, 1, 1, 1),
+      low4,
+    )
+    isum = i32x4.add(
+      isum,
+      q4_KChunk(
+        bp + 48,
+        xp + 64,
+        v128.shuffle<i16>(sc, sc, 2, 2, 2, 2, 2, 2, 2, 2),
+        v128.shuffle<i16>(sc, sc, 3, 3, 3, 3, 3, 3, 3, 3),
+        low4,
+      ),
+    )
+    isum = i32x4.add(
+      isum,
+      q4_KChunk(
+        bp + 80,
+        xp + 128,
+        v128.shuffle<i16>(sc, sc, 4, 4, 4, 4, 4, 4, 4, 4),
+        v128.shuffle<i16>(sc, sc, 5, 5, 5, 5, 5, 5, 5, 5),
+        low4,
+      ),
+    )
+    isum = i32x4.add(
+      isum,
+      q4_KChunk(
+        bp + 112,
+        xp + 192,
+        v128.shuffle<i16>(sc, sc, 6, 6, 6, 6, 6, 6, 6, 6),
+        v128.shuffle<i16>(sc, sc, 7, 7, 7, 7, 7, 7, 7, 7),
+        low4,
+      ),
+    )
+    const mins = i32x4.dot_i16x8_s(mn, v128.load(xs32 + (b << 4)))
+    const dh = load<u32>(bp)
+    const d = f16(dh & 0xffff) * dx
+    const dmin = f16(dh >> 16) * dx
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(d), acc)
+    acc = f32x4.relaxed_nmadd(f32x4.convert_i32x4_s(mins), f32x4.splat(dmin), acc)
+  }
+  return hsum(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Q6_K: super-block of 256 = u8 ql[128], u8 qh[64], i8 scales[16], f16 d (210 bytes). In each half
+// of 128 values (ql += 64, qh += 32, scales += 8), value l + 32k (l < 32, k < 4) is
+// ((ql[l + 32 (k & 1)] >> 4 (k >> 1)) & 15 | ((qh[l] >> 2k) & 3) << 4) - 32 with scale l / 16 + 2k.
+// Σ w·x = d·(Σ scale·q6·q - 32·Σ scale·Σq per 16).
+
+// One l-run of 16 (lanes `l` of the half): Σ over the four k of q6 · x, times the k-th scale.
+function q6_KRun(
+  ql: usize,
+  qh: usize,
+  xp: usize,
+  s0: v128,
+  s1: v128,
+  s2: v128,
+  s3: v128,
+  low4: v128,
+  bits45: v128,
+): v128 {
+  const a = v128.load(ql)
+  const b = v128.load(ql, 32)
+  const h = v128.load(qh)
+  const q0 = v128.or(v128.and(a, low4), v128.and(i16x8.shl(h, 4), bits45))
+  const q1 = v128.or(v128.and(b, low4), v128.and(i16x8.shl(h, 2), bits45))
+  const q2 = v128.or(v128.and(i16x8.shr_u(a, 4), low4), v128.and(h, bits45))
+  const q3 = v128.or(v128.and(i16x8.shr_u(b, 4), low4), v128.and(i16x8.shr_u(h, 2), bits45))
+  const p0 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), q0), s0)
+  const p1 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 32), q1), s1)
+  const p2 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 64), q2), s2)
+  const p3 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 96), q3), s3)
+  return i32x4.add(i32x4.add(p0, p1), i32x4.add(p2, p3))
+}
+
+function q6_KHalf(ql: usize, qh: usize, xp: usize, s: v128, low4: v128, bits45: v128): v128 {
+  const r0 = q6_KRun(
+    ql,
+    qh,
+    xp,
+    v128.shuffle<i16>(s, s, 0, 0, 0, 0, 0, 0, 0, 0),
+    v128.shuffle<i16>(s, s, 2, 2, 2, 2, 2, 2, 2, 2),
+    v128.shuffle<i16>(s, s, 4, 4, 4, 4, 4, 4, 4, 4),
+    v128.shuffle<i16>(s, s, 6, 6, 6, 6, 6, 6, 6, 6),
+    low4,
+    bits45,
+  )
+  const r1 = q6_KRun(
+    ql + 16,
+    qh + 16,
+    xp + 16,
+    v128.shuffle<i16>(s, s, 1, 1, 1, 1, 1, 1, 1, 1),
+    v128.shuffle<i16>(s, s, 3, 3, 3, 3, 3, 3, 3, 3),
+    v128.shuffle<i16>(s, s, 5, 5, 5, 5, 5, 5, 5, 5),
+    v128.shuffle<i16>(s, s, 7, 7, 7, 7, 7, 7, 7, 7),
+    low4,
+    bits45,
+  )
+  return i32x4.add(r0, r1)
+}
+
+function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128): f32 {
+  const nb = cols >> 8
+  const xd = xq + 3 * cols
+  const xs16 = xd + (cols >> 3)
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 210
+    const xp = xq + (b << 8)
+    const scv = v128.load(bp, 192)
+    const s0 = i16x8.extend_low_i8x16_s(scv)
+    const s1 = i16x8.extend_high_i8x16_s(scv)
+    let isum = i32x4.add(
+      q6_KHalf(bp, bp + 128, xp, s0, low4, bits45),
+      q6_KHalf(bp + 64, bp + 160, xp + 128, s1, low4, bits45),
+    )
+    const bs = xs16 + (b << 5)
+    const offset = i32x4.add(i32x4.dot_i16x8_s(s0, v128.load(bs)), i32x4.dot_i16x8_s(s1, v128.load(bs, 16)))
+    isum = i32x4.sub(isum, i32x4.shl(offset, 5))
+    const d = f16(load<u16>(bp, 208)) * load<f32>(xd + (b << 2))
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(d), acc)
+  }
+  return hsum(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Four activation rows at once (matmul): each weight block is loaded and unpacked once for four
+// activation rows `xStride` bytes apart, and their four block sums are reduced together. Returns
+// [dot(w, x_0), dot(w, x_1), dot(w, x_2), dot(w, x_3)]. For Q8_0 and Q4_0, `g` holds the rows' block
+// scales interleaved (per block: the four d, then the four 8·d·Σq) so that one load fetches them.
+
+// Q8_0 with the sign of w moved onto x: (x·sign(w))·|w| is an i8 × i7 product once -128 is -127.
+function dot4Q8_0(w: usize, x: usize, xStride: usize, g: usize, cols: usize, ones: v128, m127: v128): v128 {
+  const nb = cols >> 5
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const wp = w + b * 34
+    const w0 = i8x16.max_s(v128.load(wp, 2), m127)
+    const w1 = i8x16.max_s(v128.load(wp, 18), m127)
+    const a0 = i8x16.abs(w0)
+    const a1 = i8x16.abs(w1)
+    const n0 = i8x16.lt_s(w0, i32x4.splat(0))
+    const n1 = i8x16.lt_s(w1, i32x4.splat(0))
+    const x0 = x + (b << 5)
+    const x1 = x0 + xStride
+    const x2 = x1 + xStride
+    const x3 = x2 + xStride
+    const s = hsum4(
+      i32x4.add(
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x0), n0), n0), a0),
+          ones,
+        ),
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x0, 16), n1), n1), a1),
+          ones,
+        ),
+      ),
+      i32x4.add(
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x1), n0), n0), a0),
+          ones,
+        ),
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x1, 16), n1), n1), a1),
+          ones,
+        ),
+      ),
+      i32x4.add(
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x2), n0), n0), a0),
+          ones,
+        ),
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x2, 16), n1), n1), a1),
+          ones,
+        ),
+      ),
+      i32x4.add(
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x3), n0), n0), a0),
+          ones,
+        ),
+        i32x4.dot_i16x8_s(
+          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x3, 16), n1), n1), a1),
+          ones,
+        ),
+      ),
+    )
+    const d = f32x4.mul(v128.load(g + (b << 5)), f32x4.splat(f16(load<u16>(wp))))
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
+  }
+  return acc
+}
+
+function q4_0Pair(xp: usize, lo: v128, hi: v128, ones: v128): v128 {
+  const p = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), lo),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), hi),
+  )
+  return i32x4.dot_i16x8_s(p, ones)
+}
+
+function dot4Q4_0(w: usize, x: usize, xStride: usize, g: usize, cols: usize, low4: v128, ones: v128): v128 {
+  const nb = cols >> 5
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const wp = w + b * 18
+    const q = v128.load(wp, 2)
+    const lo = v128.and(q, low4)
+    const hi = v128.and(i16x8.shr_u(q, 4), low4)
+    const x0 = x + (b << 5)
+    const s = hsum4(
+      q4_0Pair(x0, lo, hi, ones),
+      q4_0Pair(x0 + xStride, lo, hi, ones),
+      q4_0Pair(x0 + 2 * xStride, lo, hi, ones),
+      q4_0Pair(x0 + 3 * xStride, lo, hi, ones),
+    )
+    const gp = g + (b << 5)
+    const v = f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(gp)), v128.load(gp, 16))
+    acc = f32x4.relaxed_madd(v, f32x4.splat(f16(load<u16>(wp))), acc)
+  }
+  return acc
+}
+
+// The four rows' f32 scales of super-block b (K-quant layout: one scale per 256 at 3·cols).
+function scales256x4(x: usize, xStride: usize, cols: usize, b: usize): v128 {
+  const p = x + 3 * cols + (b << 2)
+  let v = f32x4.splat(load<f32>(p))
+  v = f32x4.replace_lane(v, 1, load<f32>(p + xStride))
+  v = f32x4.replace_lane(v, 2, load<f32>(p + 2 * xStride))
+  return f32x4.replace_lane(v, 3, load<f32>(p + 3 * xStride))
+}
+
+// Σ over 64 values of one Q4_K chunk (low nibbles × x[0..32) × sLo, high × x[32..64) × sHi).
+function q4_KQuad(xp: usize, l0: v128, l1: v128, h0: v128, h1: v128, sLo: v128, sHi: v128): v128 {
+  const lo = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), l0),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), l1),
+  )
+  const hi = i16x8.add(
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 32), h0),
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 48), h1),
+  )
+  return i32x4.add(i32x4.dot_i16x8_s(lo, sLo), i32x4.dot_i16x8_s(hi, sHi))
+}
+
+function dot4Q4_K(w: usize, x: usize, xStride: usize, cols: usize, low4: v128): v128 {
+  const nb = cols >> 8
+  const xs32 = cols * 3 + (cols >> 2)
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 144
+    const a = load<u32>(bp, 4)
+    const m = load<u32>(bp, 8)
+    const c = load<u32>(bp, 12)
+    const sc03 = a & 0x3f3f3f3f
+    const sc47 = (c & 0x0f0f0f0f) | (((a >> 6) & 0x03030303) << 4)
+    let mins = i32x4.splat(m & 0x3f3f3f3f)
+    mins = i32x4.replace_lane(mins, 1, ((c >> 4) & 0x0f0f0f0f) | (((m >> 6) & 0x03030303) << 4))
+    const mn = i16x8.extend_low_i8x16_u(mins)
+    const x0 = x + (b << 8)
+    const x1 = x0 + xStride
+    const x2 = x1 + xStride
+    const x3 = x2 + xStride
+    let i0 = i32x4.splat(0)
+    let i1 = i32x4.splat(0)
+    let i2 = i32x4.splat(0)
+    let i3 = i32x4.splat(0)
+    for (let k: usize = 0; k < 4; k++) {
+      const word = k < 2 ? sc03 : sc47
+      const shift = (<u32>(k & 1)) << 4
+      const sLo = i16x8.splat(<i16>((word >> shift) & 0xff))
+      const sHi = i16x8.splat(<i16>((word >> (shift + 8)) & 0xff))
+      const q0 = v128.load(bp + 16 + (k << 5))
+      const q1 = v128.load(bp + 16 + (k << 5), 16)
+      const l0 = v128.and(q0, low4)
+      const l1 = v128.and(q1, low4)
+      const h0 = v128.and(i16x8.shr_u(q0, 4), low4)
+      const h1 = v128.and(i16x8.shr_u(q1, 4), low4)
+      const o = k << 6
+      i0 = i32x4.add(i0, q4_KQuad(x0 + o, l0, l1, h0, h1, sLo, sHi))
+      i1 = i32x4.add(i1, q4_KQuad(x1 + o, l0, l1, h0, h1, sLo, sHi))
+      i2 = i32x4.add(i2, q4_KQuad(x2 + o, l0, l1, h0, h1, sLo, sHi))
+      i3 = i32x4.add(i3, q4_KQuad(x3 + o, l0, l1, h0, h1, sLo, sHi))
+    }
+    const bs = xs32 + (b << 4)
+    const mn4 = hsum4(
+      i32x4.dot_i16x8_s(mn, v128.load(x + bs)),
+      i32x4.dot_i16x8_s(mn, v128.load(x + xStride + bs)),
+      i32x4.dot_i16x8_s(mn, v128.load(x + 2 * xStride + bs)),
+      i32x4.dot_i16x8_s(mn, v128.load(x + 3 * xStride + bs)),
+    )
+    const dx = scales256x4(x, xStride, cols, b)
+    const dh = load<u32>(bp)
+    acc = f32x4.relaxed_madd(
+      f32x4.convert_i32x4_s(hsum4(i0, i1, i2, i3)),
+      f32x4.mul(dx, f32x4.splat(f16(dh & 0xffff))),
+      acc,
+    )
+    acc = f32x4.relaxed_nmadd(f32x4.convert_i32x4_s(mn4), f32x4.mul(dx, f32x4.splat(f16(dh >> 16))), acc)
+  }
+  return acc
+}
+
+// Σ over one 16-lane run of a Q6_K half for one activation row (q0..q3 unpacked, s0..s3 scales).
+function q6_KQuad(
+  xp: usize,
+  q0: v128,
+  q1: v128,
+  q2: v128,
+  q3: v128,
+  s0: v128,
+  s1: v128,
+  s2: v128,
+  s3: v128,
+): v128 {
+  const p0 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), q0), s0)
+  const p1 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 32), q1), s1)
+  const p2 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 64), q2), s2)
+  const p3 = i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 96), q3), s3)
+  return i32x4.add(i32x4.add(p0, p1), i32x4.add(p2, p3))
+}
+
+function dot4Q6_K(w: usize, x: usize, xStride: usize, cols: usize, low4: v128, bits45: v128): v128 {
+  const nb = cols >> 8
+  const xs16 = cols * 3 + (cols >> 3)
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 210
+    const x0 = x + (b << 8)
+    let i0 = i32x4.splat(0)
+    let i1 = i32x4.splat(0)
+    let i2 = i32x4.splat(0)
+    let i3 = i32x4.splat(0)
+    for (let run: usize = 0; run < 4; run++) {
+      // Half `run >> 1` (ql += 64, qh += 32, scales += 8, x += 128), lanes 16·(run & 1) onwards.
+      const half = run >> 1
+      const l = (run & 1) << 4
+      const ql = bp + (half << 6) + l
+      const qh = bp + 128 + (half << 5) + l
+      const sp = bp + 192 + (half << 3) + (run & 1)
+      const a = v128.load(ql)
+      const c = v128.load(ql, 32)
+      const h = v128.load(qh)
+      const q0 = v128.or(v128.and(a, low4), v128.and(i16x8.shl(h, 4), bits45))
+      const q1 = v128.or(v128.and(c, low4), v128.and(i16x8.shl(h, 2), bits45))
+      const q2 = v128.or(v128.and(i16x8.shr_u(a, 4), low4), v128.and(h, bits45))
+      const q3 = v128.or(v128.and(i16x8.shr_u(c, 4), low4), v128.and(i16x8.shr_u(h, 2), bits45))
+      const s0 = i16x8.splat(<i16>load<i8>(sp))
+      const s1 = i16x8.splat(<i16>load<i8>(sp, 2))
+      const s2 = i16x8.splat(<i16>load<i8>(sp, 4))
+      const s3 = i16x8.splat(<i16>load<i8>(sp, 6))
+      const o = (half << 7) + l
+      i0 = i32x4.add(i0, q6_KQuad(x0 + o, q0, q1, q2, q3, s0, s1, s2, s3))
+      i1 = i32x4.add(i1, q6_KQuad(x0 + xStride + o, q0, q1, q2, q3, s0, s1, s2, s3))
+      i2 = i32x4.add(i2, q6_KQuad(x0 + 2 * xStride + o, q0, q1, q2, q3, s0, s1, s2, s3))
+      i3 = i32x4.add(i3, q6_KQuad(x0 + 3 * xStride + o, q0, q1, q2, q3, s0, s1, s2, s3))
+    }
+    const scv = v128.load(bp, 192)
+    const sLo = i16x8.extend_low_i8x16_s(scv)
+    const sHi = i16x8.extend_high_i8x16_s(scv)
+    const bs = x + xs16 + (b << 5)
+    const offsets = hsum4(
+      i32x4.add(i32x4.dot_i16x8_s(sLo, v128.load(bs)), i32x4.dot_i16x8_s(sHi, v128.load(bs, 16))),
+      i32x4.add(
+        i32x4.dot_i16x8_s(sLo, v128.load(bs + xStride)),
+        i32x4.dot_i16x8_s(sHi, v128.load(bs + xStride, 16)),
+      ),
+      i32x4.add(
+        i32x4.dot_i16x8_s(sLo, v128.load(bs + 2 * xStride)),
+        i32x4.dot_i16x8_s(sHi, v128.load(bs + 2 * xStride, 16)),
+      ),
+      i32x4.add(
+        i32x4.dot_i16x8_s(sLo, v128.load(bs + 3 * xStride)),
+        i32x4.dot_i16x8_s(sHi, v128.load(bs + 3 * xStride, 16)),
+      ),
+    )
+    const isum = i32x4.sub(hsum4(i0, i1, i2, i3), i32x4.shl(offsets, 5))
+    const d = f32x4.mul(scales256x4(x, xStride, cols, b), f32x4.splat(f16(load<u16>(bp, 208))))
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), d, acc)
+  }
+  return acc
+}
+
+// out[i·rows + r] for the four activation rows from x (and group scales g) and r in [r0, r1).
+function rowRange4(
+  ctrl: usize,
+  type: i32,
+  w: usize,
+  rb: usize,
+  x: usize,
+  xStride: usize,
+  g: usize,
+  out: usize,
+  outStride: usize,
+  r0: usize,
+  r1: usize,
+  cols: usize,
+): void {
+  const low4 = v128.load(ctrl, K_LOW4)
+  const bits45 = v128.load(ctrl, K_BITS45)
+  const ones = v128.load(ctrl, K_ONES16)
+  const m127 = v128.load(ctrl, K_M127)
+  for (let r = r0; r < r1; r++) {
+    let v: v128
+    if (type === Q8_0) v = dot4Q8_0(w + r * rb, x, xStride, g, cols, ones, m127)
+    else if (type === Q4_0) v = dot4Q4_0(w + r * rb, x, xStride, g, cols, low4, ones)
+    else if (type === Q4_K) v = dot4Q4_K(w + r * rb, x, xStride, cols, low4)
+    else v = dot4Q6_K(w + r * rb, x, xStride, cols, low4, bits45)
+    const o = out + (r << 2)
+    v128.store_lane<f32>(o, v, 0)
+    v128.store_lane<f32>(o + outStride, v, 1)
+    v128.store_lane<f32>(o + 2 * outStride, v, 2)
+    v128.store_lane<f32>(o + 3 * outStride, v, 3)
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rows
+
+// out[r] = dot(W row r, x) for r in [r0, r1), W rows `rb` bytes apart; x is f32 (F32, F16) or
+// quantized.
+function rowRange(
+  ctrl: usize,
+  type: i32,
+  w: usize,
+  rb: usize,
+  x: usize,
+  out: usize,
+  r0: usize,
+  r1: usize,
+  cols: usize,
+): void {
+  const low4 = v128.load(ctrl, K_LOW4)
+  const bits45 = v128.load(ctrl, K_BITS45)
+  const ones = v128.load(ctrl, K_ONES16)
+  const mask = v128.load(ctrl, K_F16_MASK)
+  const scale = v128.load(ctrl, K_F16_SCALE)
+  if (type === F32) {
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotF32(w + r * rb, x, cols))
+  } else if (type === F16) {
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotF16(w + r * rb, x, cols, mask, scale))
+  } else if (type === Q8_0) {
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ8_0(w + r * rb, x, cols, ones, mask, scale))
+  } else if (type === Q4_0) {
+    for (let r = r0; r < r1; r++)
+      store<f32>(out + (r << 2), dotQ4_0(w + r * rb, x, cols, low4, ones, mask, scale))
+  } else if (type === Q4_K) {
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ4_K(w + r * rb, x, cols, low4))
+  } else if (type === Q6_K) {
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ6_K(w + r * rb, x, cols, low4, bits45))
+  }
+}
+
+// Claims and runs chunks of job `job` until none is left (or the job is no longer current).
+function runChunks(ctrl: usize, job: i32): void {
+  const type = load<i32>(ctrl, C_TYPE)
+  const rows = <usize>load<i32>(ctrl, C_ROWS)
+  const cols = <usize>load<i32>(ctrl, C_COLS)
+  const n = <usize>load<i32>(ctrl, C_N)
+  const w = <usize>load<i32>(ctrl, C_W)
+  const rb = <usize>load<i32>(ctrl, C_ROW_STRIDE)
+  const x = type === F32 || type === F16 ? <usize>load<i32>(ctrl, C_X) : <usize>load<i32>(ctrl, C_XQ)
+  const out = <usize>load<i32>(ctrl, C_OUT)
+  const chunks = load<i32>(ctrl, C_CHUNKS)
+  const chunkRows = <usize>load<i32>(ctrl, C_CHUNK_ROWS)
+  // Activation rows are 4·cols bytes apart both as f32 and quantized.
+  const xStride = cols << 2
+  const outStride = rows << 2
+  // Quantized activations go four rows at a time; Q8_0 and Q4_0 then read interleaved scales.
+  const quad = type !== F32 && type !== F16
+  const groups = x + n * xStride
+  while (true) {
+    const claim = atomic.load<i64>(ctrl, C_CLAIM)
+    const chunk = <i32>claim
+    if (<i32>(claim >> 32) !== job || chunk >= chunks) return
+    if (atomic.cmpxchg<i64>(ctrl, claim, claim + 1, C_CLAIM) !== claim) continue
+    const r0 = <usize>chunk * chunkRows
+    const r1 = min(r0 + chunkRows, rows)
+    for (let t = r0; t < r1; t += ROW_TILE) {
+      const te = min(t + ROW_TILE, r1)
+      let i: usize = 0
+      if (quad) {
+        for (; i + 4 <= n; i += 4) {
+          const g = groups + (i >> 2) * cols
+          rowRange4(
+            ctrl,
+            type,
+            w,
+            rb,
+            x + i * xStride,
+            xStride,
+            g,
+            out + i * outStride,
+            outStride,
+            t,
+            te,
+            cols,
+          )
+        }
+      }
+      for (; i < n; i++) rowRange(ctrl, type, w, rb, x + i * xStride, out + i * outStride, t, te, cols)
+    }
+    if (atomic.add<i32>(ctrl, 1, C_DONE) + 1 === chunks) atomic.notify(ctrl + C_DONE, 1)
+  }
+}
+
+// Quantizes the job's activations into the scratch at C_XQ (nothing to do for F32 and F16).
+function prepare(ctrl: usize): void {
+  const type = load<i32>(ctrl, C_TYPE)
+  if (type === F32 || type === F16) return
+  const cols = <usize>load<i32>(ctrl, C_COLS)
+  const n = <usize>load<i32>(ctrl, C_N)
+  const x = <usize>load<i32>(ctrl, C_X)
+  const xq = <usize>load<i32>(ctrl, C_XQ)
+  const stride = cols << 2
+  for (let i: usize = 0; i < n; i++) {
+    if (type === Q8_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, true)
+    else if (type === Q4_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, false)
+    else quantizeBlocks256(x + i * stride, cols, xq + i * stride)
+  }
+  if (type !== Q8_0 && type !== Q4_0) return
+  // For each group of four rows, per block of 32: their four scales, then their four 8·d·Σq.
+  const nb = cols >> 5
+  const groups = xq + n * stride
+  for (let i: usize = 0; i + 4 <= n; i += 4) {
+    const g = groups + (i >> 2) * (nb << 5)
+    for (let k: usize = 0; k < 4; k++) {
+      const scales = xq + (i + k) * stride + 3 * cols
+      const sums = scales + (cols >> 3)
+      for (let b: usize = 0; b < nb; b++) {
+        store<f32>(g + (b << 5) + (k << 2), load<f32>(scales + (b << 2)))
+        store<f32>(g + (b << 5) + 16 + (k << 2), load<f32>(sums + (b << 2)))
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Entry points
+
+/**
+ * Runs the job in the control block: quantizes its activations, publishes it to the workers when
+ * C_THREADS > 1, claims chunks alongside them and returns when every chunk is done.
+ */
+export function dispatch(ctrl: usize): void {
+  prepare(ctrl)
+  const threads = load<i32>(ctrl, C_THREADS)
+  const rows = load<i32>(ctrl, C_ROWS)
+  // About four chunks per thread (whole row tiles) balance uneven threads at little claiming cost.
+  let chunkRows = rows
+  if (threads > 1) {
+    const per = (rows + threads * 4 - 1) / (threads * 4)
+    chunkRows = max(<i32>ROW_TILE, (per + <i32>ROW_TILE - 1) & ~(<i32>ROW_TILE - 1))
+  }
+  const chunks = (rows + chunkRows - 1) / chunkRows
+  const job = load<i32>(ctrl, C_JOB) + 1
+  store<i32>(ctrl, job, C_JOB)
+  store<i32>(ctrl, chunks, C_CHUNKS)
+  store<i32>(ctrl, chunkRows, C_CHUNK_ROWS)
+  atomic.store<i32>(ctrl, 0, C_DONE)
+  atomic.store<i64>(ctrl, (<i64>job) << 32, C_CLAIM)
+  if (threads > 1) {
+    atomic.add<i32>(ctrl, 1, C_GEN)
+    atomic.notify(ctrl + C_GEN, threads - 1)
+  }
+  runChunks(ctrl, job)
+  let spin = load<i32>(ctrl, C_SPIN)
+  let done = atomic.load<i32>(ctrl, C_DONE)
+  while (done !== chunks) {
+    if (spin > 0) spin--
+    else memory.atomic.wait32(ctrl + C_DONE, done, -1)
+    done = atomic.load<i32>(ctrl, C_DONE)
+  }
+}
+
+/**
+ * A worker's life: wait for C_GEN to move past `seen`, claim chunks of the current job, until
+ * C_QUIT is set. Spins C_SPIN times before sleeping, so that back-to-back jobs (the matvecs of a
+ * decode step) start without a futex wake-up.
+ */
+export function workerLoop(ctrl: usize, seen: i32): void {
+  while (true) {
+    let spin = load<i32>(ctrl, C_SPIN)
+    let gen = atomic.load<i32>(ctrl, C_GEN)
+    while (gen === seen) {
+      if (spin > 0) spin--
+      else memory.atomic.wait32(ctrl + C_GEN, seen, -1)
+      gen = atomic.load<i32>(ctrl, C_GEN)
+    }
+    seen = gen
+    if (atomic.load<i32>(ctrl, C_QUIT) !== 0) return
+    runChunks(ctrl, atomic.load<i32>(ctrl, C_JOB))
+  }
+}
+
+/** Σ of `n` floats at `p` (n a multiple of 16): the memory-bandwidth reference in bench/kernels.ts. */
+export function sumF32(p: usize, n: usize): f32 {
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  for (let o: usize = 0; o < n << 2; o += 64) {
+    a0 = f32x4.add(a0, v128.load(p + o))
+    a1 = f32x4.add(a1, v128.load(p + o, 16))
+    a2 = f32x4.add(a2, v128.load(p + o, 32))
+    a3 = f32x4.add(a3, v128.load(p + o, 48))
+  }
+  return hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
+}

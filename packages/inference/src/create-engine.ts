@@ -1,0 +1,34 @@
+import { InvalidArgumentError } from '@meshnet/identity'
+import { createLlamaCppEngine } from './llama-cpp/engine.ts'
+import { createMeshnetEngine } from './meshnet-engine.ts'
+import type { InferenceEngine } from './types.ts'
+
+export type EngineName = 'meshnet' | 'llama-cpp'
+
+export const ENGINE_NAMES: readonly EngineName[] = ['meshnet', 'llama-cpp']
+
+/** The options both engines take. */
+export interface CreateEngineOptions {
+  engine: EngineName
+  modelPath: string
+  threads?: number
+  contextSize?: number
+  signal?: AbortSignal
+}
+
+/** Loads `modelPath` into the chosen engine (`--engine meshnet|llama-cpp`). */
+export async function createEngine(options: CreateEngineOptions): Promise<InferenceEngine> {
+  const { engine, ...rest } = options
+  if (!ENGINE_NAMES.includes(engine)) {
+    throw new InvalidArgumentError(
+      `unknown engine ${JSON.stringify(engine)}; use ${ENGINE_NAMES.join(' or ')}`,
+    )
+  }
+  const common = {
+    modelPath: rest.modelPath,
+    ...(rest.threads === undefined ? {} : { threads: rest.threads }),
+    ...(rest.contextSize === undefined ? {} : { contextSize: rest.contextSize }),
+    ...(rest.signal ? { signal: rest.signal } : {}),
+  }
+  return engine === 'llama-cpp' ? await createLlamaCppEngine(common) : await createMeshnetEngine(common)
+}

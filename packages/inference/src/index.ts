@@ -1,0 +1,59 @@
+/**
+ * @packageDocumentation
+ * Llama inference for Meshnet. Two engines behind one interface: the Meshnet engine (a llama
+ * forward pass in TypeScript over WebAssembly SIMD kernels, that can run any layer range and any
+ * column slice of a model as a shard) and the llama.cpp engine (node-llama-cpp on the CPU), the
+ * reference it is tested against. Plus the SentencePiece tokenizer, llama.cpp's sampler, and the
+ * kernels.
+ */
+export type { CreateEngineOptions, EngineName } from './create-engine.ts'
+export { createEngine, ENGINE_NAMES } from './create-engine.ts'
+export {
+  ContextOverflowError,
+  EngineDisposedError,
+  InvalidShardError,
+  ModelLoadError,
+  UnsupportedModelError,
+  UnsupportedTensorTypeError,
+} from './errors.ts'
+export type { CreateWasmKernelsOptions, KernelBuffer, Kernels } from './kernels/index.ts'
+export {
+  createJsKernels,
+  createWasmKernels,
+  KERNEL_TYPES,
+  KernelMemoryError,
+  KernelUnavailableError,
+} from './kernels/index.ts'
+export type { LlamaCppEngine, LlamaCppEngineOptions } from './llama-cpp/engine.ts'
+export { createLlamaCppEngine, llamaCppEngineOptionsSchema } from './llama-cpp/engine.ts'
+export type { MeshnetEngine, MeshnetEngineOptions } from './meshnet-engine.ts'
+export { createMeshnetEngine, meshnetEngineOptionsSchema } from './meshnet-engine.ts'
+export { createLocalAllReduce } from './model/all-reduce.ts'
+export type { LlamaConfig, RopeType } from './model/config.ts'
+export { readLlamaConfig } from './model/config.ts'
+export type {
+  AllReduce,
+  ForwardOptions,
+  LlamaShard,
+  LoadShardOptions,
+  ShardInput,
+  ShardOutput,
+} from './model/shard.ts'
+export { loadShard, loadShardOptionsSchema } from './model/shard.ts'
+export { spmTokenizerFromGGUF } from './model/vocab.ts'
+export { SUPPORTED_WEIGHT_TYPES } from './model/weights.ts'
+export type { ResolvedSamplingOptions, Sampler, SamplingOptions } from './sampling.ts'
+export { argmax, createSampler, Mt19937, samplingOptionsSchema } from './sampling.ts'
+export type { DetokenizeOptions, SpmVocab, TokenizeOptions } from './tokenizer.ts'
+export { SpmTokenizer, TOKEN_TYPE } from './tokenizer.ts'
+export type {
+  EvaluateLogitsOptions,
+  GeneratedToken,
+  GenerateOptions,
+  GenerateResult,
+  GenerateTimings,
+  InferenceEngine,
+  StopReason,
+  Tokenizer,
+} from './types.ts'
+export { generateOptionsSchema } from './types.ts'

@@ -1,0 +1,78 @@
+/**
+ * The compute kernels of Meshnet's llama engine: matrix × vector (decode) and matrix × matrix
+ * (prompt) products over ggml-typed weights, in WebAssembly SIMD on one or more threads
+ * (`createWasmKernels`), or in plain TypeScript as the reference (`createJsKernels`).
+ *
+ * Weights and activations live in kernel memory (`alloc`), one WebAssembly memory shared by every
+ * kernel thread, so weights are held once per process. That memory is wasm32: a kernel set holds at
+ * most 4 GiB of weights, activations and KV cache (less with `maxMemoryBytes`), which bounds the
+ * layers one shard can take. Typed-array views from `bytes()`/`f32()` must be taken again after an
+ * `alloc` (the memory may have grown).
+ */
+import type { CreateWasmKernelsOptions } from './wasm.ts'
+
+export { KernelMemoryError, KernelUnavailableError } from './errors.ts'
+export { createJsKernels } from './js.ts'
+export { KERNEL_TYPES } from './types.ts'
+export { createWasmKernels } from './wasm.ts'
+export type { CreateWasmKernelsOptions }
+
+/** A range of kernel memory. Views are cached and re-created after memory growth. */
+export interface KernelBuffer {
+  /** Byte address in kernel memory. */
+  readonly ptr: number
+  readonly byteLength: number
+  bytes(): Uint8Array
+  /** The bytes as floats (`ptr` must be a multiple of 4; a trailing partial float is left out). */
+  f32(): Float32Array
+}
+
+/**
+ * Matrix kernels over ggml-typed weights. `w` holds `rows` rows of `cols` elements of ggml type
+ * `type` (F32 0, F16 1, Q4_0 2, Q8_0 8, Q4_K 12, Q6_K 14; see `KERNEL_TYPES`), each row stored as
+ * consecutive ggml blocks exactly as in a GGUF file (`ne[0] = cols`). `x` holds f32 activations.
+ *
+ * - `matvec`: `out[r] = dot(W row r, x)` for r < rows.
+ * - `matmul`: `x` is `n` rows of `cols` floats, `out[i * rows + r] = dot(W row r, x_i)`.
+ *
+ * `rowStride` is the distance in bytes from one row of W to the next (default: the size of a row,
+ * rows packed as in GGUF). A row range is a `view` of `w` and `out`; a larger stride reads one head
+ * of a KV cache: scores = K_h · q with K stored [position][kv heads · head dim] is a matvec of `ctx`
+ * rows of `headDim` from `view(k, h·headDim·size)` with stride `kvHeads·headDim·size`, and V stored
+ * transposed ([kv heads · head dim][max positions]) gives V_hᵀ·p the same way. `out` must not overlap
+ * `w` or `x`. The WebAssembly kernels multiply quantized weights with activations quantized
+ * to 8 bits (blocks of 32 for Q8_0/Q4_0, of 256 for Q4_K/Q6_K, as llama.cpp's CPU backend does), so
+ * they differ from the f32 reference by at most Σ over blocks of (max|x| / 254) · Σ|w| (the rounding
+ * of x) plus f32 rounding; F32 and F16 weights use f32 activations.
+ */
+export interface Kernels {
+  /** 'wasm-simd' or 'js'. */
+  readonly name: string
+  /** Threads a kernel call runs on, the calling thread included. */
+  readonly threads: number
+  alloc(byteLength: number): KernelBuffer
+  free(buf: KernelBuffer): void
+  /** `byteLength` bytes of `buf` from `byteOffset`: a row range, an output slice. Not to be freed. */
+  view(buf: KernelBuffer, byteOffset: number, byteLength: number): KernelBuffer
+  matvec(
+    type: number,
+    w: KernelBuffer,
+    rows: number,
+    cols: number,
+    x: KernelBuffer,
+    out: KernelBuffer,
+    rowStride?: number,
+  ): void
+  matmul(
+    type: number,
+    w: KernelBuffer,
+    rows: number,
+    cols: number,
+    x: KernelBuffer,
+    n: number,
+    out: KernelBuffer,
+    rowStride?: number,
+  ): void
+  /** Stops the worker threads; the kernels and their buffers cannot be used afterwards. */
+  dispose(): Promise<void>
+}

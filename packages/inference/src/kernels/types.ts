@@ -1,0 +1,61 @@
+import { findGGMLType, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
+import { InvalidArgumentError } from '@meshnet/identity'
+import { UnsupportedTensorTypeError } from '../errors.ts'
+import type { KernelBuffer } from './index.ts'
+
+/** The ggml types the kernels multiply: F32, F16, Q4_0, Q8_0, Q4_K, Q6_K. */
+export const KERNEL_TYPES: readonly number[] = Object.freeze([
+  GGML_TYPE.F32,
+  GGML_TYPE.F16,
+  GGML_TYPE.Q4_0,
+  GGML_TYPE.Q8_0,
+  GGML_TYPE.Q4_K,
+  GGML_TYPE.Q6_K,
+])
+
+/**
+ * Checks one kernel call's arguments and returns the bytes from one weight row to the next
+ * (`rowStride`, by default the bytes of a row). Throws UnsupportedTensorTypeError for a type
+ * without a kernel and InvalidArgumentError for a shape that does not fit the buffers.
+ */
+export function checkJob(
+  type: number,
+  w: KernelBuffer,
+  rows: number,
+  cols: number,
+  x: KernelBuffer,
+  n: number,
+  out: KernelBuffer,
+  rowStride?: number,
+): number {
+  if (!KERNEL_TYPES.includes(type)) {
+    const name = findGGMLType(type)?.name ?? `ggml type ${type}`
+    throw new UnsupportedTensorTypeError(`the kernels cannot multiply ${name} weights`, {
+      hint: 'use F32, F16, Q4_0, Q8_0, Q4_K or Q6_K, or dequantize the tensor to F32 when loading it',
+    })
+  }
+  if (!Number.isSafeInteger(rows) || rows < 0 || !Number.isSafeInteger(cols) || cols <= 0) {
+    throw new InvalidArgumentError(`a ${rows}×${cols} weight matrix is not a valid shape`)
+  }
+  if (!Number.isSafeInteger(n) || n < 1) {
+    throw new InvalidArgumentError(`a matmul needs at least one activation row, got ${n}`)
+  }
+  const rowBytes = rowByteLength(type, cols)
+  const stride = rowStride ?? rowBytes
+  if (!Number.isSafeInteger(stride) || stride < rowBytes || stride > 2 ** 31 - 1) {
+    throw new InvalidArgumentError(`a row stride of ${stride} bytes does not fit rows of ${rowBytes} bytes`, {
+      hint: 'rowStride is the distance in bytes from one weight row to the next',
+    })
+  }
+  const need = (what: string, buf: KernelBuffer, bytes: number) => {
+    if (buf.byteLength < bytes) {
+      throw new InvalidArgumentError(
+        `${what} holds ${buf.byteLength} bytes, a ${rows}×${cols} ${findGGMLType(type)?.name} product of ${n} needs ${bytes}`,
+      )
+    }
+  }
+  need('the weight buffer', w, rows === 0 ? 0 : (rows - 1) * stride + rowBytes)
+  need('the activation buffer', x, n * cols * 4)
+  need('the output buffer', out, n * rows * 4)
+  return stride
+}

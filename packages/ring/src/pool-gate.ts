@@ -1,0 +1,261 @@
+import type { Connection, PeerId } from '@libp2p/interface'
+import type { MeshNode } from '@meshnet/discovery'
+import { type Logger, MeshError, silentLogger } from '@meshnet/identity'
+import {
+  type Certificate,
+  CertificateError,
+  decodeCertificate,
+  encodeCertificate,
+  listPools,
+  loadCertificate,
+  loadRevocationList,
+  type Pool,
+  type RevocationList,
+  verifyCertificate,
+} from '@meshnet/pool'
+import { decode, encode } from 'cborg'
+import { z } from 'zod'
+
+/** Certificate exchange: both sides send the certificates of every pool they belong to. */
+export const POOL_CERT_PROTOCOL = '/meshnet/pool-cert/1.0.0'
+/** Largest certificate-exchange message (16 pools' certificates with delegation chains). */
+export const MAX_CERT_EXCHANGE_BYTES = 64 * 1024
+
+const exchangeSchema = z.strictObject({
+  v: z.literal(1),
+  certs: z.array(z.custom<Uint8Array>((v) => v instanceof Uint8Array)).max(16),
+})
+
+/** A peer asked for a pool protocol without a valid certificate for that pool. */
+export class PoolAccessError extends MeshError {
+  override name = 'PoolAccessError' as const
+  constructor(nodeId: string, poolId: string, why: string) {
+    super('ERR_POOL_ACCESS', `peer ${nodeId} may not use pool ${poolId}: ${why}`, {
+      hint: 'the peer needs a valid, unexpired, unrevoked certificate of that pool (mesh pool-join)',
+    })
+  }
+}
+
+interface LocalPool {
+  pool: Pool
+  certificate: Certificate
+  certificateBytes: Uint8Array
+  revocations: RevocationList | undefined
+}
+
+export interface PoolGateStats {
+  exchanges: number
+  verified: number
+  refused: Record<string, number>
+}
+
+/**
+ * Which connected peers have proved membership of which of this node's pools. On every outbound
+ * connection the two sides exchange certificates over `/meshnet/pool-cert/1.0.0`; each verifies
+ * the other's against the pool root and its current revocation list, and that the certificate's
+ * node id is the peer's PeerId (which noise proved). Pool protocols ask `isMember` / `requireMember`.
+ */
+export class PoolGate extends EventTarget {
+  readonly #node: MeshNode
+  readonly #dataDir: string
+  readonly #logger: Logger
+  #local = new Map<string, LocalPool>()
+  readonly #peers = new Map<string, Map<string, Certificate>>()
+  readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {} }
+  readonly #onConnection = (event: CustomEvent<Connection>) => {
+    if (event.detail.direction === 'outbound') void this.exchange(event.detail.remotePeer).catch(() => {})
+  }
+  readonly #onDisconnect = (event: CustomEvent<PeerId>) => {
+    this.#peers.delete(event.detail.toString())
+  }
+
+  constructor(init: { node: MeshNode; dataDir: string; logger?: Logger }) {
+    super()
+    this.#node = init.node
+    this.#dataDir = init.dataDir
+    this.#logger = init.logger ?? silentLogger()
+  }
+
+  /** This node's pools, as loaded by the last `reload()`. */
+  pools(): Pool[] {
+    return [...this.#local.values()].map((l) => l.pool)
+  }
+
+  certificateBytes(poolId: string): Uint8Array | undefined {
+    return this.#local.get(poolId)?.certificateBytes
+  }
+
+  stats(): PoolGateStats {
+    return structuredClone(this.#stats)
+  }
+
+  async start(): Promise<void> {
+    await this.reload()
+    await this.#node.handleRequests(
+      POOL_CERT_PROTOCOL,
+      (request, context) => {
+        this.#accept(context.peerId, request)
+        return this.#ourMessage()
+      },
+      {
+        maxRequestBytes: MAX_CERT_EXCHANGE_BYTES,
+        maxResponseBytes: MAX_CERT_EXCHANGE_BYTES,
+        runOnLimitedConnection: true,
+      },
+    )
+    this.#node.libp2p.addEventListener('connection:open', this.#onConnection)
+    this.#node.libp2p.addEventListener('peer:disconnect', this.#onDisconnect)
+  }
+
+  async stop(): Promise<void> {
+    this.#node.libp2p.removeEventListener('connection:open', this.#onConnection)
+    this.#node.libp2p.removeEventListener('peer:disconnect', this.#onDisconnect)
+    await this.#node.libp2p.unhandle(POOL_CERT_PROTOCOL).catch(() => {})
+  }
+
+  /** Re-reads this node's pools, certificates and revocation lists from the data dir. */
+  async reload(): Promise<void> {
+    const { pools } = await listPools(this.#dataDir)
+    const local = new Map<string, LocalPool>()
+    for (const pool of pools) {
+      const certificate = await loadCertificate(pool)
+      if (certificate === undefined) continue
+      const revocations = await loadRevocationList(pool)
+      try {
+        verifyCertificate(certificate, { poolId: pool.id, rootPublicKey: pool.rootPublicKey, revocations })
+      } catch (err) {
+        this.#logger.warn(
+          { poolId: pool.id, err: (err as Error).message },
+          'own certificate is not valid; pool skipped',
+        )
+        continue
+      }
+      local.set(pool.id, { pool, certificate, certificateBytes: encodeCertificate(certificate), revocations })
+    }
+    this.#local = local
+  }
+
+  /** Sends our certificates to a peer and takes in theirs. */
+  async exchange(peer: PeerId): Promise<string[]> {
+    if (this.#local.size === 0) return []
+    const response = await this.#node.request(peer, POOL_CERT_PROTOCOL, this.#ourMessage(), {
+      timeoutMs: 10_000,
+      maxResponseBytes: MAX_CERT_EXCHANGE_BYTES,
+      runOnLimitedConnection: true,
+    })
+    return this.#accept(peer, response)
+  }
+
+  /** True when `peer` holds a certificate of `poolId` that is valid now (expiry and revocation). */
+  isMember(peer: PeerId | string, poolId: string): boolean {
+    return this.#check(peer.toString(), poolId) === undefined
+  }
+
+  /** Throws PoolAccessError saying why when `peer` may not use `poolId`'s protocols. */
+  requireMember(peer: PeerId | string, poolId: string): void {
+    const why = this.#check(peer.toString(), poolId)
+    if (why !== undefined) throw new PoolAccessError(peer.toString(), poolId, why)
+  }
+
+  /**
+   * Checks certificate bytes some message carries (a ring announcement) for `poolId` and `nodeId`.
+   * Returns why it is refused, or undefined when it is valid now.
+   */
+  verifyCertificateBytes(poolId: string, bytes: Uint8Array, nodeId: string): string | undefined {
+    const local = this.#local.get(poolId)
+    if (local === undefined) return 'this node is not a member of that pool'
+    try {
+      const cert = decodeCertificate(bytes, {
+        poolId,
+        rootPublicKey: local.pool.rootPublicKey,
+        revocations: local.revocations,
+      })
+      return cert.nodeId === nodeId ? undefined : 'node-id-mismatch'
+    } catch (err) {
+      return err instanceof CertificateError ? err.reason : 'malformed'
+    }
+  }
+
+  /** The current revocation list of one of our pools. */
+  revocations(poolId: string): RevocationList | undefined {
+    return this.#local.get(poolId)?.revocations
+  }
+
+  /** Connected peers that proved membership of `poolId`. */
+  members(poolId: string): string[] {
+    return [...this.#peers.keys()].filter((peer) => this.isMember(peer, poolId))
+  }
+
+  /** True when the peer proved membership of any of our pools (used for gossip scoring). */
+  isMemberOfAny(peer: PeerId | string): boolean {
+    return [...this.#local.keys()].some((poolId) => this.isMember(peer, poolId))
+  }
+
+  #check(peer: string, poolId: string): string | undefined {
+    const local = this.#local.get(poolId)
+    if (local === undefined) return 'this node is not a member of that pool'
+    const cert = this.#peers.get(peer)?.get(poolId)
+    if (cert === undefined) return 'no certificate presented'
+    try {
+      verifyCertificate(cert, {
+        poolId,
+        rootPublicKey: local.pool.rootPublicKey,
+        revocations: local.revocations,
+      })
+      return undefined
+    } catch (err) {
+      return err instanceof CertificateError ? err.reason : 'invalid certificate'
+    }
+  }
+
+  #ourMessage(): Uint8Array {
+    return encode({ v: 1, certs: [...this.#local.values()].map((l) => l.certificateBytes) })
+  }
+
+  /** Verifies a peer's exchange message; returns the pools it proved. Never throws on bad input. */
+  #accept(peer: PeerId, data: Uint8Array): string[] {
+    this.#stats.exchanges++
+    let message: z.infer<typeof exchangeSchema>
+    try {
+      message = exchangeSchema.parse(decode(data, { strict: true, useMaps: false }))
+    } catch {
+      this.#refuse('malformed')
+      return []
+    }
+    const proved: string[] = []
+    const held = this.#peers.get(peer.toString()) ?? new Map<string, Certificate>()
+    for (const bytes of message.certs) {
+      for (const local of this.#local.values()) {
+        try {
+          const cert = decodeCertificate(bytes, {
+            poolId: local.pool.id,
+            rootPublicKey: local.pool.rootPublicKey,
+            revocations: local.revocations,
+          })
+          if (cert.nodeId !== peer.toString()) {
+            this.#refuse('node-id-mismatch')
+            break
+          }
+          held.set(local.pool.id, cert)
+          proved.push(local.pool.id)
+          this.#stats.verified++
+          break
+        } catch (err) {
+          const reason = err instanceof CertificateError ? err.reason : 'malformed'
+          if (reason !== 'wrong-pool') {
+            this.#refuse(reason)
+            break
+          }
+        }
+      }
+    }
+    this.#peers.set(peer.toString(), held)
+    if (proved.length > 0)
+      this.dispatchEvent(new CustomEvent('member', { detail: { nodeId: peer.toString(), pools: proved } }))
+    return proved
+  }
+
+  #refuse(reason: string): void {
+    this.#stats.refused[reason] = (this.#stats.refused[reason] ?? 0) + 1
+  }
+}
