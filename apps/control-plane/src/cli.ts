@@ -3,7 +3,15 @@
  * The `mesh-control-plane` command line. `main(argv)` runs the server until SIGINT or SIGTERM and
  * resolves to the exit code.
  */
-import { createLogger, InvalidArgumentError, isMeshError, resolveDataDir } from '@meshnet/identity'
+import {
+  type CliIo,
+  createLogger,
+  InvalidArgumentError,
+  processIo,
+  reportError,
+  resolveDataDir,
+  waitForSignal,
+} from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import { z } from 'zod'
 import pkg from '../package.json' with { type: 'json' }
@@ -11,14 +19,7 @@ import { CONTROL_PLANE_DEFAULTS, startControlPlane } from './control-plane.ts'
 import { describeIssues } from './http.ts'
 import { controlPlaneFiles } from './layout.ts'
 
-/** Where the command writes; tests pass their own. */
-export interface CliIo {
-  stdout: { write(chunk: string): unknown }
-  stderr: { write(chunk: string): unknown }
-  env: Record<string, string | undefined>
-}
-
-const processIo: CliIo = { stdout: process.stdout, stderr: process.stderr, env: process.env }
+export type { CliIo } from '@meshnet/identity'
 
 const whole = (flag: string, min: number, max: number) =>
   z.coerce
@@ -124,18 +125,6 @@ function hostNote(host: string): string {
   return ''
 }
 
-function waitForSignal(): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      process.off('SIGINT', done)
-      process.off('SIGTERM', done)
-      resolve()
-    }
-    process.on('SIGINT', done)
-    process.on('SIGTERM', done)
-  })
-}
-
 /** Runs `mesh-control-plane` once; resolves to the exit code after a signal stops it. */
 export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
   const program = createProgram(io)
@@ -146,22 +135,4 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
     if (err instanceof CommanderError) return err.exitCode === 0 ? 0 : 2
     return reportError(io, err, { json: argv.includes('--json'), verbose: argv.includes('--verbose') })
   }
-}
-
-/** The message alone (stack with --verbose), or `{"error": {...}}` on stdout with --json. */
-function reportError(io: CliIo, err: unknown, options: { json: boolean; verbose: boolean }): number {
-  const mesh = isMeshError(err)
-  const error = err instanceof Error ? err : new Error(String(err))
-  if (options.json) {
-    const details = mesh && Object.keys(err.details).length > 0 ? { details: err.details } : {}
-    io.stdout.write(
-      `${JSON.stringify({ error: { name: error.name, code: mesh ? err.code : 'ERR_UNEXPECTED', message: error.message, ...details } })}\n`,
-    )
-  } else {
-    io.stderr.write(`error: ${error.message}\n`)
-    if (!mesh && !options.verbose)
-      io.stderr.write('(an unexpected error; run again with --verbose for details)\n')
-  }
-  if (options.verbose && error.stack !== undefined) io.stderr.write(`${error.stack}\n`)
-  return 1
 }

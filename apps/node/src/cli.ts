@@ -2,6 +2,8 @@
  * @packageDocumentation
  * The `mesh` command line. `main(argv)` runs one invocation and resolves to its exit code.
  */
+
+import { type CliIo, processIo, reportError } from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
 import { registerInference } from './commands/inference.ts'
@@ -12,9 +14,8 @@ import { registerRing } from './commands/ring.ts'
 import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { commandContext, type GlobalOptions } from './context.ts'
-import { type CliIo, processIo, reportError } from './io.ts'
 
-export type { CliIo } from './io.ts'
+export type { CliIo } from '@meshnet/identity'
 
 export function createProgram(io: CliIo = processIo): Command {
   const program = new Command('mesh')

@@ -1,6 +1,6 @@
+import type { CliIo } from '@meshnet/identity'
 import { createLogger, type Logger, resolveDataDir } from '@meshnet/identity'
 import type { Command } from 'commander'
-import type { CliIo } from './io.ts'
 
 /** Global options, accepted anywhere on the command line. */
 export interface GlobalOptions {

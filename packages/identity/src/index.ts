@@ -4,6 +4,8 @@
  * `identity.key` (whose libp2p PeerId is the node id), domain-separated signing, the data directory
  * layout, atomic file writes, the `MeshError` family and the logger.
  */
+export type { CliIo } from './cli.ts'
+export { printFields, printJson, processIo, reportError, waitForSignal } from './cli.ts'
 export type { DataDirLayout, ResolveDataDirOptions } from './data-dir.ts'
 export {
   DATA_DIR_ENV,

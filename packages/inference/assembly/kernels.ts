@@ -5,13 +5,14 @@
 // runtime, no data segment and no import but the memory, so every thread can instantiate the same
 // module over the same memory without touching anything.
 //
-// One job is `out[i * rows + r] = dot(W row r, x_i)` for r in [0, rows), i in [0, n). Quantized
-// weights are multiplied with activations quantized to 8 bits, as llama.cpp does on the CPU:
-// - Q8_0, Q4_0: x in blocks of 32 with an f32 scale each (plus |x|, sign(x) and 8·d·Σq per block);
-// - Q4_K, Q6_K: x in blocks of 256 with one f32 scale (ggml's q8_K rounding) and i16 sums per 16
-//   and per 32 values,
-// so that the inner loops are integer dot products (relaxed i8×i7 dot, then i16×i16 pairs) and the
-// per-block scales are applied once per block. F32 and F16 weights use f32 activations.
+// One job is `out[i * rows + r] = dot(W row r, x_i)` for r in [0, rows), i in [0, n). As ggml's
+// CPU backend does, the activations are first rounded to the weight type's `vec_dot_type`, with
+// ggml's rounding, so the results are ggml's up to the order of f32 additions:
+// - Q8_0, Q4_0: q8_0, blocks of 32 with a half scale each (plus |x|, sign(x), 8·d·Σq per block);
+// - Q4_K, Q6_K: q8_K, blocks of 256 with one f32 scale and i16 sums per 16 and per 32 values;
+// - F16: halves; F32: as they are.
+// The inner loops of the quantized types are integer dot products (relaxed i8×i7 dot, then i16×i16
+// pairs), with the per-block scales applied once per block.
 
 // ggml type ids.
 const F32: i32 = 0
@@ -59,6 +60,11 @@ const K_ONES16: usize = 288
 const K_F16_MASK: usize = 304
 const K_F16_SCALE: usize = 320
 const K_M127: usize = 336
+const K_H_EM: usize = 352
+const K_H_BIAS: usize = 368
+const K_H_TINY: usize = 384
+const K_H_NORMAL: usize = 400
+const K_F32_EXP: usize = 416
 
 const ZERO: v128 = i32x4.splat(0)
 
@@ -70,14 +76,20 @@ export function init(ctrl: usize): void {
   v128.store(ctrl, i32x4.splat(0x8fffe000), K_F16_MASK)
   v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x77800000)), K_F16_SCALE) // 2^112
   v128.store(ctrl, i8x16.splat(-127), K_M127)
+  v128.store(ctrl, i32x4.splat(0x7fff), K_H_EM)
+  v128.store(ctrl, i32x4.splat(0x38000000), K_H_BIAS)
+  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x33800000)), K_H_TINY) // 2^-24
+  v128.store(ctrl, i32x4.splat(0x400), K_H_NORMAL)
+  v128.store(ctrl, i32x4.splat(0x7f800000), K_F32_EXP)
 }
 
 // ---------------------------------------------------------------------------------------------
-// Quantized-activation layout, per activation row of `cols` values, `4 * cols` bytes in all:
+// Quantized-activation layout, per activation row of `cols` values, `4 * cols` bytes in all (F16
+// weights take the rounded f32 activations there instead):
 //   [0, cols)            q: i8 values
 //   [cols, 2 cols)       |q| (Q8_0 only)
 //   [2 cols, 3 cols)     sign mask of q, 0xff where q < 0 (Q8_0 only)
-//   3 cols               f32 scale per 32 (Q8_0, Q4_0) or per 256 (Q4_K, Q6_K)
+//   3 cols               f32 scale per 32 (Q8_0, Q4_0: a half's value) or per 256 (Q4_K, Q6_K)
 //   3 cols + cols / 8    f32 8·d·Σq per 32 (Q4_0), or i16 Σq per 16 (Q4_K, Q6_K)
 //   3 cols + cols / 4    i16 Σq per 32 (Q4_K)
 // and after the n rows, for Q8_0 and Q4_0 with n >= 4, `cols` bytes per group of four rows: per
@@ -102,6 +114,34 @@ function round16(p: usize, inv: v128, q: usize): void {
   v128.store(q, i8x16.narrow_i16x8_s(i16x8.narrow_i32x4_s(a, b), i16x8.narrow_i32x4_s(c, d)))
 }
 
+// v rounded to the nearest half (ties to even), as a float: what ggml's fp32 -> fp16 -> fp32 gives.
+function roundToHalf(v: f32): f32 {
+  const bits = reinterpret<u32>(v)
+  const a = bits & 0x7fffffff
+  const sign = bits & 0x80000000
+  if (a >= 0x477ff000) return reinterpret<f32>(sign | 0x7f800000) // 65520 and above: infinity
+  // Below 2^-14 a half is a multiple of 2^-24.
+  if (a < 0x38800000) return nearest<f32>(v * reinterpret<f32>(0x4b800000)) * reinterpret<f32>(0x33800000)
+  return reinterpret<f32>(sign | ((a + 0xfff + ((a >> 13) & 1)) & 0xffffe000))
+}
+
+// The same for four floats.
+function roundToHalf4(v: v128): v128 {
+  const sign = v128.and(v, i32x4.splat(0x80000000))
+  const a = v128.and(v, i32x4.splat(0x7fffffff))
+  let r = v128.and(
+    i32x4.add(i32x4.add(a, i32x4.splat(0xfff)), v128.and(i32x4.shr_u(a, 13), i32x4.splat(1))),
+    i32x4.splat(0xffffe000),
+  )
+  const tiny = f32x4.mul(
+    f32x4.nearest(f32x4.mul(a, f32x4.splat(reinterpret<f32>(0x4b800000)))),
+    f32x4.splat(reinterpret<f32>(0x33800000)),
+  )
+  r = v128.bitselect(tiny, r, i32x4.lt_s(a, i32x4.splat(0x38800000)))
+  r = v128.bitselect(i32x4.splat(0x7f800000), r, i32x4.gt_s(a, i32x4.splat(0x477fefff)))
+  return v128.or(r, sign)
+}
+
 // Σ of the 16 i8 values in v.
 function sum16(v: v128): i32 {
   const s = i32x4.extadd_pairwise_i16x8_s(i16x8.extadd_pairwise_i8x16_s(v))
@@ -110,6 +150,8 @@ function sum16(v: v128): i32 {
   )
 }
 
+// As ggml's quantize_row_q8_0 on x86: q = round-half-even(x · 127 / max|x|), and the block scale
+// max|x| / 127 rounded to a half (ggml stores it as one).
 function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool): void {
   const nb = cols >> 5
   const scales = xq + 3 * cols
@@ -117,8 +159,9 @@ function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool): voi
   for (let b: usize = 0; b < nb; b++) {
     const p = x + (b << 7)
     const q = xq + (b << 5)
-    const d: f32 = absMax(p, 128) / 127
-    const inv = f32x4.splat(d !== 0 ? 1 / d : 0)
+    const amax = absMax(p, 128)
+    const inv = f32x4.splat(amax !== 0 ? <f32>127 / amax : 0)
+    const d = roundToHalf(amax / 127)
     round16(p, inv, q)
     round16(p + 64, inv, q + 16)
     const q0 = v128.load(q)
@@ -142,8 +185,7 @@ function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
   for (let b: usize = 0; b < nb; b++) {
     const p = x + (b << 10)
     const q = xq + (b << 8)
-    // As ggml's quantize_row_q8_K: the value of largest magnitude maps to -128, so rounding
-    // activations that are already q8_K values (the Meshnet engine's llama.cpp parity) is lossless.
+    // As ggml's quantize_row_q8_K: the value of largest magnitude maps to -127.
     let hi = v128.load(p)
     let lo = hi
     for (let i: usize = 16; i < 1024; i += 16) {
@@ -159,7 +201,7 @@ function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
       min(f32x4.extract_lane(lo, 2), f32x4.extract_lane(lo, 3)),
     )
     const extreme = -bottom > top ? bottom : top
-    const iscale: f32 = extreme !== 0 ? -128 / extreme : 0
+    const iscale: f32 = extreme !== 0 ? -127 / extreme : 0
     const d: f32 = extreme !== 0 ? 1 / iscale : 0
     const inv = f32x4.splat(iscale)
     for (let j: usize = 0; j < 16; j += 2) {
@@ -178,17 +220,33 @@ function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-// IEEE half -> float: with the half's bits in the top 16 bits of an i32, an arithmetic shift right
-// by 3 puts sign, exponent and mantissa where a float has them (the exponent still biased by 15,
-// and copies of the sign in bits 28-30, masked off); × 2^112 then re-biases the exponent, which
-// also turns half subnormals into float normals. Exact for every finite half; infinities and NaNs
-// (never in a valid weight) come out as finite values above 65504.
+// IEEE half -> float, exact for every half and without arithmetic on float subnormals, which costs
+// x86 a microcode assist per operation (and block scales are often half subnormals: a Q6_K d of a
+// layer with weights below 0.25 is): a normal half by re-biasing its exponent in the integer bits,
+// a subnormal one as its integer mantissa × 2^-24.
 function f16(h: u32): f32 {
-  return reinterpret<f32>((<i32>(h << 16) >> 3) & 0x8fffe000) * reinterpret<f32>(0x77800000)
+  const em = h & 0x7fff
+  let bits = (em << 13) + 0x38000000
+  if (em >= 0x7c00) bits |= 0x7f800000 // infinity, NaN
+  const v = em < 0x400 ? <f32>em * reinterpret<f32>(0x33800000) : reinterpret<f32>(bits)
+  return (h & 0x8000) !== 0 ? -v : v
 }
 
-// The same for four halves, in the top 16 bits of each i32 lane of h.
-function f16x4(h: v128, mask: v128, scale: v128): v128 {
+// The same for the four (finite) halves in the low 16 bits of each i32 lane of h.
+function f16x4(h: v128, ctrl: usize): v128 {
+  const em = v128.and(h, v128.load(ctrl, K_H_EM))
+  const normal = i32x4.add(i32x4.shl(em, 13), v128.load(ctrl, K_H_BIAS))
+  const tiny = f32x4.mul(f32x4.convert_i32x4_s(em), v128.load(ctrl, K_H_TINY))
+  const v = v128.bitselect(tiny, normal, i32x4.lt_s(em, v128.load(ctrl, K_H_NORMAL)))
+  return v128.or(v, i32x4.shl(v128.xor(h, em), 16))
+}
+
+// IEEE half -> float for four halves in the top 16 bits of each i32 lane of h, in three operations
+// for F16 weights: an arithmetic shift right by 3 puts sign, exponent and mantissa where a float has
+// them (the exponent still biased by 15; copies of the sign in bits 28-30 are masked off), and
+// × 2^112 re-biases the exponent. Exact for finite halves, but a subnormal half is a float
+// subnormal in that product (slow, and rare in weights); infinities and NaNs come out finite.
+function f16x4Fast(h: v128, mask: v128, scale: v128): v128 {
   return f32x4.mul(v128.and(i32x4.shr_s(h, 3), mask), scale)
 }
 
@@ -204,17 +262,20 @@ function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
   return i32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7))
 }
 
-// The f16 scales at the start of four consecutive blocks of `size` bytes, as floats.
-function scales4(p: usize, size: usize, mask: v128, scale: v128): v128 {
+// The f16 scales at the start of four consecutive blocks of `size` bytes, as floats: the fast
+// conversion unless a scale is zero or subnormal.
+function scales4(p: usize, size: usize, ctrl: usize, mask: v128, expBits: v128, scale: v128): v128 {
   let h = v128.load16_lane(p, ZERO, 1)
   h = v128.load16_lane(p + size, h, 3)
   h = v128.load16_lane(p + 2 * size, h, 5)
   h = v128.load16_lane(p + 3 * size, h, 7)
-  return f16x4(h, mask, scale)
+  const t = v128.and(i32x4.shr_s(h, 3), mask)
+  if (v128.any_true(i32x4.eq(v128.and(t, expBits), ZERO))) return f16x4(i32x4.shr_u(h, 16), ctrl)
+  return f32x4.mul(t, scale)
 }
 
 // ---------------------------------------------------------------------------------------------
-// F32 and F16 rows (f32 activations)
+// F32 and F16 rows (f32 activations, rounded to halves for F16)
 
 function dotF32(w: usize, x: usize, cols: usize): f32 {
   let a0 = f32x4.splat(0)
@@ -249,22 +310,22 @@ function dotF16(w: usize, x: usize, cols: usize, mask: v128, scale: v128): f32 {
     const xp = x + (i << 2)
     const z = i32x4.splat(0)
     a0 = f32x4.relaxed_madd(
-      f16x4(v128.shuffle<i16>(z, h0, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
+      f16x4Fast(v128.shuffle<i16>(z, h0, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
       v128.load(xp),
       a0,
     )
     a1 = f32x4.relaxed_madd(
-      f16x4(v128.shuffle<i16>(z, h0, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
+      f16x4Fast(v128.shuffle<i16>(z, h0, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
       v128.load(xp, 16),
       a1,
     )
     a2 = f32x4.relaxed_madd(
-      f16x4(v128.shuffle<i16>(z, h1, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
+      f16x4Fast(v128.shuffle<i16>(z, h1, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
       v128.load(xp, 32),
       a2,
     )
     a3 = f32x4.relaxed_madd(
-      f16x4(v128.shuffle<i16>(z, h1, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
+      f16x4Fast(v128.shuffle<i16>(z, h1, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
       v128.load(xp, 48),
       a3,
     )
@@ -288,7 +349,16 @@ function q8_0Block(wp: usize, xa: usize, xs: usize, ones: v128): v128 {
   return i32x4.add(p0, p1)
 }
 
-function dotQ8_0(w: usize, xq: usize, cols: usize, ones: v128, mask: v128, scale: v128): f32 {
+function dotQ8_0(
+  w: usize,
+  xq: usize,
+  cols: usize,
+  ones: v128,
+  ctrl: usize,
+  mask: v128,
+  expBits: v128,
+  scale: v128,
+): f32 {
   const nb = cols >> 5
   const xa = xq + cols
   const xs = xq + 2 * cols
@@ -304,7 +374,7 @@ function dotQ8_0(w: usize, xq: usize, cols: usize, ones: v128, mask: v128, scale
       q8_0Block(wp + 68, xa + o + 64, xs + o + 64, ones),
       q8_0Block(wp + 102, xa + o + 96, xs + o + 96, ones),
     )
-    const d = f32x4.mul(scales4(wp, 34, mask, scale), v128.load(xd + (b << 2)))
+    const d = f32x4.mul(scales4(wp, 34, ctrl, mask, expBits, scale), v128.load(xd + (b << 2)))
     acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
   }
   let tail: f32 = 0
@@ -337,7 +407,17 @@ function q4_0Block(wp: usize, xp: usize, low4: v128, ones: v128): v128 {
   return i32x4.dot_i16x8_s(p, ones)
 }
 
-function dotQ4_0(w: usize, xq: usize, cols: usize, low4: v128, ones: v128, mask: v128, scale: v128): f32 {
+function dotQ4_0(
+  w: usize,
+  xq: usize,
+  cols: usize,
+  low4: v128,
+  ones: v128,
+  ctrl: usize,
+  mask: v128,
+  expBits: v128,
+  scale: v128,
+): f32 {
   const nb = cols >> 5
   const xd = xq + 3 * cols
   const xs = xd + (cols >> 3)
@@ -354,7 +434,7 @@ function dotQ4_0(w: usize, xq: usize, cols: usize, low4: v128, ones: v128, mask:
     )
     const o = b << 2
     const v = f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(xd + o)), v128.load(xs + o))
-    acc = f32x4.relaxed_madd(scales4(wp, 18, mask, scale), v, acc)
+    acc = f32x4.relaxed_madd(scales4(wp, 18, ctrl, mask, expBits, scale), v, acc)
   }
   let tail: f32 = 0
   for (; b < nb; b++) {
@@ -853,15 +933,17 @@ function rowRange(
   const ones = v128.load(ctrl, K_ONES16)
   const mask = v128.load(ctrl, K_F16_MASK)
   const scale = v128.load(ctrl, K_F16_SCALE)
+  const expBits = v128.load(ctrl, K_F32_EXP)
   if (type === F32) {
     for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotF32(w + r * rb, x, cols))
   } else if (type === F16) {
     for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotF16(w + r * rb, x, cols, mask, scale))
   } else if (type === Q8_0) {
-    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ8_0(w + r * rb, x, cols, ones, mask, scale))
+    for (let r = r0; r < r1; r++)
+      store<f32>(out + (r << 2), dotQ8_0(w + r * rb, x, cols, ones, ctrl, mask, expBits, scale))
   } else if (type === Q4_0) {
     for (let r = r0; r < r1; r++)
-      store<f32>(out + (r << 2), dotQ4_0(w + r * rb, x, cols, low4, ones, mask, scale))
+      store<f32>(out + (r << 2), dotQ4_0(w + r * rb, x, cols, low4, ones, ctrl, mask, expBits, scale))
   } else if (type === Q4_K) {
     for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ4_K(w + r * rb, x, cols, low4))
   } else if (type === Q6_K) {
@@ -877,11 +959,11 @@ function runChunks(ctrl: usize, job: i32): void {
   const n = <usize>load<i32>(ctrl, C_N)
   const w = <usize>load<i32>(ctrl, C_W)
   const rb = <usize>load<i32>(ctrl, C_ROW_STRIDE)
-  const x = type === F32 || type === F16 ? <usize>load<i32>(ctrl, C_X) : <usize>load<i32>(ctrl, C_XQ)
+  const x = type === F32 ? <usize>load<i32>(ctrl, C_X) : <usize>load<i32>(ctrl, C_XQ)
   const out = <usize>load<i32>(ctrl, C_OUT)
   const chunks = load<i32>(ctrl, C_CHUNKS)
   const chunkRows = <usize>load<i32>(ctrl, C_CHUNK_ROWS)
-  // Activation rows are 4·cols bytes apart both as f32 and quantized.
+  // Activation rows are 4·cols bytes apart as f32 and as rounded in the scratch.
   const xStride = cols << 2
   const outStride = rows << 2
   // Quantized activations go four rows at a time; Q8_0 and Q4_0 then read interleaved scales.
@@ -922,15 +1004,24 @@ function runChunks(ctrl: usize, job: i32): void {
   }
 }
 
-// Quantizes the job's activations into the scratch at C_XQ (nothing to do for F32 and F16).
+// Rounds the job's activations into the scratch at C_XQ as ggml does for the weight type: 8-bit
+// blocks for quantized weights, halves for F16 (F32 weights take them as they are).
 function prepare(ctrl: usize): void {
   const type = load<i32>(ctrl, C_TYPE)
-  if (type === F32 || type === F16) return
+  if (type === F32) return
   const cols = <usize>load<i32>(ctrl, C_COLS)
   const n = <usize>load<i32>(ctrl, C_N)
   const x = <usize>load<i32>(ctrl, C_X)
   const xq = <usize>load<i32>(ctrl, C_XQ)
   const stride = cols << 2
+  if (type === F16) {
+    // ggml multiplies F16 weights with activations converted to F16.
+    const bytes = n * stride
+    let o: usize = 0
+    for (; o + 16 <= bytes; o += 16) v128.store(xq + o, roundToHalf4(v128.load(x + o)))
+    for (; o < bytes; o += 4) store<f32>(xq + o, roundToHalf(load<f32>(x + o)))
+    return
+  }
   for (let i: usize = 0; i < n; i++) {
     if (type === Q8_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, true)
     else if (type === Q4_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, false)

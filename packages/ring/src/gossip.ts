@@ -186,12 +186,14 @@ export class RingGossip extends EventTarget {
   }
 
   async #publish(leaving: boolean): Promise<void> {
+    const addresses = this.#init.addresses().slice(0, 16)
+    this.#membership.updateSelf({ addresses }) // addresses change (relay reservations, new listeners)
     const data = encodeAnnouncement(this.#init.identity, {
       v: 1,
       poolId: this.#init.poolId,
       nodeId: this.#init.identity.nodeId,
       publicKey: this.#init.identity.publicKey,
-      addresses: this.#init.addresses().slice(0, 16),
+      addresses,
       certificate: this.#init.certificate,
       capabilities: this.#capabilities,
       seq: nextSeq(),
@@ -230,6 +232,8 @@ export function ringPubsub(isMember: (peerId: string) => boolean) {
   return gossipsub({
     allowPublishToZeroTopicPeers: true,
     emitSelf: false,
+    // Members behind NAT are reached through a relay: gossip (small) runs over those circuits too.
+    runOnLimitedConnection: true,
     scoreParams: {
       appSpecificScore: (peerId: string) => (isMember(peerId) ? 0 : -1_000),
       appSpecificWeight: 1,

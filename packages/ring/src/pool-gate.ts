@@ -225,6 +225,7 @@ export class PoolGate extends EventTarget {
     const proved: string[] = []
     const held = this.#peers.get(peer.toString()) ?? new Map<string, Certificate>()
     for (const bytes of message.certs) {
+      let matched = false
       for (const local of this.#local.values()) {
         try {
           const cert = decodeCertificate(bytes, {
@@ -232,6 +233,7 @@ export class PoolGate extends EventTarget {
             rootPublicKey: local.pool.rootPublicKey,
             revocations: local.revocations,
           })
+          matched = true
           if (cert.nodeId !== peer.toString()) {
             this.#refuse('node-id-mismatch')
             break
@@ -244,10 +246,13 @@ export class PoolGate extends EventTarget {
           const reason = err instanceof CertificateError ? err.reason : 'malformed'
           if (reason !== 'wrong-pool') {
             this.#refuse(reason)
+            matched = true
             break
           }
         }
       }
+      // A certificate of a pool we are not in proves nothing here; it is counted, not an error.
+      if (!matched) this.#refuse('not-our-pool')
     }
     this.#peers.set(peer.toString(), held)
     if (proved.length > 0)

@@ -107,11 +107,14 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
         identity,
         dataDir: context.layout.root,
         localOnly: config.localOnly === true,
-        ...(config.listen ? { listen: config.listen } : {}),
+        // `/p2p-circuit` alone means: no socket of our own, reachable only through the relays.
+        ...(config.listen ? { listen: config.listen.filter((a) => a !== '/p2p-circuit') } : {}),
         bootstrap: config.bootstrap ?? [],
         ...(config.mdns === undefined ? {} : { mdns: config.mdns }),
         dhtMode: config.dht === false ? 'off' : 'server',
         relays: config.relay ?? [],
+        // Relays the user names are used at once, not only after AutoNAT finds us unreachable.
+        ...(config.relay?.length ? { relayReservations: 'always' as const } : {}),
         logger,
         services: { pubsub: ringPubsub((peerId) => gate?.isMemberOfAny(peerId) === true) },
       })

@@ -21,6 +21,9 @@ import {
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
 
+/** Members ask each other for their view of a pool's ring (also what SDK clients use). */
+export const POOL_RING_PROTOCOL = '/meshnet/pool-ring/1.0.0'
+
 /** Gossip topic on which a pool's root-signed revocation list is repeated. */
 export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/${poolId}`
 
@@ -178,6 +181,33 @@ export function ringPart(
       const node = mesh.node()
       node.libp2p.services.pubsub.addEventListener('message', onRevocationMessage)
       node.libp2p.addEventListener('peer:disconnect', onDisconnect)
+      await node.handleRequests(
+        POOL_RING_PROTOCOL,
+        (request, { nodeId }) => {
+          const reply = (value: unknown) => new TextEncoder().encode(JSON.stringify(value))
+          let poolId: string
+          try {
+            poolId = String((JSON.parse(new TextDecoder().decode(request)) as { poolId?: unknown }).poolId)
+          } catch {
+            return reply({
+              error: { code: 'ERR_BAD_REQUEST', message: 'request is not JSON {"poolId": ...}' },
+            })
+          }
+          try {
+            mesh.gate().requireMember(nodeId, poolId)
+            return reply(ringStatus(poolId))
+          } catch (err) {
+            logger.info({ nodeId, poolId }, 'refused a pool-ring request from a non-member')
+            return reply({
+              error: {
+                code: (err as { code?: string }).code ?? 'ERR_POOL_ACCESS',
+                message: (err as Error).message,
+              },
+            })
+          }
+        },
+        { maxRequestBytes: 1024, maxResponseBytes: 256 * 1024, runOnLimitedConnection: true },
+      )
       await scanPools()
       scan = setInterval(
         () => void scanPools().catch((err: Error) => logger.warn({ err: err.message }, 'pool scan failed')),

@@ -6,7 +6,7 @@ import { z } from 'zod'
 /** Multicast group, port and interval of LAN beacons unless configured otherwise. */
 export const BEACON_DEFAULTS = { group: '239.192.0.1', port: 42424, intervalMs: 5_000 } as const
 
-const multiaddr = z.string().regex(/^\/[a-z0-9]+\//i, 'a multiaddr such as /ip4/192.168.1.5/tcp/4001')
+const multiaddr = z.string().regex(/^\/[a-z0-9-]+(\/|$)/i, 'a multiaddr such as /ip4/192.168.1.5/tcp/4001')
 
 /**
  * Agent settings: the same fields in `<data-dir>/config.yaml`, in a `--config <file.yaml>`, and as
@@ -21,7 +21,9 @@ export const agentSettingsSchema = z.strictObject({
   dht: z.boolean().optional(),
   /** mDNS discovery on the LAN. */
   mdns: z.boolean().optional(),
-  /** Circuit relays to reserve a slot on when this node is not reachable directly. */
+  /** LAN beacons (pool joins and presence over UDP multicast). */
+  beacons: z.boolean().optional(),
+  /** Circuit relays to reserve a slot on; with `listen: ['/p2p-circuit']` the node is reachable only through them. */
   relay: z.array(multiaddr).max(8).optional(),
   /** GGUF model this node serves. */
   model: z.string().min(1).optional(),

@@ -1,11 +1,10 @@
 import { availableParallelism } from 'node:os'
-import { InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError, printJson } from '@meshnet/identity'
 import { createEngine, ENGINE_NAMES, type EngineName, type GenerateResult } from '@meshnet/inference'
 import type { Command } from 'commander'
 import { z } from 'zod'
 import { parseFlag } from '../config.ts'
 import type { CommandContext } from '../context.ts'
-import { printJson } from '../io.ts'
 
 interface InferenceFlags {
   local?: boolean

@@ -1,4 +1,4 @@
-import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
+import { ensureDataDir, loadOrCreateIdentity, printFields, printJson } from '@meshnet/identity'
 import { openStore } from '@meshnet/store'
 import type { Command } from 'commander'
 import {
@@ -10,7 +10,6 @@ import {
   writeNodeConfig,
 } from '../config.ts'
 import type { CommandContext } from '../context.ts'
-import { printFields, printJson } from '../io.ts'
 
 export function registerInit(program: Command, context: (cmd: Command) => CommandContext): void {
   program

@@ -1,12 +1,11 @@
 import { stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { generateLlamaModel, LLAMA_WEIGHT_TYPES, llamaModelOptionsSchema } from '@meshnet/gguf'
-import { InvalidArgumentError, MeshError } from '@meshnet/identity'
+import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { z } from 'zod'
 import { parseFlag } from '../config.ts'
 import type { CommandContext } from '../context.ts'
-import { printFields, printJson } from '../io.ts'
 
 interface ModelCreateFlags {
   out: string

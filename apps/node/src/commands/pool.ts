@@ -5,6 +5,8 @@ import {
   InvalidArgumentError,
   loadOrCreateIdentity,
   MeshError,
+  printFields,
+  printJson,
 } from '@meshnet/identity'
 import {
   createJoinRequest,
@@ -29,7 +31,6 @@ import { AgentNotRunningError, connectAgent } from '../agent/control-api.ts'
 import { POOL_BEACONS } from '../agent/pool-part.ts'
 import { defaultNodeConfig, readNodeConfig } from '../config.ts'
 import type { CommandContext } from '../context.ts'
-import { printFields, printJson } from '../io.ts'
 
 /** A join got no answer in time. */
 export class JoinTimeoutError extends MeshError {

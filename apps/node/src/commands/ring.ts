@@ -1,8 +1,7 @@
-import { dataDirLayout } from '@meshnet/identity'
+import { dataDirLayout, printFields, printJson } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { connectAgent } from '../agent/control-api.ts'
 import type { CommandContext } from '../context.ts'
-import { printFields, printJson } from '../io.ts'
 
 interface RingStatus {
   poolId: string

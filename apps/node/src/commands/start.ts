@@ -1,4 +1,4 @@
-import { ensureDataDir, InvalidArgumentError } from '@meshnet/identity'
+import { ensureDataDir, InvalidArgumentError, printFields, printJson, waitForSignal } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
@@ -8,7 +8,6 @@ import { ringPart } from '../agent/ring-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
 import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
 import type { CommandContext } from '../context.ts'
-import { printFields, printJson } from '../io.ts'
 
 interface StartFlags {
   config?: string
@@ -17,6 +16,7 @@ interface StartFlags {
   bootstrap?: string[]
   mdns?: boolean
   dht?: boolean
+  beacons?: boolean
   relay?: string[]
   model?: string
   autoApprove?: boolean
@@ -30,9 +30,10 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 
 /** The agent's parts, in start order. */
 const agentParts: AgentParts = (context) => {
-  const beacons = beaconsPart(context)
+  const beacons = context.config.beacons === false ? undefined : beaconsPart(context)
   const mesh = meshPart(context, beacons)
-  return [beacons, poolPart(context, beacons), mesh, ringPart(context, mesh)]
+  const parts = beacons ? [beacons, poolPart(context, beacons)] : []
+  return [...parts, mesh, ringPart(context, mesh)]
 }
 
 export function registerStart(
@@ -51,6 +52,7 @@ export function registerStart(
     .option('--bootstrap <multiaddr>', 'peer to connect to first, ending in /p2p/<id> (repeatable)', collect)
     .option('--no-mdns', 'turn mDNS discovery off')
     .option('--no-dht', 'turn the Kademlia DHT off')
+    .option('--no-beacons', 'turn LAN beacons off (no pool joins over the LAN, no beacon discovery)')
     .option('--relay <multiaddr>', 'circuit relay to reserve a slot on (repeatable)', collect)
     .option('--model <path.gguf>', 'GGUF model this node serves')
     .option(
@@ -94,18 +96,6 @@ export function registerStart(
     })
 }
 
-function waitForSignal(): Promise<void> {
-  return new Promise((resolve) => {
-    const done = () => {
-      process.off('SIGINT', done)
-      process.off('SIGTERM', done)
-      resolve()
-    }
-    process.on('SIGINT', done)
-    process.on('SIGTERM', done)
-  })
-}
-
 function settingsFromFlags(flags: StartFlags): AgentSettings {
   const number = (flag: string, value: string | undefined) => {
     if (value === undefined) return undefined
@@ -130,6 +120,7 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     // commander sets --no-x flags to true by default; only an explicit --no-x means false.
     mdns: flags.mdns === false ? false : undefined,
     dht: flags.dht === false ? false : undefined,
+    beacons: flags.beacons === false ? false : undefined,
     beacon: Object.values(beacon).some((v) => v !== undefined) ? beacon : undefined,
   }
 }

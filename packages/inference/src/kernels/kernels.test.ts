@@ -1,4 +1,4 @@
-import { dequantizeRow, fp32ToFp16, GGML_TYPE, quantizeRow, rowByteLength } from '@meshnet/gguf'
+import { dequantizeRow, fp16ToFp32, fp32ToFp16, GGML_TYPE, quantizeRow, rowByteLength } from '@meshnet/gguf'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createJsKernels, createWasmKernels, KERNEL_TYPES, type KernelBuffer, type Kernels } from './index.ts'
 import { liveKernelWorkers } from './wasm.ts'
@@ -25,10 +25,12 @@ function values(seed: number, n: number, scale = 1): Float32Array {
 }
 
 /** `rows` rows of `cols` random values quantized to `type` with @meshnet/gguf (ggml's quantizers). */
-function weights(type: number, rows: number, cols: number, seed: number): Uint8Array {
+function weights(type: number, rows: number, cols: number, seed: number, scale = 1): Uint8Array {
   const rowBytes = rowByteLength(type, cols)
   const out = new Uint8Array(rows * rowBytes)
-  for (let r = 0; r < rows; r++) quantizeRow(type, values(seed * 7919 + r, cols), out.subarray(r * rowBytes))
+  for (let r = 0; r < rows; r++) {
+    quantizeRow(type, values(seed * 7919 + r, cols, scale), out.subarray(r * rowBytes))
+  }
   return out
 }
 
@@ -46,33 +48,32 @@ function roundHalfEven(v: number): number {
 }
 
 /**
- * The activations the WebAssembly kernels multiply with, given back dequantized (f32 arithmetic,
- * ties to even). Q8_0, Q4_0: blocks of 32 rounded to [-127, 127] with scale max|x| / 127. Q4_K,
- * Q6_K: blocks of 256 rounded as ggml's q8_K, the value of largest magnitude to -128. F32 and F16
- * weights take x as it is.
+ * The activations the WebAssembly kernels multiply with, given back as floats: x rounded as ggml's
+ * CPU backend rounds it for the weight type (f32 arithmetic, ties to even). Q8_0, Q4_0: q8_0 on x86,
+ * blocks of 32 as round(x · 127 / max|x|) times the half nearest max|x| / 127. Q4_K, Q6_K: q8_K,
+ * blocks of 256 with iscale = -127 / (the value of largest magnitude). F16: the nearest halves.
  */
 function wasmActivations(type: number, x: Float32Array): Float32Array {
-  if (type === F32 || type === F16) return x
+  if (type === F32) return x
   const out = new Float32Array(x.length)
+  if (type === F16) {
+    for (let i = 0; i < x.length; i++) out[i] = fp16ToFp32(fp32ToFp16(x[i]!))
+    return out
+  }
   if (type === Q8_0 || type === Q4_0) {
     for (let b = 0; b < x.length; b += 32) {
       let amax = 0
       for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!))
-      const d = f(amax / 127)
-      const inv = d === 0 ? 0 : f(1 / d)
-      for (let i = b; i < b + 32; i++) out[i] = roundHalfEven(f(x[i]! * inv)) * d
+      const id = amax === 0 ? 0 : f(127 / amax)
+      const d = fp16ToFp32(fp32ToFp16(f(amax / 127)))
+      for (let i = b; i < b + 32; i++) out[i] = roundHalfEven(f(x[i]! * id)) * d
     }
     return out
   }
   for (let b = 0; b < x.length; b += 256) {
-    let top = Number.NEGATIVE_INFINITY
-    let bottom = Number.POSITIVE_INFINITY
-    for (let i = b; i < b + 256; i++) {
-      top = Math.max(top, x[i]!)
-      bottom = Math.min(bottom, x[i]!)
-    }
-    const extreme = -bottom > top ? bottom : top
-    const iscale = extreme === 0 ? 0 : f(-128 / extreme)
+    let extreme = 0
+    for (let i = b; i < b + 256; i++) if (Math.abs(x[i]!) > Math.abs(extreme)) extreme = x[i]!
+    const iscale = extreme === 0 ? 0 : f(-127 / extreme)
     const d = extreme === 0 ? 0 : f(1 / iscale)
     for (let i = b; i < b + 256; i++) out[i] = Math.min(127, roundHalfEven(f(x[i]! * iscale))) * d
   }
@@ -84,7 +85,10 @@ interface Expected {
   value: Float64Array
   /** Σ |w·x'|: the scale of f32 rounding in the kernel's sum. */
   mass: Float64Array
-  /** Σ over x blocks of (max|x| / 254)·Σ|w|: the worst case of rounding x to 8 bits. */
+  /**
+   * The worst case of rounding x as the kernels do: Σ over x blocks of 1.07·(max|x| / 254)·Σ|w|
+   * (half a step, and the step rounded to a half for q8_0), or 2^-11·Σ|w·x| for halves.
+   */
   roundingBound: Float64Array
 }
 
@@ -119,11 +123,11 @@ function expected(
           amax = Math.max(amax, Math.abs(xi[j]!))
           wsum += Math.abs(wr[j]!)
         }
-        bound += (amax / 254) * wsum
+        bound += 1.07 * (amax / 254) * wsum
       }
       value[i * rows + r] = v
       mass[i * rows + r] = m
-      roundingBound[i * rows + r] = type === F32 || type === F16 ? 0 : bound
+      roundingBound[i * rows + r] = type === F32 ? 0 : type === F16 ? 2 ** -11 * m : bound
     }
   }
   return { value, mass, roundingBound }
@@ -326,36 +330,40 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
 })
 
 describe('WebAssembly kernels', () => {
-  it('read each weight exactly as ggml dequantizes it (one-hot activations)', async () => {
-    const wasm = await createWasmKernels()
-    try {
-      const [rows, cols] = [3, 256]
-      for (const type of KERNEL_TYPES) {
-        const w = weights(type, rows, cols, 99)
-        const wb = upload(wasm, w)
-        const x = wasm.alloc(cols * 4)
-        const out = wasm.alloc(rows * 4)
-        const rowBytes = rowByteLength(type, cols)
-        const want = Array.from({ length: rows }, (_, r) =>
-          dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols),
-        )
-        const largest = want.map((row) => row.reduce((m, v) => Math.max(m, Math.abs(v)), 0))
-        for (let c = 0; c < cols; c++) {
-          x.f32().fill(0)
-          x.f32()[c] = 1
-          wasm.matvec(type, wb, rows, cols, x, out)
-          for (let r = 0; r < rows; r++) {
-            const v = want[r]![c]!
-            expect(Math.abs(out.f32()[r]! - v), `${NAMES[type]} [${r}, ${c}]`).toBeLessThanOrEqual(
-              largest[r]! * 1e-6,
-            )
+  // Weights of 1e-4 make every block scale (and some F16 weights) a subnormal half.
+  it.each([1, 1e-4])(
+    'read each weight exactly as ggml dequantizes it (one-hot activations, weights of %d)',
+    async (scale) => {
+      const wasm = await createWasmKernels()
+      try {
+        const [rows, cols] = [3, 256]
+        for (const type of KERNEL_TYPES) {
+          const w = weights(type, rows, cols, 99, scale)
+          const wb = upload(wasm, w)
+          const x = wasm.alloc(cols * 4)
+          const out = wasm.alloc(rows * 4)
+          const rowBytes = rowByteLength(type, cols)
+          const want = Array.from({ length: rows }, (_, r) =>
+            dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols),
+          )
+          const largest = want.map((row) => row.reduce((m, v) => Math.max(m, Math.abs(v)), 0))
+          for (let c = 0; c < cols; c++) {
+            x.f32().fill(0)
+            x.f32()[c] = 1
+            wasm.matvec(type, wb, rows, cols, x, out)
+            for (let r = 0; r < rows; r++) {
+              const v = want[r]![c]!
+              expect(Math.abs(out.f32()[r]! - v), `${NAMES[type]} [${r}, ${c}]`).toBeLessThanOrEqual(
+                largest[r]! * 1e-6,
+              )
+            }
           }
         }
+      } finally {
+        await wasm.dispose()
       }
-    } finally {
-      await wasm.dispose()
-    }
-  })
+    },
+  )
 
   it('keeps buffers and their contents valid when kernel memory grows', async () => {
     const wasm = await createWasmKernels({ threads: 2, spinIterations: 0 })

@@ -1,4 +1,7 @@
-import { isMeshError } from '@meshnet/identity'
+import { isMeshError } from './errors.ts'
+
+// Output helpers shared by the `mesh`, `mesh-relay` and `mesh-control-plane` programs: one way to
+// print JSON, aligned fields and errors (message only; stack with --verbose).
 
 /** Where a command writes; tests pass their own. */
 export interface CliIo {
@@ -50,4 +53,17 @@ export function reportError(io: CliIo, err: unknown, options: { json: boolean; v
     }
   }
   return 1
+}
+
+/** Resolves at the first SIGINT or SIGTERM (daemons stop cleanly on either). */
+export function waitForSignal(): Promise<NodeJS.Signals> {
+  return new Promise((resolve) => {
+    const done = (signal: NodeJS.Signals) => {
+      process.off('SIGINT', done)
+      process.off('SIGTERM', done)
+      resolve(signal)
+    }
+    process.on('SIGINT', done)
+    process.on('SIGTERM', done)
+  })
 }

@@ -1,0 +1,156 @@
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import type { GossipSub } from '@libp2p/gossipsub'
+import { createMeshNode, type MeshNode } from '@meshnet/discovery'
+import { generateIdentity, loadIdentity, type NodeIdentity } from '@meshnet/identity'
+import { type Certificate, createPool, encodeCertificate, openPoolAdmin } from '@meshnet/pool'
+import { encodeAnnouncement, POOL_CERT_PROTOCOL, ringPubsub, ringTopic } from '@meshnet/ring'
+import { multiaddr } from '@multiformats/multiaddr'
+import { encode } from 'cborg'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
+import { eventually, poolOf, ringStatus } from './mesh-fixture.ts'
+
+let root: string
+let admin: AgentProcess
+let poolId: string
+let dirA: string
+const outsiders: Array<MeshNode<{ pubsub: GossipSub }>> = []
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'meshnet-gating-'))
+  const made = await poolOf(root, ['A'], beaconPort())
+  admin = made.admin
+  poolId = made.pool.poolId
+  dirA = made.dir('A')
+})
+afterAll(async () => {
+  await Promise.all(outsiders.map((n) => n.stop()))
+  await admin?.stop()
+  await rm(root, { recursive: true, force: true })
+})
+
+interface GateStats {
+  libp2p: { addresses: string[]; gate: { refused: Record<string, number>; verified: number } }
+}
+
+async function outsider(identity: NodeIdentity = generateIdentity()) {
+  const node = await createMeshNode({
+    identity,
+    localOnly: true,
+    dhtMode: 'off',
+    services: { pubsub: ringPubsub(() => true) },
+  })
+  outsiders.push(node)
+  const { libp2p } = await agentRequest<GateStats>(dirA, '/status')
+  await node.libp2p.dial(multiaddr(libp2p.addresses[0]!))
+  const present = (certs: Certificate[]) =>
+    node.request(dirANodeId(), POOL_CERT_PROTOCOL, encode({ v: 1, certs: certs.map(encodeCertificate) }), {
+      timeoutMs: 10_000,
+    })
+  const askRing = async () =>
+    JSON.parse(
+      new TextDecoder().decode(
+        await node.request(
+          dirANodeId(),
+          '/meshnet/pool-ring/1.0.0',
+          new TextEncoder().encode(JSON.stringify({ poolId })),
+        ),
+      ),
+    )
+  return { node, identity, present, askRing }
+}
+
+let nodeIdA = ''
+const dirANodeId = () => nodeIdA
+
+async function refused(reason: string, at_least: number) {
+  return eventually(`a gate refusal '${reason}'`, async () => {
+    const { libp2p } = await agentRequest<GateStats>(dirA, '/status')
+    return (libp2p.gate.refused[reason] ?? 0) >= at_least ? libp2p.gate.refused : undefined
+  })
+}
+
+describe('a peer without a valid certificate is refused on every pool protocol', () => {
+  beforeAll(async () => {
+    nodeIdA = (await loadIdentity(join(dirA, 'identity.key'))).identity.nodeId
+  })
+
+  it('with no certificate: no ring view, no announcement accepted, none received', async () => {
+    const { node, identity, askRing } = await outsider()
+    const answer = await askRing()
+    expect(answer.error.code).toBe('ERR_POOL_ACCESS')
+    expect(answer.error.message).toContain('no certificate presented')
+
+    const received: unknown[] = []
+    const topic = ringTopic(poolId)
+    node.libp2p.services.pubsub.subscribe(topic)
+    node.libp2p.services.pubsub.addEventListener('message', (e) => received.push(e.detail))
+    const announce = encodeAnnouncement(identity, {
+      v: 1,
+      poolId,
+      nodeId: identity.nodeId,
+      publicKey: identity.publicKey,
+      addresses: [],
+      certificate: new Uint8Array(8),
+      capabilities: { capacityBytes: 1 << 30, freeMemoryBytes: 0, computeScore: 1, engines: [], models: [] },
+      seq: Date.now(),
+      view: { epoch: 1, digest: 'x' },
+      leaving: false,
+    })
+    // 3 s: longer than the agent's 2 s heartbeat, so it would have published to us if it could.
+    for (let i = 0; i < 10; i++) {
+      await node.libp2p.services.pubsub.publish(topic, announce).catch(() => {})
+      await new Promise((resolve) => setTimeout(resolve, 300))
+    }
+    const view = await ringStatus(dirA, poolId)
+    expect(view.members.map((m) => m.nodeId)).toEqual([nodeIdA])
+    expect(received).toEqual([]) // graylisted: the agent publishes nothing to it
+  })
+
+  it('refuses a certificate signed by another pool’s root, an expired one and a revoked one', async () => {
+    const { identity, present, askRing } = await outsider()
+    // Another pool's root signs a certificate that claims this pool.
+    const otherDir = join(root, 'other')
+    const other = generateIdentity()
+    const { pool: otherPool } = await createPool(otherDir, { name: 'other' }, other)
+    const foreignAdmin = await openPoolAdmin(otherDir, otherPool.id, other)
+    const foreign = await foreignAdmin.issueCertificate({
+      devicePublicKey: identity.publicKey,
+      role: 'member',
+    })
+    await present([{ ...foreign, poolId }])
+    const forged = await eventually('the forged certificate to be refused', async () => {
+      const { libp2p } = await agentRequest<GateStats>(dirA, '/status')
+      const r = libp2p.gate.refused
+      return (r['untrusted-issuer'] ?? 0) + (r['bad-signature'] ?? 0) >= 1 ? r : undefined
+    })
+    expect(forged).toBeDefined()
+    await present([foreign])
+    await refused('not-our-pool', 1)
+
+    const { identity: adminIdentity } = await loadIdentity(join(dirA, 'identity.key'))
+    const pool = await openPoolAdmin(dirA, poolId, adminIdentity)
+    const expired = await pool.issueCertificate({
+      devicePublicKey: identity.publicKey,
+      role: 'member',
+      ttlMs: 60_000,
+      now: Date.now() - 3_600_000,
+    })
+    await present([expired])
+    await refused('expired', 1)
+    expect((await askRing()).error.message).toMatch(/expired/)
+
+    const valid = await pool.issueCertificate({ devicePublicKey: identity.publicKey, role: 'member' })
+    await present([valid])
+    expect((await askRing()).members).toBeDefined() // a real member gets the ring view
+    await pool.revoke({ nodeIds: [identity.nodeId] })
+    await eventually('the agent to take the revocation', async () => {
+      const answer = await askRing()
+      return answer.error?.message.includes('revoked') ? answer : undefined
+    })
+    await present([valid])
+    await refused('revoked', 1)
+  })
+})

@@ -1,0 +1,124 @@
+import { type ChildProcess, spawn } from 'node:child_process'
+import { readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import type { RingTopology } from '@meshnet/ring'
+import { type AgentProcess, agentRequest, startAgentProcess } from './agent-process.ts'
+import { runMesh } from './run-mesh.ts'
+
+export interface RingStatus {
+  poolId: string
+  epoch: number
+  converged: boolean
+  digest: string
+  members: Array<{
+    nodeId: string
+    position: number
+    addresses: string[]
+    shard: { layers: [number, number] } | null
+  }>
+}
+
+/** Polls `check` every 100 ms until it returns a value, or fails after `ms`. */
+export async function eventually<T>(
+  what: string,
+  check: () => Promise<T | undefined>,
+  ms = 30_000,
+): Promise<T> {
+  const deadline = Date.now() + ms
+  let last: unknown
+  while (Date.now() < deadline) {
+    try {
+      const value = await check()
+      if (value !== undefined) return value
+    } catch (err) {
+      last = err
+    }
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
+}
+
+export function ringStatus(dataDir: string, poolId: string): Promise<RingStatus> {
+  return agentRequest<RingStatus>(dataDir, `/rings/${poolId}`)
+}
+
+/** Waits until every agent reports the same converged ring of `size` members. */
+export async function converged(
+  dataDirs: string[],
+  poolId: string,
+  size: number,
+  ms?: number,
+): Promise<RingStatus[]> {
+  return eventually(
+    `${dataDirs.length} agents to converge on ${size} members`,
+    async () => {
+      const views = await Promise.all(dataDirs.map((dir) => ringStatus(dir, poolId)))
+      const same = new Set(views.map((v) => `${v.epoch}/${v.digest}`)).size === 1
+      return same && views.every((v) => v.converged && v.members.length === size) ? views : undefined
+    },
+    ms,
+  )
+}
+
+export async function readTopology(dataDir: string, poolId: string): Promise<RingTopology> {
+  return JSON.parse(await readFile(join(dataDir, `ring_topology_${poolId}.json`), 'utf8')) as RingTopology
+}
+
+/** A pool made by A, with every other data dir joined over loopback beacons through A's agent. */
+export async function poolOf(root: string, names: string[], port: string, agentArgs: string[] = []) {
+  const dir = (name: string) => join(root, name)
+  const pool = JSON.parse(
+    (await runMesh(['pool-create', '--name', 'ring-pool', '--json', '--data-dir', dir(names[0]!)])).stdout,
+  ) as {
+    poolId: string
+    joinToken: string
+  }
+  const admin = await startAgentProcess(dir(names[0]!), ['--local-only', '--beacon-port', port, ...agentArgs])
+  for (const name of names.slice(1)) {
+    const joined = await runMesh([
+      'pool-join',
+      '--token',
+      pool.joinToken,
+      '--local-only',
+      '--beacon-port',
+      port,
+      '--timeout',
+      '30',
+      '--data-dir',
+      dir(name),
+    ])
+    if (joined.code !== 0) throw new Error(`join of ${name} failed: ${joined.stderr}`)
+  }
+  return { pool, admin, dir }
+}
+
+/** Starts `mesh-relay` on loopback and returns its first address. */
+export async function startRelay(
+  dataDir: string,
+): Promise<{ address: string; process: ChildProcess; stop(): Promise<void> }> {
+  const bin = join(import.meta.dirname, '..', '..', 'relay', 'src', 'bin.ts')
+  const child = spawn(
+    process.execPath,
+    ['--conditions=meshnet-source', bin, '--port', '0', '--local-only', '--json', '--data-dir', dataDir],
+    {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  )
+  let out = ''
+  child.stdout!.on('data', (c) => (out += c))
+  const address = await eventually('the relay to start', async () => {
+    const match = /"(\/ip4\/127\.0\.0\.1\/tcp\/\d+\/p2p\/\w+)"/.exec(out)
+    return match?.[1]
+  })
+  return {
+    address,
+    process: child,
+    async stop() {
+      if (child.exitCode !== null) return
+      child.kill('SIGTERM')
+      await new Promise((resolve) => child.once('exit', resolve))
+    },
+  }
+}
+
+export type { AgentProcess }

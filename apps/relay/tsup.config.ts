@@ -1,0 +1,9 @@
+import { defineConfig } from 'tsup'
+
+export default defineConfig({
+  entry: ['src/bin.ts', 'src/relay.ts'],
+  format: ['esm'],
+  dts: { entry: 'src/relay.ts' },
+  clean: true,
+  target: 'node24',
+})
