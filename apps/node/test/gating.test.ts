@@ -106,7 +106,11 @@ describe('a peer without a valid certificate is refused on every pool protocol',
     }
     const view = await ringStatus(dirA, poolId)
     expect(view.members.map((m) => m.nodeId)).toEqual([nodeIdA])
-    expect(received).toEqual([]) // graylisted: the agent publishes nothing to it
+    expect(received).toEqual([]) // scored below the publish threshold: the agent sends it nothing
+    const { rings } = await agentRequest<{
+      rings: Record<string, { gossip: { dropped: Record<string, number> } }>
+    }>(dirA, '/status')
+    expect(rings[poolId]!.gossip.dropped.untrusted).toBeGreaterThanOrEqual(1)
   })
 
   it('refuses a certificate signed by another pool’s root, an expired one and a revoked one', async () => {

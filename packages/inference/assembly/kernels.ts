@@ -226,10 +226,10 @@ function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
 // a subnormal one as its integer mantissa × 2^-24.
 function f16(h: u32): f32 {
   const em = h & 0x7fff
-  let bits = (em << 13) + 0x38000000
-  if (em >= 0x7c00) bits |= 0x7f800000 // infinity, NaN
-  const v = em < 0x400 ? <f32>em * reinterpret<f32>(0x33800000) : reinterpret<f32>(bits)
-  return (h & 0x8000) !== 0 ? -v : v
+  const sign = (h & 0x8000) << 16
+  if (em - 0x400 < 0x7800) return reinterpret<f32>(sign | ((em << 13) + 0x38000000)) // normal
+  if (em < 0x400) return reinterpret<f32>(sign | reinterpret<u32>(<f32>em * reinterpret<f32>(0x33800000)))
+  return reinterpret<f32>(sign | (em << 13) | 0x7f800000) // infinity, NaN
 }
 
 // The same for the four (finite) halves in the low 16 bits of each i32 lane of h.

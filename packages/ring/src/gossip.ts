@@ -224,9 +224,12 @@ export function ringGossip(init: RingGossipInit): (components: RingGossipCompone
 
 /**
  * The gossipsub service Meshnet rings run on. Peers that have not proved membership of any of this
- * node's pools (`isMember`) get a score far below the graylist threshold: we neither publish to
- * them nor process their messages, so a connected outsider sees no announcement and can inject
- * none. Messages are signed by their origin (StrictSign) on top of each announcement's own signature.
+ * node's pools (`isMember`) score far below the publish and gossip thresholds: we publish nothing
+ * to them and gossip nothing with them, so a connected outsider sees no announcement. They are not
+ * graylisted: that would also drop the subscription messages a member sends before its
+ * certificate exchange completes (they are never resent), and what an outsider publishes is
+ * rejected by the ring's validator anyway (counted as `untrusted`). Messages are signed by their
+ * origin (StrictSign) on top of each announcement's own signature.
  */
 export function ringPubsub(isMember: (peerId: string) => boolean) {
   return gossipsub({
@@ -241,7 +244,7 @@ export function ringPubsub(isMember: (peerId: string) => boolean) {
     scoreThresholds: {
       gossipThreshold: -10,
       publishThreshold: -50,
-      graylistThreshold: -80,
+      graylistThreshold: -1e9,
       acceptPXThreshold: 10,
       opportunisticGraftThreshold: 20,
     },

@@ -63,7 +63,11 @@ export class PoolGate extends EventTarget {
   readonly #peers = new Map<string, Map<string, Certificate>>()
   readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {} }
   readonly #onConnection = (event: CustomEvent<Connection>) => {
-    if (event.detail.direction === 'outbound') void this.exchange(event.detail.remotePeer).catch(() => {})
+    if (event.detail.direction !== 'outbound') return
+    const peer = event.detail.remotePeer
+    this.exchange(peer).catch((err: Error) =>
+      this.#logger.debug({ peer: peer.toString(), err: err.message }, 'certificate exchange failed'),
+    )
   }
   readonly #onDisconnect = (event: CustomEvent<PeerId>) => {
     this.#peers.delete(event.detail.toString())
@@ -105,6 +109,13 @@ export class PoolGate extends EventTarget {
     )
     this.#node.libp2p.addEventListener('connection:open', this.#onConnection)
     this.#node.libp2p.addEventListener('peer:disconnect', this.#onDisconnect)
+    // Discovery (mDNS, bootstrap) may have connected peers while the node started, before the
+    // listener above existed: exchange with them now.
+    for (const peer of this.#node.libp2p.getPeers()) {
+      this.exchange(peer).catch((err: Error) =>
+        this.#logger.debug({ peer: peer.toString(), err: err.message }, 'certificate exchange failed'),
+      )
+    }
   }
 
   async stop(): Promise<void> {

@@ -40,10 +40,14 @@ export interface KernelBuffer {
  * of a KV cache: scores = K_h · q with K stored [position][kv heads · head dim] is a matvec of `ctx`
  * rows of `headDim` from `view(k, h·headDim·size)` with stride `kvHeads·headDim·size`, and V stored
  * transposed ([kv heads · head dim][max positions]) gives V_hᵀ·p the same way. `out` must not overlap
- * `w` or `x`. The WebAssembly kernels multiply quantized weights with activations quantized
- * to 8 bits (blocks of 32 for Q8_0/Q4_0, of 256 for Q4_K/Q6_K, as llama.cpp's CPU backend does), so
- * they differ from the f32 reference by at most Σ over blocks of (max|x| / 254) · Σ|w| (the rounding
- * of x) plus f32 rounding; F32 and F16 weights use f32 activations.
+ * `w` or `x`.
+ *
+ * The WebAssembly kernels first round the activations as ggml's CPU backend does for the weight
+ * type (q8_0 blocks of 32 for Q8_0/Q4_0, q8_K blocks of 256 for Q4_K/Q6_K, halves for F16, nothing
+ * for F32) and take integer dot products, so they give llama.cpp's results up to the order of f32
+ * additions (activations already rounded that way stay as they are). Against the exact f32 reference
+ * (`createJsKernels`) they differ by at most Σ over blocks of 1.07 · (max|x| / 254) · Σ|w|, or
+ * 2^-11 · Σ|w·x| for F16, plus f32 rounding.
  */
 export interface Kernels {
   /** 'wasm-simd' or 'js'. */
