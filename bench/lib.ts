@@ -33,7 +33,7 @@ export async function startAgent(dataDir: string, args: string[]): Promise<Child
   const child = spawn(process.execPath, [...NODE_ARGS, 'start', '--data-dir', dataDir, ...args], {
     stdio: 'ignore',
   })
-  for (let i = 0; i < 400; i++) {
+  for (let i = 0; i < 2400; i++) {
     try {
       await access(join(dataDir, 'agent.json'))
       return child

@@ -31,6 +31,8 @@ export interface RingGossipInit {
   heartbeatMs?: number
   /** Announcement interval while it has not. Default 250 ms. */
   fastHeartbeatMs?: number
+  /** A member whose connection closed is dropped after this long unless it announces. Default 1000 ms. */
+  suspectMs?: number
   /** A member not heard from for this long is dropped. Default 3 × heartbeatMs + 500 ms. */
   failureTimeoutMs?: number
   logger?: Logger
@@ -69,6 +71,9 @@ export class RingGossip extends EventTarget {
   #timer: NodeJS.Timeout | undefined
   #soon: NodeJS.Timeout | undefined
   #running = false
+  #fastUntil = 0
+  readonly #suspects = new Map<string, NodeJS.Timeout>()
+  readonly #suspectMs: number
   #lastEmitted = ''
   #capabilities: Capabilities
 
@@ -81,6 +86,7 @@ export class RingGossip extends EventTarget {
     this.#capabilities = init.capabilities
     this.#heartbeatMs = init.heartbeatMs ?? 2_000
     this.#fastHeartbeatMs = init.fastHeartbeatMs ?? 250
+    this.#suspectMs = init.suspectMs ?? 1_000
     this.#membership = new RingMembership({
       self: { nodeId: init.identity.nodeId, addresses: init.addresses(), capabilities: init.capabilities },
       failureTimeoutMs: init.failureTimeoutMs ?? 3 * this.#heartbeatMs + 500,
@@ -109,17 +115,51 @@ export class RingGossip extends EventTarget {
     this.#running = false
     clearTimeout(this.#timer)
     clearTimeout(this.#soon)
+    for (const timer of this.#suspects.values()) clearTimeout(timer)
+    this.#suspects.clear()
     await this.#publish(true).catch(() => {})
     this.#pubsub.unsubscribe(this.topic)
     this.#pubsub.topicValidators.delete(this.topic)
   }
 
-  /** Tells the ring a peer's connection closed; it is dropped now rather than at its timeout. */
+  /**
+   * Tells the ring a peer's last connection closed. The member is dropped after `suspectMs`
+   * unless it announces again (or reconnects) in the meantime, so a crashed member leaves the ring
+   * in about a second while a connection that is merely replaced causes no new epoch.
+   */
   peerDisconnected(nodeId: string): void {
-    if (this.#membership.remove(nodeId)) {
-      this.#logger.info({ nodeId }, 'ring member disconnected')
-      this.#afterChange()
-    }
+    if (!this.#membership.view().members.some((m) => m.nodeId === nodeId) || this.#suspects.has(nodeId))
+      return
+    const since = Date.now()
+    this.#suspects.set(
+      nodeId,
+      setTimeout(() => {
+        this.#suspects.delete(nodeId)
+        const member = this.#membership.view().members.find((m) => m.nodeId === nodeId)
+        if (member !== undefined && member.lastSeen <= since && this.#membership.remove(nodeId)) {
+          this.#logger.info({ nodeId }, 'ring member disconnected and silent; dropped')
+          this.#afterChange()
+        }
+      }, this.#suspectMs),
+    )
+  }
+
+  /** The peer connected again: it is no longer suspected. */
+  peerConnected(nodeId: string): void {
+    clearTimeout(this.#suspects.get(nodeId))
+    this.#suspects.delete(nodeId)
+  }
+
+  /**
+   * Something changed outside the ring (a member connected, subscribed, proved its certificate):
+   * announce now and keep the fast interval for two seconds, so that the newcomer hears from us
+   * before the next at-rest heartbeat.
+   */
+  nudge(): void {
+    if (!this.#running) return
+    this.#fastUntil = Date.now() + 2_000
+    clearTimeout(this.#timer)
+    this.#tick()
   }
 
   /** Changes what this node offers (a new epoch when the plan inputs change). */
@@ -181,7 +221,8 @@ export class RingGossip extends EventTarget {
     if (!this.#running) return
     if (this.#membership.expire().length > 0) this.#afterChange()
     void this.#publish(false)
-    const interval = this.#membership.view().converged ? this.#heartbeatMs : this.#fastHeartbeatMs
+    const fast = !this.#membership.view().converged || Date.now() < this.#fastUntil
+    const interval = fast ? this.#fastHeartbeatMs : this.#heartbeatMs
     this.#timer = setTimeout(() => this.#tick(), interval)
   }
 
@@ -235,11 +276,17 @@ export function ringPubsub(isMember: (peerId: string) => boolean) {
   return gossipsub({
     allowPublishToZeroTopicPeers: true,
     emitSelf: false,
+    // Scores (and so who may receive) are cached for one heartbeat: keep it short so that a peer
+    // that has just proved its certificate starts receiving announcements within half a second.
+    heartbeatInterval: 500,
     // Members behind NAT are reached through a relay: gossip (small) runs over those circuits too.
     runOnLimitedConnection: true,
     scoreParams: {
       appSpecificScore: (peerId: string) => (isMember(peerId) ? 0 : -1_000),
       appSpecificWeight: 1,
+      // Members are admitted by certificate, not by IP diversity: peers behind one NAT, or test
+      // agents on 127.0.0.1, must not be penalised for sharing an address.
+      IPColocationFactorWeight: 0,
     },
     scoreThresholds: {
       gossipThreshold: -10,

@@ -165,6 +165,9 @@ export function ringPart(
   const onDisconnect = (event: CustomEvent<{ toString(): string }>) => {
     for (const ring of rings.values()) ring.peerDisconnected(event.detail.toString())
   }
+  const onConnect = (event: CustomEvent<{ toString(): string }>) => {
+    for (const ring of rings.values()) ring.peerConnected(event.detail.toString())
+  }
 
   return {
     name: 'rings',
@@ -181,6 +184,17 @@ export function ringPart(
       const node = mesh.node()
       node.libp2p.services.pubsub.addEventListener('message', onRevocationMessage)
       node.libp2p.addEventListener('peer:disconnect', onDisconnect)
+      node.libp2p.addEventListener('peer:connect', onConnect)
+      // A newcomer should hear from us now, not at our next at-rest heartbeat.
+      mesh.gate().addEventListener('member', (event) => {
+        for (const poolId of (event as CustomEvent<{ pools: string[] }>).detail.pools)
+          rings.get(poolId)?.nudge()
+      })
+      node.libp2p.services.pubsub.addEventListener('subscription-change', (event) => {
+        for (const { topic, subscribe } of event.detail.subscriptions) {
+          if (subscribe) for (const ring of rings.values()) if (ring.topic === topic) ring.nudge()
+        }
+      })
       await node.handleRequests(
         POOL_RING_PROTOCOL,
         (request, { nodeId }) => {
@@ -279,6 +293,8 @@ export function ringPart(
         position,
         addresses: m.addresses,
         capacityBytes: m.capabilities.capacityBytes,
+        /** What this member last reported: converged means every member reports ours. */
+        reports: m.view,
         shard: shards.has(m.nodeId) ? { layers: shards.get(m.nodeId) } : null,
       })),
     }
