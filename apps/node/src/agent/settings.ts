@@ -85,8 +85,10 @@ export function mergeSettings(...sources: AgentSettings[]): AgentSettings {
   for (const source of sources) {
     for (const [key, value] of Object.entries(source) as Array<[keyof AgentSettings, unknown]>) {
       if (value === undefined) continue
-      if (key === 'beacon') out.beacon = { ...out.beacon, ...(value as AgentSettings['beacon']) }
-      else (out as Record<string, unknown>)[key] = value
+      if (key === 'beacon') {
+        const defined = Object.entries(value as object).filter(([, v]) => v !== undefined)
+        out.beacon = { ...out.beacon, ...Object.fromEntries(defined) }
+      } else (out as Record<string, unknown>)[key] = value
     }
   }
   return out
