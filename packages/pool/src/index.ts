@@ -63,11 +63,11 @@ export {
   decodeJoinRequest,
   decodeJoinResponse,
   encodeJoinRequest,
-  parseJoinRequest,
   encodeJoinResponse,
   JOIN_REQUEST_MAX_AGE_MS,
   joinRequestSchema,
   joinResponseSchema,
+  parseJoinRequest,
   parseJoinToken,
 } from './join.ts'
 export type { ReplayCacheOptions } from './replay-cache.ts'
