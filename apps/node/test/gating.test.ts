@@ -9,7 +9,7 @@ import { encodeAnnouncement, POOL_CERT_PROTOCOL, ringPubsub, ringTopic } from '@
 import { multiaddr } from '@multiformats/multiaddr'
 import { encode } from 'cborg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
+import { type AgentProcess, agentRequest, beaconPort } from './agent-process.ts'
 import { eventually, poolOf, ringStatus } from './mesh-fixture.ts'
 
 let root: string
