@@ -1,30 +1,10 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { eventually, readTopology } from './mesh-fixture.ts'
-import { canUseNetns, createTestLan, type TestLan } from './netns.ts'
-import { BIN } from './run-mesh.ts'
-
-const node = [process.execPath, '--conditions=meshnet-source', BIN]
-
-function runIn(prefix: string[], args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    const [cmd, ...rest] = [...prefix, ...node, ...args]
-    execFile(
-      cmd!,
-      rest,
-      { timeout: 60_000, env: { ...process.env, MESH_LOG: '' } },
-      (error, stdout, stderr) =>
-        resolve({
-          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
-          stdout,
-          stderr,
-        }),
-    )
-  })
-}
+import { canUseNetns, createTestLan, MESH, meshIn, type TestLan } from './netns.ts'
 
 describe.skipIf(!canUseNetns)('three agents across network namespaces joined by a bridge', () => {
   let lan: TestLan
@@ -47,7 +27,7 @@ describe.skipIf(!canUseNetns)('three agents across network namespaces joined by 
     const address = lan.hosts[i]!.address
     const [cmd, ...rest] = [
       ...lan.exec(i),
-      ...node,
+      ...MESH,
       'start',
       '--data-dir',
       dataDir,
@@ -65,12 +45,12 @@ describe.skipIf(!canUseNetns)('three agents across network namespaces joined by 
 
   it('converge on one ring with mDNS and LAN beacons on the namespaces’ own interfaces', async () => {
     const dirs = ['A', 'B', 'C'].map((n) => join(root, n))
-    const created = await runIn([], ['pool-create', '--name', 'lan', '--json', '--data-dir', dirs[0]!])
+    const created = await meshIn([], ['pool-create', '--name', 'lan', '--json', '--data-dir', dirs[0]!])
     const pool = JSON.parse(created.stdout) as { poolId: string; joinToken: string }
     start(0, dirs[0]!)
     for (const i of [1, 2]) {
       const joined = await eventually(`host ${i} to join`, async () => {
-        const r = await runIn(lan.exec(i), [
+        const r = await meshIn(lan.exec(i), [
           'pool-join',
           '--token',
           pool.joinToken,

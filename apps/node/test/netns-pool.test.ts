@@ -1,30 +1,9 @@
-import { execFile, spawn } from 'node:child_process'
+import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { canUseNetns, createTestLan, type TestLan } from './netns.ts'
-import { BIN, type MeshResult } from './run-mesh.ts'
-
-const node = [process.execPath, '--conditions=meshnet-source', BIN]
-
-function runIn(prefix: string[], args: string[]): Promise<MeshResult> {
-  return new Promise((resolve) => {
-    const [cmd, ...rest] = [...prefix, ...node, ...args]
-    execFile(
-      cmd!,
-      rest,
-      { timeout: 60_000, env: { ...process.env, MESH_LOG: '' } },
-      (error, stdout, stderr) => {
-        resolve({
-          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
-          stdout,
-          stderr,
-        })
-      },
-    )
-  })
-}
+import { canUseNetns, createTestLan, MESH, meshIn, type TestLan } from './netns.ts'
 
 describe.skipIf(!canUseNetns)('joining a pool across two network namespaces joined by a bridge', () => {
   let lan: TestLan
@@ -42,11 +21,11 @@ describe.skipIf(!canUseNetns)('joining a pool across two network namespaces join
     const [a, b] = lan.hosts
     const dirA = join(root, 'A')
     const dirB = join(root, 'B')
-    const created = await runIn([], ['pool-create', '--name', 'lan-pool', '--json', '--data-dir', dirA])
+    const created = await meshIn([], ['pool-create', '--name', 'lan-pool', '--json', '--data-dir', dirA])
     const pool = JSON.parse(created.stdout)
     const [cmd, ...rest] = [
       ...lan.exec(0),
-      ...node,
+      ...MESH,
       'start',
       '--data-dir',
       dirA,
@@ -60,7 +39,7 @@ describe.skipIf(!canUseNetns)('joining a pool across two network namespaces join
     try {
       for (let i = 0; i < 200 && !output.includes('Control API'); i++)
         await new Promise((r) => setTimeout(r, 50))
-      const joined = await runIn(lan.exec(1), [
+      const joined = await meshIn(lan.exec(1), [
         'pool-join',
         '--token',
         pool.joinToken,

@@ -1,6 +1,7 @@
-import { execFileSync, spawnSync } from 'node:child_process'
+import { execFile, execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 
+import { BIN } from './run-mesh.ts'
 /** Network namespaces need root and iproute2; tests that use them skip cleanly otherwise. */
 export const canUseNetns: boolean = (() => {
   if (process.getuid?.() !== 0) return false
@@ -60,3 +61,27 @@ export function createTestLan(count: number): TestLan {
   }
   return lan
 }
+
+/** Runs the `mesh` CLI, inside a namespace when `prefix` is `lan.exec(i)` (or on the host with []). */
+export function meshIn(
+  prefix: string[],
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const [cmd, ...rest] = [...prefix, ...MESH, ...args]
+    execFile(
+      cmd!,
+      rest,
+      { timeout: 60_000, env: { ...process.env, MESH_LOG: '' } },
+      (error, stdout, stderr) =>
+        resolve({
+          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
+          stdout,
+          stderr,
+        }),
+    )
+  })
+}
+
+/** The command line of the `mesh` CLI from source. */
+export const MESH = [process.execPath, '--conditions=meshnet-source', BIN]
