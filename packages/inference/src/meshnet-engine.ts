@@ -25,7 +25,17 @@ export const meshnetEngineOptionsSchema = z.strictObject({
   /** A llama-architecture GGUF file. */
   modelPath: z.string().min(1),
   /** Threads of the WebAssembly kernels. Default: the machine's cores (`os.availableParallelism()`). */
-  threads: z.number().int().min(1).max(1024).optional(),
+  threads: z.number().int().min(1).max(256).optional(),
+  /**
+   * How long an idle kernel thread polls for the next job before it sleeps, in poll rounds of about
+   * 0.7 ns (default 100000: ~70 µs; see `createWasmKernels`). 0 suits a machine busy with other work.
+   */
+  spinIterations: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 31 - 1)
+    .optional(),
   /** Positions of KV cache. Default: the model's training context, at most 4096. */
   contextSize: z
     .number()
@@ -75,7 +85,10 @@ export async function createMeshnetEngine(options: MeshnetEngineOptions): Promis
       ? createJsKernels()
       : typeof given === 'object'
         ? given
-        : await createWasmKernels({ threads: opts.threads ?? availableParallelism() })
+        : await createWasmKernels({
+            threads: Math.min(256, opts.threads ?? availableParallelism()),
+            ...(opts.spinIterations === undefined ? {} : { spinIterations: opts.spinIterations }),
+          })
   let opened: OpenedTokenizer | undefined
   let shard: LlamaShard | undefined
   try {

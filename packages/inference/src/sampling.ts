@@ -148,8 +148,41 @@ function sampleWithTemperature(logits: Float32Array, options: ResolvedSamplingOp
 
 /** The `k` indices of the largest logits, sorted by logit descending (ties by lower id first). */
 function topIndices(logits: Float32Array, k: number): Uint32Array {
-  const all = new Uint32Array(logits.length)
-  for (let i = 0; i < all.length; i++) all[i] = i
-  all.sort((a, b) => logits[b]! - logits[a]! || a - b)
-  return all.subarray(0, k)
+  const byLogit = (a: number, b: number) => logits[b]! - logits[a]! || a - b
+  if (k >= logits.length) {
+    const all = new Uint32Array(logits.length)
+    for (let i = 0; i < all.length; i++) all[i] = i
+    return all.sort(byLogit)
+  }
+  // The best k so far in a heap whose root is the worst of them (lowest logit, then highest id).
+  // Ids come in increasing order, so one tied with the root never displaces it: the same k a full
+  // sort keeps, in one pass instead of sorting the whole vocabulary for every token.
+  const heap = new Uint32Array(k)
+  const worse = (a: number, b: number) => logits[a]! < logits[b]! || (logits[a] === logits[b] && a > b)
+  let size = 0
+  for (let id = 0; id < logits.length; id++) {
+    let at: number
+    if (size < k) {
+      at = size++
+      while (at > 0) {
+        const parent = (at - 1) >> 1
+        if (!worse(id, heap[parent]!)) break
+        heap[at] = heap[parent]!
+        at = parent
+      }
+    } else {
+      if (!(logits[id]! > logits[heap[0]!]!)) continue
+      at = 0
+      for (;;) {
+        let child = 2 * at + 1
+        if (child >= k) break
+        if (child + 1 < k && worse(heap[child + 1]!, heap[child]!)) child++
+        if (!worse(heap[child]!, id)) break
+        heap[at] = heap[child]!
+        at = child
+      }
+    }
+    heap[at] = id
+  }
+  return heap.sort(byLogit)
 }

@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createJsKernels } from '../src/kernels/index.ts'
+import { createJsKernels, type Kernels } from '../src/kernels/index.ts'
 import { createLocalAllReduce } from '../src/model/all-reduce.ts'
+import { shardSessionBytes } from '../src/model/llama-shard.ts'
 import { type LlamaShard, type LoadShardOptions, loadShard, type ShardOutput } from '../src/model/shard.ts'
 import { modelDir } from './models.ts'
 
@@ -39,7 +40,9 @@ afterAll(async () => {
   await models.cleanup()
 })
 
-async function shard(options: Omit<LoadShardOptions, 'kernels'>): Promise<LlamaShard> {
+async function shard(
+  options: Omit<LoadShardOptions, 'kernels'> & { kernels?: Kernels },
+): Promise<LlamaShard> {
   const s = await loadShard({ kernels, contextSize: 64, maxBatch: 8, ...options })
   shards.push(s)
   return s
@@ -92,6 +95,68 @@ describe('layer slices', () => {
     const full = logitsOf(await s.forward({ tokens: prompt }, 0, { logits: 'all' }))
     const again = logitsOf(await s.forward({ tokens: prompt.slice(5) }, 5, { logits: 'all' }))
     expect(again).toEqual(full.subarray(5 * 301))
+  })
+
+  it('keeps its logits as the KV cache grows past its first capacity, one token at a time or rewound', async () => {
+    const tokens = Array.from({ length: 150 }, (_, i) => (i * 37 + 5) % 301)
+    const batched = await shard({ path: gqa, contextSize: 160 })
+    const all = logitsOf(await batched.forward({ tokens }, 0, { logits: 'all' }))
+    const stepped = await shard({ path: gqa, contextSize: 160 })
+    for (const [pos, token] of tokens.entries()) {
+      const row = logitsOf(await stepped.forward({ tokens: [token] }, pos))
+      expect(maxAbsDiff(row, all.subarray(pos * 301, (pos + 1) * 301))).toBeLessThan(1e-5)
+    }
+    const again = logitsOf(await batched.forward({ tokens: tokens.slice(40) }, 40, { logits: 'all' }))
+    expect(maxAbsDiff(again, all.subarray(40 * 301))).toBeLessThan(1e-5)
+  })
+
+  it('splits a batch’s attention into chunks when a long context would make its scores too large', async () => {
+    // 2 query heads per KV head × 70000 positions: 7 positions' scores fit the 2^20-float budget.
+    const long = await shard({ path: gqa, contextSize: 70_000 })
+    const short = await shard({ path: gqa, contextSize: 64 })
+    const a = logitsOf(await long.forward({ tokens: prompt }, 0, { logits: 'all' }))
+    const b = logitsOf(await short.forward({ tokens: prompt }, 0, { logits: 'all' }))
+    expect(maxAbsDiff(a, b)).toBeLessThan(1e-5)
+    await long.dispose()
+  })
+
+  it('asks the kernels for its weights, KV cache and scratch, as shardSessionBytes counts them', async () => {
+    let requested = 0
+    const counting: Kernels = {
+      ...kernels,
+      alloc(byteLength) {
+        requested += byteLength
+        return kernels.alloc(byteLength)
+      },
+    }
+    const cases: Array<Omit<LoadShardOptions, 'kernels' | 'path'>> = [
+      { layers: [0, 1] },
+      { columns: { heads: [1, 3], ffn: [0, 256] } },
+    ]
+    for (const options of cases) {
+      requested = 0
+      const s = await shard({ path: gqa, kernels: counting, contextSize: 48, maxBatch: 4, ...options })
+      const range = (r: readonly [number, number]): [number, number] => [r[0], r[1]]
+      const plan = {
+        layers: range(s.layers),
+        heads: range(s.columns.heads),
+        kvHeads: range(s.columns.kvHeads),
+        ffn: range(s.columns.ffn),
+        partial: s.partial,
+        embed: s.embeds,
+        head: s.hasHead,
+        contextSize: s.contextSize,
+      }
+      const { kvBytes, scratchBytes } = shardSessionBytes(s.config, plan, {
+        maxBatch: 4,
+        kvCacheType: 'f16',
+        kernels,
+      })
+      expect(kvBytes).toBe(
+        (s.layers[1] - s.layers[0]) * 2 * 48 * (s.columns.kvHeads[1] - s.columns.kvHeads[0]) * 64 * 2,
+      )
+      expect(requested).toBe(s.weightBytes + kvBytes + scratchBytes)
+    }
   })
 
   it('loads only its layers', async () => {

@@ -1,39 +1,166 @@
-import { dequantizeRow, fp32ToFp16, rowByteLength } from '@meshnet/gguf'
+import { dequantizeRow, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
 import { InvalidArgumentError } from '@meshnet/identity'
 import { ContextOverflowError, EngineDisposedError, InvalidShardError } from '../errors.ts'
-import type { KernelBuffer, Kernels } from '../kernels/index.ts'
+import { type KernelBuffer, type Kernels, KernelUnavailableError } from '../kernels/index.ts'
 import { roundActivations } from './activations.ts'
 import type { LlamaConfig } from './config.ts'
-import { addInto, applyRope, attendF16, attendF32, rmsNorm, ropeCache, swiglu } from './ops.ts'
-import type { ForwardOptions, Layer, LlamaShard, ShardInput, ShardOutput, ShardPlan } from './shard.ts'
+import { addInto, applyRope, rmsNorm, ropeCache, softmaxRows, swiglu } from './ops.ts'
+import type { ForwardOptions, LayerWeights, LlamaShard, ShardInput, ShardOutput, ShardPlan } from './shard.ts'
 import type { Matrix } from './weights.ts'
 
 const f = Math.fround
+/** Floats of attention scores one kernel call may produce (a prompt's positions go in chunks). */
+const SCORE_BUDGET = 1 << 20
+/** Positions the transposed V cache first makes room for per row; it doubles as the cache fills. */
+const V_FIRST_CAPACITY = 64
 
 export interface LlamaShardParts {
   config: LlamaConfig
   plan: ShardPlan
   kernels: Kernels
-  layers: Layer[]
+  /** The layers' weights; the shard allocates their KV cache itself, in kernel memory. */
+  layers: LayerWeights[]
   embedding: Matrix | undefined
   head: { norm: Float32Array; output: Matrix } | undefined
   freqFactors: Float32Array | undefined
   weightBytes: number
+  /** Kernel buffers the shard frees on dispose (the weights it owns; none when they are shared). */
   buffers: KernelBuffer[]
   maxBatch: number
   kvCacheType: 'f16' | 'f32'
 }
 
+/** Element access to a Float16Array (Node 24 has it; TypeScript's ES2024 lib does not declare it). */
+interface HalfArray {
+  [index: number]: number
+  set(values: ArrayLike<number>, offset?: number): void
+}
+const HalfArrayCtor = (
+  globalThis as unknown as {
+    Float16Array?: new (buffer: ArrayBufferLike, byteOffset: number, length: number) => HalfArray
+  }
+).Float16Array
+
+/** One layer's weights, its KV cache in kernel memory, and views of one KV head each. */
+interface LayerState {
+  w: LayerWeights
+  /** Keys, [position][kv head][dim]. */
+  k: KernelBuffer
+  /**
+   * Values transposed, [kv head][dim][position], so that p·V is a matrix × vector. A row holds
+   * `vCapacity` positions, doubled (and the rows moved apart) as the cache fills, up to the context
+   * size: the kernel then reads rows that are mostly the positions it needs, not a few hundred
+   * bytes out of every `contextSize · 2`.
+   */
+  v: KernelBuffer
+  vCapacity: number
+  kHead: KernelBuffer[]
+  vHead: KernelBuffer[]
+  length: number
+}
+
 /** Scratch buffers in kernel memory, sized for `maxBatch` positions. */
 interface Scratch {
+  /** Normalized hidden states: the input of q/k/v, gate/up and the output projection. */
   x: KernelBuffer
   q: KernelBuffer
   k: KernelBuffer
   v: KernelBuffer
+  /** Attention output per query head, the input of `attn_output`. */
+  attn: KernelBuffer
+  /** Attention scores, then weights: rows of (position, query head) × cached positions. */
+  scores: KernelBuffer
+  /** Query rows of one KV head's heads, gathered for a prompt; that head's attention output. */
+  qHead: KernelBuffer
+  oHead: KernelBuffer
   out: KernelBuffer
   gate: KernelBuffer
   up: KernelBuffer
   logits: KernelBuffer | undefined
+  /** Activations rounded as ggml rounds them, for kernels that do not round them themselves. */
+  rounded: KernelBuffer | undefined
+}
+
+/** The views one decode step (one position) uses for a KV head: its query heads and their output. */
+interface HeadViews {
+  /** Query heads `[first, first + count)` of the shard read this KV head. */
+  first: number
+  count: number
+  q: KernelBuffer
+  attn: KernelBuffer
+}
+
+type ScratchName = keyof Scratch
+
+/** Bytes of each kernel buffer a shard session allocates besides its weights. */
+interface SessionLayout {
+  scratch: Record<ScratchName, number>
+  /** K and V cache of one layer. */
+  kvBytesPerLayer: number
+  /** Prompt positions per attention chunk. */
+  chunk: number
+}
+
+function sessionLayout(
+  config: LlamaConfig,
+  plan: ShardPlan,
+  maxBatch: number,
+  kvCacheType: 'f16' | 'f32',
+  kernelsRound: boolean,
+): SessionLayout {
+  const n = maxBatch
+  const d = config.headDim
+  const nq = plan.heads[1] - plan.heads[0]
+  const nkv = plan.kvHeads[1] - plan.kvHeads[0]
+  const q = nq * d
+  const kv = nkv * d
+  const ff = plan.ffn[1] - plan.ffn[0]
+  const perKv = Math.min(config.heads / config.kvHeads, nq)
+  const context = plan.contextSize
+  const chunk = Math.max(1, Math.min(n, Math.floor(SCORE_BUDGET / Math.max(1, perKv * context))))
+  const floats = (count: number) => Math.max(16, count * 4)
+  return {
+    scratch: {
+      x: floats(n * config.embd),
+      q: floats(n * q),
+      k: floats(n * kv),
+      v: floats(n * kv),
+      attn: floats(n * q),
+      scores: floats(nq === 0 ? 0 : chunk * perKv * context),
+      qHead: floats(nkv > 1 ? n * perKv * d : 0),
+      oHead: floats(nkv > 1 ? n * perKv * d : 0),
+      out: floats(n * config.embd),
+      gate: floats(n * ff),
+      up: floats(n * ff),
+      logits: plan.head ? floats(config.vocab) : 0,
+      rounded: kernelsRound ? 0 : floats(n * Math.max(config.embd, ff, q)),
+    },
+    kvBytesPerLayer: 2 * Math.max(16, context * kv * (kvCacheType === 'f16' ? 2 : 4)),
+    chunk,
+  }
+}
+
+/**
+ * Kernel memory one shard session asks the kernels for besides its weights, as `LlamaShardImpl`
+ * allocates it (before a `logits: 'all'` call grows the logits buffer to `maxBatch` rows): the KV
+ * cache of every layer, and scratch for `maxBatch` positions. The kernels round each allocation up
+ * to 64 bytes.
+ */
+export function shardSessionBytes(
+  config: LlamaConfig,
+  plan: ShardPlan,
+  options: { maxBatch: number; kvCacheType: 'f16' | 'f32'; kernels: Pick<Kernels, 'name'> },
+): { kvBytes: number; scratchBytes: number } {
+  const layout = sessionLayout(
+    config,
+    plan,
+    options.maxBatch,
+    options.kvCacheType,
+    options.kernels.name === 'wasm-simd',
+  )
+  let scratchBytes = 0
+  for (const bytes of Object.values(layout.scratch)) scratchBytes += bytes
+  return { kvBytes: (plan.layers[1] - plan.layers[0]) * layout.kvBytesPerLayer, scratchBytes }
 }
 
 export class LlamaShardImpl implements LlamaShard {
@@ -51,16 +178,27 @@ export class LlamaShardImpl implements LlamaShard {
   readonly kvCacheType: 'f16' | 'f32'
   readonly weightBytes: number
   readonly #kernels: Kernels
-  readonly #layers: Layer[]
+  /**
+   * The WebAssembly kernels round activations to the weight type's `vec_dot_type` themselves,
+   * exactly as ggml does; other kernels get them rounded here first.
+   */
+  readonly #kernelsRound: boolean
+  readonly #layers: LayerState[]
   readonly #embedding: Matrix | undefined
   readonly #head: { norm: Float32Array; output: Matrix } | undefined
   readonly #freqFactors: Float32Array | undefined
   readonly #buffers: KernelBuffer[]
   readonly #scratch: Scratch
+  readonly #heads: HeadViews[]
   readonly #maxBatch: number
+  /** Prompt positions per attention chunk, so that a chunk's scores fit the scores buffer. */
+  readonly #chunk: number
+  /** e^-gate values of `ffn`. */
+  readonly #expScratch: Float32Array
+  /** cos/sin of `#ropeCount` positions from `#ropeFrom`. */
   readonly #rope: Float32Array
-  /** Matmul inputs before they are rounded into kernel memory. */
-  readonly #xn: Float32Array
+  #ropeFrom = -1
+  #ropeCount = 0
   /** Length of the shard when it has no layers (embedding/head only). */
   #length = 0
   #disposed = false
@@ -77,47 +215,94 @@ export class LlamaShardImpl implements LlamaShard {
     this.contextSize = plan.contextSize
     this.kvCacheType = parts.kvCacheType
     this.weightBytes = parts.weightBytes
+    if (parts.kvCacheType === 'f16' && HalfArrayCtor === undefined) {
+      throw new KernelUnavailableError(
+        'this JavaScript runtime has no Float16Array, which the F16 KV cache is written through',
+        { hint: "run Node.js 24 or newer, or load the shard with kvCacheType: 'f32'" },
+      )
+    }
     this.#kernels = parts.kernels
-    this.#layers = parts.layers
+    this.#kernelsRound = parts.kernels.name === 'wasm-simd'
     this.#embedding = parts.embedding
     this.#head = parts.head
     this.#freqFactors = parts.freqFactors
     this.#maxBatch = parts.maxBatch
     this.#buffers = [...parts.buffers]
-    this.#rope = new Float32Array(config.headDim)
     const n = parts.maxBatch
     const d = config.headDim
-    const alloc = (floats: number) => {
-      const buf = this.#kernels.alloc(Math.max(4, floats * 4))
+    this.#rope = new Float32Array(n * d)
+    this.#expScratch = new Float32Array(n * (plan.ffn[1] - plan.ffn[0]))
+    const nkv = plan.kvHeads[1] - plan.kvHeads[0]
+    const group = config.heads / config.kvHeads
+    const context = plan.contextSize
+    const layout = sessionLayout(config, plan, parts.maxBatch, parts.kvCacheType, this.#kernelsRound)
+    this.#chunk = layout.chunk
+    const es = parts.kvCacheType === 'f16' ? 2 : 4
+    const owned = this.#buffers.length
+    const alloc = (bytes: number) => {
+      const buf = this.#kernels.alloc(bytes)
       this.#buffers.push(buf)
       return buf
     }
-    const q = (plan.heads[1] - plan.heads[0]) * d
-    const kv = (plan.kvHeads[1] - plan.kvHeads[0]) * d
-    const ff = plan.ffn[1] - plan.ffn[0]
-    this.#xn = new Float32Array(n * Math.max(config.embd, ff, q))
-    const scratchStart = this.#buffers.length
     try {
+      const b = layout.scratch
       this.#scratch = {
-        x: alloc(n * Math.max(config.embd, ff, q)),
-        q: alloc(n * q),
-        k: alloc(n * kv),
-        v: alloc(n * kv),
-        out: alloc(n * config.embd),
-        gate: alloc(n * ff),
-        up: alloc(n * ff),
-        logits: plan.head ? alloc(n * config.vocab) : undefined,
+        x: alloc(b.x),
+        q: alloc(b.q),
+        k: alloc(b.k),
+        v: alloc(b.v),
+        attn: alloc(b.attn),
+        scores: alloc(b.scores),
+        qHead: alloc(b.qHead),
+        oHead: alloc(b.oHead),
+        out: alloc(b.out),
+        gate: alloc(b.gate),
+        up: alloc(b.up),
+        logits: plan.head ? alloc(b.logits) : undefined,
+        rounded: this.#kernelsRound ? undefined : alloc(b.rounded),
+      }
+      const view = (buf: KernelBuffer, at: number) => this.#kernels.view(buf, at, buf.byteLength - at)
+      this.#layers = parts.layers.map((w) => {
+        const k = alloc(layout.kvBytesPerLayer / 2)
+        const v = alloc(layout.kvBytesPerLayer / 2)
+        const heads = Array.from({ length: nkv }, (_, h) => h)
+        const layer: LayerState = {
+          w,
+          k,
+          v,
+          vCapacity: 0,
+          kHead: heads.map((h) => view(k, h * d * es)),
+          vHead: [],
+          length: 0,
+        }
+        this.#reserveV(layer, Math.min(context, V_FIRST_CAPACITY))
+        return layer
+      })
+      this.#heads = []
+      for (let h = 0; h < nkv; h++) {
+        const kvHead = plan.kvHeads[0] + h
+        const first = Math.max(plan.heads[0], kvHead * group) - plan.heads[0]
+        const count = Math.min(plan.heads[1], (kvHead + 1) * group) - plan.heads[0] - first
+        const s = this.#scratch
+        this.#heads.push({
+          first,
+          count,
+          q: this.#kernels.view(s.q, first * d * 4, count * d * 4),
+          attn: this.#kernels.view(s.attn, first * d * 4, count * d * 4),
+        })
       }
     } catch (err) {
-      // The caller frees the weights; the scratch allocated so far is ours to free.
-      for (const buf of this.#buffers.splice(scratchStart)) this.#kernels.free(buf)
+      // The caller frees the weights; the scratch and KV cache allocated so far are ours to free.
+      for (const buf of this.#buffers.splice(owned)) this.#kernels.free(buf)
       throw err
     }
   }
 
   get length(): number {
     if (this.#layers.length === 0) return this.#length
-    return Math.min(...this.#layers.map((l) => l.length))
+    let length = this.contextSize
+    for (const layer of this.#layers) length = Math.min(length, layer.length)
+    return length
   }
 
   truncate(length: number): void {
@@ -181,6 +366,7 @@ export class LlamaShardImpl implements LlamaShard {
     if (!wantAll) {
       return { kind: 'logits', n, rows: 1, logits: this.logits(hidden.subarray((n - 1) * embd), 1) }
     }
+    if (logitRows.length === 1) return { kind: 'logits', n, rows: n, logits: logitRows[0]! }
     const { vocab } = this.config
     const logits = new Float32Array(n * vocab)
     let offset = 0
@@ -232,82 +418,25 @@ export class LlamaShardImpl implements LlamaShard {
       L.length = pos + n
       return new Float32Array(n * embd)
     }
-    const xn = this.#xn
-    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.attnNorm, normEps, xn, i * embd)
-    this.#matmul(L.wq, xn, n, s.q)
-    this.#matmul(L.wk, xn, n, s.k)
-    this.#matmul(L.wv, xn, n, s.v)
+    const xn = s.x.f32()
+    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.attnNorm, normEps, xn, i * embd)
+    this.#matmul(L.w.wq, s.x, n, s.q)
+    this.#matmul(L.w.wk, s.x, n, s.k)
+    this.#matmul(L.w.wv, s.x, n, s.v)
     const q = s.q.f32()
     const k = s.k.f32()
     const v = s.v.f32()
-    const f16 = this.kvCacheType === 'f16'
-    const { ropeType, ropeBase, ropeFreqScale } = this.config
+    const rope = this.#ropeTable(pos, n)
+    const ropeType = this.config.ropeType
     for (let i = 0; i < n; i++) {
-      ropeCache(pos + i, d, ropeBase, ropeFreqScale, this.#freqFactors, this.#rope)
-      applyRope(q, i * qRows, nq, d, this.#rope, ropeType)
-      applyRope(k, i * kvRows, nkv, d, this.#rope, ropeType)
-      const at = (pos + i) * kvRows
-      if (f16) {
-        const kc = L.k as Uint16Array
-        const vc = L.v as Uint16Array
-        for (let j = 0; j < kvRows; j++) {
-          kc[at + j] = fp32ToFp16(k[i * kvRows + j]!)
-          vc[at + j] = fp32ToFp16(v[i * kvRows + j]!)
-        }
-      } else {
-        ;(L.k as Float32Array).set(k.subarray(i * kvRows, (i + 1) * kvRows), at)
-        ;(L.v as Float32Array).set(v.subarray(i * kvRows, (i + 1) * kvRows), at)
-      }
+      const at = (pos + i - this.#ropeFrom) * d
+      applyRope(q, i * qRows, nq, d, rope, ropeType, at)
+      applyRope(k, i * kvRows, nkv, d, rope, ropeType, at)
     }
+    this.#storeKV(L, k, v, n, pos)
     L.length = pos + n
-    const scale = f(this.config.attentionScale)
-    const group = this.config.heads / this.config.kvHeads
-    const attn = this.#xn
-    const qh = new Float32Array(d)
-    const scores = new Float64Array(pos + n)
-    const acc = new Float64Array(d)
-    for (let i = 0; i < n; i++) {
-      const ctx = pos + i + 1
-      for (let h = 0; h < nq; h++) {
-        const kvOff = (Math.floor((this.columns.heads[0] + h) / group) - this.columns.kvHeads[0]) * d
-        const qOff = i * qRows + h * d
-        if (f16) {
-          attendF16(
-            q,
-            qOff,
-            L.k as Uint16Array,
-            L.v as Uint16Array,
-            kvOff,
-            kvRows,
-            ctx,
-            d,
-            scale,
-            scores,
-            qh,
-            acc,
-            attn,
-            qOff,
-          )
-        } else {
-          attendF32(
-            q,
-            qOff,
-            L.k as Float32Array,
-            L.v as Float32Array,
-            kvOff,
-            kvRows,
-            ctx,
-            d,
-            scale,
-            scores,
-            acc,
-            attn,
-            qOff,
-          )
-        }
-      }
-    }
-    this.#matmul(L.wo, attn, n, s.out)
+    this.#attend(L, n, pos)
+    this.#matmul(L.w.wo, s.attn, n, s.out)
     return s.out.f32().slice(0, n * embd)
   }
 
@@ -318,14 +447,12 @@ export class LlamaShardImpl implements LlamaShard {
     const s = this.#scratch
     const width = this.columns.ffn[1] - this.columns.ffn[0]
     if (width === 0) return new Float32Array(n * embd)
-    const xn = this.#xn
-    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.ffnNorm, normEps, xn, i * embd)
-    this.#matmul(L.gate, xn, n, s.gate)
-    this.#matmul(L.up, xn, n, s.up)
-    const gate = s.gate.f32()
-    swiglu(gate, s.up.f32(), n * width)
-    xn.set(gate.subarray(0, n * width))
-    this.#matmul(L.down, xn, n, s.out)
+    const xn = s.x.f32()
+    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.ffnNorm, normEps, xn, i * embd)
+    this.#matmul(L.w.gate, s.x, n, s.gate)
+    this.#matmul(L.w.up, s.x, n, s.up)
+    swiglu(s.gate.f32(), s.up.f32(), n * width, this.#expScratch)
+    this.#matmul(L.w.down, s.gate, n, s.out)
     return s.out.f32().slice(0, n * embd)
   }
 
@@ -339,16 +466,18 @@ export class LlamaShardImpl implements LlamaShard {
     }
     const { embd, vocab, normEps } = this.config
     const s = this.#scratch
-    const out = new Float32Array(n * vocab)
+    const out = n > this.#maxBatch ? new Float32Array(n * vocab) : undefined
     for (let start = 0; start < n; start += this.#maxBatch) {
       const count = Math.min(this.#maxBatch, n - start)
-      const xn = this.#xn
+      const xn = s.x.f32()
       for (let i = 0; i < count; i++)
         rmsNorm(hidden, (start + i) * embd, embd, head.norm, normEps, xn, i * embd)
-      this.#matmul(head.output, xn, count, s.logits!)
-      out.set(s.logits!.f32().subarray(0, count * vocab), start * vocab)
+      const logits = this.#logitsScratch(count)
+      this.#matmul(head.output, s.x, count, logits)
+      if (out === undefined) return logits.f32().slice(0, n * vocab)
+      out.set(logits.f32().subarray(0, count * vocab), start * vocab)
     }
-    return out
+    return out!
   }
 
   async dispose(): Promise<void> {
@@ -356,22 +485,158 @@ export class LlamaShardImpl implements LlamaShard {
     this.#disposed = true
     for (const buf of this.#buffers) this.#kernels.free(buf)
     this.#buffers.length = 0
-    for (const layer of this.#layers) {
-      layer.k = new Uint16Array(0)
-      layer.v = new Uint16Array(0)
+  }
+
+  /** Writes the keys and values of positions `[pos, pos + n)` into the layer's cache. */
+  #storeKV(L: LayerState, k: Float32Array, v: Float32Array, n: number, pos: number): void {
+    const kvRows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * this.config.headDim
+    let capacity = L.vCapacity
+    while (capacity < pos + n) capacity *= 2
+    this.#reserveV(L, Math.min(capacity, this.contextSize))
+    const context = L.vCapacity
+    if (this.kvCacheType === 'f16') {
+      // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
+      const kc = halves(L.k)
+      const vc = halves(L.v)
+      kc.set(k.subarray(0, n * kvRows), pos * kvRows)
+      for (let i = 0; i < n; i++) {
+        const row = i * kvRows
+        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+      }
+    } else {
+      const kc = L.k.f32()
+      const vc = L.v.f32()
+      kc.set(k.subarray(0, n * kvRows), pos * kvRows)
+      for (let i = 0; i < n; i++) {
+        const row = i * kvRows
+        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+      }
     }
   }
 
-  /** `out = W · x` for `n` inputs taken from `x` (JS), rounded as ggml rounds them for W's type. */
-  #matmul(w: Matrix, x: Float32Array, n: number, out: KernelBuffer): void {
+  /**
+   * Makes the transposed V rows of `L` `capacity` positions long, moving the positions they hold,
+   * and makes the per-head views over them.
+   */
+  #reserveV(L: LayerState, capacity: number): void {
+    if (capacity === L.vCapacity) return
+    const es = this.kvCacheType === 'f16' ? 2 : 4
+    const d = this.config.headDim
+    const rows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * d
+    const bytes = L.v.bytes()
+    const held = Math.min(L.length, L.vCapacity) * es
+    // From the last row down: a row moves only to higher addresses, over rows already moved.
+    for (let j = rows - 1; j > 0 && held > 0; j--) {
+      bytes.copyWithin(j * capacity * es, j * L.vCapacity * es, j * L.vCapacity * es + held)
+    }
+    L.vCapacity = capacity
+    L.vHead = []
+    for (let h = 0; h < rows / d; h++)
+      L.vHead.push(this.#kernels.view(L.v, h * d * capacity * es, d * capacity * es))
+  }
+
+  /**
+   * Attention of positions `[pos, pos + n)` over the layer's cache into `attn`, per KV head and
+   * its query heads: scores = K·q and out = Vᵀ·p are kernel products over the cache (with an F16
+   * cache the kernels round q and p to halves, as ggml does), the softmax is here.
+   */
+  #attend(L: LayerState, n: number, pos: number): void {
+    const s = this.#scratch
+    const d = this.config.headDim
+    const nq = this.columns.heads[1] - this.columns.heads[0]
+    const qRows = nq * d
+    const f16 = this.kvCacheType === 'f16'
+    const type = f16 ? GGML_TYPE.F16 : GGML_TYPE.F32
+    const es = f16 ? 2 : 4
+    const kStride = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * d * es
+    const vStride = L.vCapacity * es
+    const scale = f(this.config.attentionScale)
+    const single = this.#heads.length === 1
+    for (const [h, head] of this.#heads.entries()) {
+      const gh = head.count
+      for (let i0 = 0; i0 < n; i0 += this.#chunk) {
+        const m = Math.min(this.#chunk, n - i0)
+        const rows = m * gh
+        const width = pos + i0 + m
+        // The query rows of this KV head's heads at positions [i0, i0 + m), [position][head][dim].
+        let xq: KernelBuffer
+        let out: KernelBuffer
+        if (n === 1) {
+          xq = head.q
+          out = head.attn
+        } else if (single) {
+          xq = this.#kernels.view(s.q, i0 * qRows * 4, rows * d * 4)
+          out = this.#kernels.view(s.attn, i0 * qRows * 4, rows * d * 4)
+        } else {
+          const q = s.q.f32()
+          const gathered = s.qHead.f32()
+          for (let i = 0; i < m; i++) {
+            const from = (i0 + i) * qRows + head.first * d
+            gathered.set(q.subarray(from, from + gh * d), i * gh * d)
+          }
+          xq = s.qHead
+          out = s.oHead
+        }
+        if (!this.#kernelsRound && f16) halfRound(xq.f32(), rows * d)
+        this.#kernels.matmul(type, L.kHead[h]!, width, d, xq, rows, s.scores, kStride)
+        const scores = s.scores.f32()
+        softmaxRows(scores, rows, width, scale, (r) => pos + i0 + Math.floor(r / gh) + 1)
+        if (!this.#kernelsRound && f16) halfRound(scores, rows * width)
+        this.#kernels.matmul(type, L.vHead[h]!, d, width, s.scores, rows, out, vStride)
+        if (out === s.oHead) {
+          const o = s.oHead.f32()
+          const attn = s.attn.f32()
+          for (let i = 0; i < m; i++) {
+            attn.set(o.subarray(i * gh * d, (i + 1) * gh * d), (i0 + i) * qRows + head.first * d)
+          }
+        }
+      }
+    }
+  }
+
+  /** cos/sin for positions `[pos, pos + n)`, computed once per position range (every layer uses it). */
+  #ropeTable(pos: number, n: number): Float32Array {
+    if (pos < this.#ropeFrom || pos + n > this.#ropeFrom + this.#ropeCount) {
+      const d = this.config.headDim
+      const { ropeBase, ropeFreqScale } = this.config
+      for (let i = 0; i < n; i++) {
+        ropeCache(pos + i, d, ropeBase, ropeFreqScale, this.#freqFactors, this.#rope, i * d)
+      }
+      this.#ropeFrom = pos
+      this.#ropeCount = n
+    }
+    return this.#rope
+  }
+
+  /**
+   * The logits output for `rows` positions: one row's worth until a caller asks for the logits of
+   * more (`logits: 'all'`), so that a shard that only decodes does not hold `maxBatch · vocab` floats.
+   */
+  #logitsScratch(rows: number): KernelBuffer {
+    const s = this.#scratch
+    const bytes = rows * this.config.vocab * 4
+    if (s.logits!.byteLength < bytes) {
+      const grown = this.#kernels.alloc(this.#maxBatch * this.config.vocab * 4)
+      this.#buffers.splice(this.#buffers.indexOf(s.logits!), 1, grown)
+      this.#kernels.free(s.logits!)
+      s.logits = grown
+    }
+    return s.logits!
+  }
+
+  /** `out = W · x` for `n` inputs in `x`, which the kernels (or this) round as ggml rounds them for W's type. */
+  #matmul(w: Matrix, x: KernelBuffer, n: number, out: KernelBuffer): void {
     if (w.rows === 0) return
-    const input = this.#scratch.x
-    roundActivations(w.type, x, n * w.cols, w.cols, input.f32())
+    let input = x
+    if (!this.#kernelsRound) {
+      input = this.#scratch.rounded!
+      roundActivations(w.type, x.f32(), n * w.cols, w.cols, input.f32())
+    }
     if (n === 1) this.#kernels.matvec(w.type, w.buf, w.rows, w.cols, input, out)
     else this.#kernels.matmul(w.type, w.buf, w.rows, w.cols, input, n, out)
   }
 
-  #layer(layer: number): Layer {
+  #layer(layer: number): LayerState {
     this.#assertOpen()
     const L = this.#layers[layer - this.layers[0]]
     if (L === undefined || layer < this.layers[0]) {
@@ -408,4 +673,15 @@ export class LlamaShardImpl implements LlamaShard {
   #assertOpen(): void {
     if (this.#disposed) throw new EngineDisposedError('the shard was disposed')
   }
+}
+
+/** The buffer's bytes as halves (a Float16Array over kernel memory). */
+function halves(buf: KernelBuffer): HalfArray {
+  const bytes = buf.bytes()
+  return new HalfArrayCtor!(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
+}
+
+/** Rounds `n` floats to halves in place (for kernels that do not round F16 activations). */
+function halfRound(x: Float32Array, n: number): void {
+  roundActivations(GGML_TYPE.F16, x, n, n, x)
 }

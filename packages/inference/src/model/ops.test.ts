@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest'
-import { applyRope, rmsNorm, ropeCache, swiglu } from './ops.ts'
+import { applyRope, expInPlace, rmsNorm, ropeCache, softmaxRows, swiglu } from './ops.ts'
 
 describe('RoPE', () => {
   const d = 8
@@ -59,9 +59,33 @@ describe('RMSNorm and SwiGLU', () => {
 
   it('gates up by silu(gate)', () => {
     const gate = Float32Array.from([0, 1, -2])
-    swiglu(gate, Float32Array.from([5, 2, 3]), 3)
+    swiglu(gate, Float32Array.from([5, 2, 3]), 3, new Float32Array(3))
     expect(gate[0]).toBe(0)
     expect(gate[1]).toBeCloseTo(2 / (1 + Math.exp(-1)), 6)
     expect(gate[2]).toBeCloseTo((3 * -2) / (1 + Math.exp(2)), 6)
+  })
+})
+
+describe('exp and softmax', () => {
+  it('rounds e^x to f32 exactly as Math.fround(Math.exp(x)) does', () => {
+    const x = Float32Array.from({ length: 400_000 }, (_, i) => -110 + i * 0.0005)
+    const want = x.map((v) => Math.fround(Math.exp(v)))
+    expInPlace(x, 0, x.length)
+    expect(x).toEqual(want)
+    const special = Float32Array.from([Number.NaN, Number.NEGATIVE_INFINITY, Number.POSITIVE_INFINITY, 0])
+    expInPlace(special, 0, 4)
+    expect([...special]).toEqual([Number.NaN, 0, Number.POSITIVE_INFINITY, 1])
+  })
+
+  it('turns scaled scores into attention weights, zero past each row’s visible positions', () => {
+    const scores = Float32Array.from([1, 2, 3, 9, 0.5, -1, 4, 9])
+    softmaxRows(scores, 2, 4, 0.5, (r) => r + 2)
+    const row = (v: number[]) => {
+      const e = v.map((s) => Math.exp(s * 0.5 - Math.max(...v) * 0.5))
+      const sum = e.reduce((a, b) => a + b)
+      return e.map((x) => x / sum)
+    }
+    const want = [...row([1, 2]), 0, 0, ...row([0.5, -1, 4]), 0]
+    for (let i = 0; i < 8; i++) expect(scores[i]).toBeCloseTo(want[i]!, 6)
   })
 })

@@ -30,7 +30,10 @@ export const loadShardOptionsSchema = z.strictObject({
   embed: z.boolean().optional(),
   /** Load the output norm and projection and return logits. Default: when the range ends at the last layer. */
   head: z.boolean().optional(),
-  /** Positions the KV cache holds. Default: the training context, at most 4096. */
+  /**
+   * Positions the KV cache holds; it is allocated in kernel memory when the shard loads (2 · layers ·
+   * contextSize · KV heads · headDim values). Default: the training context, at most 4096.
+   */
   contextSize: z
     .number()
     .int()
@@ -117,8 +120,8 @@ export interface LlamaShard {
   dispose(): Promise<void>
 }
 
-/** One layer's weights and KV cache (internal). */
-export interface Layer {
+/** One layer's weights (internal). */
+export interface LayerWeights {
   attnNorm: Float32Array
   wq: Matrix
   wk: Matrix
@@ -128,10 +131,6 @@ export interface Layer {
   gate: Matrix
   up: Matrix
   down: Matrix
-  /** K and V cache: [position][kv head][dim], f16 bits or f32. */
-  k: Uint16Array | Float32Array
-  v: Uint16Array | Float32Array
-  length: number
 }
 
 /**
@@ -168,8 +167,7 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
     const { embd, headDim: d, vocab } = config
     const qRows = config.heads * d
     const kvRows = config.kvHeads * d
-    const layers: Layer[] = []
-    const cacheLength = plan.contextSize * (plan.kvHeads[1] - plan.kvHeads[0]) * d
+    const layers: LayerWeights[] = []
     for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
       const b = `blk.${l}`
       const [h0, h1] = plan.heads
@@ -185,9 +183,6 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
         gate: await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1),
         up: await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1),
         down: await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1),
-        k: opts.kvCacheType === 'f16' ? new Uint16Array(cacheLength) : new Float32Array(cacheLength),
-        v: opts.kvCacheType === 'f16' ? new Uint16Array(cacheLength) : new Float32Array(cacheLength),
-        length: 0,
       })
     }
     const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined

@@ -5,7 +5,7 @@
 // pass over them is what one decode step costs. With --llama it also measures node-llama-cpp's
 // decode tokens/s on generated 134M-parameter Q8_0 and Q4_0 models, as weight GB/s.
 //
-//   node --conditions=meshnet-source bench/kernels.ts [--llama] [--types Q8_0,Q4_0] [--seconds 1]
+//   node --conditions=meshnet-source bench/kernels.bench.ts [--llama] [--types Q8_0,Q4_0] [--seconds 1]
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -133,7 +133,7 @@ function loadModel(k: Kernels, type: number, layers: number): { matrices: Matrix
 interface Throughput {
   /** Weight GB/s of a decode pass (matvec over every matrix). */
   decode: number
-  /** Weight GB/s of a prompt pass (matmul of PROMPT rows), counting the weight bytes once. */
+  /** Weight GB/s of a prompt pass (matmul of PROMPT rows), counting the weights once per row. */
   prompt: number
 }
 
@@ -151,7 +151,7 @@ function measure(k: Kernels, type: number, layers: number, prompt: boolean): Thr
     }) /
     GB
   const promptRate = prompt
-    ? bytes /
+    ? (PROMPT * bytes) /
       time(() => {
         for (const m of matrices) k.matmul(type, m.w, m.rows, m.cols, x, PROMPT, out)
       }) /
@@ -205,7 +205,9 @@ const bandwidth = await memoryBandwidth()
 console.log(
   `memory read bandwidth, 1 thread: ${bandwidth.wasm.toFixed(1)} GB/s (wasm SIMD Σ), ${bandwidth.js.toFixed(1)} GB/s (JS Float64Array Σ)`,
 )
-console.log(`decode: matvec over ${LAYERS} layers of 768/2048 matrices; prompt: matmul of ${PROMPT} rows\n`)
+console.log(
+  `decode: matvec over ${LAYERS} layers of 768/2048 matrices; prompt: matmul of ${PROMPT} rows, weight bytes × rows / s\n`,
+)
 
 const rows: Array<Record<string, string | number>> = []
 for (const name of TYPES) {
