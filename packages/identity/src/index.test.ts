@@ -34,6 +34,7 @@ it('exports exactly the public surface', async () => {
       "reportError",
       "resolveDataDir",
       "signWithSeed",
+      "signingKey",
       "silentLogger",
       "verifySignature",
       "waitForSignal",

@@ -38,4 +38,11 @@ export {
 } from './keys.ts'
 export type { CreateLoggerOptions, Logger, LogLevel } from './logger.ts'
 export { createLogger, LOG_LEVEL_ENV, LOG_LEVELS, logLevelFromEnv, silentLogger } from './logger.ts'
-export { domainSeparated, publicKeyOfSeed, randomSeed, signWithSeed, verifySignature } from './signing.ts'
+export {
+  domainSeparated,
+  publicKeyOfSeed,
+  randomSeed,
+  signingKey,
+  signWithSeed,
+  verifySignature,
+} from './signing.ts'

@@ -5,7 +5,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { z } from 'zod'
 import { CorruptFileError, FileAccessError } from './errors.ts'
 import { writeFileExclusive } from './files.ts'
-import { publicKeyOfSeed, randomSeed, signWithSeed } from './signing.ts'
+import { publicKeyOfSeed, randomSeed, signingKey, signWithSeed } from './signing.ts'
 
 /** Version of the `identity.key` format written by this package. */
 export const IDENTITY_FILE_VERSION = 1
@@ -52,12 +52,13 @@ export function identityFromSeed(seed: Uint8Array): NodeIdentity {
   raw.set(publicKey, 32)
   const privateKey = privateKeyFromRaw(raw) as Ed25519PrivateKey
   const peerId = peerIdFromPrivateKey(privateKey)
+  const key = signingKey(secret)
   return {
     nodeId: peerId.toString(),
     peerId,
     publicKey,
     privateKey,
-    sign: (domain, payload) => signWithSeed(secret, domain, payload),
+    sign: (domain, payload) => signWithSeed(key, domain, payload),
   }
 }
 

@@ -33,7 +33,11 @@ export interface RingGossipInit {
   fastHeartbeatMs?: number
   /** A member whose connection closed is dropped after this long unless it announces. Default 1000 ms. */
   suspectMs?: number
-  /** A member not heard from for this long is dropped. Default 3 × heartbeatMs + 500 ms. */
+  /**
+   * A member not heard from for this long is dropped. Default 5 × heartbeatMs (10 s): generous,
+   * because a crashed member is caught within `suspectMs` of its connection closing; this timeout
+   * is for silent failures, and a short one makes busy machines churn.
+   */
   failureTimeoutMs?: number
   logger?: Logger
 }
@@ -43,6 +47,10 @@ export interface RingGossipComponents {
 }
 
 export interface RingGossipStats {
+  /** Times something outside the ring (a member connecting, subscribing) asked for the fast interval. */
+  nudges: number
+  /** Views emitted (changes of epoch, digest or convergence). */
+  viewChanges: number
   sent: { messages: number; bytes: number }
   received: { messages: number; bytes: number; accepted: number }
   dropped: Record<string, number>
@@ -64,6 +72,8 @@ export class RingGossip extends EventTarget {
   readonly #heartbeatMs: number
   readonly #fastHeartbeatMs: number
   readonly #stats: RingGossipStats = {
+    nudges: 0,
+    viewChanges: 0,
     sent: { messages: 0, bytes: 0 },
     received: { messages: 0, bytes: 0, accepted: 0 },
     dropped: {},
@@ -89,7 +99,7 @@ export class RingGossip extends EventTarget {
     this.#suspectMs = init.suspectMs ?? 1_000
     this.#membership = new RingMembership({
       self: { nodeId: init.identity.nodeId, addresses: init.addresses(), capabilities: init.capabilities },
-      failureTimeoutMs: init.failureTimeoutMs ?? 3 * this.#heartbeatMs + 500,
+      failureTimeoutMs: init.failureTimeoutMs ?? 5 * this.#heartbeatMs,
     })
   }
 
@@ -157,6 +167,7 @@ export class RingGossip extends EventTarget {
    */
   nudge(): void {
     if (!this.#running) return
+    this.#stats.nudges++
     this.#fastUntil = Date.now() + 2_000
     clearTimeout(this.#timer)
     this.#tick()
@@ -206,6 +217,7 @@ export class RingGossip extends EventTarget {
     const key = `${view.epoch}/${view.digest}/${view.converged}`
     if (key !== this.#lastEmitted) {
       this.#lastEmitted = key
+      this.#stats.viewChanges++
       this.dispatchEvent(new CustomEvent('view', { detail: view }))
       // Tell the others at once so that a change spreads in one round trip, not one heartbeat.
       if (this.#running && this.#soon === undefined) {

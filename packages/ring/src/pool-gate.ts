@@ -4,6 +4,7 @@ import { type Logger, MeshError, silentLogger } from '@meshnet/identity'
 import {
   type Certificate,
   CertificateError,
+  CLOCK_SKEW_MS,
   decodeCertificate,
   encodeCertificate,
   listPools,
@@ -61,6 +62,7 @@ export class PoolGate extends EventTarget {
   readonly #logger: Logger
   #local = new Map<string, LocalPool>()
   readonly #peers = new Map<string, Map<string, Certificate>>()
+  readonly #verdicts = new Map<string, { cert?: Certificate; reason?: string }>()
   readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {} }
   readonly #onConnection = (event: CustomEvent<Connection>) => {
     if (event.detail.direction !== 'outbound') return
@@ -144,6 +146,7 @@ export class PoolGate extends EventTarget {
       local.set(pool.id, { pool, certificate, certificateBytes: encodeCertificate(certificate), revocations })
     }
     this.#local = local
+    this.#verdicts.clear()
   }
 
   /** Sends our certificates to a peer and takes in theirs. */
@@ -175,16 +178,27 @@ export class PoolGate extends EventTarget {
   verifyCertificateBytes(poolId: string, bytes: Uint8Array, nodeId: string): string | undefined {
     const local = this.#local.get(poolId)
     if (local === undefined) return 'this node is not a member of that pool'
-    try {
-      const cert = decodeCertificate(bytes, {
-        poolId,
-        rootPublicKey: local.pool.rootPublicKey,
-        revocations: local.revocations,
-      })
-      return cert.nodeId === nodeId ? undefined : 'node-id-mismatch'
-    } catch (err) {
-      return err instanceof CertificateError ? err.reason : 'malformed'
+    // Every announcement of a member carries the same certificate: verify it once (until the next
+    // reload, which brings new revocation lists) and only re-check its validity window after that.
+    const key = `${poolId}:${Buffer.from(bytes).toString('base64')}`
+    let verdict = this.#verdicts.get(key)
+    if (verdict === undefined) {
+      try {
+        const cert = decodeCertificate(bytes, {
+          poolId,
+          rootPublicKey: local.pool.rootPublicKey,
+          revocations: local.revocations,
+        })
+        verdict = { cert }
+      } catch (err) {
+        verdict = { reason: err instanceof CertificateError ? err.reason : 'malformed' }
+      }
+      if (this.#verdicts.size >= 1024) this.#verdicts.clear()
+      this.#verdicts.set(key, verdict)
     }
+    if (verdict.cert === undefined) return verdict.reason
+    if (Date.now() > verdict.cert.expiresAt + CLOCK_SKEW_MS) return 'expired'
+    return verdict.cert.nodeId === nodeId ? undefined : 'node-id-mismatch'
   }
 
   /** The current revocation list of one of our pools. */

@@ -126,14 +126,24 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
       })
       beaconsPart?.addPresence(() => ({ addrs: node ? node.multiaddrs().map(String).slice(0, 8) : [] }))
       if (beaconsPart) beaconsPart.beacons.onMessage(onPresence)
-      void lookUpPools()
-      rendezvous = setInterval(() => void lookUpPools(), RENDEZVOUS_MS)
+      // Look up pool members in the DHT every 5 s at first, backing off to once a minute while
+      // lookups find no one new: DHT queries are the heaviest background work of an idle agent.
+      let delay = RENDEZVOUS_MS
+      const round = async () => {
+        const before = counts.dhtDials
+        await lookUpPools()
+        delay = counts.dhtDials > before ? RENDEZVOUS_MS : Math.min(delay * 2, 60_000)
+        if (node !== undefined) rendezvous = setTimeout(() => void round(), delay)
+      }
+      rendezvous = setTimeout(() => void round(), 0)
       logger.info({ addresses: node.multiaddrs().map(String) }, 'libp2p node listening')
     },
     async stop() {
-      clearInterval(rendezvous)
+      clearTimeout(rendezvous)
       await gate?.stop()
-      await node?.stop()
+      const stopping = node
+      node = undefined
+      await stopping?.stop()
     },
     status: () =>
       node === undefined

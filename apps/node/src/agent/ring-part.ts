@@ -60,6 +60,7 @@ export function ringPart(
   let served: ServedModel | undefined
   let capabilities: Capabilities
   let scan: NodeJS.Timeout | undefined
+  let stopped = false
 
   const onView = (poolId: string, view: RingView) => {
     const known = peers.get(poolId) ?? new Map<string, PoolPeer>()
@@ -104,6 +105,7 @@ export function ringPart(
   }
 
   const startRing = async (poolId: string) => {
+    if (stopped) return
     const gate = mesh.gate()
     const certificate = gate.certificateBytes(poolId)
     if (certificate === undefined || rings.has(poolId)) return
@@ -229,6 +231,7 @@ export function ringPart(
       )
     },
     async stop() {
+      stopped = true
       clearInterval(scan)
       await Promise.all([...rings.values()].map((ring) => ring.stop()))
       rings.clear()
