@@ -16,7 +16,7 @@ export interface Channel {
   read(signal?: AbortSignal): Promise<Uint8Array | undefined>
   /** Sends a frame; waits while the transport's send buffer is full. */
   write(frame: Uint8Array): Promise<void>
-  /** Largest frame read or written from now on. */
+  /** Largest frame read or written from now on (call it while no read is pending). */
   setMaxFrameBytes(bytes: number): void
   /** Ends our side after what was written has been sent. */
   close(): Promise<void>
@@ -27,7 +27,11 @@ export interface Channel {
 }
 
 /** Frames over a libp2p stream (discovery's length-prefixed frames). */
-export function libp2pChannel(stream: Stream, remote: string, maxFrameBytes = MAX_CONTROL_FRAME_BYTES): Channel {
+export function libp2pChannel(
+  stream: Stream,
+  remote: string,
+  maxFrameBytes = MAX_CONTROL_FRAME_BYTES,
+): Channel {
   let frames: FrameStream<Stream> = frameStream(stream, { maxFrameBytes })
   let bytesRead = 0
   let bytesWritten = 0

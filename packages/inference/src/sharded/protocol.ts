@@ -80,7 +80,8 @@ export const openSchema = z
     rank: z.number().int().min(0).max(63),
     members: z.array(memberRefSchema).min(1).max(64),
     shard: z.strictObject({
-      layers: range,
+      /** Absent: every layer (tensor parallel). */
+      layers: range.optional(),
       heads: range.optional(),
       ffn: range.optional(),
       embed: z.boolean(),
@@ -235,7 +236,9 @@ export function decodeStep(frame: Uint8Array, maxBatch: number): StepFrame {
   const view = viewOf(frame)
   const n = view.getUint16(2, true)
   if (n < 1 || n > maxBatch || frame.byteLength !== STEP_HEADER + 4 * n) {
-    throw new ShardSessionError(`STEP frame of ${n} tokens (${frame.byteLength} bytes) is outside 1..${maxBatch}`)
+    throw new ShardSessionError(
+      `STEP frame of ${n} tokens (${frame.byteLength} bytes) is outside 1..${maxBatch}`,
+    )
   }
   const tokens = new Array<number>(n)
   for (let i = 0; i < n; i++) tokens[i] = view.getUint32(STEP_HEADER + 4 * i, true)
@@ -315,13 +318,18 @@ export function encodePartial(exchange: number, values: Float32Array, dtype: Act
   return frame
 }
 
-export function decodePartial(frame: Uint8Array, maxValues: number): { exchange: number; values: Float32Array } {
+export function decodePartial(
+  frame: Uint8Array,
+  maxValues: number,
+): { exchange: number; values: Float32Array } {
   if (frame.byteLength < PARTIAL_HEADER || frame[0] !== FRAME.PARTIAL) throw malformed('PARTIAL')
   const view = viewOf(frame)
   const dtype = dtypeOf(frame[1]!)
   const count = view.getUint32(8, true)
   if (count > maxValues || frame.byteLength !== PARTIAL_HEADER + count * (dtype === 'f16' ? 2 : 4)) {
-    throw new ShardSessionError(`PARTIAL frame of ${frame.byteLength} bytes does not hold ${count} ${dtype} values`)
+    throw new ShardSessionError(
+      `PARTIAL frame of ${frame.byteLength} bytes does not hold ${count} ${dtype} values`,
+    )
   }
   return { exchange: view.getUint32(4, true), values: readValues(frame, PARTIAL_HEADER, count, dtype) }
 }
@@ -371,12 +379,15 @@ export function decodeOutput(frame: Uint8Array, maxK: number, vocab: number): Ou
   const view = viewOf(frame)
   const k = view.getUint32(8, true)
   if (k > maxK || frame.byteLength !== OUTPUT_HEADER + 8 * k) {
-    throw new ShardSessionError(`OUTPUT frame of ${frame.byteLength} bytes does not hold ${k} candidates (at most ${maxK})`)
+    throw new ShardSessionError(
+      `OUTPUT frame of ${frame.byteLength} bytes does not hold ${k} candidates (at most ${maxK})`,
+    )
   }
   const body = frame.slice(OUTPUT_HEADER)
   const ids = new Uint32Array(body.buffer, 0, k)
   for (const id of ids) {
-    if (id >= vocab) throw new ShardSessionError(`OUTPUT frame names token ${id}, outside the vocabulary of ${vocab}`)
+    if (id >= vocab)
+      throw new ShardSessionError(`OUTPUT frame names token ${id}, outside the vocabulary of ${vocab}`)
   }
   return {
     seq: view.getUint32(4, true),
