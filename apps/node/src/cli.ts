@@ -6,7 +6,7 @@
 import { type CliIo, processIo, reportError } from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
-import { registerInference } from './commands/inference.ts'
+import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
 import { registerPool } from './commands/pool.ts'
@@ -34,6 +34,7 @@ export function createProgram(io: CliIo = processIo): Command {
   registerInit(program, context)
   registerModelCreate(program, context)
   registerInference(program, context)
+  registerInferenceStats(program, context)
   registerStart(program, context)
   registerPool(program, context)
   registerRing(program, context)

@@ -69,9 +69,18 @@ describe('mesh inference --local', () => {
     expect(a.tokens).toEqual(b.tokens)
   })
 
-  it('says that only --local runs today', async () => {
-    const result = await runMesh(['inference', '--model', model, '--prompt', 'x'])
-    expect(result.code).not.toBe(0)
-    expect(result.stderr).toMatch(/--local/)
+  it('sends a job without --local to the agent, and says when none runs', async () => {
+    const withModel = await runMesh(['inference', '--model', model, '--prompt', 'x'])
+    expect(withModel.code).not.toBe(0)
+    expect(withModel.stderr).toMatch(/--model goes with --local/)
+    const empty = await mkdtemp(join(tmpdir(), 'meshnet-infer-noagent-'))
+    try {
+      const noAgent = await runMesh(['inference', '--prompt', 'x', '--data-dir', empty])
+      expect(noAgent.code).not.toBe(0)
+      expect(noAgent.stderr).toMatch(/no agent is running/)
+      expect(noAgent.stderr).toMatch(/mesh start/)
+    } finally {
+      await rm(empty, { recursive: true, force: true })
+    }
   })
 })

@@ -17,6 +17,29 @@ export {
   UnsupportedModelError,
   UnsupportedTensorTypeError,
 } from './errors.ts'
+export type {
+  JobMode,
+  JobOrigin,
+  JobReply,
+  JobRequest,
+  JobResult,
+  JobRunner,
+  JobStats,
+  JobToken,
+} from './jobs/protocol.ts'
+export {
+  decodeJobRequest,
+  encodeJobFrame,
+  JOB_MODES,
+  JOB_PROTOCOL,
+  JobFailedError,
+  JobProtocolError,
+  jobRequestSchema,
+  MAX_JOB_FRAME_BYTES,
+  MAX_JOB_PROMPT_CHARS,
+  modelProviderKey,
+  requestJob,
+} from './jobs/protocol.ts'
 export type { CreateWasmKernelsOptions, KernelBuffer, Kernels } from './kernels/index.ts'
 export {
   createJsKernels,
@@ -27,8 +50,8 @@ export {
 } from './kernels/index.ts'
 export type { LlamaCppEngine, LlamaCppEngineOptions } from './llama-cpp/engine.ts'
 export { createLlamaCppEngine, llamaCppEngineOptionsSchema } from './llama-cpp/engine.ts'
-export type { MeshnetEngine, MeshnetEngineOptions } from './meshnet-engine.ts'
-export { createMeshnetEngine, meshnetEngineOptionsSchema } from './meshnet-engine.ts'
+export type { MeshnetEngine, MeshnetEngineOptions, OpenedTokenizer } from './meshnet-engine.ts'
+export { createMeshnetEngine, meshnetEngineOptionsSchema, openModelTokenizer } from './meshnet-engine.ts'
 export { createLocalAllReduce } from './model/all-reduce.ts'
 export type { LlamaConfig, RopeType } from './model/config.ts'
 export { readLlamaConfig } from './model/config.ts'
@@ -68,6 +91,7 @@ export type {
   ShardServerStats,
 } from './sharded/server.ts'
 export { shardServer, shardServerOptionsSchema } from './sharded/server.ts'
+export { TextStreamer } from './text-stream.ts'
 export type { DetokenizeOptions, SpmVocab, TokenizeOptions } from './tokenizer.ts'
 export { SpmTokenizer, TOKEN_TYPE } from './tokenizer.ts'
 export type {

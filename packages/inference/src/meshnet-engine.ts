@@ -110,9 +110,21 @@ export async function createMeshnetEngine(options: MeshnetEngineOptions): Promis
   }
 }
 
-interface OpenedTokenizer {
+/** A model's tokenizer, opened on its own (no weights loaded). */
+export interface OpenedTokenizer {
   tokenizer: Tokenizer
   dispose(): Promise<void>
+}
+
+/**
+ * The tokenizer of a GGUF model without its weights: this package's SentencePiece tokenizer for llama
+ * vocabularies, else llama.cpp's loaded vocab-only (exact for every vocabulary llama.cpp reads).
+ */
+export async function openModelTokenizer(
+  path: string,
+  kind: 'auto' | 'meshnet' | 'llama-cpp' = 'auto',
+): Promise<OpenedTokenizer> {
+  return openTokenizer(path, kind)
 }
 
 async function openTokenizer(path: string, kind: 'auto' | 'meshnet' | 'llama-cpp'): Promise<OpenedTokenizer> {

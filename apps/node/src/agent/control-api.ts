@@ -38,7 +38,16 @@ const agentInfoSchema = z.object({
 })
 export type AgentInfo = z.infer<typeof agentInfoSchema>
 
-export type ControlHandler = (body: unknown, params: Record<string, string>) => Promise<unknown> | unknown
+/**
+ * A control route. It returns a JSON value, or an async generator whose yields are streamed as
+ * NDJSON lines `{"type":"token",...}` followed by `{"type":"end","result":...}` (or
+ * `{"type":"error","error":...}`); `signal` aborts when the client goes away.
+ */
+export type ControlHandler = (
+  body: unknown,
+  params: Record<string, string>,
+  request: { signal: AbortSignal },
+) => Promise<unknown> | unknown
 
 /** Routes as `'GET /status'` or `'POST /pools/:poolId/approve'`. */
 export type ControlRoutes = Record<string, ControlHandler>
@@ -135,7 +144,13 @@ async function handle(
         route.names.map((name, i) => [name, decodeURIComponent(match[i + 1]!)]),
       )
       const body = req.method === 'GET' ? undefined : await readJsonBody(req)
-      reply(200, (await route.handler(body, params)) ?? {})
+      const gone = new AbortController()
+      res.on('close', () => {
+        if (!res.writableFinished) gone.abort()
+      })
+      const result = await route.handler(body, params, { signal: gone.signal })
+      if (isAsyncGenerator(result)) await streamLines(res, result, logger)
+      else reply(200, result ?? {})
       return
     }
     reply(404, { error: { code: 'ERR_NOT_FOUND', message: `no control route ${req.method} ${path}` } })
@@ -147,6 +162,35 @@ async function handle(
       reply(500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } })
     }
   }
+}
+
+function isAsyncGenerator(value: unknown): value is AsyncGenerator<unknown, unknown> {
+  return typeof (value as AsyncGenerator | undefined)?.[Symbol.asyncIterator] === 'function'
+}
+
+/** Streams a generator as NDJSON; an error after the first line becomes an error line. */
+async function streamLines(res: ServerResponse, gen: AsyncGenerator<unknown, unknown>, logger: Logger) {
+  const line = (value: unknown) => res.write(`${JSON.stringify(value)}\n`)
+  let step: IteratorResult<unknown, unknown>
+  try {
+    step = await gen.next()
+  } catch (err) {
+    await gen.return(undefined).catch(() => {})
+    throw err
+  }
+  res.writeHead(200, { 'content-type': 'application/x-ndjson' })
+  try {
+    while (!step.done) {
+      line({ type: 'token', ...(step.value as object) })
+      step = await gen.next()
+    }
+    line({ type: 'end', result: step.value })
+  } catch (err) {
+    const e = err as { name?: string; code?: string; message?: string }
+    if (!isMeshError(err)) logger.error({ err }, 'control stream failed')
+    line({ type: 'error', error: { name: e.name, code: e.code ?? 'ERR_INTERNAL', message: e.message } })
+  }
+  res.end()
 }
 
 async function readJsonBody(req: IncomingMessage): Promise<unknown> {
@@ -170,6 +214,8 @@ async function readJsonBody(req: IncomingMessage): Promise<unknown> {
 export interface AgentClient {
   readonly info: AgentInfo
   request<T = unknown>(method: 'GET' | 'POST', path: string, body?: unknown, timeoutMs?: number): Promise<T>
+  /** A streaming route: yields each token line, returns the end line's result, throws an error line. */
+  stream<T = unknown, R = unknown>(path: string, body: unknown, signal?: AbortSignal): AsyncGenerator<T, R>
 }
 
 /** Finds the agent for a data dir; AgentNotRunningError when there is none or it does not answer. */
@@ -206,6 +252,52 @@ export async function connectAgent(layout: DataDirLayout): Promise<AgentClient> 
         )
       }
       return payload as T
+    },
+    async *stream<T, R>(path: string, body: unknown, signal?: AbortSignal): AsyncGenerator<T, R> {
+      let response: Response
+      try {
+        response = await fetch(`http://127.0.0.1:${info.port}${path}`, {
+          method: 'POST',
+          headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+          body: JSON.stringify(body),
+          ...(signal ? { signal } : {}),
+        })
+      } catch (err) {
+        if (signal?.aborted) throw err
+        throw new AgentNotRunningError(layout.root, err)
+      }
+      if (!response.ok || response.body === null) {
+        const payload = (await response.json()) as { error?: { code: string; message: string } }
+        throw new ControlRequestError(
+          response.status,
+          payload.error?.code ?? 'ERR_CONTROL',
+          payload.error?.message ?? `HTTP ${response.status}`,
+        )
+      }
+      let buffered = ''
+      const decoder = new TextDecoder()
+      for await (const chunk of response.body) {
+        buffered += decoder.decode(chunk as Uint8Array, { stream: true })
+        for (let nl = buffered.indexOf('\n'); nl >= 0; nl = buffered.indexOf('\n')) {
+          const line = JSON.parse(buffered.slice(0, nl)) as {
+            type: string
+            result?: R
+            error?: { code: string; message: string }
+          }
+          buffered = buffered.slice(nl + 1)
+          if (line.type === 'end') return line.result as R
+          if (line.type === 'error') {
+            throw new ControlRequestError(
+              200,
+              line.error?.code ?? 'ERR_CONTROL',
+              line.error?.message ?? 'failed',
+            )
+          }
+          const { type: _type, ...value } = line
+          yield value as T
+        }
+      }
+      throw new ControlRequestError(502, 'ERR_STREAM_ENDED', 'the agent closed the stream before the end')
     },
   }
 }

@@ -30,10 +30,19 @@ export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/$
 /** How often new pools (joined while the agent runs) are picked up, and revocations repeated. */
 const POOL_SCAN_MS = 3_000
 
-interface ServedModel {
+/** The model this node serves (`--model`), as the ring sees it. */
+export interface ServedModel {
   path: string
   info: Capabilities['models'][number]
   plan: PlanModel
+}
+
+export interface RingPart extends AgentPart {
+  rings(): Map<string, RingGossip>
+  /** The served model once the part started; undefined without `--model`. */
+  served(): ServedModel | undefined
+  /** What this node announces to its rings. */
+  capabilities(): Capabilities
 }
 
 /** What a peer of a pool looks like to `mesh pool-peers`. */
@@ -49,10 +58,7 @@ interface PoolPeer {
  * served model once the ring converges, `ring_topology_<pool-id>.json` on every new epoch, and the
  * pool's revocation list repeated over gossip.
  */
-export function ringPart(
-  context: AgentContext,
-  mesh: MeshPart,
-): AgentPart & { rings(): Map<string, RingGossip> } {
+export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
   const { logger, layout, identity, config, store } = context
   const rings = new Map<string, RingGossip>()
   const plans = new Map<string, { epoch: number; plan: PipelineShard[] | undefined; problem?: string }>()
@@ -174,10 +180,15 @@ export function ringPart(
   return {
     name: 'rings',
     rings: () => rings,
+    served: () => served,
+    capabilities: () => capabilities,
     async start() {
       served = config.model === undefined ? undefined : await describeModel(resolve(config.model))
       capabilities = {
-        capacityBytes: Math.floor((totalmem() * 0.5) / 2 ** 26) * 2 ** 26,
+        capacityBytes:
+          config.memoryMb === undefined
+            ? Math.floor((totalmem() * 0.5) / 2 ** 26) * 2 ** 26
+            : config.memoryMb * 2 ** 20,
         freeMemoryBytes: freemem(),
         computeScore: measureComputeScore(),
         engines: ['meshnet', 'llama-cpp'],

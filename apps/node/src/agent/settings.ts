@@ -31,6 +31,34 @@ export const agentSettingsSchema = z.strictObject({
   localOnly: z.boolean().optional(),
   /** Sign any LAN join request for pools this node administers. */
   autoApprove: z.boolean().optional(),
+  /** Advertise the served model in the DHT and run jobs for anyone (rate-limited per peer). */
+  public: z.boolean().optional(),
+  /** CPU threads for this node's shards and local engine (default: every core). */
+  threads: z.number().int().min(1).max(1024).optional(),
+  /** Memory this node offers for model shards and KV caches, in MiB (default: half of RAM). */
+  memoryMb: z
+    .number()
+    .int()
+    .min(16)
+    .max(16 * 1024 * 1024)
+    .optional(),
+  /** Public (no pool) jobs one peer may start per minute. */
+  publicJobsPerMinute: z.number().int().min(1).max(10_000).optional(),
+  /** The OpenAI-compatible HTTP API (off unless a port is given; 0 = a free port). */
+  api: z
+    .strictObject({
+      port: z.number().int().min(0).max(65535).optional(),
+      host: z.string().min(1).optional(),
+      key: z.string().min(8).max(256).optional(),
+    })
+    .optional(),
+  /** A mesh-control-plane to register with, join rings through and take jobs from. */
+  controlPlane: z
+    .strictObject({
+      url: z.url().optional(),
+      token: z.string().min(1).max(512).optional(),
+    })
+    .optional(),
   beacon: z
     .strictObject({
       group: z.ipv4().optional(),
@@ -79,15 +107,15 @@ export function parseSettings<T>(schema: z.ZodType<T>, value: unknown): T {
   })
 }
 
-/** Later sources win field by field; `beacon` merges key by key. */
+/** Later sources win field by field; `beacon`, `api` and `controlPlane` merge key by key. */
 export function mergeSettings(...sources: AgentSettings[]): AgentSettings {
   const out: AgentSettings = {}
   for (const source of sources) {
     for (const [key, value] of Object.entries(source) as Array<[keyof AgentSettings, unknown]>) {
       if (value === undefined) continue
-      if (key === 'beacon') {
+      if (key === 'beacon' || key === 'api' || key === 'controlPlane') {
         const defined = Object.entries(value as object).filter(([, v]) => v !== undefined)
-        out.beacon = { ...out.beacon, ...Object.fromEntries(defined) }
+        ;(out as Record<string, unknown>)[key] = { ...out[key], ...Object.fromEntries(defined) }
       } else (out as Record<string, unknown>)[key] = value
     }
   }

@@ -2,6 +2,7 @@ import { ensureDataDir, InvalidArgumentError, printFields, printJson, waitForSig
 import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
+import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
 import { poolPart } from '../agent/pool-part.ts'
 import { ringPart } from '../agent/ring-part.ts'
@@ -24,6 +25,14 @@ interface StartFlags {
   beaconPort?: string
   beaconGroup?: string
   beaconInterval?: string
+  public?: boolean
+  threads?: string
+  memory?: string
+  apiPort?: string
+  apiHost?: string
+  apiKey?: string
+  controlPlane?: string
+  controlPlaneToken?: string
 }
 
 const collect = (value: string, previous: string[] = []) => [...previous, value]
@@ -33,7 +42,9 @@ const agentParts: AgentParts = (context) => {
   const beacons = context.config.beacons === false ? undefined : beaconsPart(context)
   const mesh = meshPart(context, beacons)
   const parts = beacons ? [beacons, poolPart(context, beacons)] : []
-  return [...parts, mesh, ringPart(context, mesh)]
+  const ring = ringPart(context, mesh)
+  const jobs = jobsPart(context, mesh, ring)
+  return [...parts, mesh, ring, jobs]
 }
 
 export function registerStart(
@@ -63,6 +74,17 @@ export function registerStart(
     .option('--beacon-port <port>', 'UDP port of LAN beacons (default 42424)')
     .option('--beacon-group <ip>', 'multicast group of LAN beacons (default 239.192.0.1)')
     .option('--beacon-interval <ms>', 'milliseconds between presence beacons (default 5000)')
+    .option('--public', 'advertise the model in the DHT and run jobs for anyone, rate-limited per peer')
+    .option('--threads <n>', 'CPU threads for inference (default: every core)')
+    .option('--memory <MiB>', 'memory offered for model shards and KV caches (default: half of RAM)')
+    .option('--api-port <port>', 'serve the OpenAI-compatible API on this port (0 = any free port)')
+    .option('--api-host <ip>', 'address the OpenAI-compatible API binds (default 127.0.0.1)')
+    .option('--api-key <key>', 'bearer key the OpenAI-compatible API requires (default: none)')
+    .option(
+      '--control-plane <url>',
+      'mesh-control-plane to register with, join rings through and take jobs from',
+    )
+    .option('--control-plane-token <token>', 'write token of the control plane (or MESH_CONTROL_PLANE_TOKEN)')
     .action(async (flags: StartFlags, cmd: Command) => {
       const ctx = context(cmd, 'agent')
       const layout = await ensureDataDir(ctx.dataDir)
@@ -97,12 +119,19 @@ export function registerStart(
 }
 
 function settingsFromFlags(flags: StartFlags): AgentSettings {
-  const number = (flag: string, value: string | undefined) => {
+  const number = (flag: string, value: string | undefined, min = 1) => {
     if (value === undefined) return undefined
     const n = Number(value)
-    if (!Number.isInteger(n) || n <= 0)
-      throw new InvalidArgumentError(`${flag} ${JSON.stringify(value)}: not a positive whole number`)
+    if (!Number.isInteger(n) || n < min)
+      throw new InvalidArgumentError(
+        `${flag} ${JSON.stringify(value)}: not a ${min === 0 ? 'whole number' : 'positive whole number'}`,
+      )
     return n
+  }
+  const api = { port: number('--api-port', flags.apiPort, 0), host: flags.apiHost, key: flags.apiKey }
+  const controlPlane = {
+    url: flags.controlPlane,
+    token: flags.controlPlaneToken ?? (flags.controlPlane ? process.env.MESH_CONTROL_PLANE_TOKEN : undefined),
   }
   const beacon = {
     interface: flags.beaconInterface,
@@ -117,6 +146,11 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     model: flags.model,
     localOnly: flags.localOnly,
     autoApprove: flags.autoApprove,
+    public: flags.public,
+    threads: number('--threads', flags.threads),
+    memoryMb: number('--memory', flags.memory),
+    api: Object.values(api).some((v) => v !== undefined) ? api : undefined,
+    controlPlane: Object.values(controlPlane).some((v) => v !== undefined) ? controlPlane : undefined,
     // commander sets --no-x flags to true by default; only an explicit --no-x means false.
     mdns: flags.mdns === false ? false : undefined,
     dht: flags.dht === false ? false : undefined,

@@ -1,0 +1,179 @@
+import { spawn } from 'node:child_process'
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
+import { converged, poolOf } from './mesh-fixture.ts'
+import { BIN, runMesh } from './run-mesh.ts'
+
+// Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
+// generated model; jobs go through `mesh inference` (the real CLI) to agent A, which runs them on
+// the ring. The reference is `mesh inference --local --engine llama-cpp`: llama.cpp, one node.
+
+let root: string
+let poolId: string
+let dir: (name: string) => string
+const agents = new Map<string, AgentProcess>()
+const PROMPT = 'The mesh splits the model'
+
+interface JobJson {
+  jobId: string
+  tokens: number[]
+  text: string
+  mode: string
+  stopReason: string
+  stats: { failovers: number; members: string[]; bytesMoved: number; hopLatencyMs: number; tokensPerSecond: number }
+}
+
+const infer = async (...args: string[]): Promise<JobJson> => {
+  const result = await runMesh(['inference', '--prompt', PROMPT, '--json', '--data-dir', dir('A'), ...args])
+  expect(result.code, result.stderr).toBe(0)
+  return JSON.parse(result.stdout) as JobJson
+}
+
+beforeAll(async () => {
+  root = await mkdtemp(join(tmpdir(), 'meshnet-jobs-'))
+  const model = join(root, 'model.gguf')
+  const created = await runMesh([
+    'model-create',
+    '--out',
+    model,
+    '--layers',
+    '8',
+    '--embd',
+    '512',
+    '--heads',
+    '8',
+    '--kv-heads',
+    '4',
+    '--ff',
+    '1536',
+    '--vocab',
+    '2000',
+    '--type',
+    'F32',
+    '--seed',
+    '7',
+  ])
+  expect(created.code, created.stderr).toBe(0)
+  const port = beaconPort()
+  const args = ['--local-only', '--beacon-port', port, '--beacon-interval', '300', '--model', model, '--threads', '1']
+  const made = await poolOf(root, ['A', 'B', 'C'], port, args)
+  poolId = made.pool.poolId
+  dir = made.dir
+  agents.set('A', made.admin)
+  agents.set('B', await startAgentProcess(dir('B'), args))
+  agents.set('C', await startAgentProcess(dir('C'), args))
+  await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
+}, 120_000)
+
+afterAll(async () => {
+  await Promise.all([...agents.values()].map((a) => a.stop()))
+  await rm(root, { recursive: true, force: true })
+})
+
+describe('jobs on a ring of three agents', () => {
+  let reference: number[]
+  it('pipeline and tensor parallel give the tokens llama.cpp gives on one node', async () => {
+    const local = await runMesh([
+      'inference',
+      '--local',
+      '--engine',
+      'llama-cpp',
+      '--model',
+      join(root, 'model.gguf'),
+      '--prompt',
+      PROMPT,
+      '--max-tokens',
+      '24',
+      '--threads',
+      '1',
+      '--json',
+    ])
+    expect(local.code, local.stderr).toBe(0)
+    reference = (JSON.parse(local.stdout) as { tokens: number[] }).tokens
+    expect(reference).toHaveLength(24)
+
+    const pipeline = await infer('--mode', 'pipeline', '--max-tokens', '24')
+    expect(pipeline.mode).toBe('pipeline')
+    expect(pipeline.tokens).toEqual(reference)
+    expect(new Set(pipeline.stats.members).size).toBe(3)
+    expect(pipeline.stats.bytesMoved).toBeGreaterThan(0)
+
+    const tensor = await infer('--mode', 'tensor', '--max-tokens', '24')
+    expect(tensor.mode).toBe('tensor')
+    expect(tensor.tokens).toEqual(reference)
+    expect(tensor.text).toBe(pipeline.text)
+  }, 120_000)
+
+  it('auto runs the whole model on one node’s llama.cpp when it fits', async () => {
+    const auto = await infer('--max-tokens', '24')
+    expect(auto.mode).toBe('single')
+    expect(auto.tokens).toEqual(reference)
+  }, 60_000)
+
+  it('keeps per-job figures in mesh_state.db and raises the trust of members that did shard work', async () => {
+    const stats = await runMesh(['inference-stats', '--json', '--data-dir', dir('A')])
+    expect(stats.code, stats.stderr).toBe(0)
+    const { jobs, totals } = JSON.parse(stats.stdout) as {
+      jobs: Array<{ mode: string; status: string; tokens: number; bytesMoved: number; tokensPerSecond: number }>
+      totals: { completed: number; tokens: number }
+    }
+    expect(jobs.map((j) => j.mode).sort()).toEqual(['pipeline', 'single', 'tensor'])
+    expect(jobs.every((j) => j.status === 'completed' && j.tokens === 24 && j.tokensPerSecond > 0)).toBe(true)
+    expect(jobs.find((j) => j.mode === 'tensor')!.bytesMoved).toBeGreaterThan(
+      jobs.find((j) => j.mode === 'pipeline')!.bytesMoved,
+    )
+    expect(totals).toMatchObject({ completed: 3, tokens: 72 })
+    const peers = await agentRequest<{ peers: Array<{ nodeId: string; trust: number }> }>(
+      dir('A'),
+      `/pools/${poolId}/peers`,
+    )
+    expect(peers.peers).toHaveLength(2)
+    for (const peer of peers.peers) expect(peer.trust).toBeGreaterThan(0.5)
+  }, 60_000)
+
+  it('a member killed mid-generation: the job fails over and streams the tokens of an uninterrupted run', async () => {
+    const uninterrupted = await infer('--mode', 'pipeline', '--max-tokens', '64')
+    const child = spawn(
+      process.execPath,
+      [
+        '--conditions=meshnet-source',
+        BIN,
+        'inference',
+        '--prompt',
+        PROMPT,
+        '--max-tokens',
+        '64',
+        '--mode',
+        'pipeline',
+        '--data-dir',
+        dir('A'),
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MESH_LOG: 'info' } },
+    )
+    let out = ''
+    let err = ''
+    let killed = false
+    child.stderr.on('data', (chunk) => (err += chunk))
+    child.stdout.on('data', (chunk) => {
+      out += chunk
+      // The first text on stdout: generation has begun; C dies without a goodbye.
+      if (!killed && out.length > 0) {
+        killed = true
+        void agents.get('C')!.kill()
+      }
+    })
+    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+    expect(code, err).toBe(0)
+    expect(killed).toBe(true)
+    expect(out.trimEnd()).toBe(uninterrupted.text.trimEnd())
+    const jobs = await agentRequest<{ jobs: Array<{ failovers: number; status: string; tokens: number }> }>(
+      dir('A'),
+      '/jobs',
+    )
+    expect(jobs.jobs[0]).toMatchObject({ status: 'completed', tokens: 64 })
+    expect(jobs.jobs[0]!.failovers).toBeGreaterThanOrEqual(1)
+  }, 120_000)
+})
