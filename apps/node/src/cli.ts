@@ -6,6 +6,7 @@
 import { type CliIo, processIo, reportError } from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
+import { registerDemo } from './commands/demo.ts'
 import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
@@ -35,6 +36,7 @@ export function createProgram(io: CliIo = processIo): Command {
   registerModelCreate(program, context)
   registerInference(program, context)
   registerInferenceStats(program, context)
+  registerDemo(program, context)
   registerStart(program, context)
   registerPool(program, context)
   registerRing(program, context)

@@ -10,12 +10,16 @@ export interface MeshResult {
 }
 
 /** Runs the real `mesh` CLI from source in a child process. */
-export function runMesh(args: string[], env: Record<string, string> = {}): Promise<MeshResult> {
+export function runMesh(
+  args: string[],
+  env: Record<string, string> = {},
+  timeout = 60_000,
+): Promise<MeshResult> {
   return new Promise((resolve) => {
     execFile(
       process.execPath,
       ['--conditions=meshnet-source', BIN, ...args],
-      { env: { ...process.env, MESH_LOG: '', ...env }, timeout: 60_000 },
+      { env: { ...process.env, MESH_LOG: '', ...env }, timeout },
       (error, stdout, stderr) => {
         const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1
         resolve({ code, stdout, stderr })

@@ -1,0 +1,265 @@
+import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { once } from 'node:events'
+import { access, mkdir, mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { generateLlamaModel } from '@meshnet/gguf'
+import { dataDirLayout, InvalidArgumentError, MeshError, printJson } from '@meshnet/identity'
+import { createLlamaCppEngine, type JobResult, type JobToken } from '@meshnet/inference'
+import type { Command } from 'commander'
+import { z } from 'zod'
+import { type AgentClient, connectAgent } from '../agent/control-api.ts'
+import { parseFlag } from '../config.ts'
+import type { CommandContext } from '../context.ts'
+
+/** The built-in model: a deterministic llama (F32, so every engine's greedy tokens agree exactly). */
+export const DEMO_MODEL = {
+  layers: 8,
+  embd: 512,
+  heads: 8,
+  kvHeads: 4,
+  ff: 1536,
+  vocab: 2000,
+  type: 'F32',
+  seed: 7,
+} as const
+
+const DEMO_PROMPT = 'Ordinary computers pool their memory and'
+const NAMES = ['A', 'B', 'C'] as const
+
+/** The demo could not finish (an agent did not start, the ring did not converge). */
+export class DemoError extends MeshError {
+  override name = 'DemoError' as const
+  constructor(message: string, hint?: string) {
+    super('ERR_DEMO', message, hint === undefined ? {} : { hint })
+  }
+}
+
+interface DemoFlags {
+  model?: string
+  prompt: string
+  maxTokens: string
+  keep?: boolean
+  dir?: string
+}
+
+interface Figures {
+  mode: string
+  tokens: number
+  tokensPerSecond: number
+  timeToFirstTokenMs: number
+  hopLatencyMs: number
+  bytesMoved: number
+  failovers: number
+  sameAsLlamaCpp: boolean
+}
+
+/**
+ * `mesh demo`: a whole mesh on this machine. Three agents (separate processes, loopback only) form a
+ * pool over LAN beacons on 127.0.0.1, agree on a ring, and run one prompt as a pipeline and as tensor
+ * parallel; then one member is killed mid-generation and the job fails over. Every result is checked
+ * against llama.cpp running the whole model in one process.
+ */
+export function registerDemo(program: Command, context: (cmd: Command) => CommandContext): void {
+  program
+    .command('demo')
+    .description(
+      'run a three-node mesh on this machine (loopback only) and a sharded generation checked against llama.cpp',
+    )
+    .option('--model <gguf>', 'a GGUF model (default: a generated 8-layer llama, written to the demo dir)')
+    .option('--prompt <text>', 'the text to continue', DEMO_PROMPT)
+    .option('--max-tokens <n>', 'tokens per generation', '32')
+    .option('--dir <path>', 'where the three nodes’ data dirs go (default: a new temp dir)')
+    .option('--keep', 'keep the data dirs and the model afterwards')
+    .action(async (flags: DemoFlags, cmd: Command) => {
+      const ctx = context(cmd)
+      const maxTokens = parseFlag('--max-tokens', z.coerce.number().int().min(2).max(4096), flags.maxTokens)
+      const root =
+        flags.dir === undefined ? await mkdtemp(join(tmpdir(), 'meshnet-demo-')) : resolve(flags.dir)
+      await mkdir(root, { recursive: true })
+      const say = (line = '') => {
+        if (!ctx.json) ctx.io.stdout.write(`${line}\n`)
+      }
+      const agents: ChildProcess[] = []
+      const stopAll = async () => {
+        await Promise.all(
+          agents.map(async (child) => {
+            if (child.exitCode !== null || child.signalCode !== null) return
+            child.kill('SIGTERM')
+            await once(child, 'exit')
+          }),
+        )
+      }
+      process.once('SIGINT', () => void stopAll().then(() => process.exit(130)))
+      try {
+        const model = flags.model === undefined ? join(root, 'demo-model.gguf') : resolve(flags.model)
+        if (flags.model === undefined) {
+          say(
+            `Writing the built-in model (llama, ${DEMO_MODEL.layers} layers, embd ${DEMO_MODEL.embd}, F32) …`,
+          )
+          await generateLlamaModel({ ...DEMO_MODEL, out: model, name: 'meshnet-demo' })
+        } else {
+          await access(model).catch(() => {
+            throw new InvalidArgumentError(`--model ${model}: no such file`)
+          })
+        }
+        const dir = (name: string) => join(root, name)
+        const beaconPort = String(43_000 + Math.floor(Math.random() * 10_000))
+        const agentArgs = [
+          '--local-only',
+          '--beacon-port',
+          beaconPort,
+          '--beacon-interval',
+          '500',
+          '--model',
+          model,
+          '--threads',
+          '1',
+        ]
+
+        const pool = JSON.parse(
+          await mesh(['pool-create', '--name', 'demo-pool', '--json', '--data-dir', dir('A')]),
+        ) as { poolId: string; joinToken: string }
+        say(`Pool ${pool.poolId} created by node A.`)
+        agents.push(await startAgent(dir('A'), agentArgs))
+        for (const name of NAMES.slice(1)) {
+          await mesh([
+            'pool-join',
+            '--token',
+            pool.joinToken,
+            '--local-only',
+            '--beacon-port',
+            beaconPort,
+            '--timeout',
+            '30',
+            '--data-dir',
+            dir(name),
+          ])
+          say(`Node ${name} joined the pool over LAN beacons on 127.0.0.1.`)
+          agents.push(await startAgent(dir(name), agentArgs))
+        }
+        const a = await connectAgent(dataDirLayout(dir('A')))
+        const ring = await waitForRing(a, pool.poolId, 3)
+        say(`Ring converged: epoch ${ring.epoch}, ${ring.members.length} members.`)
+
+        say('\nReference: llama.cpp, the whole model in one process …')
+        const llama = await createLlamaCppEngine({ modelPath: model, threads: 1 })
+        let reference: number[]
+        try {
+          reference = (await llama.generate(flags.prompt, { maxTokens })).tokens
+        } finally {
+          await llama.dispose()
+        }
+
+        const figures: Figures[] = []
+        const run = async (mode: 'pipeline' | 'tensor', onFirstToken?: () => void) => {
+          say(
+            `\n${mode === 'pipeline' ? 'Pipeline (layer ranges)' : 'Tensor parallel (heads and FFN columns)'}:`,
+          )
+          if (!ctx.json) ctx.io.stdout.write(`  ${flags.prompt}`)
+          const job = a.stream<JobToken, JobResult>('/jobs', { prompt: flags.prompt, maxTokens, mode })
+          for (let step = await job.next(); ; step = await job.next()) {
+            if (step.done) {
+              const { stats } = step.value
+              const same = sameTokens(step.value.tokens, reference)
+              figures.push({
+                mode: stats.failovers > 0 ? `${mode} with failover` : mode,
+                tokens: step.value.tokens.length,
+                tokensPerSecond: stats.tokensPerSecond,
+                timeToFirstTokenMs: stats.timeToFirstTokenMs,
+                hopLatencyMs: stats.hopLatencyMs,
+                bytesMoved: stats.bytesMoved,
+                failovers: stats.failovers,
+                sameAsLlamaCpp: same,
+              })
+              say(
+                `\n  ${stats.members.length} members · ${stats.tokensPerSecond.toFixed(1)} tok/s · first token ${stats.timeToFirstTokenMs.toFixed(0)} ms · hop ${stats.hopLatencyMs.toFixed(2)} ms · ${(stats.bytesMoved / 1024).toFixed(0)} KiB moved${stats.failovers > 0 ? ` · ${stats.failovers} failover` : ''}`,
+              )
+              say(`  same tokens as llama.cpp on one node: ${same ? 'yes' : 'NO'}`)
+              return
+            }
+            if (step.value.index === 0) onFirstToken?.()
+            if (!ctx.json) ctx.io.stdout.write(step.value.text)
+          }
+        }
+        await run('pipeline')
+        await run('tensor')
+        say('\nNode C is killed (SIGKILL) as soon as the next job’s first token arrives:')
+        await run('pipeline', () => agents[2]!.kill('SIGKILL'))
+
+        const ok = figures.every((f) => f.sameAsLlamaCpp) && figures[2]!.failovers > 0
+        if (ctx.json) printJson(ctx.io, { poolId: pool.poolId, model, reference, runs: figures, ok })
+        else {
+          say(
+            ok
+              ? '\nEvery run gave llama.cpp’s tokens, the last one across a member’s death.'
+              : '\nA run did not match llama.cpp (see above).',
+          )
+          if (flags.keep) say(`Data dirs kept in ${root}`)
+        }
+        if (!ok) process.exitCode = 1
+      } finally {
+        await stopAll()
+        if (!flags.keep) await rm(root, { recursive: true, force: true })
+      }
+    })
+}
+
+function sameTokens(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((t, i) => t === b[i])
+}
+
+/** Runs this same `mesh` program (source or built) with other arguments. */
+function mesh(args: string[]): Promise<string> {
+  return new Promise((resolvePromise, reject) => {
+    execFile(
+      process.execPath,
+      [...process.execArgv, process.argv[1]!, ...args],
+      { env: { ...process.env, MESH_LOG: '' }, timeout: 120_000 },
+      (error, stdout, stderr) => {
+        if (error) reject(new DemoError(`mesh ${args[0]} failed: ${stderr.trim() || error.message}`))
+        else resolvePromise(stdout)
+      },
+    )
+  })
+}
+
+async function startAgent(dataDir: string, args: string[]): Promise<ChildProcess> {
+  const child = spawn(
+    process.execPath,
+    [...process.execArgv, process.argv[1]!, 'start', '--data-dir', dataDir, ...args],
+    {
+      env: { ...process.env, MESH_LOG: 'warn' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    },
+  )
+  let stderr = ''
+  child.stderr!.on('data', (chunk) => (stderr += chunk))
+  for (let i = 0; i < 600; i++) {
+    if (child.exitCode !== null) throw new DemoError(`the agent in ${dataDir} exited: ${stderr.trim()}`)
+    try {
+      await connectAgent(dataDirLayout(dataDir))
+      return child
+    } catch {
+      await new Promise((r) => setTimeout(r, 50))
+    }
+  }
+  child.kill('SIGKILL')
+  throw new DemoError(`the agent in ${dataDir} did not start within 30 s`, 'see its log in logs/agent.log')
+}
+
+async function waitForRing(
+  agent: AgentClient,
+  poolId: string,
+  size: number,
+): Promise<{ epoch: number; members: unknown[] }> {
+  const deadline = Date.now() + 60_000
+  while (Date.now() < deadline) {
+    const ring = await agent
+      .request<{ epoch: number; converged: boolean; members: unknown[] }>('GET', `/rings/${poolId}`)
+      .catch(() => undefined)
+    if (ring?.converged && ring.members.length === size) return ring
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  throw new DemoError(`the ring did not converge on ${size} members within 60 s`)
+}

@@ -1,0 +1,34 @@
+import { describe, expect, it } from 'vitest'
+import { runMesh } from './run-mesh.ts'
+
+describe('mesh demo', () => {
+  it('runs three agents, a pipeline, tensor parallel and a failover, each giving llama.cpp’s tokens', async () => {
+    const result = await runMesh(['demo', '--json', '--max-tokens', '16'], {}, 180_000)
+    expect(result.code, result.stderr).toBe(0)
+    const demo = JSON.parse(result.stdout) as {
+      ok: boolean
+      reference: number[]
+      runs: Array<{
+        mode: string
+        tokens: number
+        failovers: number
+        sameAsLlamaCpp: boolean
+        bytesMoved: number
+      }>
+    }
+    expect(demo.reference).toHaveLength(16)
+    expect(demo.runs.map((r) => r.mode)).toEqual(['pipeline', 'tensor', 'pipeline with failover'])
+    for (const run of demo.runs) {
+      expect(run).toMatchObject({ tokens: 16, sameAsLlamaCpp: true })
+      expect(run.bytesMoved).toBeGreaterThan(0)
+    }
+    expect(demo.runs[2]!.failovers).toBeGreaterThanOrEqual(1)
+    expect(demo.ok).toBe(true)
+  }, 200_000)
+
+  it('names a missing --model file', async () => {
+    const result = await runMesh(['demo', '--model', '/nonexistent/model.gguf'])
+    expect(result.code).not.toBe(0)
+    expect(result.stderr).toMatch(/--model \/nonexistent\/model\.gguf: no such file/)
+  })
+})
