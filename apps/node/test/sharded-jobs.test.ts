@@ -2,9 +2,13 @@ import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createMeshNode } from '@meshnet/discovery'
+import { generateIdentity } from '@meshnet/identity'
+import { JobFailedError, requestJob } from '@meshnet/inference'
+import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
-import { converged, poolOf } from './mesh-fixture.ts'
+import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
 import { BIN, runMesh } from './run-mesh.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
@@ -16,6 +20,7 @@ let poolId: string
 let dir: (name: string) => string
 const agents = new Map<string, AgentProcess>()
 const PROMPT = 'The mesh splits the model'
+let args: string[]
 
 interface JobJson {
   jobId: string
@@ -23,7 +28,13 @@ interface JobJson {
   text: string
   mode: string
   stopReason: string
-  stats: { failovers: number; members: string[]; bytesMoved: number; hopLatencyMs: number; tokensPerSecond: number }
+  stats: {
+    failovers: number
+    members: string[]
+    bytesMoved: number
+    hopLatencyMs: number
+    tokensPerSecond: number
+  }
 }
 
 const infer = async (...args: string[]): Promise<JobJson> => {
@@ -58,7 +69,17 @@ beforeAll(async () => {
   ])
   expect(created.code, created.stderr).toBe(0)
   const port = beaconPort()
-  const args = ['--local-only', '--beacon-port', port, '--beacon-interval', '300', '--model', model, '--threads', '1']
+  args = [
+    '--local-only',
+    '--beacon-port',
+    port,
+    '--beacon-interval',
+    '300',
+    '--model',
+    model,
+    '--threads',
+    '1',
+  ]
   const made = await poolOf(root, ['A', 'B', 'C'], port, args)
   poolId = made.pool.poolId
   dir = made.dir
@@ -117,7 +138,13 @@ describe('jobs on a ring of three agents', () => {
     const stats = await runMesh(['inference-stats', '--json', '--data-dir', dir('A')])
     expect(stats.code, stats.stderr).toBe(0)
     const { jobs, totals } = JSON.parse(stats.stdout) as {
-      jobs: Array<{ mode: string; status: string; tokens: number; bytesMoved: number; tokensPerSecond: number }>
+      jobs: Array<{
+        mode: string
+        status: string
+        tokens: number
+        bytesMoved: number
+        tokensPerSecond: number
+      }>
       totals: { completed: number; tokens: number }
     }
     expect(jobs.map((j) => j.mode).sort()).toEqual(['pipeline', 'single', 'tensor'])
@@ -134,46 +161,117 @@ describe('jobs on a ring of three agents', () => {
     for (const peer of peers.peers) expect(peer.trust).toBeGreaterThan(0.5)
   }, 60_000)
 
-  it('a member killed mid-generation: the job fails over and streams the tokens of an uninterrupted run', async () => {
-    const uninterrupted = await infer('--mode', 'pipeline', '--max-tokens', '64')
-    const child = spawn(
-      process.execPath,
-      [
-        '--conditions=meshnet-source',
-        BIN,
-        'inference',
-        '--prompt',
-        PROMPT,
-        '--max-tokens',
-        '64',
-        '--mode',
-        'pipeline',
-        '--data-dir',
-        dir('A'),
-      ],
-      { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, MESH_LOG: 'info' } },
-    )
-    let out = ''
-    let err = ''
-    let killed = false
-    child.stderr.on('data', (chunk) => (err += chunk))
-    child.stdout.on('data', (chunk) => {
-      out += chunk
-      // The first text on stdout: generation has begun; C dies without a goodbye.
-      if (!killed && out.length > 0) {
-        killed = true
-        void agents.get('C')!.kill()
+  it('SIGKILL of a member mid-generation, three times over: every job ends with the tokens of an uninterrupted run', async () => {
+    const uninterrupted = {
+      pipeline: await infer('--mode', 'pipeline', '--max-tokens', '64'),
+      tensor: await infer('--mode', 'tensor', '--max-tokens', '64'),
+    }
+    const rounds = [
+      ['C', 'pipeline'],
+      ['B', 'tensor'],
+      ['C', 'pipeline'],
+    ] as const
+    for (const [victim, mode] of rounds) {
+      // Bring back the members killed in earlier rounds, so that every round starts from three.
+      for (const [name, agent] of agents) {
+        if (agent.process.exitCode !== null || agent.process.signalCode !== null) {
+          await rm(join(dir(name), 'agent.json'), { force: true })
+          agents.set(name, await startAgentProcess(dir(name), args))
+        }
       }
-    })
-    const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-    expect(code, err).toBe(0)
-    expect(killed).toBe(true)
-    expect(out.trimEnd()).toBe(uninterrupted.text.trimEnd())
-    const jobs = await agentRequest<{ jobs: Array<{ failovers: number; status: string; tokens: number }> }>(
-      dir('A'),
-      '/jobs',
-    )
-    expect(jobs.jobs[0]).toMatchObject({ status: 'completed', tokens: 64 })
-    expect(jobs.jobs[0]!.failovers).toBeGreaterThanOrEqual(1)
+      await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
+      const { out, killed, code, err } = await streamAndKill(mode, victim)
+      expect(code, err).toBe(0)
+      expect(killed).toBe(true)
+      expect(out.trimEnd()).toBe(uninterrupted[mode].text.trimEnd())
+      const jobs = await agentRequest<{
+        jobs: Array<{ failovers: number; status: string; tokens: number; mode: string }>
+      }>(dir('A'), '/jobs')
+      expect(jobs.jobs[0]).toMatchObject({ status: 'completed', tokens: 64, mode })
+      expect(jobs.jobs[0]!.failovers).toBeGreaterThanOrEqual(1)
+    }
+  }, 240_000)
+
+  it('on the two members left, pipeline and tensor parallel still give llama.cpp’s tokens', async () => {
+    await converged([dir('A'), dir('B')], poolId, 2, 60_000)
+    for (const mode of ['pipeline', 'tensor']) {
+      const job = await infer('--mode', mode, '--max-tokens', '24')
+      expect(job.mode).toBe(mode)
+      expect(new Set(job.stats.members).size).toBe(2)
+      expect(job.tokens).toEqual(reference)
+    }
   }, 120_000)
+
+  it('a peer outside the pool cannot run a job, and a member-only node refuses jobs without a pool', async () => {
+    const ring = await ringStatus(dir('A'), poolId)
+    const { nodeId } = await agentRequest<{ nodeId: string }>(dir('A'), '/status')
+    const a = ring.members.find((m) => m.nodeId === nodeId)
+    const stranger = await createMeshNode({
+      identity: generateIdentity(),
+      localOnly: true,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      websockets: false,
+      dhtMode: 'off',
+    })
+    try {
+      const target = a!.addresses.map((addr) => multiaddr(addr))
+      const ask = async (request: Parameters<typeof requestJob>[2]) => {
+        const job = requestJob(stranger, target, request)
+        try {
+          await job.next()
+          return undefined
+        } catch (err) {
+          return err as JobFailedError
+        }
+      }
+      const withPool = await ask({ poolId, prompt: 'x', maxTokens: 2 })
+      expect(withPool).toBeInstanceOf(JobFailedError)
+      expect(withPool!.code).toBe('ERR_POOL_ACCESS')
+      const withoutPool = await ask({ prompt: 'x', maxTokens: 2 })
+      expect(withoutPool!.code).toBe('ERR_POOL_ACCESS')
+      expect(withoutPool!.message).toMatch(/jobs for its pools only/)
+    } finally {
+      await stranger.stop()
+    }
+    const status = await agentRequest<{ jobs: { refusedPool: number; refusedPublic: number } }>(
+      dir('A'),
+      '/status',
+    )
+    expect(status.jobs.refusedPool).toBeGreaterThanOrEqual(1)
+    expect(status.jobs.refusedPublic).toBeGreaterThanOrEqual(1)
+  }, 60_000)
 })
+
+/** Streams a job from A through the CLI and SIGKILLs `victim` as soon as the first text arrives. */
+async function streamAndKill(mode: string, victim: string) {
+  const child = spawn(
+    process.execPath,
+    [
+      '--conditions=meshnet-source',
+      BIN,
+      'inference',
+      '--prompt',
+      PROMPT,
+      '--max-tokens',
+      '64',
+      '--mode',
+      mode,
+      '--data-dir',
+      dir('A'),
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  let out = ''
+  let err = ''
+  let killed = false
+  child.stderr.on('data', (chunk) => (err += chunk))
+  child.stdout.on('data', (chunk) => {
+    out += chunk
+    if (!killed && out.length > 0) {
+      killed = true
+      void agents.get(victim)!.kill()
+    }
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return { out, err, killed, code }
+}
