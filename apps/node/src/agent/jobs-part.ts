@@ -125,6 +125,7 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
 
   async function* runSingle(
     request: ReturnType<typeof jobRequestSchema.parse>,
+    promptTokens: number[],
     jobId: string,
     signal: AbortSignal,
     started: number,
@@ -138,7 +139,7 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
     let index = 0
     let firstTokenAt: number | undefined
     void withEngine(async (llama) => {
-      const stream = llama.stream(request.prompt, {
+      const stream = llama.stream(promptTokens, {
         maxTokens: request.maxTokens,
         ...sampling(request),
         signal,
@@ -187,6 +188,7 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
 
   async function* runSharded(
     request: ReturnType<typeof jobRequestSchema.parse>,
+    promptTokens: number[],
     poolId: string,
     mode: 'pipeline' | 'tensor',
     jobId: string,
@@ -194,7 +196,6 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
     started: number,
   ): AsyncGenerator<JobToken, JobResult, undefined> {
     const tokenizer = opened!.tokenizer
-    const promptTokens = tokenizer.tokenize(request.prompt, { addSpecial: true })
     let plan: ShardedPlan
     try {
       plan = planOn(mode, holders(poolId))
@@ -310,6 +311,10 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
           { hint: 'join a pool whose members hold the model, or ask a node that can hold it whole' },
         )
       }
+      const promptTokens = opened.tokenizer.tokenize(request.prompt, {
+        addSpecial: true,
+        parseSpecial: request.parseSpecial,
+      })
       const jobId = randomUUID()
       const controller = new AbortController()
       const onAbort = () => controller.abort()
@@ -344,10 +349,10 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
             yield step.value
           }
         } else if (choice.mode === 'single' && choice.nodeId === identity.nodeId) {
-          result = yield* runSingle(request, jobId, controller.signal, started)
+          result = yield* runSingle(request, promptTokens, jobId, controller.signal, started)
         } else {
           const mode = choice.mode === 'single' ? 'pipeline' : choice.mode
-          result = yield* runSharded(request, poolId!, mode, jobId, controller.signal, started)
+          result = yield* runSharded(request, promptTokens, poolId!, mode, jobId, controller.signal, started)
         }
         store.updateJob(jobId, {
           status: result.stopReason === 'abort' ? 'cancelled' : 'completed',

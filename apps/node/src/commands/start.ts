@@ -1,6 +1,7 @@
 import { ensureDataDir, InvalidArgumentError, printFields, printJson, waitForSignal } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
+import { apiPart } from '../agent/api-part.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
 import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
@@ -44,7 +45,8 @@ const agentParts: AgentParts = (context) => {
   const parts = beacons ? [beacons, poolPart(context, beacons)] : []
   const ring = ringPart(context, mesh)
   const jobs = jobsPart(context, mesh, ring)
-  return [...parts, mesh, ring, jobs]
+  const api = context.config.api?.port === undefined ? [] : [apiPart(context, jobs)]
+  return [...parts, mesh, ring, jobs, ...api]
 }
 
 export function registerStart(
@@ -97,7 +99,14 @@ export function registerStart(
 
       const agent = await startAgent({ dataDir: ctx.dataDir, config, logger: ctx.logger, parts: agentParts })
       const status = agent.status()
-      if (ctx.json) printJson(ctx.io, { event: 'started', ...status, controlPort: agent.controlPort })
+      const api = status.api as { host: string; port: number } | null | undefined
+      if (ctx.json)
+        printJson(ctx.io, {
+          event: 'started',
+          ...status,
+          controlPort: agent.controlPort,
+          ...(api ? { apiPort: api.port } : {}),
+        })
       else {
         ctx.io.stdout.write('Meshnet agent running (Ctrl+C to stop)\n')
         printFields(ctx.io, [
@@ -105,6 +114,7 @@ export function registerStart(
           ['Name', config.name],
           ['Data dir', ctx.dataDir],
           ['Control API', `127.0.0.1:${agent.controlPort}`],
+          ['OpenAI API', api ? `http://${api.host}:${api.port}/v1` : undefined],
           ['Local only', config.localOnly === true ? 'yes' : undefined],
         ])
       }

@@ -36,6 +36,8 @@ export const jobRequestSchema = z.strictObject({
   topP: z.number().gt(0).max(1).optional(),
   seed: z.int().min(0).max(0xffff_ffff).optional(),
   mode: z.enum(JOB_MODES).default('auto'),
+  /** Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat templates). */
+  parseSpecial: z.boolean().default(false),
 })
 export type JobRequest = z.input<typeof jobRequestSchema>
 
