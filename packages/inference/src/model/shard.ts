@@ -1,5 +1,5 @@
 import { open } from 'node:fs/promises'
-import { openGGUF } from '@meshnet/gguf'
+import { type GGUFReader, openGGUF } from '@meshnet/gguf'
 import { InvalidArgumentError } from '@meshnet/identity'
 import { z } from 'zod'
 import { InvalidShardError } from '../errors.ts'
@@ -164,47 +164,7 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
     if (opts.ropeType) config.ropeType = opts.ropeType
     const plan = planShard(config, opts)
     loader = new WeightLoader(file, handle, kernels, signal)
-    const { embd, headDim: d, vocab } = config
-    const qRows = config.heads * d
-    const kvRows = config.kvHeads * d
-    const layers: LayerWeights[] = []
-    for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
-      const b = `blk.${l}`
-      const [h0, h1] = plan.heads
-      const [kv0, kv1] = plan.kvHeads
-      const [f0, f1] = plan.ffn
-      layers.push({
-        attnNorm: await loader.vector(`${b}.attn_norm.weight`, embd),
-        wq: await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d),
-        wk: await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d),
-        wv: await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d),
-        wo: await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d),
-        ffnNorm: await loader.vector(`${b}.ffn_norm.weight`, embd),
-        gate: await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1),
-        up: await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1),
-        down: await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1),
-      })
-    }
-    const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined
-    let head: { norm: Float32Array; output: Matrix } | undefined
-    if (plan.head) {
-      const norm = await loader.vector('output_norm.weight', embd)
-      const output =
-        config.tiedOutput && embedding
-          ? embedding
-          : await loader.rows(
-              config.tiedOutput ? 'token_embd.weight' : 'output.weight',
-              embd,
-              vocab,
-              0,
-              vocab,
-            )
-      head = { norm, output }
-    }
-    const freqFactors =
-      config.ropeFreqFactors && plan.layers[1] > plan.layers[0]
-        ? await file.readTensorRowsF32('rope_freqs.weight', 0, 1)
-        : undefined
+    const { layers, embedding, head, freqFactors } = await loadShardTensors(file, loader, config, plan)
     return new LlamaShardImpl({
       config,
       plan,
@@ -228,6 +188,56 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
 }
 
 /** A shard's resolved ranges. */
+/** Weights of a shard's layers, head and embedding, read through `loader` (only the rows and columns the plan names). */
+export async function loadShardTensors(
+  file: GGUFReader,
+  loader: WeightLoader,
+  config: LlamaConfig,
+  plan: Pick<ShardPlan, 'layers' | 'heads' | 'kvHeads' | 'ffn' | 'embed' | 'head'>,
+): Promise<{
+  layers: LayerWeights[]
+  embedding: Matrix | undefined
+  head: { norm: Float32Array; output: Matrix } | undefined
+  freqFactors: Float32Array | undefined
+}> {
+  const { embd, headDim: d, vocab } = config
+  const qRows = config.heads * d
+  const kvRows = config.kvHeads * d
+  const layers: LayerWeights[] = []
+  for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
+    const b = `blk.${l}`
+    const [h0, h1] = plan.heads
+    const [kv0, kv1] = plan.kvHeads
+    const [f0, f1] = plan.ffn
+    layers.push({
+      attnNorm: await loader.vector(`${b}.attn_norm.weight`, embd),
+      wq: await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d),
+      wk: await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d),
+      wv: await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d),
+      wo: await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d),
+      ffnNorm: await loader.vector(`${b}.ffn_norm.weight`, embd),
+      gate: await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1),
+      up: await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1),
+      down: await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1),
+    })
+  }
+  const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined
+  let head: { norm: Float32Array; output: Matrix } | undefined
+  if (plan.head) {
+    const norm = await loader.vector('output_norm.weight', embd)
+    const output =
+      config.tiedOutput && embedding
+        ? embedding
+        : await loader.rows(config.tiedOutput ? 'token_embd.weight' : 'output.weight', embd, vocab, 0, vocab)
+    head = { norm, output }
+  }
+  const freqFactors =
+    config.ropeFreqFactors && plan.layers[1] > plan.layers[0]
+      ? await file.readTensorRowsF32('rope_freqs.weight', 0, 1)
+      : undefined
+  return { layers, embedding, head, freqFactors }
+}
+
 export interface ShardPlan {
   layers: [number, number]
   heads: [number, number]

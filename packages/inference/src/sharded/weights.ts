@@ -6,7 +6,7 @@ import { roundActivations } from '../model/activations.ts'
 import { type LlamaConfig, readLlamaConfig } from '../model/config.ts'
 import { LlamaShardImpl } from '../model/llama-shard.ts'
 import { rmsNorm } from '../model/ops.ts'
-import type { LayerWeights, LlamaShard, ShardPlan } from '../model/shard.ts'
+import { type LayerWeights, type LlamaShard, loadShardTensors, type ShardPlan } from '../model/shard.ts'
 import { type Matrix, WeightLoader } from '../model/weights.ts'
 
 /** The part of a model one member runs: a layer range, optionally a column slice of it. */
@@ -207,47 +207,8 @@ export class ShardWeights {
       const config = readLlamaConfig(file)
       const plan = resolveSpec(config, spec)
       loader = new WeightLoader(file, handle, kernels, signal)
-      const { embd, headDim: d, vocab } = config
-      const qRows = config.heads * d
-      const kvRows = config.kvHeads * d
-      const [h0, h1] = plan.heads
-      const [kv0, kv1] = plan.kvHeads
-      const [f0, f1] = plan.ffn
-      const layers: LayerWeights[] = []
-      for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
-        const b = `blk.${l}`
-        layers.push({
-          attnNorm: await loader.vector(`${b}.attn_norm.weight`, embd),
-          wq: await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d),
-          wk: await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d),
-          wv: await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d),
-          wo: await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d),
-          ffnNorm: await loader.vector(`${b}.ffn_norm.weight`, embd),
-          gate: await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1),
-          up: await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1),
-          down: await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1),
-        })
-      }
-      const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined
-      let head: { norm: Float32Array; output: Matrix } | undefined
-      if (plan.head) {
-        const norm = await loader.vector('output_norm.weight', embd)
-        const output =
-          config.tiedOutput && embedding
-            ? embedding
-            : await loader.rows(
-                config.tiedOutput ? 'token_embd.weight' : 'output.weight',
-                embd,
-                vocab,
-                0,
-                vocab,
-              )
-        head = { norm, output }
-      }
-      const freqFactors =
-        config.ropeFreqFactors && plan.layers[1] > plan.layers[0]
-          ? await file.readTensorRowsF32('rope_freqs.weight', 0, 1)
-          : undefined
+      const { layers, embedding, head, freqFactors } = await loadShardTensors(file, loader, config, plan)
+      const { embd, vocab } = config
       let vocabHead: { range: [number, number]; norm: Float32Array; output: Matrix } | undefined
       if (spec.vocab !== undefined) {
         const [v0, v1] = spec.vocab
