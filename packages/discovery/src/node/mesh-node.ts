@@ -215,6 +215,7 @@ function libp2pConfig<T extends ServiceMap>(
       peerInfoMapper: dhtAddressMapper(options.localOnly ? 'loopback' : options.dhtAddresses),
       logPrefix: 'meshnet:dht',
       metricsPrefix: 'meshnet_dht',
+      ...(options.dhtKBucketSize === undefined ? {} : { kBucketSize: options.dhtKBucketSize }),
     })
   }
   if (options.autoNAT) services.autoNAT = autoNAT()
@@ -283,6 +284,8 @@ function libp2pConfig<T extends ServiceMap>(
       deny: options.denyAddresses,
     },
     peerStore: { maxAddressAge: options.peerAddressTtlMs },
+    ...(options.metrics === undefined ? {} : { metrics: options.metrics as Libp2pOptions['metrics'] }),
+    ...(options.componentLogger === undefined ? {} : { logger: options.componentLogger }),
     peerDiscovery,
     services: { ...services, ...extraServices } as ServiceFactoryMap<MeshServices & T>,
   }

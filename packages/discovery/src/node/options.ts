@@ -1,5 +1,5 @@
 import { resolve } from 'node:path'
-import type { PeerId, ServiceMap } from '@libp2p/interface'
+import type { ComponentLogger, Metrics, PeerId, ServiceMap } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isLoopback } from '@libp2p/utils'
 import { InvalidArgumentError, type Logger, type NodeIdentity } from '@meshnet/identity'
@@ -125,6 +125,8 @@ const schema = z.strictObject({
     .refine(isMeshnetProtocol, 'must be a Meshnet protocol id like /meshnet/kad/1.0.0')
     .default(DEFAULT_DHT_PROTOCOL),
   dhtAddresses: z.enum(['routable', 'public', 'private', 'all']).default(DEFAULT_DHT_ADDRESSES),
+  /** Kademlia bucket size (libp2p's default, 20, when unset). */
+  dhtKBucketSize: z.int().min(1).max(1_000).optional(),
   relays: z.array(peerMultiaddrString).default([]),
   relayReservations: z.enum(['auto', 'always', 'off']).default(DEFAULT_RELAY_RESERVATIONS),
   relayAutoDelayMs: ms(DEFAULT_RELAY_AUTO_DELAY_MS),
@@ -158,6 +160,20 @@ const schema = z.strictObject({
     .optional(),
   maintenanceIntervalMs: z.int().min(100).max(3_600_000).default(DEFAULT_MAINTENANCE_INTERVAL_MS),
   logger: loggerSchema.optional(),
+  /** A libp2p `Metrics` factory (byte counters per connection and protocol); none by default. */
+  metrics: z
+    .custom<(components: never) => Metrics>((value) => typeof value === 'function', 'must be a factory')
+    .optional(),
+  /** Where libp2p's own debug logs go (a libp2p ComponentLogger); libp2p's `debug` logger by default. */
+  componentLogger: z
+    .custom<ComponentLogger>(
+      (value) =>
+        typeof value === 'object' &&
+        value !== null &&
+        typeof (value as ComponentLogger).forComponent === 'function',
+      'must be a libp2p ComponentLogger (an object with forComponent(name))',
+    )
+    .optional(),
   start: z.boolean().default(true),
   services: z
     .record(
