@@ -41,6 +41,7 @@ export {
   FrameTooLargeError,
   NodeStartError,
   PeerTimeoutError,
+  PerfError,
   StreamEndedError,
 } from './node/errors.ts'
 export type { FrameOptions, FrameStream, FrameStreamOptions } from './node/frames.ts'
@@ -59,4 +60,6 @@ export type {
 export { createMeshNode } from './node/mesh-node.ts'
 export type { MeshNodeOptions, ResolvedMeshNodeOptions } from './node/options.ts'
 export { resolveMeshNodeOptions } from './node/options.ts'
+export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from './node/perf.ts'
+export { MAX_PERF_BYTES, PERF_PROTOCOL, perfService } from './node/perf.ts'
 export { isMeshnetProtocol, MESHNET_DHT_PROTOCOL, meshnetProtocol } from './node/protocols.ts'

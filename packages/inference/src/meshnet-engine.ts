@@ -230,7 +230,7 @@ class MeshnetEngineImpl implements MeshnetEngine {
       if (logits === undefined) stopReason = 'abort'
       const tail = streamer.flush()
       if (tail !== '') {
-        const piece = { id: tokens.at(-1) ?? -1, text: tail }
+        const piece = { id: tokens.at(-1) ?? -1, text: tail, textOnly: true as const }
         options.onToken?.(piece)
         yield piece
       }

@@ -45,6 +45,11 @@ export type GenerateOptions = z.input<typeof generateOptionsSchema> & {
 export interface GeneratedToken {
   id: number
   text: string
+  /**
+   * The last piece of a generation that ended inside a UTF-8 character: text held back so far, no
+   * new token (`id` repeats the last token's).
+   */
+  textOnly?: true
 }
 
 export type StopReason = 'maxTokens' | 'eog' | 'abort' | 'contextFull'

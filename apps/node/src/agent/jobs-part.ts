@@ -170,7 +170,9 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
           })
         }
         firstTokenAt ??= performance.now()
-        push({ id: step.value.id, text: step.value.text, index: index++ })
+        if (step.value.textOnly)
+          push({ id: step.value.id, text: step.value.text, index: index - 1, textOnly: true })
+        else push({ id: step.value.id, text: step.value.text, index: index++ })
       }
     }).catch((error: unknown) => push({ error }))
     for (;;) {
@@ -236,7 +238,9 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
       yield { id: step.value.id, text: streamer.push(step.value.id), index: step.value.index }
     }
     const tail = streamer.flush()
-    if (tail !== '') yield { id: result.tokens.at(-1) ?? 0, text: tail, index: result.tokens.length }
+    if (tail !== '') {
+      yield { id: result.tokens.at(-1) ?? 0, text: tail, index: result.tokens.length - 1, textOnly: true }
+    }
     const members = result.plan.shards.map((s) => s.nodeId)
     for (const nodeId of members) {
       if (nodeId !== identity.nodeId)
@@ -287,8 +291,9 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
           `this agent serves ${served.info.name}, not ${request.model}`,
         )
       }
+      // A job from the network without a pool runs on this node only; one from this machine goes to its pool.
       const poolId =
-        options.origin === 'p2p' && request.poolId === undefined
+        (options.origin === 'p2p' || options.origin === 'control-plane') && request.poolId === undefined
           ? undefined
           : (request.poolId ?? defaultPool())
       const members = poolId === undefined ? [] : holders(poolId)

@@ -1,5 +1,5 @@
 import type { GossipSub } from '@libp2p/gossipsub'
-import { type BeaconMessage, createMeshNode, type MeshNode } from '@meshnet/discovery'
+import { type BeaconMessage, createMeshNode, type MeshNode, type Perf, perfService } from '@meshnet/discovery'
 import { PoolGate, ringPubsub } from '@meshnet/ring'
 import { multiaddr } from '@multiformats/multiaddr'
 import { CID } from 'multiformats/cid'
@@ -8,7 +8,7 @@ import { sha256 } from 'multiformats/hashes/sha2'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { BeaconsPart } from './beacons-part.ts'
 
-export type AgentNode = MeshNode<{ pubsub: GossipSub }>
+export type AgentNode = MeshNode<{ pubsub: GossipSub; perf: Perf }>
 
 /** The agent's libp2p node, the certificate gate in front of pool protocols, and peer discovery. */
 export interface MeshPart extends AgentPart {
@@ -116,7 +116,11 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
         // Relays the user names are used at once, not only after AutoNAT finds us unreachable.
         ...(config.relay?.length ? { relayReservations: 'always' as const } : {}),
         logger,
-        services: { pubsub: ringPubsub((peerId) => gate?.isMemberOfAny(peerId) === true) },
+        // perf: anyone may measure throughput to an agent (`/perf/1.0.0`, capped per stream).
+        services: {
+          pubsub: ringPubsub((peerId) => gate?.isMemberOfAny(peerId) === true),
+          perf: perfService(),
+        },
       })
       gate = new PoolGate({ node, dataDir: context.layout.root, logger })
       await gate.start()

@@ -3,6 +3,7 @@ import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
 import { apiPart } from '../agent/api-part.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
+import { controlPlanePart } from '../agent/control-plane-part.ts'
 import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
 import { poolPart } from '../agent/pool-part.ts'
@@ -45,8 +46,23 @@ const agentParts: AgentParts = (context) => {
   const parts = beacons ? [beacons, poolPart(context, beacons)] : []
   const ring = ringPart(context, mesh)
   const jobs = jobsPart(context, mesh, ring)
-  const api = context.config.api?.port === undefined ? [] : [apiPart(context, jobs)]
-  return [...parts, mesh, ring, jobs, ...api]
+  const { api, controlPlane } = context.config
+  const extra = [
+    ...(controlPlane?.url === undefined
+      ? []
+      : [
+          controlPlanePart(context, {
+            mesh,
+            rings: ring.rings,
+            jobs: () => jobs.runner(),
+            capabilities: ring.capabilities,
+            url: controlPlane.url,
+            ...(controlPlane.token === undefined ? {} : { token: controlPlane.token }),
+          }),
+        ]),
+    ...(api?.port === undefined ? [] : [apiPart(context, jobs)]),
+  ]
+  return [...parts, mesh, ring, jobs, ...extra]
 }
 
 export function registerStart(

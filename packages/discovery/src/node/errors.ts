@@ -39,3 +39,11 @@ export class NodeStartError extends MeshError {
     super('ERR_NODE_START', message, options)
   }
 }
+
+/** A perf (`/perf/1.0.0`) measurement broke the protocol or was refused. */
+export class PerfError extends MeshError {
+  override name = 'PerfError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_PERF', message, options)
+  }
+}

@@ -197,7 +197,7 @@ function libp2pConfig<T extends ServiceMap>(
     identifyPush: identifyPush(),
     // The DHT, the connection monitor and callers all ping; with one stream per peer (libp2p's
     // default) the connection monitor's ping fails and it aborts a healthy connection.
-    ping: ping({ maxOutboundStreams: 4, maxInboundStreams: 4 }),
+    ping: ping({ maxOutboundStreams: 16, maxInboundStreams: 16 }),
     connectivity: connectivity({
       relays: options.relays,
       reservations: options.relayReservations,

@@ -49,6 +49,8 @@ export interface JobToken {
   text: string
   /** 0 for the first generated token. */
   index: number
+  /** Text held back at the end (a generation that ended inside a character): no new token, same index. */
+  textOnly?: true
 }
 
 export interface JobStats {
@@ -117,6 +119,7 @@ const replySchema = z.discriminatedUnion('type', [
     id: z.int().min(0),
     text: z.string().max(4096),
     index: z.int().min(0),
+    textOnly: z.literal(true).optional(),
   }),
   z.object({ type: z.literal('end'), result: resultSchema }),
   z.object({
@@ -206,7 +209,13 @@ export async function* requestJob(
       const frame = await frames.read(options.signal ? { signal: options.signal } : {})
       if (frame === undefined) throw new JobProtocolError('the node closed the job stream before the end')
       const reply = decodeReply(frame)
-      if (reply.type === 'token') yield { id: reply.id, text: reply.text, index: reply.index }
+      if (reply.type === 'token')
+        yield {
+          id: reply.id,
+          text: reply.text,
+          index: reply.index,
+          ...(reply.textOnly ? { textOnly: true } : {}),
+        }
       else if (reply.type === 'end') {
         finished = true
         return reply.result

@@ -168,7 +168,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
       }
       const tail = streamer.flush()
       if (tail !== '') {
-        const piece = { id: tokens.at(-1) ?? -1, text: tail }
+        const piece = { id: tokens.at(-1) ?? -1, text: tail, textOnly: true as const }
         options.onToken?.(piece)
         yield piece
       }

@@ -1,0 +1,63 @@
+/**
+ * @packageDocumentation
+ * FabstirSDK, the Meshnet client for apps: a libp2p node of its own that finds nodes serving a
+ * model (DHT provider records of public nodes, ring status from pool members), streams completions
+ * from them over `/meshnet/job/1.0.0`, and reports real P2P figures (connections, bytes, DHT, NAT,
+ * ping latency, `/perf/1.0.0` throughput). Configuration mirrors the Fabstir P2P guide; every option
+ * either works or is refused with the reason (docs/p2p-configuration.md).
+ */
+
+export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from '@meshnet/discovery'
+export { MAX_PERF_BYTES, PERF_PROTOCOL, PerfError, perfService } from '@meshnet/discovery'
+export type { JobResult, JobStats, JobToken } from '@meshnet/inference'
+export { JobFailedError, JobProtocolError } from '@meshnet/inference'
+export type {
+  AuthenticateHook,
+  DebugLevel,
+  DebugSubsystem,
+  FabstirSDKConfig,
+  P2PConfig,
+  PeerDiscoveryFactory,
+  ProtocolHandler,
+  ResolvedP2PConfig,
+  ResolvedSDKConfig,
+} from './config.ts'
+export { DEBUG_LEVELS, DEBUG_SUBSYSTEMS, parseSDKConfig } from './config.ts'
+export type { P2PDebugEvent } from './debug-log.ts'
+export {
+  BootstrapUnreachableError,
+  DataLimitExceededError,
+  NoNodesFoundError,
+  NotConnectedError,
+  PeerRefusedError,
+  PoolCertificateError,
+  PoolRequestError,
+  RequestTimeoutError,
+  SDKConfigError,
+} from './errors.ts'
+export type { RingStatus, SDKPool } from './pool.ts'
+export { POOL_RING_PROTOCOL, poolRendezvousKey } from './pool.ts'
+export type {
+  BootstrapResult,
+  ConnectionInfo,
+  ConnectivityTestResult,
+  ConnectResult,
+  DiscoveredNode,
+  DiscoverNodesOptions,
+  FabstirSDKEvents,
+  HealthStatus,
+  InferenceRequest,
+  InferenceStream,
+  NatType,
+  NetworkPerformanceOptions,
+  NetworkPerformanceResult,
+  NodesDiscoveredEvent,
+  P2PMetrics,
+  PeerEvent,
+  PeerPerformance,
+  StreamEndEvent,
+  StreamTokenEvent,
+  SystemHealthReport,
+} from './sdk.ts'
+export { FabstirSDK } from './sdk.ts'
+export type { ByteCounts } from './traffic.ts'
