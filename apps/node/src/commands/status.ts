@@ -11,6 +11,15 @@ interface AgentStatus {
   pid: number
   startedAt: string
   libp2p?: { addresses: string[]; connections: number }
+  jobs?: {
+    model: { name: string; sha256: string } | null
+    public: boolean
+    running: number
+    jobs: number
+    failed: number
+  }
+  api?: { host: string; port: number } | null
+  controlPlane?: { url: string; registered: boolean; failures: number; jobsRun: number }
 }
 
 export function registerStatus(program: Command, context: (cmd: Command) => CommandContext): void {
@@ -28,6 +37,25 @@ export function registerStatus(program: Command, context: (cmd: Command) => Comm
         ['Network ID', status.networkId],
         ['Agent', `pid ${status.pid}, version ${status.version}, up since ${status.startedAt}`],
         ['Connections', status.libp2p?.connections],
+        [
+          'Model',
+          status.jobs?.model
+            ? `${status.jobs.model.name} (sha256 ${status.jobs.model.sha256.slice(0, 12)}…)`
+            : 'none',
+        ],
+        [
+          'Jobs',
+          status.jobs
+            ? `${status.jobs.jobs} run (${status.jobs.failed} failed), ${status.jobs.running} running${status.jobs.public ? ', public' : ''}`
+            : undefined,
+        ],
+        ['OpenAI API', status.api ? `http://${status.api.host}:${status.api.port}/v1` : undefined],
+        [
+          'Control plane',
+          status.controlPlane
+            ? `${status.controlPlane.url} (${status.controlPlane.registered ? 'registered' : 'not registered'}, ${status.controlPlane.jobsRun} jobs, ${status.controlPlane.failures} failures)`
+            : undefined,
+        ],
       ])
       for (const address of status.libp2p?.addresses ?? []) ctx.io.stdout.write(`  ${address}\n`)
     })
