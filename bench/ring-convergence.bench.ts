@@ -76,7 +76,8 @@ for (const n of SIZES) {
         break
       }
       if (performance.now() - allStarted > TIMEOUT_MS) break
-      await new Promise((resolve) => setTimeout(resolve, 25))
+      // Every poll asks every agent; polling faster than this starves the agents being measured.
+      await new Promise((resolve) => setTimeout(resolve, 100))
     }
     if (converged === 0) {
       const row = {

@@ -55,6 +55,12 @@ export const DEFAULT_MAX_CONNECTIONS = 200
 export const DEFAULT_MAX_INCOMING_PENDING_CONNECTIONS = 10
 /** Inbound connections per second from one IP before further ones are refused. */
 export const DEFAULT_INBOUND_CONNECTIONS_PER_SECOND = 5
+/**
+ * With `localOnly` every peer dials from 127.0.0.1, so a per-IP limit is a limit on the whole
+ * machine: a few dozen agents starting together would refuse each other. These apply there instead.
+ */
+export const LOCAL_INBOUND_CONNECTIONS_PER_SECOND = 200
+export const LOCAL_MAX_INCOMING_PENDING_CONNECTIONS = 64
 export const DEFAULT_MAX_PARALLEL_DIALS = 50
 /** Whole dial budget: DNS, socket, noise and yamux. */
 export const DEFAULT_DIAL_TIMEOUT_MS = 10_000

@@ -274,6 +274,9 @@ function libp2pConfig<T extends ServiceMap>(
       ? {}
       : { connectionProtector: preSharedKey({ psk: new TextEncoder().encode(options.preSharedKey) }) }),
     connectionGater: gate.gater,
+    // A ping that misses its deadline on a starved event loop is not a dead connection: the ring's
+    // heartbeats and each protocol's own deadlines judge liveness, and TCP closes dead sockets.
+    connectionMonitor: { abortConnectionOnPingFailure: false },
     connectionManager: {
       maxConnections: options.maxConnections,
       maxIncomingPendingConnections: options.maxIncomingPendingConnections,

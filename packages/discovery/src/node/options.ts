@@ -31,6 +31,8 @@ import {
   DEFAULT_RELAY_RESERVATION_TTL_MS,
   DEFAULT_RELAY_RESERVATIONS,
   DEFAULT_STREAM_READ_BUFFER_BYTES,
+  LOCAL_INBOUND_CONNECTIONS_PER_SECOND,
+  LOCAL_MAX_INCOMING_PENDING_CONNECTIONS,
 } from './defaults.ts'
 import { isMeshnetProtocol } from './protocols.ts'
 
@@ -136,8 +138,10 @@ const schema = z.strictObject({
   autoNAT: z.boolean().optional(),
   upnp: z.boolean().default(false),
   maxConnections: count(DEFAULT_MAX_CONNECTIONS),
-  maxIncomingPendingConnections: count(DEFAULT_MAX_INCOMING_PENDING_CONNECTIONS),
-  inboundConnectionsPerSecond: count(DEFAULT_INBOUND_CONNECTIONS_PER_SECOND),
+  /** Default 10 (64 with localOnly). */
+  maxIncomingPendingConnections: z.int().min(1).max(1_000_000).optional(),
+  /** Per remote IP. Default 5 (200 with localOnly, where every peer is 127.0.0.1). */
+  inboundConnectionsPerSecond: z.int().min(1).max(1_000_000).optional(),
   maxParallelDials: count(DEFAULT_MAX_PARALLEL_DIALS),
   dialTimeoutMs: z.int().min(100).max(600_000).default(DEFAULT_DIAL_TIMEOUT_MS),
   maxStreamsPerConnection: count(DEFAULT_MAX_STREAMS_PER_CONNECTION),
@@ -208,7 +212,11 @@ export interface ResolvedMeshNodeOptions
     | 'dataDir'
     | 'services'
     | 'logger'
+    | 'maxIncomingPendingConnections'
+    | 'inboundConnectionsPerSecond'
   > {
+  maxIncomingPendingConnections: number
+  inboundConnectionsPerSecond: number
   dataDir: string | undefined
   listen: string[]
   mdns: boolean
@@ -289,6 +297,12 @@ export function resolveMeshNodeOptions(input: unknown): ResolvedMeshNodeOptions 
     listen,
     mdns: localOnly ? false : (options.mdns ?? true),
     autoNAT: localOnly ? false : (options.autoNAT ?? true),
+    maxIncomingPendingConnections:
+      options.maxIncomingPendingConnections ??
+      (localOnly ? LOCAL_MAX_INCOMING_PENDING_CONNECTIONS : DEFAULT_MAX_INCOMING_PENDING_CONNECTIONS),
+    inboundConnectionsPerSecond:
+      options.inboundConnectionsPerSecond ??
+      (localOnly ? LOCAL_INBOUND_CONNECTIONS_PER_SECOND : DEFAULT_INBOUND_CONNECTIONS_PER_SECOND),
     dhtMode: options.relayServer && options.dhtMode !== 'off' ? 'server' : options.dhtMode,
     bootstrap: options.bootstrap.map((addr) => multiaddr(addr)),
     relays: options.relays.map((addr) => multiaddr(addr)),
