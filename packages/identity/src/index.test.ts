@@ -26,6 +26,8 @@ it('exports exactly the public surface', async () => {
       "loadIdentity",
       "loadOrCreateIdentity",
       "logLevelFromEnv",
+      "loggerSchema",
+      "nodeIdentitySchema",
       "printFields",
       "printJson",
       "processIo",

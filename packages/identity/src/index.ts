@@ -35,9 +35,17 @@ export {
   identityFromSeed,
   loadIdentity,
   loadOrCreateIdentity,
+  nodeIdentitySchema,
 } from './keys.ts'
 export type { CreateLoggerOptions, Logger, LogLevel } from './logger.ts'
-export { createLogger, LOG_LEVEL_ENV, LOG_LEVELS, logLevelFromEnv, silentLogger } from './logger.ts'
+export {
+  createLogger,
+  LOG_LEVEL_ENV,
+  LOG_LEVELS,
+  loggerSchema,
+  logLevelFromEnv,
+  silentLogger,
+} from './logger.ts'
 export {
   domainSeparated,
   publicKeyOfSeed,

@@ -171,3 +171,13 @@ export function decodeIdentityFile(path: string, text: string): NodeIdentity {
   if (parsed.data.nodeId !== identity.nodeId) throw corrupt('node id does not match the seed')
   return identity
 }
+
+/** Checks that a value is a NodeIdentity (for option schemas that take one). */
+export const nodeIdentitySchema = z.custom<NodeIdentity>(
+  (value) =>
+    typeof value === 'object' &&
+    value !== null &&
+    typeof (value as NodeIdentity).nodeId === 'string' &&
+    (value as NodeIdentity).privateKey?.type === 'Ed25519',
+  { message: 'must be a NodeIdentity from @meshnet/identity (loadOrCreateIdentity or generateIdentity)' },
+)

@@ -1,6 +1,7 @@
 import { mkdirSync } from 'node:fs'
 import { dirname } from 'node:path'
 import pino, { type Logger } from 'pino'
+import { z } from 'zod'
 import { InvalidArgumentError } from './errors.ts'
 
 export type { Logger } from 'pino'
@@ -90,3 +91,14 @@ function humanStream(out: { write(chunk: string): unknown }): { write(line: stri
     },
   }
 }
+
+/** Checks that a value is a Logger (for option schemas that take one). */
+export const loggerSchema = z.custom<Logger>(
+  (value) =>
+    typeof value === 'object' &&
+    value !== null &&
+    ['debug', 'info', 'warn', 'error', 'child'].every(
+      (method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function',
+    ),
+  { message: 'must be a logger from @meshnet/identity (createLogger)' },
+)

@@ -1,7 +1,7 @@
 import type { Connection, PeerDiscovery, PeerId, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isLoopback } from '@libp2p/utils'
-import type { Logger, NodeIdentity } from '@meshnet/identity'
+import { type Logger, loggerSchema, nodeIdentitySchema } from '@meshnet/identity'
 import { multiaddr } from '@multiformats/multiaddr'
 import { type ZodType, z } from 'zod'
 import { SDKConfigError } from './errors.ts'
@@ -300,37 +300,18 @@ const p2pConfigSchema = z
     }
   })
 
-const identitySchema = z.custom<NodeIdentity>(
-  (value) =>
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as NodeIdentity).nodeId === 'string' &&
-    (value as NodeIdentity).privateKey?.type === 'Ed25519',
-  { message: 'must be a NodeIdentity from @meshnet/identity (loadOrCreateIdentity or generateIdentity)' },
-)
-
-const loggerSchema = z.custom<Logger>(
-  (value) =>
-    typeof value === 'object' &&
-    value !== null &&
-    ['debug', 'info', 'warn', 'error', 'child'].every(
-      (method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function',
-    ),
-  { message: 'must be a logger from @meshnet/identity (createLogger)' },
-)
-
 const sdkConfigSchema = z
   .strictObject({
     mode: z.enum(['production', 'development']),
     p2pConfig: p2pConfigSchema.prefault({}),
     /** A data dir of the SDK's own: identity.key, a joined pool's certificate, the peer store. */
     dataDir: z.string().min(1).optional(),
-    identity: identitySchema.optional(),
+    identity: nodeIdentitySchema.optional(),
     /** The pool whose members serve jobs (default: the only pool in dataDir). */
     poolId: z.string().min(1).max(128).optional(),
     /** SDK-level `p2p:debug` events (what the SDK does), independent of p2pConfig.debug. */
     debug: z.boolean().default(false),
-    logger: loggerSchema.optional(),
+    logger: (loggerSchema as ZodType<Logger>).optional(),
   })
   .superRefine((config, ctx) => {
     if (config.poolId !== undefined && config.dataDir === undefined) {

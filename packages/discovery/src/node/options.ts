@@ -2,7 +2,7 @@ import { resolve } from 'node:path'
 import type { ComponentLogger, Metrics, PeerId, ServiceMap } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isLoopback } from '@libp2p/utils'
-import { InvalidArgumentError, type Logger, type NodeIdentity } from '@meshnet/identity'
+import { InvalidArgumentError, type Logger, loggerSchema, nodeIdentitySchema } from '@meshnet/identity'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { ServiceFactoryMap } from 'libp2p'
 import { z } from 'zod'
@@ -75,25 +75,6 @@ const nodeIdString = z.string().superRefine((value, ctx) => {
 const ms = (fallback: number) => z.int().min(0).max(2_147_483_647).default(fallback)
 const count = (fallback: number) => z.int().min(1).max(1_000_000).default(fallback)
 
-const identitySchema = z.custom<NodeIdentity>(
-  (value) =>
-    typeof value === 'object' &&
-    value !== null &&
-    typeof (value as NodeIdentity).nodeId === 'string' &&
-    (value as NodeIdentity).privateKey?.type === 'Ed25519',
-  { message: 'must be a NodeIdentity from @meshnet/identity (loadOrCreateIdentity)' },
-)
-
-const loggerSchema = z.custom<Logger>(
-  (value) =>
-    typeof value === 'object' &&
-    value !== null &&
-    ['debug', 'info', 'warn', 'error', 'child'].every(
-      (method) => typeof (value as unknown as Record<string, unknown>)[method] === 'function',
-    ),
-  { message: 'must be a logger from @meshnet/identity (createLogger)' },
-)
-
 const relayServerLimitsSchema = z
   .strictObject({
     maxReservations: count(DEFAULT_RELAY_MAX_RESERVATIONS),
@@ -107,7 +88,7 @@ const relayServerLimitsSchema = z
   .prefault({})
 
 const schema = z.strictObject({
-  identity: identitySchema,
+  identity: nodeIdentitySchema,
   dataDir: z.string().min(1).optional(),
   localOnly: z.boolean().default(false),
   listen: z.array(multiaddrString).optional(),
