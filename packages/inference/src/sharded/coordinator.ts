@@ -5,6 +5,7 @@ import { createSampler, type SamplingOptions, samplingOptionsSchema } from '../s
 import type { StopReason } from '../types.ts'
 import { sparseLogits } from './candidates.ts'
 import { type Channel, libp2pChannel } from './channel.ts'
+import { type Deferred, deferred } from './deferred.ts'
 import { remoteError, ShardedRunError, ShardSessionError } from './errors.ts'
 import { dialMember, dialTarget, knownAddrs, MembershipCheck, type ShardGate } from './peers.ts'
 import { type ParsedShardedPlan, parseShardedPlan, type ShardedPlan } from './plan.ts'
@@ -402,23 +403,6 @@ interface AttemptMember {
   connected: Deferred<z.infer<typeof connectedSchema>>
   outputs: OutputFrame[]
   waiter: Deferred<OutputFrame> | undefined
-}
-
-interface Deferred<T> {
-  promise: Promise<T>
-  resolve(value: T): void
-  reject(err: Error): void
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void
-  let reject!: (err: Error) => void
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res
-    reject = rej
-  })
-  promise.catch(() => {})
-  return { promise, resolve, reject }
 }
 
 /** One plan's sessions: opened, linked, stepped, closed (or abandoned on a failure). */

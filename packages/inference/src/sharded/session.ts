@@ -3,6 +3,7 @@ import type { Logger } from '@meshnet/identity'
 import type { AllReduce, LlamaShard } from '../model/shard.ts'
 import { topCandidates } from './candidates.ts'
 import { type Channel, libp2pChannel } from './channel.ts'
+import { type Deferred, deferred } from './deferred.ts'
 import { connectDirect, type DirectListener } from './direct.ts'
 import { remoteError, ShardSessionError } from './errors.ts'
 import { dialMember, directHost, type MembershipCheck } from './peers.ts'
@@ -44,23 +45,6 @@ interface Link {
   data: Channel
   /** The libp2p link stream (kept open beside a direct channel; closed with the session). */
   stream: Channel
-}
-
-interface Deferred<T> {
-  promise: Promise<T>
-  resolve(value: T): void
-  reject(err: Error): void
-}
-
-function deferred<T>(): Deferred<T> {
-  let resolve!: (value: T) => void
-  let reject!: (err: Error) => void
-  const promise = new Promise<T>((res, rej) => {
-    resolve = res
-    reject = rej
-  })
-  promise.catch(() => {})
-  return { promise, resolve, reject }
 }
 
 /** Fails a link that a peer has not opened within `ms`. */
