@@ -8,6 +8,7 @@ describe('mesh demo', () => {
     const demo = JSON.parse(result.stdout) as {
       ok: boolean
       reference: number[]
+      timeline: Array<{ atMs: number; event: string }>
       runs: Array<{
         mode: string
         tokens: number
@@ -24,6 +25,11 @@ describe('mesh demo', () => {
     }
     expect(demo.runs[2]!.failovers).toBeGreaterThanOrEqual(1)
     expect(demo.ok).toBe(true)
+    const events = demo.timeline.map((t) => t.event)
+    expect(events.some((e) => e.startsWith('ring converged: epoch'))).toBe(true)
+    expect(demo.timeline.map((t) => t.atMs)).toEqual(
+      [...demo.timeline.map((t) => t.atMs)].sort((a, b) => a - b),
+    )
   }, 200_000)
 
   it('names a missing --model file', async () => {

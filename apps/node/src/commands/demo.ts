@@ -77,8 +77,16 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
       const root =
         flags.dir === undefined ? await mkdtemp(join(tmpdir(), 'meshnet-demo-')) : resolve(flags.dir)
       await mkdir(root, { recursive: true })
+      const started = performance.now()
+      const timeline: Array<{ atMs: number; event: string }> = []
       const say = (line = '') => {
         if (!ctx.json) ctx.io.stdout.write(`${line}\n`)
+      }
+      /** A timeline entry: `T+1.2s  what happened`, as the LAN quick start lays out its steps. */
+      const mark = (event: string) => {
+        const atMs = Math.round(performance.now() - started)
+        timeline.push({ atMs, event })
+        say(`T+${(atMs / 1000).toFixed(1)}s  ${event}`)
       }
       const agents: ChildProcess[] = []
       const stopAll = async () => {
@@ -94,8 +102,8 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
       try {
         const model = flags.model === undefined ? join(root, 'demo-model.gguf') : resolve(flags.model)
         if (flags.model === undefined) {
-          say(
-            `Writing the built-in model (llama, ${DEMO_MODEL.layers} layers, embd ${DEMO_MODEL.embd}, F32) …`,
+          mark(
+            `writing the built-in model (llama, ${DEMO_MODEL.layers} layers, embd ${DEMO_MODEL.embd}, F32)`,
           )
           await generateLlamaModel({ ...DEMO_MODEL, out: model, name: 'meshnet-demo' })
         } else {
@@ -120,8 +128,9 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
         const pool = JSON.parse(
           await mesh(['pool-create', '--name', 'demo-pool', '--json', '--data-dir', dir('A')]),
         ) as { poolId: string; joinToken: string }
-        say(`Pool ${pool.poolId} created by node A.`)
+        mark(`node A created pool ${pool.poolId}`)
         agents.push(await startAgent(dir('A'), agentArgs))
+        mark('node A agent running (LAN beacons on 127.0.0.1)')
         for (const name of NAMES.slice(1)) {
           await mesh([
             'pool-join',
@@ -135,14 +144,23 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
             '--data-dir',
             dir(name),
           ])
-          say(`Node ${name} joined the pool over LAN beacons on 127.0.0.1.`)
+          mark(`node ${name} joined the pool over LAN beacons (certificate signed by A)`)
           agents.push(await startAgent(dir(name), agentArgs))
+          mark(`node ${name} agent running`)
         }
         const a = await connectAgent(dataDirLayout(dir('A')))
         const ring = await waitForRing(a, pool.poolId, 3)
-        say(`Ring converged: epoch ${ring.epoch}, ${ring.members.length} members.`)
+        mark(`ring converged: epoch ${ring.epoch}, ${ring.members.length} members, topology files written`)
+        const names = new Map<string, string>()
+        for (const name of NAMES) names.set((await connectAgent(dataDirLayout(dir(name)))).info.nodeId, name)
+        for (const member of ring.members) {
+          const layers = member.shard?.layers
+          say(
+            `         ${member.position}  ${names.get(member.nodeId) ?? '?'}  ${member.nodeId}${layers ? `  layers [${layers[0]}, ${layers[1]})` : ''}`,
+          )
+        }
 
-        say('\nReference: llama.cpp, the whole model in one process …')
+        mark('reference: llama.cpp runs the whole model in one process')
         const llama = await createLlamaCppEngine({ modelPath: model, threads: 1 })
         let reference: number[]
         try {
@@ -153,8 +171,8 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
 
         const figures: Figures[] = []
         const run = async (mode: 'pipeline' | 'tensor', onFirstToken?: () => void) => {
-          say(
-            `\n${mode === 'pipeline' ? 'Pipeline (layer ranges)' : 'Tensor parallel (heads and FFN columns)'}:`,
+          mark(
+            `job: ${mode === 'pipeline' ? 'pipeline (layer ranges)' : 'tensor parallel (heads and FFN columns)'}`,
           )
           if (!ctx.json) ctx.io.stdout.write(`  ${flags.prompt}`)
           const job = a.stream<JobToken, JobResult>('/jobs', { prompt: flags.prompt, maxTokens, mode })
@@ -184,11 +202,13 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
         }
         await run('pipeline')
         await run('tensor')
-        say('\nNode C is killed (SIGKILL) as soon as the next job’s first token arrives:')
+        mark('node C will be killed (SIGKILL) as soon as the next job’s first token arrives')
         await run('pipeline', () => agents[2]!.kill('SIGKILL'))
 
         const ok = figures.every((f) => f.sameAsLlamaCpp) && figures[2]!.failovers > 0
-        if (ctx.json) printJson(ctx.io, { poolId: pool.poolId, model, reference, runs: figures, ok })
+        mark('done; stopping the agents')
+        if (ctx.json)
+          printJson(ctx.io, { poolId: pool.poolId, model, reference, runs: figures, timeline, ok })
         else {
           say(
             ok
@@ -248,16 +268,16 @@ async function startAgent(dataDir: string, args: string[]): Promise<ChildProcess
   throw new DemoError(`the agent in ${dataDir} did not start within 30 s`, 'see its log in logs/agent.log')
 }
 
-async function waitForRing(
-  agent: AgentClient,
-  poolId: string,
-  size: number,
-): Promise<{ epoch: number; members: unknown[] }> {
+interface RingView {
+  epoch: number
+  converged: boolean
+  members: Array<{ nodeId: string; position: number; shard: { layers: [number, number] } | null }>
+}
+
+async function waitForRing(agent: AgentClient, poolId: string, size: number): Promise<RingView> {
   const deadline = Date.now() + 60_000
   while (Date.now() < deadline) {
-    const ring = await agent
-      .request<{ epoch: number; converged: boolean; members: unknown[] }>('GET', `/rings/${poolId}`)
-      .catch(() => undefined)
+    const ring = await agent.request<RingView>('GET', `/rings/${poolId}`).catch(() => undefined)
     if (ring?.converged && ring.members.length === size) return ring
     await new Promise((r) => setTimeout(r, 200))
   }
