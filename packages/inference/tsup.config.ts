@@ -6,4 +6,6 @@ export default defineConfig({
   dts: true,
   clean: true,
   target: 'node24',
+  // Keep `node:` in imports: node:sqlite exists only under that name.
+  removeNodeProtocol: false,
 })

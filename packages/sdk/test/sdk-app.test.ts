@@ -1,5 +1,5 @@
 import { execFile } from 'node:child_process'
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -15,12 +15,17 @@ const exec = promisify(execFile)
 const repo = join(import.meta.dirname, '..', '..', '..')
 let root: string
 let app: string
+let cli: string
 let agent: Agent
 
 /** The workspace packages @meshnet/sdk needs, dependencies first. */
+const APPS = ['@meshnet/node', '@meshnet/relay', '@meshnet/control-plane']
+/** Where a workspace package lives: apps/<name> for the programs, packages/<name> for libraries. */
+const packageDir = (name: string) =>
+  join(repo, APPS.includes(name) ? 'apps' : 'packages', name.replace('@meshnet/', ''))
+
 async function meshnetClosure(name: string, seen = new Set<string>()): Promise<string[]> {
-  const dir = name.replace('@meshnet/', '')
-  const pkg = JSON.parse(await readFile(join(repo, 'packages', dir, 'package.json'), 'utf8')) as {
+  const pkg = JSON.parse(await readFile(join(packageDir(name), 'package.json'), 'utf8')) as {
     dependencies?: Record<string, string>
   }
   const order: string[] = []
@@ -35,10 +40,20 @@ async function meshnetClosure(name: string, seen = new Set<string>()): Promise<s
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-sdk-app-'))
   const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TURBO_NO_UPDATE_NOTIFIER: '1' }
-  const packages = await meshnetClosure('@meshnet/sdk')
+  const seen = new Set<string>()
+  const packages = [
+    ...(await meshnetClosure('@meshnet/sdk', seen)),
+    ...(await Promise.all(APPS.map((name) => meshnetClosure(name, seen)))).flat(),
+  ].filter((name, i, all) => all.indexOf(name) === i)
   await exec(
     join(repo, 'node_modules', '.bin', 'turbo'),
-    ['run', 'build', '--filter=@meshnet/sdk...', '--output-logs=errors-only'],
+    [
+      'run',
+      'build',
+      '--filter=@meshnet/sdk...',
+      ...APPS.map((name) => `--filter=${name}...`),
+      '--output-logs=errors-only',
+    ],
     {
       cwd: repo,
       env,
@@ -51,7 +66,7 @@ beforeAll(async () => {
   for (const name of packages) {
     const before = new Set(await readdir(tarballs))
     await exec('pnpm', ['pack', '--pack-destination', tarballs], {
-      cwd: join(repo, 'packages', name.replace('@meshnet/', '')),
+      cwd: packageDir(name),
       env,
     })
     const file = (await readdir(tarballs)).find((f) => !before.has(f))
@@ -82,6 +97,24 @@ beforeAll(async () => {
   )
   await exec('pnpm', ['install', '--prefer-offline', '--config.confirmModulesPurge=false'], {
     cwd: app,
+    env: { ...env, CI: 'true' },
+    timeout: 300_000,
+  })
+
+  // The three programs, installed from their tarballs the same way (what `npm install -g` unpacks).
+  cli = join(root, 'cli')
+  await mkdir(cli)
+  await writeFile(
+    join(cli, 'package.json'),
+    JSON.stringify({
+      name: 'cli',
+      private: true,
+      dependencies: Object.fromEntries(APPS.map((n) => [n, packed[n]])),
+    }),
+  )
+  await copyFile(join(app, 'pnpm-workspace.yaml'), join(cli, 'pnpm-workspace.yaml'))
+  await exec('pnpm', ['install', '--prefer-offline', '--config.confirmModulesPurge=false'], {
+    cwd: cli,
     env: { ...env, CI: 'true' },
     timeout: 300_000,
   })
@@ -120,6 +153,27 @@ beforeAll(async () => {
 afterAll(async () => {
   await agent?.stop()
   await rm(root, { recursive: true, force: true })
+})
+
+describe('the programs from packed tarballs', () => {
+  it('mesh, mesh-relay and mesh-control-plane answer --version, and mesh init makes a node', async () => {
+    const bin = (name: string) => join(cli, 'node_modules', '.bin', name)
+    const version = JSON.parse(await readFile(join(repo, 'apps', 'node', 'package.json'), 'utf8')).version
+    for (const name of ['mesh', 'mesh-relay', 'mesh-control-plane']) {
+      const { stdout } = await exec(bin(name), ['--version'], { timeout: 60_000 })
+      expect(stdout.trim()).toMatch(/^\d+\.\d+\.\d+/)
+    }
+    expect((await exec(bin('mesh'), ['--version'])).stdout.trim()).toBe(version)
+    const data = join(root, 'cli-node')
+    const init = JSON.parse(
+      (await exec(bin('mesh'), ['init', '--name', 'installed', '--json', '--data-dir', data])).stdout,
+    ) as { nodeId: string; created: boolean }
+    expect(init.created).toBe(true)
+    expect(init.nodeId).toMatch(/^12D3KooW/)
+    // It ran the packed dist, not this checkout's sources.
+    const real = await realpath(bin('mesh'))
+    expect(real.startsWith(join(cli, 'node_modules'))).toBe(true)
+  }, 120_000)
 })
 
 describe('examples/sdk-app from packed tarballs', () => {
