@@ -81,7 +81,7 @@ class MemoryEnd implements Channel {
   bytesRead = 0
   bytesWritten = 0
   #queue: Uint8Array[] = []
-  #waiter: { resolve: (frame: Uint8Array | undefined) => void; reject: (err: Error) => void } | undefined
+  #waiter: FrameWaiter | undefined
   #ended = false
   #error: Error | undefined
 
@@ -98,23 +98,9 @@ class MemoryEnd implements Channel {
     if (this.#error) return Promise.reject(this.#error)
     if (this.#ended) return Promise.resolve(undefined)
     if (this.#waiter) return Promise.reject(new ShardSessionError('two reads at once on one channel'))
-    return new Promise((resolve, reject) => {
-      const onAbort = () => {
-        this.#waiter = undefined
-        reject(signal!.reason)
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiter = {
-        resolve: (f) => {
-          signal?.removeEventListener('abort', onAbort)
-          if (f !== undefined) this.bytesRead += f.byteLength
-          resolve(f)
-        },
-        reject: (e) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(e)
-        },
-      }
+    return waitForFrame(signal, (waiter) => (this.#waiter = waiter)).then((f) => {
+      if (f !== undefined) this.bytesRead += f.byteLength
+      return f
     })
   }
 
@@ -153,4 +139,37 @@ class MemoryEnd implements Channel {
     if (this.#error && this.#queue.length === 0) waiter.reject(this.#error)
     else waiter.resolve(undefined)
   }
+}
+
+/** Where a channel's pending read is settled: by the next frame, the end (undefined) or an error. */
+export interface FrameWaiter {
+  resolve(frame: Uint8Array | undefined): void
+  reject(err: Error): void
+}
+
+/**
+ * The one pending read of a channel: `park` stores the waiter the channel settles when a frame
+ * arrives (and gets undefined back when `signal` aborts the read first).
+ */
+export function waitForFrame(
+  signal: AbortSignal | undefined,
+  park: (waiter: FrameWaiter | undefined) => void,
+): Promise<Uint8Array | undefined> {
+  return new Promise((resolve, reject) => {
+    const onAbort = () => {
+      park(undefined)
+      reject(signal!.reason)
+    }
+    signal?.addEventListener('abort', onAbort, { once: true })
+    park({
+      resolve: (f) => {
+        signal?.removeEventListener('abort', onAbort)
+        resolve(f)
+      },
+      reject: (e) => {
+        signal?.removeEventListener('abort', onAbort)
+        reject(e)
+      },
+    })
+  })
 }

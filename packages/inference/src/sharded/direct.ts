@@ -9,7 +9,7 @@ import {
   timingSafeEqual,
 } from 'node:crypto'
 import net from 'node:net'
-import type { Channel } from './channel.ts'
+import { type Channel, type FrameWaiter, waitForFrame } from './channel.ts'
 import { ShardSessionError } from './errors.ts'
 
 // A direct channel between two members: a plain TCP connection whose frames are encrypted and
@@ -139,7 +139,7 @@ class DirectChannel implements Channel {
   #pending: Buffer = Buffer.alloc(0)
   readonly #frames: Uint8Array[] = []
   #queuedBytes = 0
-  #waiter: { resolve: (f: Uint8Array | undefined) => void; reject: (e: Error) => void } | undefined
+  #waiter: FrameWaiter | undefined
   #ended = false
   #error: Error | undefined
 
@@ -173,23 +173,7 @@ class DirectChannel implements Channel {
     if (this.#error) return Promise.reject(this.#error)
     if (this.#ended) return Promise.resolve(undefined)
     if (this.#waiter) return Promise.reject(new ShardSessionError('two reads at once on one channel'))
-    return new Promise((resolve, reject) => {
-      const onAbort = () => {
-        this.#waiter = undefined
-        reject(signal!.reason)
-      }
-      signal?.addEventListener('abort', onAbort, { once: true })
-      this.#waiter = {
-        resolve: (f) => {
-          signal?.removeEventListener('abort', onAbort)
-          resolve(f)
-        },
-        reject: (e) => {
-          signal?.removeEventListener('abort', onAbort)
-          reject(e)
-        },
-      }
-    })
+    return waitForFrame(signal, (waiter) => (this.#waiter = waiter))
   }
 
   async write(frame: Uint8Array): Promise<void> {
