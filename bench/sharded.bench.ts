@@ -23,7 +23,7 @@ import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
 import { generateLlamaModel } from '@meshnet/gguf'
-import { generateIdentity, identityFromSeed, randomSeed } from '@meshnet/identity'
+import { generateIdentity, identityFromSeed, type NodeIdentity, randomSeed } from '@meshnet/identity'
 import {
   createLlamaCppEngine,
   readShardModelFacts,
@@ -32,7 +32,7 @@ import {
   type ShardedGenerationStats,
   type ShardedPlan,
 } from '@meshnet/inference'
-import { createPool, type JoinResponse, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
+import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
 import { PoolGate, planPipeline, planTensor } from '@meshnet/ring'
 import { table } from './lib.ts'
 
@@ -86,23 +86,20 @@ try {
   const adminIdentity = generateIdentity()
   const { pool } = await createPool(join(root, 'admin'), { name: 'bench' }, adminIdentity)
   const admin = await openPoolAdmin(join(root, 'admin'), pool.id, adminIdentity)
-  const enrol = async (publicKey: Uint8Array, dataDir: string) => {
-    const certificate = await admin.issueCertificate({ devicePublicKey: publicKey, role: 'member' })
-    const response = {
-      outcome: 'accepted',
-      poolId: pool.id,
-      poolName: pool.name,
-      rootPublicKey: pool.rootPublicKey,
-      poolCreatedAt: pool.createdAt,
-      certificate,
-    } as unknown as JoinResponse
-    await saveJoinedPool(dataDir, response)
+  const { token } = await admin.createJoinToken({ singleUse: false })
+  // The join an agent makes over beacons, without the beacons: a signed request, the admin's answer.
+  const enrol = async (identity: NodeIdentity, dataDir: string) => {
+    const decision = await admin.handleJoinRequest(
+      createJoinRequest(identity, { token, deviceName: 'bench' }).bytes,
+    )
+    if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
+    await saveJoinedPool(dataDir, decision.response)
   }
 
   const startMember = async (index: number) => {
     const seed = randomSeed()
     const dataDir = join(root, `member-${index}`)
-    await enrol(identityFromSeed(seed).publicKey, dataDir)
+    await enrol(identityFromSeed(seed), dataDir)
     const child = fork(join(import.meta.dirname, 'sharded', 'member.ts'), [], {
       execArgv: ['--conditions=meshnet-source'],
       env: {
@@ -125,7 +122,7 @@ try {
   }
 
   const coordinatorIdentity = generateIdentity()
-  await enrol(coordinatorIdentity.publicKey, join(root, 'coordinator'))
+  await enrol(coordinatorIdentity, join(root, 'coordinator'))
   const node = await createMeshNode({
     identity: coordinatorIdentity,
     localOnly: true,

@@ -249,15 +249,26 @@ export interface ShardPlan {
   contextSize: number
 }
 
-function planShard(config: LlamaConfig, opts: z.output<typeof loadShardOptionsSchema>): ShardPlan {
-  const layers = opts.layers ?? [0, config.layers]
-  if (layers[1] > config.layers) {
+/** The ranges a shard covers, checked against the model. */
+export interface ShardRanges {
+  /** Absent: every layer. */
+  layers?: readonly [number, number] | undefined
+  heads?: readonly [number, number] | undefined
+  ffn?: readonly [number, number] | undefined
+  embed: boolean
+  head: boolean
+}
+
+/** A shard's ranges checked against the model: every shard, whole or sliced, follows these rules. */
+export function resolveSpec(config: LlamaConfig, spec: ShardRanges): Omit<ShardPlan, 'contextSize'> {
+  const [l0, l1] = spec.layers ?? [0, config.layers]
+  if (l1 > config.layers) {
     throw new InvalidShardError(
-      `layers [${layers[0]}, ${layers[1]}) are out of range; the model has ${config.layers} layers (0..${config.layers - 1})`,
+      `layers [${l0}, ${l1}) are out of range; the model has ${config.layers} layers (0..${config.layers - 1})`,
     )
   }
-  const heads = opts.columns?.heads ?? [0, config.heads]
-  const ffn = opts.columns?.ffn ?? [0, config.ff]
+  const heads = spec.heads ?? [0, config.heads]
+  const ffn = spec.ffn ?? [0, config.ff]
   if (heads[1] > config.heads) {
     throw new InvalidShardError(
       `heads [${heads[0]}, ${heads[1]}) are out of range; the model has ${config.heads}`,
@@ -268,25 +279,33 @@ function planShard(config: LlamaConfig, opts: z.output<typeof loadShardOptionsSc
       `FFN columns [${ffn[0]}, ${ffn[1]}) are out of range; the model has ${config.ff}`,
     )
   }
+  if (l0 === l1 && !spec.embed && !spec.head) {
+    throw new InvalidShardError(`layers [${l0}, ${l1}) are empty and the shard has no embedding or head`)
+  }
   const group = config.heads / config.kvHeads
   const kvHeads: [number, number] =
     heads[0] === heads[1] ? [0, 0] : [Math.floor(heads[0] / group), Math.ceil(heads[1] / group)]
-  const partial = heads[0] !== 0 || heads[1] !== config.heads || ffn[0] !== 0 || ffn[1] !== config.ff
-  const embed = opts.embed ?? layers[0] === 0
-  const head = opts.head ?? layers[1] === config.layers
-  if (layers[0] === layers[1] && !embed && !head) {
-    throw new InvalidShardError(
-      `layers [${layers[0]}, ${layers[1]}) are empty and the shard has no embedding or head`,
-    )
-  }
   return {
-    layers: [layers[0], layers[1]],
+    layers: [l0, l1],
     heads: [heads[0], heads[1]],
     kvHeads,
     ffn: [ffn[0], ffn[1]],
-    partial,
-    embed,
-    head,
+    partial: heads[0] !== 0 || heads[1] !== config.heads || ffn[0] !== 0 || ffn[1] !== config.ff,
+    embed: spec.embed,
+    head: spec.head,
+  }
+}
+
+function planShard(config: LlamaConfig, opts: z.output<typeof loadShardOptionsSchema>): ShardPlan {
+  const layers = opts.layers ?? [0, config.layers]
+  return {
+    ...resolveSpec(config, {
+      layers,
+      heads: opts.columns?.heads,
+      ffn: opts.columns?.ffn,
+      embed: opts.embed ?? layers[0] === 0,
+      head: opts.head ?? layers[1] === config.layers,
+    }),
     contextSize: opts.contextSize ?? Math.min(config.trainContext, 4096),
   }
 }

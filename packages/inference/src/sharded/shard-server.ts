@@ -4,6 +4,7 @@ import { openGGUF } from '@meshnet/gguf'
 import type { Logger } from '@meshnet/identity'
 import type { Kernels } from '../kernels/index.ts'
 import { readLlamaConfig } from '../model/config.ts'
+import { resolveSpec } from '../model/shard.ts'
 import { type Channel, libp2pChannel, memoryChannelPair } from './channel.ts'
 import { DirectListener } from './direct.ts'
 import { ShardCapacityError, ShardModelError, ShardSessionError } from './errors.ts'
@@ -23,14 +24,7 @@ import {
   SHARD_PROTOCOL,
 } from './protocol.ts'
 import { MemberSession, type SessionHost } from './session.ts'
-import {
-  estimateWeightBytes,
-  resolveSpec,
-  type ShardSpec,
-  ShardWeights,
-  sessionBytes,
-  vocabSlice,
-} from './weights.ts'
+import { estimateWeightBytes, type ShardSpec, ShardWeights, sessionBytes, vocabSlice } from './weights.ts'
 
 /** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
 export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>

@@ -6,17 +6,18 @@ import { roundActivations } from '../model/activations.ts'
 import { type LlamaConfig, readLlamaConfig } from '../model/config.ts'
 import { LlamaShardImpl } from '../model/llama-shard.ts'
 import { rmsNorm } from '../model/ops.ts'
-import { type LayerWeights, type LlamaShard, loadShardTensors, type ShardPlan } from '../model/shard.ts'
+import {
+  type LayerWeights,
+  type LlamaShard,
+  loadShardTensors,
+  resolveSpec,
+  type ShardPlan,
+  type ShardRanges,
+} from '../model/shard.ts'
 import { type Matrix, WeightLoader } from '../model/weights.ts'
 
 /** The part of a model one member runs: a layer range, optionally a column slice of it. */
-export interface ShardSpec {
-  /** Absent: every layer. */
-  layers?: readonly [number, number] | undefined
-  heads?: readonly [number, number] | undefined
-  ffn?: readonly [number, number] | undefined
-  embed: boolean
-  head: boolean
+export interface ShardSpec extends ShardRanges {
   /**
    * Tensor parallel: this member's rows of the output projection (a vocabulary range), computed
    * apart from the shard (which then has no head). The members' ranges partition the vocabulary.
@@ -27,43 +28,6 @@ export interface ShardSpec {
 /** The vocabulary rows a tensor-parallel member projects: its share of FFN columns, scaled. */
 export function vocabSlice(config: LlamaConfig, ffn: readonly [number, number]): [number, number] {
   return [Math.floor((ffn[0] * config.vocab) / config.ff), Math.floor((ffn[1] * config.vocab) / config.ff)]
-}
-
-/** A shard's ranges checked against the model (the rules of `loadShard`). */
-export function resolveSpec(config: LlamaConfig, spec: ShardSpec): Omit<ShardPlan, 'contextSize'> {
-  const [l0, l1] = spec.layers ?? [0, config.layers]
-  if (l1 > config.layers) {
-    throw new InvalidShardError(
-      `layers [${l0}, ${l1}) are out of range; the model has ${config.layers} layers (0..${config.layers - 1})`,
-    )
-  }
-  const heads = spec.heads ?? [0, config.heads]
-  const ffn = spec.ffn ?? [0, config.ff]
-  if (heads[1] > config.heads) {
-    throw new InvalidShardError(
-      `heads [${heads[0]}, ${heads[1]}) are out of range; the model has ${config.heads}`,
-    )
-  }
-  if (ffn[1] > config.ff) {
-    throw new InvalidShardError(
-      `FFN columns [${ffn[0]}, ${ffn[1]}) are out of range; the model has ${config.ff}`,
-    )
-  }
-  if (l0 === l1 && !spec.embed && !spec.head) {
-    throw new InvalidShardError(`layers [${l0}, ${l1}) are empty and the shard has no embedding or head`)
-  }
-  const group = config.heads / config.kvHeads
-  const kvHeads: [number, number] =
-    heads[0] === heads[1] ? [0, 0] : [Math.floor(heads[0] / group), Math.ceil(heads[1] / group)]
-  return {
-    layers: [l0, l1],
-    heads: [heads[0], heads[1]],
-    kvHeads,
-    ffn: [ffn[0], ffn[1]],
-    partial: heads[0] !== 0 || heads[1] !== config.heads || ffn[0] !== 0 || ffn[1] !== config.ff,
-    embed: spec.embed,
-    head: spec.head,
-  }
 }
 
 /** Kernel-memory bytes `ShardWeights.load` will allocate for a shard (from the file's tensor table). */

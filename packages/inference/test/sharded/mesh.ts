@@ -3,7 +3,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode, type MeshNode } from '@meshnet/discovery'
 import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
-import { createPool, type JoinResponse, openPoolAdmin, type PoolAdmin, saveJoinedPool } from '@meshnet/pool'
+import { createJoinRequest, createPool, openPoolAdmin, type PoolAdmin, saveJoinedPool } from '@meshnet/pool'
 import { PoolGate } from '@meshnet/ring'
 import type { Kernels } from '../../src/kernels/index.ts'
 import { type ShardServer, shardServer } from '../../src/sharded/server.ts'
@@ -44,24 +44,16 @@ export class TestMesh {
     const adminIdentity = generateIdentity()
     const { pool } = await createPool(adminDir, { name }, adminIdentity)
     const admin = await openPoolAdmin(adminDir, pool.id, adminIdentity)
+    const token = await admin.createJoinToken({ singleUse: false })
     return {
       id: pool.id,
       admin,
       async enrol(identity, dataDir) {
-        const certificate = await admin.issueCertificate({
-          devicePublicKey: identity.publicKey,
-          role: 'member',
-        })
-        // The parts of an accepted join response that saveJoinedPool stores.
-        const response = {
-          outcome: 'accepted',
-          poolId: pool.id,
-          poolName: pool.name,
-          rootPublicKey: pool.rootPublicKey,
-          poolCreatedAt: pool.createdAt,
-          certificate,
-        } as unknown as JoinResponse
-        await saveJoinedPool(dataDir, response)
+        // The join an agent makes over beacons, without the beacons.
+        const { bytes } = createJoinRequest(identity, { token: token.token, deviceName: 'test' })
+        const decision = await admin.handleJoinRequest(bytes)
+        if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
+        await saveJoinedPool(dataDir, decision.response)
       },
     }
   }
