@@ -21,7 +21,6 @@ import {
   modelProviderKey,
   type OpenedTokenizer,
   openModelTokenizer,
-  readShardModelFacts,
   requestJob,
   runShardedGeneration,
   type ShardedGenerationResult,
@@ -486,7 +485,7 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
     async start() {
       served = ring.served()
       if (served === undefined) return
-      facts = await readShardModelFacts(served.path)
+      facts = served.plan
       opened = await openModelTokenizer(served.path)
       const tokenizer = opened.tokenizer
       stopTokens = []

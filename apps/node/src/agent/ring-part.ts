@@ -4,13 +4,12 @@ import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
 import { basename, resolve } from 'node:path'
 import type { Message } from '@libp2p/gossipsub'
-import { openGGUF, readLlamaHyperparameters } from '@meshnet/gguf'
 import { InvalidArgumentError } from '@meshnet/identity'
+import { readShardModelFacts, type ShardModelFacts } from '@meshnet/inference'
 import { decodeRevocationList, encodeRevocationList, loadPool, saveRevocationList } from '@meshnet/pool'
 import {
   type Capabilities,
   type PipelineShard,
-  type PlanModel,
   planPipeline,
   RingGossip,
   type RingView,
@@ -34,7 +33,7 @@ const POOL_SCAN_MS = 3_000
 export interface ServedModel {
   path: string
   info: Capabilities['models'][number]
-  plan: PlanModel
+  plan: ShardModelFacts
 }
 
 export interface RingPart extends AgentPart {
@@ -322,27 +321,8 @@ async function describeModel(path: string): Promise<ServedModel> {
       throw new InvalidArgumentError(`--model ${path}: no such file`)
     })
   ).size
-  const gguf = await openGGUF(path)
-  let plan: PlanModel
-  try {
-    const hp = readLlamaHyperparameters(gguf)
-    const layerBytes = [...gguf.tensors.values()]
-      .filter((t) => t.name.startsWith('blk.0.'))
-      .reduce((n, t) => n + t.byteLength, 0)
-    const allLayers = [...gguf.tensors.values()]
-      .filter((t) => t.name.startsWith('blk.'))
-      .reduce((n, t) => n + t.byteLength, 0)
-    plan = {
-      layers: hp.blockCount,
-      heads: hp.headCount,
-      kvHeads: hp.headCountKv,
-      ff: hp.feedForwardLength,
-      bytesPerLayer: layerBytes,
-      bytesOutsideLayers: bytes - allLayers,
-    }
-  } finally {
-    await gguf.close()
-  }
+  // What the planners and the job runner need: layers, heads, FFN width, bytes per layer, ...
+  const plan = await readShardModelFacts(path)
   const hash = createHash('sha256')
   for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer)
   return { path, info: { name: basename(path), sha256: hash.digest('hex'), bytes }, plan }
