@@ -36,10 +36,15 @@ try {
     numFailedTests: number
     numPendingTests: number
     numTodoTests: number
-    numFailedTestSuites: number
+    testResults: Array<{ status: string; assertionResults: Array<{ status: string }> }>
   }
   passed = summary.numPassedTests
-  failed = summary.numFailedTests + summary.numFailedTestSuites
+  // A failed test counts once; a file that failed without a failed test (it did not load, a hook
+  // threw) counts as one more.
+  const brokenFiles = summary.testResults.filter(
+    (file) => file.status === 'failed' && !file.assertionResults.some((test) => test.status === 'failed'),
+  ).length
+  failed = summary.numFailedTests + brokenFiles
   skipped = summary.numPendingTests + summary.numTodoTests
 } catch {
   failed++ // no report: the run itself broke

@@ -91,6 +91,8 @@ async function serve(flags: z.infer<typeof flagsSchema>, io: CliIo): Promise<voi
     level: flags.verbose && !io.env.MESH_LOG ? 'debug' : undefined,
     stderr: io.stderr,
   })
+  // Listen for the stop signal before announcing readiness, so an early SIGINT stops cleanly.
+  const stopping = waitForSignal()
   const plane = await startControlPlane({
     dataDir,
     host: flags.host,
@@ -114,7 +116,7 @@ async function serve(flags: z.infer<typeof flagsSchema>, io: CliIo): Promise<voi
       ].join('\n'),
     )
   }
-  await waitForSignal()
+  await stopping
   await plane.close()
   if (!flags.json) io.stdout.write('Control plane stopped\n')
 }

@@ -111,6 +111,8 @@ export function createProgram(io: CliIo = processIo): Command {
       }
       const flags = parsed.data
       const dataDir = relayDataDir(flags.dataDir, io.env)
+      // Listen for the stop signal before announcing readiness, so an early SIGTERM stops cleanly.
+      const stopping = waitForSignal()
       const node = await startRelay({ ...flags, dataDir })
       const addresses = node.multiaddrs().map(String)
       if (flags.json) printJson(io, { event: 'started', nodeId: node.nodeId, addresses, dataDir })
@@ -123,7 +125,7 @@ export function createProgram(io: CliIo = processIo): Command {
         io.stdout.write('Give one of these to agents as --bootstrap and --relay:\n')
         for (const address of addresses) io.stdout.write(`  ${address}\n`)
       }
-      await waitForSignal()
+      await stopping
       await node.stop()
       if (!flags.json) io.stdout.write('Relay stopped\n')
     })

@@ -113,6 +113,8 @@ export function registerStart(
         ...mergeSettings(stored, fromFile, settingsFromFlags(flags)),
       })
 
+      // Listen for the stop signal before announcing readiness, so an early SIGTERM stops cleanly.
+      const stopping = waitForSignal()
       const agent = await startAgent({ dataDir: ctx.dataDir, config, logger: ctx.logger, parts: agentParts })
       const status = agent.status()
       const api = status.api as { host: string; port: number } | null | undefined
@@ -135,7 +137,7 @@ export function registerStart(
         ])
       }
       ctx.logger.info({ nodeId: agent.identity.nodeId, controlPort: agent.controlPort }, 'agent started')
-      await waitForSignal()
+      await stopping
       ctx.logger.info('stopping')
       await agent.stop()
       ctx.logger.info('agent stopped')
