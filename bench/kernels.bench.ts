@@ -1,6 +1,7 @@
 // Throughput of the inference kernels: GB/s of weight bytes through matvec (decode) and matmul
 // (prompt) for each ggml type, JS reference vs WebAssembly on 1 and 2 threads, as a ratio to the
-// memory read bandwidth measured in the same run. The weights are the matrices of a ~100M-parameter
+// memory read bandwidth measured in the same run; Q4_0 and Q8_0 packed four rows together as the
+// engine runs them, and in their ggml layout. The weights are the matrices of a ~100M-parameter
 // llama (12 layers of 768×768 ×4 and 2048×768 ×3, 85M weights), more than the caches hold, so a
 // pass over them is what one decode step costs. With --llama it also measures node-llama-cpp's
 // decode tokens/s on generated 134M-parameter Q8_0 and Q4_0 models, as weight GB/s.
@@ -97,12 +98,22 @@ async function memoryBandwidth(): Promise<{ wasm: number; js: number }> {
 
 interface Matrix {
   w: KernelBuffer
+  /** The type to multiply it as: its ggml type, or the packed layout `Kernels.pack` made. */
+  type: number
   rows: number
   cols: number
 }
 
-/** The model's matrices of `type` in `k`'s memory (64 quantized rows repeated: speed does not depend on values). */
-function loadModel(k: Kernels, type: number, layers: number): { matrices: Matrix[]; bytes: number } {
+/**
+ * The model's matrices of `type` in `k`'s memory (64 quantized rows repeated: speed does not depend
+ * on values), packed as the engine packs them (`Kernels.pack`) unless `ggmlLayout`.
+ */
+function loadModel(
+  k: Kernels,
+  type: number,
+  layers: number,
+  ggmlLayout: boolean,
+): { matrices: Matrix[]; bytes: number } {
   const matrices: Matrix[] = []
   let bytes = 0
   const seeds = new Map<number, Uint8Array>()
@@ -123,7 +134,8 @@ function loadModel(k: Kernels, type: number, layers: number): { matrices: Matrix
       const view = w.bytes()
       for (let r = 0; r < rows; r += 64)
         view.set(block.subarray(0, Math.min(64, rows - r) * rowBytes), r * rowBytes)
-      matrices.push({ w, rows, cols })
+      const as = ggmlLayout ? type : (k.pack?.(type, w, rows, cols) ?? type)
+      matrices.push({ w, type: as, rows, cols })
       bytes += rows * rowBytes
     }
   }
@@ -137,8 +149,8 @@ interface Throughput {
   prompt: number
 }
 
-function measure(k: Kernels, type: number, layers: number, prompt: boolean): Throughput {
-  const { matrices, bytes } = loadModel(k, type, layers)
+function measure(k: Kernels, type: number, layers: number, prompt: boolean, ggmlLayout = false): Throughput {
+  const { matrices, bytes } = loadModel(k, type, layers, ggmlLayout)
   const x = k.alloc(PROMPT * FF * 4)
   x.f32().forEach((_, i, a) => {
     a[i] = Math.cos(i * 0.11)
@@ -147,13 +159,13 @@ function measure(k: Kernels, type: number, layers: number, prompt: boolean): Thr
   const decode =
     bytes /
     time(() => {
-      for (const m of matrices) k.matvec(type, m.w, m.rows, m.cols, x, out)
+      for (const m of matrices) k.matvec(m.type, m.w, m.rows, m.cols, x, out)
     }) /
     GB
   const promptRate = prompt
     ? (PROMPT * bytes) /
       time(() => {
-        for (const m of matrices) k.matmul(type, m.w, m.rows, m.cols, x, PROMPT, out)
+        for (const m of matrices) k.matmul(m.type, m.w, m.rows, m.cols, x, PROMPT, out)
       }) /
       GB
     : Number.NaN
@@ -224,6 +236,13 @@ for (const name of TYPES) {
     row[`${threads}T / mem bw`] = rate.decode / bandwidth.wasm
     row[`prompt ${threads}T GB/s`] = rate.prompt
   }
+  // Q4_0 and Q8_0 run packed four rows together (Kernels.pack); their ggml layout, for comparison.
+  const wasm = await createWasmKernels({ threads: 1 })
+  const plain = measure(wasm, type, LAYERS, true, true)
+  const packable = wasm.pack?.(type, wasm.alloc(rowByteLength(type, EMBD) * 4), 4, EMBD) !== type
+  await wasm.dispose()
+  row['ggml layout 1T GB/s'] = packable ? plain.decode : '-'
+  row['ggml layout prompt 1T'] = packable ? plain.prompt : '-'
   rows.push(row)
 }
 table(rows)

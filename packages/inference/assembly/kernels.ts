@@ -21,6 +21,10 @@ const Q4_0: i32 = 2
 const Q8_0: i32 = 8
 const Q4_K: i32 = 12
 const Q6_K: i32 = 14
+// Meshnet's packed layouts (see `pack`): four rows interleaved, ids 256 + the ggml type.
+const PACKED: i32 = 256
+const Q4_0X4: i32 = PACKED + Q4_0
+// (PACKED + Q8_0 is the packed Q8_0 layout: every packed type other than Q4_0X4.)
 
 // Control block, at byte offsets (mirrored in src/kernels/wasm.ts). A job is split into chunks of
 // rows that threads claim one at a time from CLAIM, an i64 of (job id << 32 | next chunk): a thread
@@ -65,6 +69,7 @@ const K_H_BIAS: usize = 368
 const K_H_TINY: usize = 384
 const K_H_NORMAL: usize = 400
 const K_F32_EXP: usize = 416
+const K_PACK_SCALE: usize = 432
 
 const ZERO: v128 = i32x4.splat(0)
 
@@ -81,6 +86,7 @@ export function init(ctrl: usize): void {
   v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x33800000)), K_H_TINY) // 2^-24
   v128.store(ctrl, i32x4.splat(0x400), K_H_NORMAL)
   v128.store(ctrl, i32x4.splat(0x7f800000), K_F32_EXP)
+  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x72800000)), K_PACK_SCALE) // 2^102
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -333,6 +339,63 @@ function dotF16(w: usize, x: usize, cols: usize, mask: v128, scale: v128): f32 {
   let s = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
   for (; i < cols; i++) s += f16(load<u16>(w + (i << 1))) * load<f32>(x + (i << 2))
   return s
+}
+
+// [dot(w, x), dot(w, x1), dot(w, x2), dot(w, x3)] for one F16 row and four activation rows: each
+// group of eight halves is converted once for the four rows (the K·q and Vᵀ·p products of the
+// query heads that share a KV head).
+function dot4F16(
+  w: usize,
+  x: usize,
+  x1: usize,
+  x2: usize,
+  x3: usize,
+  cols: usize,
+  mask: v128,
+  scale: v128,
+): v128 {
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  let b0 = f32x4.splat(0)
+  let b1 = f32x4.splat(0)
+  let b2 = f32x4.splat(0)
+  let b3 = f32x4.splat(0)
+  let i: usize = 0
+  for (; i + 8 <= cols; i += 8) {
+    const h = v128.load(w + (i << 1))
+    const z = i32x4.splat(0)
+    const c0 = f16x4Fast(v128.shuffle<i16>(z, h, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale)
+    const c1 = f16x4Fast(v128.shuffle<i16>(z, h, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale)
+    const o = i << 2
+    a0 = f32x4.relaxed_madd(c0, v128.load(x + o), a0)
+    b0 = f32x4.relaxed_madd(c1, v128.load(x + o, 16), b0)
+    a1 = f32x4.relaxed_madd(c0, v128.load(x1 + o), a1)
+    b1 = f32x4.relaxed_madd(c1, v128.load(x1 + o, 16), b1)
+    a2 = f32x4.relaxed_madd(c0, v128.load(x2 + o), a2)
+    b2 = f32x4.relaxed_madd(c1, v128.load(x2 + o, 16), b2)
+    a3 = f32x4.relaxed_madd(c0, v128.load(x3 + o), a3)
+    b3 = f32x4.relaxed_madd(c1, v128.load(x3 + o, 16), b3)
+  }
+  let r = f32x4.add(
+    v128.shuffle<f32>(f32x4.add(a0, b0), f32x4.add(a1, b1), 0, 4, 1, 5),
+    v128.shuffle<f32>(f32x4.add(a0, b0), f32x4.add(a1, b1), 2, 6, 3, 7),
+  )
+  const t = f32x4.add(
+    v128.shuffle<f32>(f32x4.add(a2, b2), f32x4.add(a3, b3), 0, 4, 1, 5),
+    v128.shuffle<f32>(f32x4.add(a2, b2), f32x4.add(a3, b3), 2, 6, 3, 7),
+  )
+  r = f32x4.add(v128.shuffle<f32>(r, t, 0, 1, 4, 5), v128.shuffle<f32>(r, t, 2, 3, 6, 7))
+  for (; i < cols; i++) {
+    const v = f32x4.splat(f16(load<u16>(w + (i << 1))))
+    let xs = f32x4.splat(load<f32>(x + (i << 2)))
+    xs = f32x4.replace_lane(xs, 1, load<f32>(x1 + (i << 2)))
+    xs = f32x4.replace_lane(xs, 2, load<f32>(x2 + (i << 2)))
+    xs = f32x4.replace_lane(xs, 3, load<f32>(x3 + (i << 2)))
+    r = f32x4.add(r, f32x4.mul(v, xs))
+  }
+  return r
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -617,6 +680,324 @@ function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128): f3
     acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(d), acc)
   }
   return hsum(acc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packed rows (Q4_0x4, Q8_0x4): `pack` interleaves four weight rows block by block, so that one
+// relaxed dot-add (a single vpdpbusd where the CPU has AVX-VNNI) multiplies four bytes of each of
+// the four rows with the same four activations, and the four rows' sums come out in the four lanes:
+// no horizontal sums, and the activations are read once per four rows. A group of four rows keeps
+// its byte size (four blocks become one packed block):
+//   Q4_0x4 block (72 bytes): the four rows' f16 d, then 4 × 16 bytes; 16-byte vector t holds
+//     bytes [4t, 4t + 4) of each row's qs, row r at bytes [4r, 4r + 4): low nibbles are values
+//     4t.., high nibbles values 16 + 4t..
+//   Q8_0x4 block (136 bytes): the four f16 d, then 8 × 16 bytes; vector t holds qs[4t, 4t + 4)
+//     of each row.
+// Rows past the last whole group stay in the ggml layout after the groups.
+
+// The four scales at p as floats, in four operations. `pack` stores each f16 block scale re-encoded
+// as a half with its exponent 10 higher (subnormal halves normalized), so that none is a subnormal:
+// each value sign-extended into an i32 lane and shifted left by 13 puts sign, exponent and mantissa
+// where a float has them (copies of the sign in bits 29-31 masked off but bit 31), and × 2^102
+// re-biases the exponent. Exact for every scale `pack` accepts.
+function scalesX4(p: usize, mask: v128, scale: v128): v128 {
+  return f32x4.mul(v128.and(i32x4.shl(v128.load16x4_s(p), 13), mask), scale)
+}
+
+// A block scale (an IEEE half) in the packed encoding of scalesX4, or -1 when it has none (a normal
+// half of magnitude 128 or more: no Q4_0 or Q8_0 weights need one).
+function packScale(h: u32): i32 {
+  const sign = h & 0x8000
+  const e = (h >> 10) & 31
+  const m = h & 1023
+  if (e === 0) {
+    if (m === 0) return sign
+    // m · 2^-24 = 2^(k - 24) · 1.f with k the top bit of m: exponent k + 1 once re-biased.
+    const k = 31 - clz(m)
+    return sign | ((k + 1) << 10) | ((m << (10 - k)) & 1023)
+  }
+  if (e > 21) return -1
+  return sign | ((e + 10) << 10) | m
+}
+
+// Σ nibble · x over one packed Q4_0 block for the four rows (two chains of four dot-adds).
+function q4_0X4Block(bp: usize, xp: usize, low4: v128): v128 {
+  const q0 = v128.load(bp, 8)
+  const q1 = v128.load(bp, 24)
+  const q2 = v128.load(bp, 40)
+  const q3 = v128.load(bp, 56)
+  let a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp), v128.and(q0, low4), ZERO)
+  let c = i32x4.relaxed_dot_i8x16_i7x16_add_s(
+    v128.load32_splat(xp, 16),
+    v128.and(i16x8.shr_u(q0, 4), low4),
+    ZERO,
+  )
+  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 4), v128.and(q1, low4), a)
+  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 20), v128.and(i16x8.shr_u(q1, 4), low4), c)
+  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 8), v128.and(q2, low4), a)
+  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 24), v128.and(i16x8.shr_u(q2, 4), low4), c)
+  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 12), v128.and(q3, low4), a)
+  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 28), v128.and(i16x8.shr_u(q3, 4), low4), c)
+  return i32x4.add(a, c)
+}
+
+// [dot(row 0, x), …, dot(row 3, x)] of one packed Q4_0 group: d_w·(d_x·Σ nibble·q − 8·d_x·Σq).
+function dotQ4_0X4(w: usize, xq: usize, cols: usize, low4: v128, mask: v128, scale: v128): v128 {
+  const nb = cols >> 5
+  const xd = xq + 3 * cols
+  const xs = xd + (cols >> 3)
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 72
+    const s = q4_0X4Block(bp, xq + (b << 5), low4)
+    const o = b << 2
+    const v = f32x4.sub(
+      f32x4.mul(f32x4.convert_i32x4_s(s), v128.load32_splat(xd + o)),
+      v128.load32_splat(xs + o),
+    )
+    acc = f32x4.relaxed_madd(scalesX4(bp, mask, scale), v, acc)
+  }
+  return acc
+}
+
+// Σ (w · sign(x)) · |x| over one packed Q8_0 block for the four rows (two chains of four).
+function q8_0X4Block(bp: usize, xa: usize, xs: usize): v128 {
+  let a = ZERO
+  let c = ZERO
+  for (let t: usize = 0; t < 8; t += 2) {
+    const m0 = v128.load32_splat(xs + (t << 2))
+    const m1 = v128.load32_splat(xs + (t << 2), 4)
+    const s0 = i8x16.sub_sat_s(v128.xor(v128.load(bp + (t << 4), 8), m0), m0)
+    const s1 = i8x16.sub_sat_s(v128.xor(v128.load(bp + (t << 4), 24), m1), m1)
+    a = i32x4.relaxed_dot_i8x16_i7x16_add_s(s0, v128.load32_splat(xa + (t << 2)), a)
+    c = i32x4.relaxed_dot_i8x16_i7x16_add_s(s1, v128.load32_splat(xa + (t << 2), 4), c)
+  }
+  return i32x4.add(a, c)
+}
+
+// [dot(row 0, x), …, dot(row 3, x)] of one packed Q8_0 group: Σ over blocks of (d_w·d_x)·Σ w·q.
+function dotQ8_0X4(w: usize, xq: usize, cols: usize, mask: v128, scale: v128): v128 {
+  const nb = cols >> 5
+  const xa = xq + cols
+  const xs = xq + 2 * cols
+  const xd = xq + 3 * cols
+  let acc = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 136
+    const o = b << 5
+    const s = q8_0X4Block(bp, xa + o, xs + o)
+    const d = f32x4.mul(scalesX4(bp, mask, scale), v128.load32_splat(xd + (b << 2)))
+    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
+  }
+  return acc
+}
+
+// dotQ4_0X4 for four activation rows at once (x, x + xStride, …), each weight vector unpacked once;
+// writes the four results to out, out + outStride, … (four rows of output each).
+function quadQ4_0X4(
+  w: usize,
+  x: usize,
+  xStride: usize,
+  cols: usize,
+  out: usize,
+  outStride: usize,
+  low4: v128,
+  mask: v128,
+  scale: v128,
+): void {
+  const nb = cols >> 5
+  const xd = 3 * cols
+  const xs = xd + (cols >> 3)
+  const x1 = x + xStride
+  const x2 = x1 + xStride
+  const x3 = x2 + xStride
+  let f0 = f32x4.splat(0)
+  let f1 = f32x4.splat(0)
+  let f2 = f32x4.splat(0)
+  let f3 = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 72
+    const o = b << 5
+    let a0 = ZERO
+    let a1 = ZERO
+    let a2 = ZERO
+    let a3 = ZERO
+    for (let t: usize = 0; t < 16; t += 4) {
+      const q = v128.load(bp + (t << 2), 8)
+      const lo = v128.and(q, low4)
+      const hi = v128.and(i16x8.shr_u(q, 4), low4)
+      const p = o + t
+      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x + p), lo, a0)
+      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x1 + p), lo, a1)
+      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x2 + p), lo, a2)
+      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x3 + p), lo, a3)
+      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x + p, 16), hi, a0)
+      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x1 + p, 16), hi, a1)
+      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x2 + p, 16), hi, a2)
+      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x3 + p, 16), hi, a3)
+    }
+    const d = scalesX4(bp, mask, scale)
+    const sd = xd + (b << 2)
+    const ss = xs + (b << 2)
+    f0 = f32x4.relaxed_madd(
+      d,
+      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a0), v128.load32_splat(x + sd)), v128.load32_splat(x + ss)),
+      f0,
+    )
+    f1 = f32x4.relaxed_madd(
+      d,
+      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a1), v128.load32_splat(x1 + sd)), v128.load32_splat(x1 + ss)),
+      f1,
+    )
+    f2 = f32x4.relaxed_madd(
+      d,
+      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a2), v128.load32_splat(x2 + sd)), v128.load32_splat(x2 + ss)),
+      f2,
+    )
+    f3 = f32x4.relaxed_madd(
+      d,
+      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a3), v128.load32_splat(x3 + sd)), v128.load32_splat(x3 + ss)),
+      f3,
+    )
+  }
+  v128.store(out, f0)
+  v128.store(out + outStride, f1)
+  v128.store(out + 2 * outStride, f2)
+  v128.store(out + 3 * outStride, f3)
+}
+
+// dotQ8_0X4 for four activation rows at once; see quadQ4_0X4.
+function quadQ8_0X4(
+  w: usize,
+  x: usize,
+  xStride: usize,
+  cols: usize,
+  out: usize,
+  outStride: usize,
+  mask: v128,
+  scale: v128,
+): void {
+  const nb = cols >> 5
+  const x1 = x + xStride
+  const x2 = x1 + xStride
+  const x3 = x2 + xStride
+  let f0 = f32x4.splat(0)
+  let f1 = f32x4.splat(0)
+  let f2 = f32x4.splat(0)
+  let f3 = f32x4.splat(0)
+  for (let b: usize = 0; b < nb; b++) {
+    const bp = w + b * 136
+    let a0 = ZERO
+    let a1 = ZERO
+    let a2 = ZERO
+    let a3 = ZERO
+    for (let t: usize = 0; t < 32; t += 4) {
+      const q = v128.load(bp + (t << 2), 8)
+      const pa = cols + (b << 5) + t // |x|
+      const ps = pa + cols // sign mask of x
+      let m = v128.load32_splat(x + ps)
+      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
+        i8x16.sub_sat_s(v128.xor(q, m), m),
+        v128.load32_splat(x + pa),
+        a0,
+      )
+      m = v128.load32_splat(x1 + ps)
+      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
+        i8x16.sub_sat_s(v128.xor(q, m), m),
+        v128.load32_splat(x1 + pa),
+        a1,
+      )
+      m = v128.load32_splat(x2 + ps)
+      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
+        i8x16.sub_sat_s(v128.xor(q, m), m),
+        v128.load32_splat(x2 + pa),
+        a2,
+      )
+      m = v128.load32_splat(x3 + ps)
+      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
+        i8x16.sub_sat_s(v128.xor(q, m), m),
+        v128.load32_splat(x3 + pa),
+        a3,
+      )
+    }
+    const d = scalesX4(bp, mask, scale)
+    const sd = 3 * cols + (b << 2)
+    f0 = f32x4.relaxed_madd(f32x4.convert_i32x4_s(a0), f32x4.mul(d, v128.load32_splat(x + sd)), f0)
+    f1 = f32x4.relaxed_madd(f32x4.convert_i32x4_s(a1), f32x4.mul(d, v128.load32_splat(x1 + sd)), f1)
+    f2 = f32x4.relaxed_madd(f32x4.convert_i32x4_s(a2), f32x4.mul(d, v128.load32_splat(x2 + sd)), f2)
+    f3 = f32x4.relaxed_madd(f32x4.convert_i32x4_s(a3), f32x4.mul(d, v128.load32_splat(x3 + sd)), f3)
+  }
+  v128.store(out, f0)
+  v128.store(out + outStride, f1)
+  v128.store(out + 2 * outStride, f2)
+  v128.store(out + 3 * outStride, f3)
+}
+
+// out[i·rows + r] for r in the packed groups [g0, g1) (row 4g at w + 4g·rb) and every activation
+// row i < n (rows `xStride` bytes apart in the quantized scratch): four rows of output per store.
+function packedRange(
+  ctrl: usize,
+  type: i32,
+  w: usize,
+  rb: usize,
+  x: usize,
+  xStride: usize,
+  n: usize,
+  out: usize,
+  outStride: usize,
+  g0: usize,
+  g1: usize,
+  cols: usize,
+): void {
+  const low4 = v128.load(ctrl, K_LOW4)
+  const mask = v128.load(ctrl, K_F16_MASK)
+  const scale = v128.load(ctrl, K_PACK_SCALE)
+  for (let g = g0; g < g1; g++) {
+    const wg = w + g * (rb << 2)
+    let i: usize = 0
+    for (; i + 4 <= n; i += 4) {
+      const xi = x + i * xStride
+      const o = out + i * outStride + (g << 4)
+      if (type === Q4_0X4) quadQ4_0X4(wg, xi, xStride, cols, o, outStride, low4, mask, scale)
+      else quadQ8_0X4(wg, xi, xStride, cols, o, outStride, mask, scale)
+    }
+    for (; i < n; i++) {
+      const xi = x + i * xStride
+      const v =
+        type === Q4_0X4 ? dotQ4_0X4(wg, xi, cols, low4, mask, scale) : dotQ8_0X4(wg, xi, cols, mask, scale)
+      v128.store(out + i * outStride + (g << 4), v)
+    }
+  }
+}
+
+/**
+ * Rearranges the first `rows - rows % 4` rows of a Q4_0 or Q8_0 matrix at w (rows packed as in
+ * GGUF) into the interleaved layout above, in place; `tmp` holds four rows of scratch. Returns false
+ * and changes nothing when a block scale has no packed encoding (see packScale).
+ */
+export function pack(type: i32, w: usize, rows: usize, cols: usize, tmp: usize): bool {
+  const bb: usize = type === Q4_0 ? 18 : 34
+  const vectors = (bb - 2) >> 2
+  const nb = cols >> 5
+  const rb = nb * bb
+  for (let p = w; p < w + (rows & ~3) * rb; p += bb) {
+    if (packScale(load<u16>(p)) < 0) return false
+  }
+  for (let g: usize = 0; g + 4 <= rows; g += 4) {
+    const base = w + g * rb
+    memory.copy(tmp, base, rb << 2)
+    for (let b: usize = 0; b < nb; b++) {
+      const dst = base + b * (bb << 2)
+      for (let r: usize = 0; r < 4; r++) {
+        const src = tmp + r * rb + b * bb
+        store<u16>(dst + (r << 1), <u16>packScale(load<u16>(src)))
+        for (let t: usize = 0; t < vectors; t++) {
+          store<u32>(dst + 8 + (t << 4) + (r << 2), load<u32>(src + 2 + (t << 2)))
+        }
+      }
+    }
+  }
+  return true
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -967,7 +1348,7 @@ function runChunks(ctrl: usize, job: i32): void {
   const xStride = cols << 2
   const outStride = rows << 2
   // Quantized activations go four rows at a time; Q8_0 and Q4_0 then read interleaved scales.
-  const quad = type !== F32 && type !== F16
+  const quad = type !== F32 && type !== F16 && type < PACKED
   const groups = x + n * xStride
   while (true) {
     const claim = atomic.load<i64>(ctrl, C_CLAIM)
@@ -978,7 +1359,38 @@ function runChunks(ctrl: usize, job: i32): void {
     const r1 = min(r0 + chunkRows, rows)
     for (let t = r0; t < r1; t += ROW_TILE) {
       const te = min(t + ROW_TILE, r1)
+      if (type >= PACKED) {
+        // Whole groups of four rows packed; the rows after the last group in the ggml layout.
+        const ge = min(te, rows & ~3)
+        if (ge > t) packedRange(ctrl, type, w, rb, x, xStride, n, out, outStride, t >> 2, ge >> 2, cols)
+        if (te === ge) continue
+        const tail = max(t, ge)
+        for (let i: usize = 0; i < n; i++) {
+          rowRange(ctrl, type - PACKED, w, rb, x + i * xStride, out + i * outStride, tail, te, cols)
+        }
+        continue
+      }
       let i: usize = 0
+      if (type === F16 && n > 1) {
+        const mask = v128.load(ctrl, K_F16_MASK)
+        const scale = v128.load(ctrl, K_F16_SCALE)
+        for (; i + 1 < n; i += 4) {
+          // A group of two or three rows reads its last row again in the unused lanes.
+          const m = min(n - i, 4)
+          const x0 = x + i * xStride
+          const x1 = x0 + xStride
+          const x2 = m > 2 ? x1 + xStride : x1
+          const x3 = m > 3 ? x2 + xStride : x2
+          for (let r = t; r < te; r++) {
+            const v = dot4F16(w + r * rb, x0, x1, x2, x3, cols, mask, scale)
+            const o = out + i * outStride + (r << 2)
+            v128.store_lane<f32>(o, v, 0)
+            v128.store_lane<f32>(o + outStride, v, 1)
+            if (m > 2) v128.store_lane<f32>(o + 2 * outStride, v, 2)
+            if (m > 3) v128.store_lane<f32>(o + 3 * outStride, v, 3)
+          }
+        }
+      }
       if (quad) {
         for (; i + 4 <= n; i += 4) {
           const g = groups + (i >> 2) * cols
@@ -1007,7 +1419,19 @@ function runChunks(ctrl: usize, job: i32): void {
 // Rounds the job's activations into the scratch at C_XQ as ggml does for the weight type: 8-bit
 // blocks for quantized weights, halves for F16 (F32 weights take them as they are).
 function prepare(ctrl: usize): void {
-  const type = load<i32>(ctrl, C_TYPE)
+  let type = load<i32>(ctrl, C_TYPE)
+  // Packed weights read the activations one row at a time: no interleaved group scales.
+  if (type >= PACKED) {
+    type -= PACKED
+    const cols = <usize>load<i32>(ctrl, C_COLS)
+    const n = <usize>load<i32>(ctrl, C_N)
+    const x = <usize>load<i32>(ctrl, C_X)
+    const xq = <usize>load<i32>(ctrl, C_XQ)
+    for (let i: usize = 0; i < n; i++) {
+      quantizeBlocks32(x + i * (cols << 2), cols, xq + i * (cols << 2), type === Q8_0)
+    }
+    return
+  }
   if (type === F32) return
   const cols = <usize>load<i32>(ctrl, C_COLS)
   const n = <usize>load<i32>(ctrl, C_N)

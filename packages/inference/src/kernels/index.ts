@@ -13,7 +13,7 @@ import type { CreateWasmKernelsOptions } from './wasm.ts'
 
 export { KernelMemoryError, KernelUnavailableError } from './errors.ts'
 export { createJsKernels } from './js.ts'
-export { KERNEL_TYPES } from './types.ts'
+export { ggmlTypeOf, KERNEL_TYPES, PACKED_TYPE_BASE } from './types.ts'
 export { createWasmKernels } from './wasm.ts'
 export type { CreateWasmKernelsOptions }
 
@@ -77,6 +77,14 @@ export interface Kernels {
     out: KernelBuffer,
     rowStride?: number,
   ): void
+  /**
+   * Rearranges a `rows × cols` matrix of ggml `type`, rows packed as in GGUF, in place into a layout
+   * these kernels multiply faster, and returns the type id to pass to `matvec`/`matmul` from then
+   * on (the same `type` when there is none: only the WebAssembly kernels pack, and only Q4_0 and
+   * Q8_0 with four rows or more). A packed matrix keeps its byte length, but its rows are no
+   * longer ggml rows: take no row views of it and do not dequantize it.
+   */
+  pack?(type: number, w: KernelBuffer, rows: number, cols: number): number
   /** Stops the worker threads; the kernels and their buffers cannot be used afterwards. */
   dispose(): Promise<void>
 }

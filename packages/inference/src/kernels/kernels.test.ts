@@ -1,6 +1,13 @@
 import { dequantizeRow, fp16ToFp32, fp32ToFp16, GGML_TYPE, quantizeRow, rowByteLength } from '@meshnet/gguf'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createJsKernels, createWasmKernels, KERNEL_TYPES, type KernelBuffer, type Kernels } from './index.ts'
+import {
+  createJsKernels,
+  createWasmKernels,
+  KERNEL_TYPES,
+  type KernelBuffer,
+  type Kernels,
+  PACKED_TYPE_BASE,
+} from './index.ts'
 import { liveKernelWorkers } from './wasm.ts'
 
 const { F32, F16, Q4_0, Q8_0, Q4_K, Q6_K } = GGML_TYPE
@@ -242,25 +249,64 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
     },
   )
 
-  it('gives one activation row the same result in a matmul as in a matvec, within f32 rounding', () => {
-    const [rows, cols, n] = [64, 512, 4]
-    for (const type of KERNEL_TYPES) {
-      const w = upload(wasm, weights(type, rows, cols, 3))
-      const xs = upload(wasm, values(6, n * cols))
-      const all = wasm.alloc(n * rows * 4)
-      wasm.matmul(type, w, rows, cols, xs, n, all)
-      const one = wasm.alloc(rows * 4)
-      for (let i = 0; i < n; i++) {
-        wasm.matvec(type, w, rows, cols, wasm.view(xs, i * cols * 4, cols * 4), one)
-        for (let r = 0; r < rows; r++) {
-          const a = all.f32()[i * rows + r]!
-          expect(Math.abs(a - one.f32()[r]!), `${NAMES[type]} [${i}, ${r}]`).toBeLessThanOrEqual(
-            1e-5 * (1 + Math.abs(a)),
-          )
-        }
+  /** Expects each of `n` activation rows of a matmul to give what a matvec of that row gives. */
+  function expectRowsAsMatvecs(type: number, rows: number, cols: number, n: number, seed: number): void {
+    const w = upload(wasm, weights(type, rows, cols, seed))
+    const xs = upload(wasm, values(seed + n, n * cols))
+    const all = wasm.alloc(n * rows * 4)
+    wasm.matmul(type, w, rows, cols, xs, n, all)
+    const one = wasm.alloc(rows * 4)
+    for (let i = 0; i < n; i++) {
+      wasm.matvec(type, w, rows, cols, wasm.view(xs, i * cols * 4, cols * 4), one)
+      for (let r = 0; r < rows; r++) {
+        const a = all.f32()[i * rows + r]!
+        expect(Math.abs(a - one.f32()[r]!), `${NAMES[type]} n ${n} [${i}, ${r}]`).toBeLessThanOrEqual(
+          1e-5 * (1 + Math.abs(a)),
+        )
       }
     }
+  }
+
+  it('gives one activation row the same result in a matmul as in a matvec, within f32 rounding', () => {
+    for (const type of KERNEL_TYPES) expectRowsAsMatvecs(type, 64, 512, 4, 3)
+    // F32 and F16 rows are shared by up to four activation rows at once, in groups of 2 to 4.
+    for (const type of [F32, F16]) for (const n of [2, 3, 5, 6, 7]) expectRowsAsMatvecs(type, 40, 200, n, 8)
   })
+
+  // Q4_0 and Q8_0 weights packed four rows together (Kernels.pack): rows past the last group stay
+  // in the ggml layout, and weights of 1e-4 and 1e-6 give subnormal half block scales.
+  it.each([
+    [Q4_0, 7, 64, 1],
+    [Q4_0, 130, 256, 1e-4],
+    [Q4_0, 37, 768, 1],
+    [Q8_0, 4, 32, 1],
+    [Q8_0, 130, 256, 1e-6],
+    [Q8_0, 37, 768, 1],
+  ])(
+    'packs ggml type %i (%i×%i, weights of %d) and multiplies it as the ggml layout does',
+    (type, rows, cols, scale) => {
+      const data = weights(type, rows, cols, 17, scale)
+      const plain = upload(wasm, data)
+      const packed = upload(wasm, data)
+      const packedType = wasm.pack!(type, packed, rows, cols)
+      expect(packedType).toBe(PACKED_TYPE_BASE + type)
+      expect(Buffer.from(packed.bytes()).equals(Buffer.from(data))).toBe(rows < 4)
+      for (const n of [1, 3, 4, 9]) {
+        const x = upload(wasm, values(n + cols, n * cols, 2))
+        const want = wasm.alloc(n * rows * 4)
+        const got = wasm.alloc(n * rows * 4)
+        wasm.matmul(type, plain, rows, cols, x, n, want)
+        wasm.matmul(packedType, packed, rows, cols, x, n, got)
+        const mass = expected(type, data, rows, cols, x.f32(), n).mass
+        for (let j = 0; j < n * rows; j++) {
+          expect(
+            Math.abs(got.f32()[j]! - want.f32()[j]!),
+            `n ${n}, activation ${Math.floor(j / rows)} row ${j % rows}`,
+          ).toBeLessThanOrEqual(F32_TOLERANCE * mass[j]! + 1e-12)
+        }
+      }
+    },
+  )
 
   it('reads weight rows rowStride bytes apart, as one head of a KV cache', () => {
     // A cache of 200 positions × 4 heads × 64; head 2's keys are every 4th run of 64.
@@ -331,6 +377,41 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
   })
 })
 
+/**
+ * Multiplies `w` (ggml rows of `type`, in kernel memory as `wb`, multiplied as `multiplyAs`) with
+ * one-hot activations, column by column, and expects each weight exactly as ggml dequantizes it, up
+ * to the one f32 rounding of the product of the integer sum and the block scales.
+ */
+function expectOneHot(
+  wasm: Kernels,
+  type: number,
+  w: Uint8Array,
+  wb: KernelBuffer,
+  rows: number,
+  cols: number,
+  multiplyAs = type,
+): void {
+  const x = wasm.alloc(cols * 4)
+  const out = wasm.alloc(rows * 4)
+  const rowBytes = rowByteLength(type, cols)
+  const want = Array.from({ length: rows }, (_, r) =>
+    dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols),
+  )
+  const largest = want.map((row) => row.reduce((m, v) => Math.max(m, Math.abs(v)), 0))
+  for (let c = 0; c < cols; c++) {
+    // 127/128: every rounding of activations (q8_0, q8_K, half) keeps it exactly.
+    x.f32().fill(0)
+    x.f32()[c] = ONE_HOT
+    wasm.matvec(multiplyAs, wb, rows, cols, x, out)
+    for (let r = 0; r < rows; r++) {
+      expect(
+        Math.abs(out.f32()[r]! / ONE_HOT - want[r]![c]!),
+        `${NAMES[type]} [${r}, ${c}]`,
+      ).toBeLessThanOrEqual(largest[r]! * 1e-6)
+    }
+  }
+}
+
 describe('WebAssembly kernels', () => {
   // Weights of 1e-4 make every block scale (and some F16 weights) a subnormal half.
   it.each([1, 1e-4])(
@@ -341,27 +422,7 @@ describe('WebAssembly kernels', () => {
         const [rows, cols] = [3, 256]
         for (const type of KERNEL_TYPES) {
           const w = weights(type, rows, cols, 99, scale)
-          const wb = upload(wasm, w)
-          const x = wasm.alloc(cols * 4)
-          const out = wasm.alloc(rows * 4)
-          const rowBytes = rowByteLength(type, cols)
-          const want = Array.from({ length: rows }, (_, r) =>
-            dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols),
-          )
-          const largest = want.map((row) => row.reduce((m, v) => Math.max(m, Math.abs(v)), 0))
-          for (let c = 0; c < cols; c++) {
-            // 127/128: every rounding of activations (q8_0, q8_K, half) keeps it exactly.
-            x.f32().fill(0)
-            x.f32()[c] = ONE_HOT
-            wasm.matvec(type, wb, rows, cols, x, out)
-            for (let r = 0; r < rows; r++) {
-              const v = want[r]![c]!
-              expect(
-                Math.abs(out.f32()[r]! / ONE_HOT - v),
-                `${NAMES[type]} [${r}, ${c}]`,
-              ).toBeLessThanOrEqual(largest[r]! * 1e-6)
-            }
-          }
+          expectOneHot(wasm, type, w, upload(wasm, w), rows, cols)
         }
       } finally {
         await wasm.dispose()
@@ -488,6 +549,56 @@ describe('WebAssembly kernels', () => {
       expect(() => w.bytes()).toThrow(expect.objectContaining({ name: 'InvalidArgumentError' }))
     } finally {
       await wasm.dispose()
+    }
+  })
+
+  it.each([1, 1e-4, 1e-6])(
+    'reads each packed weight exactly as ggml dequantizes it (one-hot activations, weights of %d)',
+    async (scale) => {
+      const wasm = await createWasmKernels()
+      try {
+        const [rows, cols] = [5, 64]
+        for (const type of [Q4_0, Q8_0]) {
+          const w = weights(type, rows, cols, 5, scale)
+          const wb = upload(wasm, w)
+          const packed = wasm.pack!(type, wb, rows, cols)
+          expect(packed, NAMES[type]).toBe(PACKED_TYPE_BASE + type)
+          expectOneHot(wasm, type, w, wb, rows, cols, packed)
+        }
+      } finally {
+        await wasm.dispose()
+      }
+    },
+  )
+
+  it('packs only Q4_0 and Q8_0 matrices of four rows or more whose scales it can encode', async () => {
+    const wasm = await createWasmKernels()
+    const js = createJsKernels()
+    try {
+      for (const type of [F32, F16, Q4_K, Q6_K]) {
+        const w = upload(wasm, weights(type, 8, 256, 1))
+        expect(wasm.pack!(type, w, 8, 256), NAMES[type]).toBe(type)
+      }
+      expect(wasm.pack!(Q4_0, upload(wasm, weights(Q4_0, 3, 64, 1)), 3, 64)).toBe(Q4_0)
+      // A block scale of 256 (weights up to ±2048) has no packed encoding: the matrix stays as it is.
+      const big = weights(Q8_0, 4, 32, 1)
+      new DataView(big.buffer).setUint16(34, fp32ToFp16(256), true)
+      const wb = upload(wasm, big)
+      expect(wasm.pack!(Q8_0, wb, 4, 32)).toBe(Q8_0)
+      expect(Buffer.from(wb.bytes()).equals(Buffer.from(big))).toBe(true)
+      // A packed matrix is for the kernels that packed it, read with its own row stride only.
+      const p = upload(wasm, weights(Q4_0, 4, 64, 2))
+      const type = wasm.pack!(Q4_0, p, 4, 64)
+      const x = wasm.alloc(64 * 4)
+      const out = wasm.alloc(4 * 4)
+      expect(() => wasm.matvec(type, p, 2, 64, x, out, 2 * 36)).toThrow(/own row stride/)
+      expect(() => js.matvec(type, upload(js, p.bytes()), 4, 64, js.alloc(64 * 4), js.alloc(16))).toThrow(
+        /packed layout these kernels do not multiply/,
+      )
+      expect(js.pack).toBeUndefined()
+    } finally {
+      await wasm.dispose()
+      await js.dispose()
     }
   })
 

@@ -1,10 +1,11 @@
 import { once } from 'node:events'
 import { Worker } from 'node:worker_threads'
+import { rowByteLength } from '@meshnet/gguf'
 import { InvalidArgumentError, MeshError } from '@meshnet/identity'
 import { KernelUnavailableError } from './errors.ts'
 import { type HeapBuffer, KernelHeap } from './heap.ts'
 import type { KernelBuffer, Kernels } from './index.ts'
-import { checkJob } from './types.ts'
+import { checkJob, PACKED_TYPE_BASE } from './types.ts'
 import { KERNELS_WASM_BASE64 } from './wasm-binary.ts'
 import { type WasmMemory, type WasmModule, wasmApi } from './webassembly.ts'
 
@@ -26,6 +27,7 @@ export interface KernelsExports {
   init(ctrl: number): void
   dispatch(ctrl: number): void
   workerLoop(ctrl: number, seen: number): void
+  pack(type: number, w: number, rows: number, cols: number, tmp: number): number
   sumF32(ptr: number, n: number): number
 }
 
@@ -37,6 +39,9 @@ const SMALL_JOB = 1 << 16
 /** Rows per tile in assembly/kernels.ts; a job is split only when it has at least two. */
 const ROW_TILE = 16
 const DEFAULT_SPIN = 100_000
+/** ggml types with a packed layout (assembly/kernels.ts, `pack`): Q4_0 and Q8_0. */
+const PACKABLE: readonly number[] = [2, 8]
+const PACKED_TYPES: readonly number[] = PACKABLE.map((t) => PACKED_TYPE_BASE + t)
 
 // The control block, mirrored from assembly/kernels.ts: i32 fields at these byte offsets / 4 from
 // CTRL. The heap starts after it; address 0 is never handed out.
@@ -252,6 +257,23 @@ class WasmKernels implements Kernels {
     this.#run(type, w, rows, cols, x, n, out, rowStride)
   }
 
+  pack(type: number, w: KernelBuffer, rows: number, cols: number): number {
+    this.#live()
+    if (!PACKABLE.includes(type) || rows < 4) return type
+    const stride = rowByteLength(type, cols)
+    if (!Number.isSafeInteger(rows) || w.byteLength < rows * stride) {
+      throw new InvalidArgumentError(
+        `a buffer of ${w.byteLength} bytes does not hold ${rows} rows of ${stride} bytes`,
+      )
+    }
+    if (!this.#heap.owns(w)) {
+      throw new InvalidArgumentError('pack takes a live buffer from alloc() of the same kernels')
+    }
+    // A matrix with subnormal block scales stays as it is (the packed kernels would run slowly).
+    if (!this.#exports.pack(type, w.ptr, rows, cols, this.#quantScratch(4 * stride).ptr)) return type
+    return PACKED_TYPE_BASE + type
+  }
+
   async dispose(): Promise<void> {
     if (this.#disposed) return
     this.#disposed = true
@@ -269,7 +291,7 @@ class WasmKernels implements Kernels {
     rowStride: number | undefined,
   ): void {
     this.#live()
-    const stride = checkJob(type, w, rows, cols, x, n, out, rowStride)
+    const stride = checkJob(type, w, rows, cols, x, n, out, rowStride, PACKED_TYPES)
     if (!this.#heap.owns(w) || !this.#heap.owns(x) || !this.#heap.owns(out)) {
       throw new InvalidArgumentError(
         'kernel calls take live buffers from alloc() or view() of the same kernels',

@@ -271,7 +271,8 @@ export class LlamaShardImpl implements LlamaShard {
           k,
           v,
           vCapacity: 0,
-          kHead: heads.map((h) => view(k, h * d * es)),
+          // Keys head by head ([KV head][position][dim]): a head's keys are one contiguous run.
+          kHead: heads.map((h) => view(k, h * context * d * es)),
           vHead: [],
           length: 0,
         }
@@ -498,7 +499,7 @@ export class LlamaShardImpl implements LlamaShard {
       // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
       const kc = halves(L.k)
       const vc = halves(L.v)
-      kc.set(k.subarray(0, n * kvRows), pos * kvRows)
+      this.#storeKeys(kc, k, n, pos)
       for (let i = 0; i < n; i++) {
         const row = i * kvRows
         for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
@@ -506,10 +507,23 @@ export class LlamaShardImpl implements LlamaShard {
     } else {
       const kc = L.k.f32()
       const vc = L.v.f32()
-      kc.set(k.subarray(0, n * kvRows), pos * kvRows)
+      this.#storeKeys(kc, k, n, pos)
       for (let i = 0; i < n; i++) {
         const row = i * kvRows
         for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+      }
+    }
+  }
+
+  /** Copies the keys of positions `[pos, pos + n)` (`[position][KV head][dim]`) into a head-major cache. */
+  #storeKeys(cache: Float32Array | HalfArray, k: Float32Array, n: number, pos: number): void {
+    const d = this.config.headDim
+    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
+    const headSpan = this.contextSize * d
+    for (let i = 0; i < n; i++) {
+      for (let h = 0; h < nkv; h++) {
+        const from = (i * nkv + h) * d
+        cache.set(k.subarray(from, from + d), h * headSpan + (pos + i) * d)
       }
     }
   }
@@ -548,7 +562,7 @@ export class LlamaShardImpl implements LlamaShard {
     const f16 = this.kvCacheType === 'f16'
     const type = f16 ? GGML_TYPE.F16 : GGML_TYPE.F32
     const es = f16 ? 2 : 4
-    const kStride = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * d * es
+    const kStride = d * es
     const vStride = L.vCapacity * es
     const scale = f(this.config.attentionScale)
     const single = this.#heads.length === 1

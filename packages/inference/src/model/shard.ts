@@ -211,14 +211,14 @@ export async function loadShardTensors(
     const [f0, f1] = plan.ffn
     layers.push({
       attnNorm: await loader.vector(`${b}.attn_norm.weight`, embd),
-      wq: await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d),
-      wk: await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d),
-      wv: await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d),
-      wo: await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d),
+      wq: loader.packed(await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d)),
+      wk: loader.packed(await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d)),
+      wv: loader.packed(await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d)),
+      wo: loader.packed(await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d)),
       ffnNorm: await loader.vector(`${b}.ffn_norm.weight`, embd),
-      gate: await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1),
-      up: await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1),
-      down: await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1),
+      gate: loader.packed(await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1)),
+      up: loader.packed(await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1)),
+      down: loader.packed(await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1)),
     })
   }
   const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined
@@ -228,7 +228,15 @@ export async function loadShardTensors(
     const output =
       config.tiedOutput && embedding
         ? embedding
-        : await loader.rows(config.tiedOutput ? 'token_embd.weight' : 'output.weight', embd, vocab, 0, vocab)
+        : loader.packed(
+            await loader.rows(
+              config.tiedOutput ? 'token_embd.weight' : 'output.weight',
+              embd,
+              vocab,
+              0,
+              vocab,
+            ),
+          )
     head = { norm, output }
   }
   const freqFactors =

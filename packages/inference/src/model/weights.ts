@@ -128,6 +128,15 @@ export class WeightLoader {
     return { buf, type: F32, rows, cols: width }
   }
 
+  /**
+   * `m` rearranged in place into the kernels' faster layout, when they have one for its type (see
+   * `Kernels.pack`): for matrices that are only multiplied, never read by row.
+   */
+  packed(m: Matrix): Matrix {
+    const type = this.#kernels.pack?.(m.type, m.buf, m.rows, m.cols) ?? m.type
+    return type === m.type ? m : { ...m, type }
+  }
+
   #alloc(byteLength: number): KernelBuffer {
     const buf = this.#kernels.alloc(byteLength)
     this.allocated.push(buf)

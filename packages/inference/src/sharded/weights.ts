@@ -187,12 +187,8 @@ export class ShardWeights {
           const buf = kernels.view(embedding.buf, v0 * rowBytes, Math.max(0, (v1 - v0) * rowBytes))
           output = { buf, type: embedding.type, rows: v1 - v0, cols: embd }
         } else {
-          output = await loader.rows(
-            config.tiedOutput ? 'token_embd.weight' : 'output.weight',
-            embd,
-            vocab,
-            v0,
-            v1,
+          output = loader.packed(
+            await loader.rows(config.tiedOutput ? 'token_embd.weight' : 'output.weight', embd, vocab, v0, v1),
           )
         }
         vocabHead = { range: [v0, v1], norm, output }
