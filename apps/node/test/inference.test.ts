@@ -2,33 +2,14 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { runMesh } from './run-mesh.ts'
+import { createModel, runMesh } from './run-mesh.ts'
 
 let dir: string
 let model: string
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'meshnet-infer-'))
   model = join(dir, 'gqa.gguf')
-  const created = await runMesh([
-    'model-create',
-    '--out',
-    model,
-    '--layers',
-    '2',
-    '--embd',
-    '256',
-    '--heads',
-    '4',
-    '--kv-heads',
-    '2',
-    '--vocab',
-    '1000',
-    '--type',
-    'Q8_0',
-    '--seed',
-    '3',
-  ])
-  expect(created.code, created.stderr).toBe(0)
+  await createModel(model, { layers: 2, embd: 256, heads: 4, kvHeads: 2, vocab: 1000, type: 'Q8_0', seed: 3 })
 })
 afterAll(async () => {
   await rm(dir, { recursive: true, force: true })

@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 import { converged, eventually, poolOf, readTopology, startRelay } from './mesh-fixture.ts'
-import { runMesh } from './run-mesh.ts'
+import { createModel, runMesh } from './run-mesh.ts'
 
 let root: string
 let port: string
@@ -25,20 +25,7 @@ const fast = ['--beacon-interval', '300']
 describe('three agents on loopback (separate processes)', () => {
   it('find each other, converge on one ring and plan, and re-converge without a killed member', async () => {
     const model = join(root, 'model.gguf')
-    const created = await runMesh([
-      'model-create',
-      '--out',
-      model,
-      '--layers',
-      '6',
-      '--embd',
-      '128',
-      '--heads',
-      '4',
-      '--vocab',
-      '300',
-    ])
-    expect(created.code, created.stderr).toBe(0)
+    await createModel(model, { layers: 6, embd: 128, heads: 4, vocab: 300 })
     const withModel = [...fast, '--model', model]
     const { pool, admin, dir } = await poolOf(root, ['A', 'B', 'C'], port, withModel)
     agents.push(admin)

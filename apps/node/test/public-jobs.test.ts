@@ -7,7 +7,7 @@ import { JobFailedError, type JobResult, modelProviderKey, requestJob } from '@m
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type AgentProcess, agentRequest, startAgentProcess } from './agent-process.ts'
-import { runMesh } from './run-mesh.ts'
+import { createModel, runMesh } from './run-mesh.ts'
 
 // One `mesh start --public` agent on loopback, and peers that are in no pool.
 
@@ -43,20 +43,7 @@ const run = async (node: MeshNode): Promise<JobResult | JobFailedError> => {
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-public-'))
   const model = join(root, 'tiny.gguf')
-  const made = await runMesh([
-    'model-create',
-    '--out',
-    model,
-    '--layers',
-    '2',
-    '--embd',
-    '64',
-    '--heads',
-    '2',
-    '--vocab',
-    '300',
-  ])
-  expect(made.code, made.stderr).toBe(0)
+  await createModel(model, { layers: 2, embd: 64, heads: 2, vocab: 300 })
   const config = join(root, 'public.yaml')
   await writeFile(config, 'public: true\npublicJobsPerMinute: 2\n')
   agent = await startAgentProcess(join(root, 'node'), [

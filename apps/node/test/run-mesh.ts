@@ -27,3 +27,16 @@ export function runMesh(
     )
   })
 }
+
+/**
+ * Writes a generated llama model with `mesh model-create --out <out>` and the given options
+ * (`{ layers: 2, embd: 256 }` → `--layers 2 --embd 256`); throws with the CLI's stderr on failure.
+ */
+export async function createModel(out: string, options: Record<string, string | number>): Promise<void> {
+  const args = ['model-create', '--out', out]
+  for (const [name, value] of Object.entries(options)) {
+    args.push(`--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`, String(value))
+  }
+  const result = await runMesh(args)
+  if (result.code !== 0) throw new Error(`mesh model-create failed (${result.code}): ${result.stderr}`)
+}

@@ -7,9 +7,10 @@ import { generateIdentity } from '@meshnet/identity'
 import { JobFailedError, requestJob } from '@meshnet/inference'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { DEMO_MODEL } from '../src/commands/demo.ts'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
-import { BIN, runMesh } from './run-mesh.ts'
+import { BIN, createModel, runMesh } from './run-mesh.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
 // generated model; jobs go through `mesh inference` (the real CLI) to agent A, which runs them on
@@ -46,28 +47,8 @@ const infer = async (...args: string[]): Promise<JobJson> => {
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-jobs-'))
   const model = join(root, 'model.gguf')
-  const created = await runMesh([
-    'model-create',
-    '--out',
-    model,
-    '--layers',
-    '8',
-    '--embd',
-    '512',
-    '--heads',
-    '8',
-    '--kv-heads',
-    '4',
-    '--ff',
-    '1536',
-    '--vocab',
-    '2000',
-    '--type',
-    'F32',
-    '--seed',
-    '7',
-  ])
-  expect(created.code, created.stderr).toBe(0)
+  // The demo's built-in model: F32, so every engine's greedy tokens agree exactly.
+  await createModel(model, DEMO_MODEL)
   const port = beaconPort()
   args = [
     '--local-only',

@@ -1,4 +1,4 @@
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
+import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { access, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -6,29 +6,7 @@ import { join } from 'node:path'
 /** The `mesh` CLI of this repository, run from source (real agents, not stand-ins). */
 export const MESH_BIN = join(import.meta.dirname, '..', '..', '..', 'apps', 'node', 'src', 'bin.ts')
 
-export interface MeshResult {
-  code: number
-  stdout: string
-  stderr: string
-}
-
-/** Runs one `mesh` command to completion. */
-export function runMesh(args: string[]): Promise<MeshResult> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      ['--conditions=meshnet-source', MESH_BIN, ...args],
-      { env: { ...process.env, MESH_LOG: '' }, timeout: 60_000 },
-      (error, stdout, stderr) => {
-        resolve({
-          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
-          stdout,
-          stderr,
-        })
-      },
-    )
-  })
-}
+export { createModel, type MeshResult, runMesh } from '../../../apps/node/test/run-mesh.ts'
 
 export interface Agent {
   readonly dataDir: string

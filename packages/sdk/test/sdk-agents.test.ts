@@ -4,7 +4,7 @@ import { join } from 'node:path'
 import type { JobToken } from '@meshnet/inference'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FabstirSDK, type StreamEndEvent } from '../src/sdk.ts'
-import { type Agent, runMesh, startAgent } from './agents.ts'
+import { type Agent, createModel, runMesh, startAgent } from './agents.ts'
 import { eventually } from './helpers.ts'
 
 // End to end against real agents (`mesh start` child processes) on 127.0.0.1: a pool member that
@@ -29,25 +29,7 @@ const mesh = async (args: string[]) => {
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-sdk-agents-'))
   model = join(root, 'tiny.gguf')
-  await mesh([
-    'model-create',
-    '--out',
-    model,
-    '--layers',
-    '2',
-    '--embd',
-    '256',
-    '--heads',
-    '4',
-    '--kv-heads',
-    '2',
-    '--vocab',
-    '1000',
-    '--type',
-    'Q8_0',
-    '--seed',
-    '3',
-  ])
+  await createModel(model, { layers: 2, embd: 256, heads: 4, kvHeads: 2, vocab: 1000, type: 'Q8_0', seed: 3 })
   const beaconPort = String(43_000 + Math.floor(Math.random() * 10_000))
   const pool = JSON.parse(
     await mesh(['pool-create', '--name', 'sdk-pool', '--json', '--data-dir', dir('member')]),

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type Agent, runMesh, startAgent } from './agents.ts'
+import { type Agent, createModel, startAgent } from './agents.ts'
 
 // examples/sdk-app installed the way a third-party app installs it: every @meshnet package it needs
 // is built (tsup) and packed (`pnpm pack`), the example is copied out of the repository and installed
@@ -120,26 +120,7 @@ beforeAll(async () => {
   })
 
   const model = join(root, 'tiny.gguf')
-  const created = await runMesh([
-    'model-create',
-    '--out',
-    model,
-    '--layers',
-    '2',
-    '--embd',
-    '256',
-    '--heads',
-    '4',
-    '--kv-heads',
-    '2',
-    '--vocab',
-    '1000',
-    '--type',
-    'Q8_0',
-    '--seed',
-    '3',
-  ])
-  expect(created.code, created.stderr).toBe(0)
+  await createModel(model, { layers: 2, embd: 256, heads: 4, kvHeads: 2, vocab: 1000, type: 'Q8_0', seed: 3 })
   agent = await startAgent(join(root, 'agent'), [
     '--local-only',
     '--model',
