@@ -19,15 +19,10 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Worker } from 'node:worker_threads'
+import { createMeshnetEngine, createWasmKernels, type InferenceEngine, loadShard } from '@meshnet/engine'
 import { generateLlamaModel, type LlamaWeightType, openGGUF } from '@meshnet/gguf'
-import {
-  createLlamaCppEngine,
-  createMeshnetEngine,
-  createWasmKernels,
-  type InferenceEngine,
-  loadShard,
-} from '@meshnet/inference'
-import { kernelsModule } from '../packages/inference/src/kernels/wasm.ts'
+import { createLlamaCppEngine } from '@meshnet/llama-cpp'
+import { kernelsModule } from '../packages/engine/src/kernels/wasm.ts'
 import { summary, table } from './lib.ts'
 
 const QUICK = process.env.BENCH_QUICK === '1'

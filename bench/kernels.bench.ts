@@ -12,16 +12,11 @@ import { mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
-import { GGML_TYPE, generateLlamaModel, quantizeRow, rowByteLength } from '../packages/gguf/src/index.ts'
-import {
-  createJsKernels,
-  createWasmKernels,
-  type KernelBuffer,
-  type Kernels,
-} from '../packages/inference/src/kernels/index.ts'
-import { type KernelsExports, kernelsModule } from '../packages/inference/src/kernels/wasm.ts'
-import { wasmApi } from '../packages/inference/src/kernels/webassembly.ts'
-import { acquireLlama } from '../packages/inference/src/llama-cpp/runtime.ts'
+import { createJsKernels, createWasmKernels, type KernelBuffer, type Kernels } from '@meshnet/engine'
+import { GGML_TYPE, generateLlamaModel, quantizeRow, rowByteLength } from '@meshnet/gguf'
+import { acquireLlama } from '@meshnet/llama-cpp'
+import { type KernelsExports, kernelsModule } from '../packages/engine/src/kernels/wasm.ts'
+import { wasmApi } from '../packages/engine/src/kernels/webassembly.ts'
 import { table } from './lib.ts'
 
 const { values: flags } = parseArgs({

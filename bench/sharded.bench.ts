@@ -24,16 +24,16 @@ import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
 import { generateLlamaModel } from '@meshnet/gguf'
 import { generateIdentity, identityFromSeed, type NodeIdentity, randomSeed } from '@meshnet/identity'
+import { createLlamaCppEngine } from '@meshnet/llama-cpp'
+import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
+import { PoolGate, planPipeline, planTensor } from '@meshnet/ring'
 import {
-  createLlamaCppEngine,
   readShardModelFacts,
   runShardedGeneration,
   type ShardedGenerationResult,
   type ShardedGenerationStats,
   type ShardedPlan,
-} from '@meshnet/inference'
-import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
-import { PoolGate, planPipeline, planTensor } from '@meshnet/ring'
+} from '@meshnet/shards'
 import { table } from './lib.ts'
 
 const SHAPES = {

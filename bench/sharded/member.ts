@@ -4,9 +4,10 @@
 // `{ nodeId, addrs }` once serving, `{ stats }` when asked, and exits on 'stop' (or when the
 // bench goes away).
 import { createMeshNode } from '@meshnet/discovery'
+import { createWasmKernels } from '@meshnet/engine'
 import { identityFromSeed } from '@meshnet/identity'
-import { createWasmKernels, shardServer } from '@meshnet/inference'
 import { PoolGate } from '@meshnet/ring'
+import { shardServer } from '@meshnet/shards'
 
 interface MemberConfig {
   seed: string

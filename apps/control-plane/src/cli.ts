@@ -9,9 +9,9 @@ import {
   InvalidArgumentError,
   processIo,
   reportError,
-  resolveDataDir,
   waitForSignal,
-} from '@meshnet/identity'
+} from '@meshnet/core'
+import { resolveDataDir } from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import { z } from 'zod'
 import pkg from '../package.json' with { type: 'json' }
@@ -19,7 +19,7 @@ import { CONTROL_PLANE_DEFAULTS, startControlPlane } from './control-plane.ts'
 import { describeIssues } from './http.ts'
 import { controlPlaneFiles } from './layout.ts'
 
-export type { CliIo } from '@meshnet/identity'
+export type { CliIo } from '@meshnet/core'
 
 const whole = (flag: string, min: number, max: number) =>
   z.coerce

@@ -1,6 +1,7 @@
 import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { ensureDataDir, InvalidArgumentError, type Logger, MeshError, silentLogger } from '@meshnet/identity'
+import { InvalidArgumentError, type Logger, MeshError, silentLogger } from '@meshnet/core'
+import { ensureDataDir } from '@meshnet/identity'
 import { z } from 'zod'
 import pkg from '../package.json' with { type: 'json' }
 import { openControlPlaneDb } from './db.ts'

@@ -1,5 +1,5 @@
 import type { DatabaseSync } from 'node:sqlite'
-import type { Logger } from '@meshnet/identity'
+import type { Logger } from '@meshnet/core'
 import type { Capabilities } from '@meshnet/ring'
 import { type DataDirLock, type JobStatus, type OpenReport, openSqlite } from '@meshnet/store'
 

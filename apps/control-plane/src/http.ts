@@ -1,5 +1,5 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 import type { z } from 'zod'
 
 /** Largest request body the control plane reads: 64 KiB. */

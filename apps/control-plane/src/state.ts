@@ -1,4 +1,4 @@
-import type { Logger } from '@meshnet/identity'
+import type { Logger } from '@meshnet/core'
 import type { ChunkRecord, ControlPlaneDb, JobRecord } from './db.ts'
 import { refreshRings } from './rings.ts'
 

@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { chmod, readFile, stat } from 'node:fs/promises'
-import { CorruptFileError, type Logger, writeFileExclusive } from '@meshnet/identity'
+import { CorruptFileError, type Logger } from '@meshnet/core'
+import { writeFileExclusive } from '@meshnet/identity'
 
 const TOKEN_PATTERN = /^[A-Za-z0-9_-]{32,256}$/
 

@@ -3,7 +3,7 @@
  * The `mesh` command line. `main(argv)` runs one invocation and resolves to its exit code.
  */
 
-import { type CliIo, processIo, reportError } from '@meshnet/identity'
+import { type CliIo, processIo, reportError } from '@meshnet/core'
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
 import { registerDemo } from './commands/demo.ts'
@@ -16,7 +16,7 @@ import { registerStart } from './commands/start.ts'
 import { registerStatus } from './commands/status.ts'
 import { commandContext, type GlobalOptions } from './context.ts'
 
-export type { CliIo } from '@meshnet/identity'
+export type { CliIo } from '@meshnet/core'
 
 export function createProgram(io: CliIo = processIo): Command {
   const program = new Command('mesh')

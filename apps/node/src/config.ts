@@ -1,6 +1,7 @@
 import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { CorruptFileError, InvalidArgumentError, writeFileAtomic } from '@meshnet/identity'
+import { CorruptFileError, InvalidArgumentError } from '@meshnet/core'
+import { writeFileAtomic } from '@meshnet/identity'
 import { parse, stringify } from 'yaml'
 import { z } from 'zod'
 import { agentSettingsSchema } from './agent/settings.ts'

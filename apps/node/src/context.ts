@@ -1,5 +1,6 @@
-import type { CliIo } from '@meshnet/identity'
-import { createLogger, type Logger, resolveDataDir } from '@meshnet/identity'
+import type { CliIo } from '@meshnet/core'
+import { createLogger, type Logger } from '@meshnet/core'
+import { resolveDataDir } from '@meshnet/identity'
 import type { Command } from 'commander'
 
 /** Global options, accepted anywhere on the command line. */

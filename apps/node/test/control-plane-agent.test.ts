@@ -5,9 +5,9 @@ import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateLlamaModel } from '@meshnet/gguf'
-import { createEngine } from '@meshnet/inference'
+import { createEngine } from '@meshnet/llama-cpp'
+import type { JobRunner } from '@meshnet/protocols'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
-import type { JobRunner } from '../src/agent/jobs.ts'
 import {
   api,
   type ControlPlaneProcess,

@@ -1,4 +1,5 @@
-import { createEngine, type EngineName, type InferenceEngine } from '@meshnet/inference'
+import type { InferenceEngine } from '@meshnet/engine'
+import { createEngine, type EngineName } from '@meshnet/llama-cpp'
 import { modelInfo } from '../src/agent/model-info.ts'
 import type { CompletionBackend, CompletionModel, CompletionOutcome } from '../src/agent/openai-api.ts'
 

@@ -6,20 +6,18 @@
  */
 
 import { join } from 'node:path'
-import { createMeshNode, type MeshNode } from '@meshnet/discovery'
 import {
   type CliIo,
   createLogger,
-  ensureDataDir,
   InvalidArgumentError,
-  loadOrCreateIdentity,
   printFields,
   printJson,
   processIo,
   reportError,
-  resolveDataDir,
   waitForSignal,
-} from '@meshnet/identity'
+} from '@meshnet/core'
+import { createMeshNode, type MeshNode } from '@meshnet/discovery'
+import { ensureDataDir, loadOrCreateIdentity, resolveDataDir } from '@meshnet/identity'
 import { Command, CommanderError } from 'commander'
 import { z } from 'zod'
 import pkg from '../package.json' with { type: 'json' }

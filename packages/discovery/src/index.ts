@@ -31,21 +31,15 @@ export type {
 export { DEFAULT_BEACON_GROUP, DEFAULT_BEACON_PORT, lanBeacons } from './beacon/lan-beacons.ts'
 export type { ConnectivityStatus } from './node/connectivity.ts'
 export {
-  DEFAULT_MAX_FRAME_BYTES,
   DEFAULT_TCP_PORT,
   DEFAULT_WS_PORT,
-  MAX_FRAME_BYTES_LIMIT,
 } from './node/defaults.ts'
 export {
   DialError,
-  FrameTooLargeError,
   NodeStartError,
   PeerTimeoutError,
   PerfError,
-  StreamEndedError,
 } from './node/errors.ts'
-export type { FrameOptions, FrameStream, FrameStreamOptions } from './node/frames.ts'
-export { frameStream, readFrame, writeFrame } from './node/frames.ts'
 export type {
   DialProtocolOptions,
   HandleRequestsOptions,
@@ -62,4 +56,3 @@ export type { MeshNodeOptions, ResolvedMeshNodeOptions } from './node/options.ts
 export { resolveMeshNodeOptions } from './node/options.ts'
 export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from './node/perf.ts'
 export { MAX_PERF_BYTES, PERF_PROTOCOL, perfService } from './node/perf.ts'
-export { isMeshnetProtocol, MESHNET_DHT_PROTOCOL, meshnetProtocol } from './node/protocols.ts'

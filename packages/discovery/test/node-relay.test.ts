@@ -1,8 +1,8 @@
 import { generateIdentity } from '@meshnet/identity'
+import { meshnetProtocol } from '@meshnet/protocols'
 import { afterEach, describe, expect, it } from 'vitest'
 import { createMeshNode, type MeshNode } from '../src/node/mesh-node.ts'
 import type { MeshNodeOptions } from '../src/node/options.ts'
-import { meshnetProtocol } from '../src/node/protocols.ts'
 
 // A node behind a "NAT": it listens on no socket at all, only on a circuit through the relay.
 // DCUtR is off here so that the connection stays relayed and the test pins the relay path.

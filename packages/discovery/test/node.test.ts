@@ -4,12 +4,11 @@ import net from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { dataDirLayout, generateIdentity } from '@meshnet/identity'
+import { frameStream, meshnetProtocol } from '@meshnet/protocols'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { afterEach, describe, expect, it } from 'vitest'
-import { frameStream } from '../src/node/frames.ts'
 import { createMeshNode, type MeshNode } from '../src/node/mesh-node.ts'
 import type { MeshNodeOptions } from '../src/node/options.ts'
-import { meshnetProtocol } from '../src/node/protocols.ts'
 
 // Real libp2p nodes over real TCP/WebSocket sockets on 127.0.0.1. Every node is localOnly: it
 // listens and dials only on loopback, with mDNS, UPnP and AutoNAT off.

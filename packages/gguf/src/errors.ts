@@ -1,4 +1,4 @@
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 
 /**
  * A GGUF file is corrupt, truncated, hostile or in a form this reader does not support. The message

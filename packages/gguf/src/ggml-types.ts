@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
 
 /**
  * ggml tensor type ids, as stored in a GGUF tensor info (`enum ggml_type` in ggml.h). Ids 4, 5 and

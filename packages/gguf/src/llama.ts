@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
 import { z } from 'zod'
 import { GGUFFormatError } from './errors.ts'
 import { GGML_TYPE, type GGMLTypeName, ggmlTypeInfo, QK_K, rowByteLength } from './ggml-types.ts'

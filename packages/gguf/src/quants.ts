@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
 import { UnsupportedQuantTypeError } from './errors.ts'
 import { fp16Table, fp32ToFp16 } from './f16.ts'
 import { GGML_TYPE, type GGMLTypeInfo, ggmlTypeInfo, QK_K } from './ggml-types.ts'

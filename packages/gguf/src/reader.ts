@@ -1,5 +1,5 @@
 import { type FileHandle, open } from 'node:fs/promises'
-import { FileAccessError, InvalidArgumentError } from '@meshnet/identity'
+import { FileAccessError, InvalidArgumentError } from '@meshnet/core'
 import { z } from 'zod'
 import { GGUFFormatError, TensorNotFoundError } from './errors.ts'
 import {

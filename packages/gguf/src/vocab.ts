@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
 
 /** llama.cpp token types (`enum llama_token_type`). */
 export const LLAMA_TOKEN_TYPE = {

@@ -1,7 +1,7 @@
 import { createHash, type Hash, randomBytes } from 'node:crypto'
 import { type FileHandle, mkdir, open, rename, rm } from 'node:fs/promises'
 import { basename, dirname, join } from 'node:path'
-import { FileAccessError, InvalidArgumentError, isMeshError } from '@meshnet/identity'
+import { FileAccessError, InvalidArgumentError, isMeshError } from '@meshnet/core'
 import { type GGMLTypeName, ggmlTypeInfo } from './ggml-types.ts'
 import { alignUp } from './header.ts'
 import {

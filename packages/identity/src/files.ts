@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import { link, mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { FileAccessError } from './errors.ts'
+import { FileAccessError } from '@meshnet/core'
 
 export interface WriteFileOptions {
   /** File mode for a new file; default 0o644. */

@@ -1,4 +1,5 @@
-import { InvalidArgumentError, type NodeIdentity, writeFileAtomic } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
+import { type NodeIdentity, writeFileAtomic } from '@meshnet/identity'
 import { z } from 'zod'
 import {
   type Certificate,

@@ -1,5 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import { InvalidArgumentError, verifySignature } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
+import { verifySignature } from '@meshnet/identity'
 import { z } from 'zod'
 import {
   bytesEqual,

@@ -1,7 +1,9 @@
 import { createHash } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
-import { domainSeparated, InvalidArgumentError } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
+import { domainSeparated } from '@meshnet/identity'
+import { POOL_ID_PATTERN } from '@meshnet/protocols'
 import { decode, encode, rfc8949EncodeOptions } from 'cborg'
 import { base32 } from 'multiformats/bases/base32'
 import { z } from 'zod'
@@ -35,7 +37,6 @@ export const CLOCK_SKEW_MS = 5 * 60_000
 const POOL_ID_PREFIX = 'pool-'
 /** 16 bytes of the hash: 128 bits, 26 base32 characters. */
 const POOL_ID_HASH_BYTES = 16
-const POOL_ID_PATTERN = /^pool-[a-z2-7]{26}$/
 
 /**
  * A pool's id, derived from its root public key:

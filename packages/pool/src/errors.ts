@@ -1,4 +1,4 @@
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 
 /** A MeshError that also says which check failed, as a literal `reason` (also in `details.reason`). */
 abstract class ReasonedError<R extends string> extends MeshError {

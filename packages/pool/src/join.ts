@@ -1,11 +1,6 @@
 import { randomBytes } from 'node:crypto'
-import {
-  InvalidArgumentError,
-  type NodeIdentity,
-  publicKeyOfSeed,
-  signWithSeed,
-  verifySignature,
-} from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
+import { type NodeIdentity, publicKeyOfSeed, signWithSeed, verifySignature } from '@meshnet/identity'
 import { z } from 'zod'
 import {
   type Certificate,

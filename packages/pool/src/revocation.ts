@@ -1,4 +1,5 @@
-import { InvalidArgumentError, verifySignature } from '@meshnet/identity'
+import { InvalidArgumentError } from '@meshnet/core'
+import { verifySignature } from '@meshnet/identity'
 import { z } from 'zod'
 import {
   checkSchema,

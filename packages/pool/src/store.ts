@@ -1,10 +1,8 @@
 import { mkdir, readdir, readFile, stat } from 'node:fs/promises'
 import { join } from 'node:path'
+import { CorruptFileError, FileAccessError, InvalidArgumentError } from '@meshnet/core'
 import {
-  CorruptFileError,
   dataDirLayout,
-  FileAccessError,
-  InvalidArgumentError,
   type NodeIdentity,
   publicKeyOfSeed,
   randomSeed,

@@ -1,6 +1,8 @@
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
-import { MeshError, type NodeIdentity, verifySignature } from '@meshnet/identity'
+import { MeshError } from '@meshnet/core'
+import { type NodeIdentity, verifySignature } from '@meshnet/identity'
+import { type Capabilities, capabilitiesSchema } from '@meshnet/protocols'
 import { decode, encode } from 'cborg'
 import { z } from 'zod'
 
@@ -9,28 +11,13 @@ export const ANNOUNCEMENT_DOMAIN = 'ring-announcement/v1'
 /** Largest encoded announcement accepted from the network. */
 export const MAX_ANNOUNCEMENT_BYTES = 16 * 1024
 
+/** Capabilities are the same contract in ring announcements and control-plane registrations. */
+export type { Capabilities }
+
 const bytes = (max: number) =>
   z
     .custom<Uint8Array<ArrayBufferLike>>((v) => v instanceof Uint8Array, 'bytes')
     .refine((b) => b.length <= max, `at most ${max} bytes`)
-
-export const modelInfoSchema = z.strictObject({
-  name: z.string().max(256),
-  sha256: z.string().regex(/^[0-9a-f]{64}$/),
-  bytes: z.number().int().nonnegative(),
-})
-
-export const capabilitiesSchema = z.strictObject({
-  /** Memory the member offers for weights and caches; fixed for the agent's lifetime. */
-  capacityBytes: z.number().int().nonnegative(),
-  /** Free memory when announced (informational; plans use capacityBytes). */
-  freeMemoryBytes: z.number().int().nonnegative(),
-  /** Measured compute score (higher is faster). */
-  computeScore: z.number().nonnegative(),
-  engines: z.array(z.string().max(64)).max(8),
-  models: z.array(modelInfoSchema).max(32),
-})
-export type Capabilities = z.infer<typeof capabilitiesSchema>
 
 const announcementSchema = z.strictObject({
   v: z.literal(1),

@@ -1,5 +1,6 @@
 import { type GossipSub, gossipsub, type Message, TopicValidatorResult } from '@libp2p/gossipsub'
-import { type Logger, type NodeIdentity, silentLogger } from '@meshnet/identity'
+import { type Logger, silentLogger } from '@meshnet/core'
+import type { NodeIdentity } from '@meshnet/identity'
 import {
   type Announcement,
   AnnouncementError,

@@ -1,4 +1,4 @@
-import { MeshError } from '@meshnet/identity'
+import { MeshError } from '@meshnet/core'
 
 /** The ring cannot hold or split the model as asked. */
 export class ShardPlanError extends MeshError {

@@ -1,6 +1,6 @@
 import type { Connection, PeerId } from '@libp2p/interface'
+import { type Logger, MeshError, silentLogger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import { type Logger, MeshError, silentLogger } from '@meshnet/identity'
 import {
   type Certificate,
   CertificateError,

@@ -1,4 +1,4 @@
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 
 const CONFIG_HINT = 'see docs/p2p-configuration.md for every option, its default and why'
 

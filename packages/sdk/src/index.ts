@@ -9,8 +9,8 @@
 
 export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from '@meshnet/discovery'
 export { MAX_PERF_BYTES, PERF_PROTOCOL, PerfError, perfService } from '@meshnet/discovery'
-export type { JobResult, JobStats, JobToken } from '@meshnet/inference'
-export { JobFailedError, JobProtocolError } from '@meshnet/inference'
+export type { JobResult, JobStats, JobToken } from '@meshnet/protocols'
+export { JobFailedError, JobProtocolError } from '@meshnet/protocols'
 export type {
   AuthenticateHook,
   DebugLevel,

@@ -1,6 +1,7 @@
 import type { ComponentLogger, Metrics } from '@libp2p/interface'
+import { isMeshError } from '@meshnet/core'
 import { type MeshNodeOptions, perfService, resolveMeshNodeOptions } from '@meshnet/discovery'
-import { generateIdentity, isMeshError, type NodeIdentity } from '@meshnet/identity'
+import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
 import type { ResolvedSDKConfig } from './config.ts'
 import { SDKConfigError } from './errors.ts'
 

@@ -11,7 +11,7 @@ import {
   type JobToken,
   modelProviderKey,
   requestJob,
-} from '@meshnet/inference'
+} from '@meshnet/protocols'
 import { PoolGate } from '@meshnet/ring'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { type DebugLevel, type FabstirSDKConfig, parseSDKConfig, type ResolvedSDKConfig } from './config.ts'

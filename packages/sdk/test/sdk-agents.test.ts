@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import type { JobToken } from '@meshnet/inference'
+import type { JobToken } from '@meshnet/protocols'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FabstirSDK, type StreamEndEvent } from '../src/sdk.ts'
 import { type Agent, createModel, runMesh, startAgent } from './agents.ts'

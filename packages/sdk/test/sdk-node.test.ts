@@ -1,6 +1,6 @@
 import { bootstrap } from '@libp2p/bootstrap'
 import { MAX_PERF_BYTES, type Perf } from '@meshnet/discovery'
-import { modelProviderKey } from '@meshnet/inference'
+import { modelProviderKey } from '@meshnet/protocols'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { P2PDebugEvent } from '../src/debug-log.ts'
 import { FabstirSDK, type PeerEvent } from '../src/sdk.ts'

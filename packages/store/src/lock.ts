@@ -1,5 +1,5 @@
 import { closeSync, openSync, readFileSync, rmSync, writeSync } from 'node:fs'
-import { DataDirInUseError, FileAccessError } from '@meshnet/identity'
+import { DataDirInUseError, FileAccessError } from '@meshnet/core'
 
 /** A held lock file; `release()` removes it. */
 export interface DataDirLock {

@@ -1,5 +1,5 @@
 import type { DatabaseSync } from 'node:sqlite'
-import { MeshError } from '@meshnet/identity'
+import { MeshError } from '@meshnet/core'
 
 /** The database was written by a newer Meshnet. */
 export class SchemaTooNewError extends MeshError {

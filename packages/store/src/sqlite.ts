@@ -1,7 +1,7 @@
 import { closeSync, existsSync, openSync, readSync, renameSync } from 'node:fs'
 import { basename } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
-import { type Logger, silentLogger } from '@meshnet/identity'
+import { type Logger, silentLogger } from '@meshnet/core'
 import { acquireLock, type DataDirLock } from './lock.ts'
 import { migrate } from './migrations.ts'
 

@@ -1,5 +1,6 @@
 import type { DatabaseSync } from 'node:sqlite'
-import { dataDirLayout, type Logger } from '@meshnet/identity'
+import type { Logger } from '@meshnet/core'
+import { dataDirLayout } from '@meshnet/identity'
 import type { DataDirLock } from './lock.ts'
 import { MIGRATIONS } from './migrations.ts'
 import { type OpenReport, openSqlite } from './sqlite.ts'

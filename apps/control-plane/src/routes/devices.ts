@@ -1,8 +1,8 @@
+import { addressesSchema, capabilitiesSchema, deviceNameSchema, nodeIdSchema } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { DeviceRecord } from '../db.ts'
 import { created, notFound, ok, parseInput, type Route } from '../http.ts'
 import { refreshRings } from '../rings.ts'
-import { addressesSchema, capabilitiesSchema, deviceNameSchema, nodeIdSchema } from '../schemas.ts'
 import type { ControlPlaneContext } from '../state.ts'
 
 const registerSchema = z.strictObject({

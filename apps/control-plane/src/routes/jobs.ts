@@ -1,9 +1,9 @@
 import { randomUUID } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
+import { jobIdSchema, nodeIdSchema, poolIdSchema } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { ChunkRecord, JobRecord } from '../db.ts'
 import { conflict, HttpError, noContent, notFound, ok, parseInput, type Route, streaming } from '../http.ts'
-import { jobIdSchema, nodeIdSchema, poolIdSchema } from '../schemas.ts'
 import type { ControlPlaneContext, JobEvent } from '../state.ts'
 import { deviceNotFound } from './devices.ts'
 

@@ -1,4 +1,4 @@
-import { isMeshError, type MeshError } from '@meshnet/identity'
+import { isMeshError, type MeshError } from '@meshnet/core'
 import {
   type Certificate,
   decodeCertificate,
@@ -9,10 +9,6 @@ import {
   poolIdFromRootKey,
   type RevocationList,
 } from '@meshnet/pool'
-import { z } from 'zod'
-import type { PoolRecord } from '../db.ts'
-import { created, HttpError, notFound, ok, parseInput, type Route } from '../http.ts'
-import { refreshRing, ringDigest, ringTopology } from '../rings.ts'
 import {
   addressesSchema,
   base64Of,
@@ -20,7 +16,11 @@ import {
   deviceNameSchema,
   nodeIdSchema,
   poolIdSchema,
-} from '../schemas.ts'
+} from '@meshnet/protocols'
+import { z } from 'zod'
+import type { PoolRecord } from '../db.ts'
+import { created, HttpError, notFound, ok, parseInput, type Route } from '../http.ts'
+import { refreshRing, ringDigest, ringTopology } from '../rings.ts'
 import type { ControlPlaneContext } from '../state.ts'
 
 const rootKeySchema = z.string().transform((text, issue) => {

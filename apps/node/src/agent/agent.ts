@@ -1,10 +1,5 @@
-import {
-  type DataDirLayout,
-  ensureDataDir,
-  type Logger,
-  loadOrCreateIdentity,
-  type NodeIdentity,
-} from '@meshnet/identity'
+import type { Logger } from '@meshnet/core'
+import { type DataDirLayout, ensureDataDir, loadOrCreateIdentity, type NodeIdentity } from '@meshnet/identity'
 import { type MeshStore, openStore } from '@meshnet/store'
 import pkg from '../../package.json' with { type: 'json' }
 import type { NodeConfig } from '../config.ts'

@@ -1,5 +1,5 @@
 import { Template } from '@huggingface/jinja'
-import { MeshError } from '@meshnet/identity'
+import { MeshError } from '@meshnet/core'
 
 /** One chat message as a template sees it (content already flattened to text). */
 export interface ChatMessage {

@@ -2,7 +2,8 @@ import { randomBytes, timingSafeEqual } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
-import { type DataDirLayout, isMeshError, type Logger, MeshError, writeFileAtomic } from '@meshnet/identity'
+import { isMeshError, type Logger, MeshError } from '@meshnet/core'
+import { type DataDirLayout, writeFileAtomic } from '@meshnet/identity'
 import { z } from 'zod'
 
 /** Largest request body the control API reads. */

@@ -2,13 +2,19 @@ import { readFile } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { InvalidArgumentError, MeshError } from '@meshnet/identity'
+import { InvalidArgumentError, MeshError } from '@meshnet/core'
 import { encodeRevocationList, formatRootPublicKey, type Pool } from '@meshnet/pool'
+import {
+  type JobRequest,
+  type JobResult,
+  type JobRunner,
+  type JobToken,
+  jobRequestSchema,
+} from '@meshnet/protocols'
 import type { Capabilities, RingGossip } from '@meshnet/ring'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 import type { AgentContext, AgentPart } from './agent.ts'
-import { type JobRequest, type JobResult, type JobRunner, type JobToken, jobRequestSchema } from './jobs.ts'
 import type { MeshPart } from './mesh-part.ts'
 
 /** Environment variable holding the control plane's bearer token when no flag gives it. */

@@ -1,36 +1,33 @@
 import { randomUUID } from 'node:crypto'
 import { availableParallelism } from 'node:os'
 import type { Connection, Stream } from '@libp2p/interface'
-import { frameStream } from '@meshnet/discovery'
-import { InvalidArgumentError, MeshError } from '@meshnet/identity'
+import { InvalidArgumentError, MeshError } from '@meshnet/core'
+import { createWasmKernels, type Kernels, type OpenedTokenizer, TextStreamer } from '@meshnet/engine'
+import { createLlamaCppEngine, type LlamaCppEngine, openModelTokenizer } from '@meshnet/llama-cpp'
 import {
-  chooseShardedMode,
-  createLlamaCppEngine,
-  createWasmKernels,
   decodeJobRequest,
   encodeJobFrame,
+  frameStream,
   JOB_PROTOCOL,
   type JobRequest,
   type JobResult,
   type JobRunner,
   type JobToken,
   jobRequestSchema,
-  type Kernels,
-  type LlamaCppEngine,
   MAX_JOB_FRAME_BYTES,
   modelProviderKey,
-  type OpenedTokenizer,
-  openModelTokenizer,
   requestJob,
+} from '@meshnet/protocols'
+import { planPipeline, planTensor, type RingMember, ShardPlanError } from '@meshnet/ring'
+import {
+  chooseShardedMode,
   runShardedGeneration,
   type ShardedGenerationResult,
   type ShardedPlan,
   type ShardModelFacts,
   type ShardServer,
   shardServer,
-  TextStreamer,
-} from '@meshnet/inference'
-import { planPipeline, planTensor, type RingMember, ShardPlanError } from '@meshnet/ring'
+} from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { ControlRoutes } from './control-api.ts'
 import type { MeshPart } from './mesh-part.ts'

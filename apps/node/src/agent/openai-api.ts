@@ -2,7 +2,7 @@ import { createHash, randomBytes, timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { setImmediate as nextTurn } from 'node:timers/promises'
-import { isMeshError, type Logger, MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { isMeshError, type Logger, MeshError, type MeshErrorOptions } from '@meshnet/core'
 import { z } from 'zod'
 import { type ChatMessage, type ChatTemplate, parseChatTemplate } from './chat-template.ts'
 

@@ -1,5 +1,5 @@
+import { InvalidArgumentError } from '@meshnet/core'
 import type { BeaconMessage } from '@meshnet/discovery'
-import { InvalidArgumentError } from '@meshnet/identity'
 import {
   decodeRevocationList,
   encodeRevocationList,

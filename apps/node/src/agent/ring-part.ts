@@ -4,8 +4,7 @@ import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
 import { basename, resolve } from 'node:path'
 import type { Message } from '@libp2p/gossipsub'
-import { InvalidArgumentError } from '@meshnet/identity'
-import { readShardModelFacts, type ShardModelFacts } from '@meshnet/inference'
+import { InvalidArgumentError } from '@meshnet/core'
 import { decodeRevocationList, encodeRevocationList, loadPool, saveRevocationList } from '@meshnet/pool'
 import {
   type Capabilities,
@@ -17,6 +16,7 @@ import {
   topologyOf,
   writeTopologyFile,
 } from '@meshnet/ring'
+import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
 

@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { CorruptFileError, InvalidArgumentError } from '@meshnet/identity'
+import { CorruptFileError, InvalidArgumentError } from '@meshnet/core'
 import { parse } from 'yaml'
 import { z } from 'zod'
 

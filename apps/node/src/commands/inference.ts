@@ -1,15 +1,9 @@
 import { availableParallelism } from 'node:os'
-import { dataDirLayout, InvalidArgumentError, printFields, printJson } from '@meshnet/identity'
-import {
-  createEngine,
-  ENGINE_NAMES,
-  type EngineName,
-  type GenerateResult,
-  JOB_MODES,
-  type JobMode,
-  type JobResult,
-  type JobToken,
-} from '@meshnet/inference'
+import { InvalidArgumentError, printFields, printJson } from '@meshnet/core'
+import type { GenerateResult } from '@meshnet/engine'
+import { dataDirLayout } from '@meshnet/identity'
+import { createEngine, ENGINE_NAMES, type EngineName } from '@meshnet/llama-cpp'
+import { JOB_MODES, type JobMode, type JobResult, type JobToken } from '@meshnet/protocols'
 import { openStore } from '@meshnet/store'
 import type { Command } from 'commander'
 import { z } from 'zod'

@@ -1,4 +1,5 @@
-import { ensureDataDir, loadOrCreateIdentity, printFields, printJson } from '@meshnet/identity'
+import { printFields, printJson } from '@meshnet/core'
+import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
 import { openStore } from '@meshnet/store'
 import type { Command } from 'commander'
 import {

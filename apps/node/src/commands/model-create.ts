@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
+import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/core'
 import { generateLlamaModel, LLAMA_WEIGHT_TYPES, llamaModelOptionsSchema } from '@meshnet/gguf'
-import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { z } from 'zod'
 import { parseFlag } from '../config.ts'

@@ -1,13 +1,6 @@
+import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/core'
 import { lanBeacons } from '@meshnet/discovery'
-import {
-  dataDirLayout,
-  ensureDataDir,
-  InvalidArgumentError,
-  loadOrCreateIdentity,
-  MeshError,
-  printFields,
-  printJson,
-} from '@meshnet/identity'
+import { dataDirLayout, ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
 import {
   createJoinRequest,
   createPool,

@@ -1,4 +1,5 @@
-import { ensureDataDir, InvalidArgumentError, printFields, printJson, waitForSignal } from '@meshnet/identity'
+import { InvalidArgumentError, printFields, printJson, waitForSignal } from '@meshnet/core'
+import { ensureDataDir } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { type AgentParts, startAgent } from '../agent/agent.ts'
 import { apiPart } from '../agent/api-part.ts'

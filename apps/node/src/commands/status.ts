@@ -1,4 +1,5 @@
-import { dataDirLayout, printFields, printJson } from '@meshnet/identity'
+import { printFields, printJson } from '@meshnet/core'
+import { dataDirLayout } from '@meshnet/identity'
 import type { Command } from 'commander'
 import { connectAgent } from '../agent/control-api.ts'
 import type { CommandContext } from '../context.ts'

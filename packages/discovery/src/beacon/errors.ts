@@ -1,4 +1,4 @@
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 import type { BeaconDropReason } from './envelope.ts'
 
 /** A datagram was refused; `reason` is the counter it is dropped under. */

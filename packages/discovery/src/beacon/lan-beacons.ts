@@ -1,6 +1,7 @@
 import { createHash, randomBytes } from 'node:crypto'
 import dgram from 'node:dgram'
-import { InvalidArgumentError, type Logger, type NodeIdentity, silentLogger } from '@meshnet/identity'
+import { InvalidArgumentError, type Logger, silentLogger } from '@meshnet/core'
+import type { NodeIdentity } from '@meshnet/identity'
 import { z } from 'zod'
 import {
   BEACON_DROP_REASONS,

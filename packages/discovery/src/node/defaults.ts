@@ -1,3 +1,5 @@
+import { MESHNET_DHT_PROTOCOL } from '@meshnet/protocols'
+
 /**
  * Every default of the libp2p node in one place. docs/p2p-configuration.md explains each one and
  * docs/LIMITS.md lists the limits; change them here and there together.
@@ -18,7 +20,7 @@ export const DEFAULT_LISTEN: readonly string[] = [
 export const DEFAULT_LOCAL_LISTEN: readonly string[] = ['/ip4/127.0.0.1/tcp/0', '/ip4/127.0.0.1/tcp/0/ws']
 
 /** Kademlia protocol id: a Meshnet-only DHT, never merged with the public IPFS DHT. */
-export const DEFAULT_DHT_PROTOCOL = '/meshnet/kad/1.0.0'
+export const DEFAULT_DHT_PROTOCOL = MESHNET_DHT_PROTOCOL
 /** Meshnet is LAN-first: every node answers DHT queries unless it is told to be a client. */
 export const DEFAULT_DHT_MODE = 'server'
 /** Addresses handed out through the DHT: everything but loopback (LAN and public). */
@@ -74,8 +76,3 @@ export const DEFAULT_STREAM_READ_BUFFER_BYTES = 4 * 1024 * 1024
 
 /** Peer store: addresses of a peer are forgotten after this long without confirmation. */
 export const DEFAULT_PEER_ADDRESS_TTL_MS = 60 * 60_000
-
-/** Largest frame `readFrame`/`frameStream` accept unless told otherwise. */
-export const DEFAULT_MAX_FRAME_BYTES = 1024 * 1024
-/** Hard ceiling for any frame size option; its length prefix fits a 4-byte varint. */
-export const MAX_FRAME_BYTES_LIMIT = 128 * 1024 * 1024

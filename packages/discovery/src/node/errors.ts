@@ -1,20 +1,4 @@
-import { MeshError, type MeshErrorOptions } from '@meshnet/identity'
-
-/** A frame was larger than the size cap of its protocol; the stream is aborted. */
-export class FrameTooLargeError extends MeshError {
-  override name = 'FrameTooLargeError' as const
-  constructor(message: string, options?: MeshErrorOptions) {
-    super('ERR_FRAME_TOO_LARGE', message, options)
-  }
-}
-
-/** The remote closed (or reset) the stream before a whole frame arrived. */
-export class StreamEndedError extends MeshError {
-  override name = 'StreamEndedError' as const
-  constructor(message: string, options?: MeshErrorOptions) {
-    super('ERR_STREAM_ENDED', message, options)
-  }
-}
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
 
 /** A dial, protocol negotiation, request or DHT lookup did not finish within its time budget. */
 export class PeerTimeoutError extends MeshError {

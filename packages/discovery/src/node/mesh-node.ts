@@ -27,20 +27,17 @@ import { type UPnPNAT, uPnPNAT } from '@libp2p/upnp-nat'
 import { isLoopback } from '@libp2p/utils'
 import { webSockets } from '@libp2p/websockets'
 import { yamux } from '@libp2p/yamux'
-import { dataDirLayout, ensureDataDir, type Logger } from '@meshnet/identity'
+import type { Logger } from '@meshnet/core'
+import { dataDirLayout, ensureDataDir } from '@meshnet/identity'
+import { DEFAULT_MAX_FRAME_BYTES, frameStream, StreamEndedError, writeFrame } from '@meshnet/protocols'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { FsDatastore } from 'datastore-fs'
 import { createLibp2p, type Libp2pOptions, type ServiceFactoryMap } from 'libp2p'
 import pkg from '../../package.json' with { type: 'json' }
 import { type Connectivity, type ConnectivityStatus, connectivity } from './connectivity.ts'
 import { deadline } from './deadline.ts'
-import {
-  DEFAULT_MAINTENANCE_MAX_BACKOFF_MS,
-  DEFAULT_MAX_FRAME_BYTES,
-  DEFAULT_PROTOCOL_TIMEOUT_MS,
-} from './defaults.ts'
-import { DialError, NodeStartError, PeerTimeoutError, StreamEndedError } from './errors.ts'
-import { frameStream, writeFrame } from './frames.ts'
+import { DEFAULT_MAINTENANCE_MAX_BACKOFF_MS, DEFAULT_PROTOCOL_TIMEOUT_MS } from './defaults.ts'
+import { DialError, NodeStartError, PeerTimeoutError } from './errors.ts'
 import { dhtAddressMapper, type MeshGater, meshGater } from './gater.ts'
 import { type MeshNodeOptions, type ResolvedMeshNodeOptions, resolveMeshNodeOptions } from './options.ts'
 

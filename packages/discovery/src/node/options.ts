@@ -2,7 +2,9 @@ import { resolve } from 'node:path'
 import type { ComponentLogger, Metrics, PeerId, ServiceMap } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { isLoopback } from '@libp2p/utils'
-import { InvalidArgumentError, type Logger, loggerSchema, nodeIdentitySchema } from '@meshnet/identity'
+import { InvalidArgumentError, type Logger, loggerSchema } from '@meshnet/core'
+import { nodeIdentitySchema } from '@meshnet/identity'
+import { isMeshnetProtocol } from '@meshnet/protocols'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { ServiceFactoryMap } from 'libp2p'
 import { z } from 'zod'
@@ -34,7 +36,6 @@ import {
   LOCAL_INBOUND_CONNECTIONS_PER_SECOND,
   LOCAL_MAX_INCOMING_PENDING_CONNECTIONS,
 } from './defaults.ts'
-import { isMeshnetProtocol } from './protocols.ts'
 
 /** The swarm key file format shared with go-libp2p and kubo (`swarm.key`). */
 const SWARM_KEY = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n[0-9a-fA-F]{64}\s*$/

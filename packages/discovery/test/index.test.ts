@@ -1,0 +1,32 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "BEACON_DOMAIN",
+      "BEACON_DROP_REASONS",
+      "BEACON_TYPE_PATTERN",
+      "BEACON_VERSION",
+      "BeaconDropError",
+      "BeaconSocketError",
+      "BeaconTooLargeError",
+      "DEFAULT_BEACON_GROUP",
+      "DEFAULT_BEACON_PORT",
+      "DEFAULT_TCP_PORT",
+      "DEFAULT_WS_PORT",
+      "DialError",
+      "MAX_BEACON_BYTES",
+      "MAX_PERF_BYTES",
+      "NodeStartError",
+      "PERF_PROTOCOL",
+      "PeerTimeoutError",
+      "PerfError",
+      "createMeshNode",
+      "decodeBeacon",
+      "encodeBeacon",
+      "lanBeacons",
+      "perfService",
+      "resolveMeshNodeOptions",
+    ]
+  `)
+})

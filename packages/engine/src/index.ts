@@ -1,0 +1,70 @@
+/**
+ * @packageDocumentation
+ * The Meshnet engine: a llama forward pass in TypeScript over WebAssembly SIMD kernels that runs
+ * any layer range and any column slice of a GGUF model as a shard, plus the SentencePiece tokenizer
+ * and llama.cpp's sampler. No network and no native runtime: `@meshnet/shards` runs shards over a
+ * ring, `@meshnet/llama-cpp` is the llama.cpp reference the engine is tested against.
+ */
+export {
+  ContextOverflowError,
+  EngineDisposedError,
+  InvalidShardError,
+  ModelLoadError,
+  UnsupportedModelError,
+  UnsupportedTensorTypeError,
+} from './errors.ts'
+export type { CreateWasmKernelsOptions, KernelBuffer, Kernels } from './kernels/index.ts'
+export {
+  createJsKernels,
+  createWasmKernels,
+  KERNEL_TYPES,
+  KernelMemoryError,
+  KernelUnavailableError,
+} from './kernels/index.ts'
+export type {
+  MeshnetEngine,
+  MeshnetEngineOptions,
+  OpenedTokenizer,
+  TokenizerKind,
+  TokenizerOpener,
+} from './meshnet-engine.ts'
+export { createMeshnetEngine, meshnetEngineOptionsSchema, openSpmTokenizer } from './meshnet-engine.ts'
+export { createLocalAllReduce } from './model/all-reduce.ts'
+export type { LlamaConfig, RopeType } from './model/config.ts'
+export { readLlamaConfig } from './model/config.ts'
+export type {
+  AllReduce,
+  ForwardOptions,
+  LlamaShard,
+  LoadShardOptions,
+  ShardInput,
+  ShardOutput,
+  ShardRanges,
+} from './model/shard.ts'
+export { loadShard, loadShardOptionsSchema, resolveSpec } from './model/shard.ts'
+export type { ShardSpec } from './model/shard-weights.ts'
+export {
+  estimateWeightBytes,
+  ShardWeights,
+  sessionBytes,
+  VocabHead,
+  vocabSlice,
+} from './model/shard-weights.ts'
+export { spmTokenizerFromGGUF } from './model/vocab.ts'
+export { SUPPORTED_WEIGHT_TYPES } from './model/weights.ts'
+export type { ResolvedSamplingOptions, Sampler, SamplingOptions } from './sampling.ts'
+export { argmax, createSampler, Mt19937, samplingOptionsSchema } from './sampling.ts'
+export { TextStreamer } from './text-stream.ts'
+export type { DetokenizeOptions, SpmVocab, TokenizeOptions } from './tokenizer.ts'
+export { SpmTokenizer, TOKEN_TYPE } from './tokenizer.ts'
+export type {
+  EvaluateLogitsOptions,
+  GeneratedToken,
+  GenerateOptions,
+  GenerateResult,
+  GenerateTimings,
+  InferenceEngine,
+  StopReason,
+  Tokenizer,
+} from './types.ts'
+export { generateOptionsSchema, parseGenerateOptions } from './types.ts'

@@ -1,0 +1,347 @@
+import { availableParallelism } from 'node:os'
+import { InvalidArgumentError } from '@meshnet/core'
+import { openGGUF } from '@meshnet/gguf'
+import { z } from 'zod'
+import { EngineDisposedError, UnsupportedModelError } from './errors.ts'
+import { createJsKernels, createWasmKernels, type Kernels } from './kernels/index.ts'
+import { type LlamaShard, loadShard } from './model/shard.ts'
+import { spmTokenizerFromGGUF } from './model/vocab.ts'
+import { createSampler } from './sampling.ts'
+import { TextStreamer } from './text-stream.ts'
+import {
+  type EvaluateLogitsOptions,
+  type GeneratedToken,
+  type GenerateOptions,
+  type GenerateResult,
+  type InferenceEngine,
+  parseGenerateOptions,
+  type StopReason,
+  type Tokenizer,
+} from './types.ts'
+
+export const meshnetEngineOptionsSchema = z.strictObject({
+  /** A llama-architecture GGUF file. */
+  modelPath: z.string().min(1),
+  /** Threads of the WebAssembly kernels. Default: the machine's cores (`os.availableParallelism()`). */
+  threads: z.number().int().min(1).max(256).optional(),
+  /**
+   * How long an idle kernel thread polls for the next job before it sleeps, in poll rounds of about
+   * 0.7 ns (default 100000: ~70 µs; see `createWasmKernels`). 0 suits a machine busy with other work.
+   */
+  spinIterations: z
+    .number()
+    .int()
+    .min(0)
+    .max(2 ** 31 - 1)
+    .optional(),
+  /** Positions of KV cache. Default: the model's training context, at most 4096. */
+  contextSize: z
+    .number()
+    .int()
+    .min(16)
+    .max(1 << 20)
+    .optional(),
+  /** KV cache element type; f16 (the default) is what llama.cpp uses. */
+  kvCacheType: z.enum(['f16', 'f32']).default('f16'),
+  /** Prompt positions per batch. */
+  maxBatch: z.number().int().min(1).max(4096).default(64),
+  /**
+   * 'meshnet': this package's SentencePiece tokenizer (llama vocabularies); 'llama-cpp': a
+   * vocab-only load through node-llama-cpp (any vocabulary); 'auto' (default): the first that fits.
+   */
+  tokenizer: z.enum(['auto', 'meshnet', 'llama-cpp']).default('auto'),
+})
+
+/** Which tokenizer a model gets: see `tokenizer` in meshnetEngineOptionsSchema. */
+export type TokenizerKind = 'auto' | 'meshnet' | 'llama-cpp'
+
+/** Opens a model's tokenizer for vocabularies this package does not read (`openModelTokenizer` of @meshnet/llama-cpp). */
+export type TokenizerOpener = (path: string, kind: TokenizerKind) => Promise<OpenedTokenizer>
+
+export type MeshnetEngineOptions = z.input<typeof meshnetEngineOptionsSchema> & {
+  /** Opens the tokenizer of a vocabulary other than llama's SentencePiece one; without it such models are refused. */
+  openTokenizer?: TokenizerOpener
+  /**
+   * What multiplies the matrices: 'wasm' (default; WebAssembly SIMD on `threads` threads), 'js'
+   * (the plain TypeScript reference), or kernels the caller made (and disposes).
+   */
+  kernels?: 'wasm' | 'js' | Kernels
+  signal?: AbortSignal
+}
+
+/** The Meshnet engine: the whole model as one shard on this machine. */
+export interface MeshnetEngine extends InferenceEngine {
+  readonly engine: 'meshnet'
+  readonly shard: LlamaShard
+  readonly kernels: Kernels
+}
+
+/** Loads a llama GGUF into the Meshnet engine (all layers, all columns). */
+export async function createMeshnetEngine(options: MeshnetEngineOptions): Promise<MeshnetEngine> {
+  const { kernels: given, signal, openTokenizer, ...rest } = options
+  const parsed = meshnetEngineOptionsSchema.safeParse(rest)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    throw new InvalidArgumentError(`meshnet engine option ${issue.path.join('.')}: ${issue.message}`)
+  }
+  const opts = parsed.data
+  const owned = typeof given !== 'object'
+  const kernels =
+    given === 'js'
+      ? createJsKernels()
+      : typeof given === 'object'
+        ? given
+        : await createWasmKernels({
+            threads: Math.min(256, opts.threads ?? availableParallelism()),
+            ...(opts.spinIterations === undefined ? {} : { spinIterations: opts.spinIterations }),
+          })
+  let opened: OpenedTokenizer | undefined
+  let shard: LlamaShard | undefined
+  try {
+    opened =
+      (await openSpmTokenizer(opts.modelPath, opts.tokenizer)) ?? (await openOther(openTokenizer, opts))
+    shard = await loadShard({
+      path: opts.modelPath,
+      kernels,
+      kvCacheType: opts.kvCacheType,
+      maxBatch: opts.maxBatch,
+      ...(opts.contextSize === undefined ? {} : { contextSize: opts.contextSize }),
+      ...(signal ? { signal } : {}),
+    })
+    return new MeshnetEngineImpl(shard, kernels, owned, opened)
+  } catch (err) {
+    await shard?.dispose()
+    await opened?.dispose()
+    if (owned) await kernels.dispose()
+    throw err
+  }
+}
+
+/** A model's tokenizer, opened on its own (no weights loaded). */
+export interface OpenedTokenizer {
+  tokenizer: Tokenizer
+  dispose(): Promise<void>
+}
+
+/**
+ * This package's SentencePiece tokenizer of a GGUF model, without its weights, when the model has
+ * a llama vocabulary (or `kind` is 'meshnet'); undefined when it needs another tokenizer.
+ */
+export async function openSpmTokenizer(
+  path: string,
+  kind: TokenizerKind = 'auto',
+): Promise<OpenedTokenizer | undefined> {
+  if (kind === 'llama-cpp') return undefined
+  const file = await openGGUF(path)
+  try {
+    if (kind === 'meshnet' || file.getString('tokenizer.ggml.model') === 'llama') {
+      return { tokenizer: spmTokenizerFromGGUF(file), dispose: async () => {} }
+    }
+    return undefined
+  } finally {
+    await file.close()
+  }
+}
+
+async function openOther(
+  opener: TokenizerOpener | undefined,
+  opts: { modelPath: string; tokenizer: TokenizerKind },
+): Promise<OpenedTokenizer> {
+  if (opener === undefined) {
+    throw new UnsupportedModelError(
+      `${opts.modelPath} has a vocabulary the Meshnet tokenizer does not read`,
+      {
+        hint: 'pass openTokenizer (openModelTokenizer of @meshnet/llama-cpp reads every vocabulary)',
+      },
+    )
+  }
+  return opener(opts.modelPath, opts.tokenizer)
+}
+
+class MeshnetEngineImpl implements MeshnetEngine {
+  readonly engine = 'meshnet' as const
+  readonly shard: LlamaShard
+  readonly kernels: Kernels
+  readonly tokenizer: Tokenizer
+  readonly contextSize: number
+  readonly #ownsKernels: boolean
+  readonly #opened: OpenedTokenizer
+  /** The tokens whose keys and values the shard's KV cache holds. */
+  #cached: number[] = []
+  #queue: Promise<unknown> = Promise.resolve()
+  #disposed = false
+
+  constructor(shard: LlamaShard, kernels: Kernels, ownsKernels: boolean, opened: OpenedTokenizer) {
+    this.shard = shard
+    this.kernels = kernels
+    this.#ownsKernels = ownsKernels
+    this.tokenizer = opened.tokenizer
+    this.#opened = opened
+    this.contextSize = shard.contextSize
+  }
+
+  async *stream(
+    prompt: string | readonly number[],
+    options: GenerateOptions = {},
+  ): AsyncGenerator<GeneratedToken, GenerateResult> {
+    const opts = parseGenerateOptions(options)
+    const release = await this.#lock()
+    try {
+      this.#assertOpen()
+      const promptTokens = this.#promptTokens(prompt)
+      const sampler = createSampler({
+        temperature: opts.temperature,
+        topK: opts.topK,
+        topP: opts.topP,
+        ...(opts.seed === undefined ? {} : { seed: opts.seed }),
+      })
+      const streamer = new TextStreamer(this.tokenizer, promptTokens)
+      const tokens: number[] = []
+      const signal = options.signal
+      let stopReason: StopReason = 'maxTokens'
+      const start = performance.now()
+      let first: number | undefined
+      let last = start
+      // Reuse the cached prefix; the last prompt token is always evaluated for its logits.
+      let common = 0
+      while (
+        common < this.#cached.length &&
+        common < promptTokens.length - 1 &&
+        this.#cached[common] === promptTokens[common]
+      )
+        common++
+      let logits = await this.#evaluate(promptTokens.slice(common), common, signal)
+      while (logits !== undefined) {
+        const token = sampler.sample(logits)
+        last = performance.now()
+        first ??= last
+        if (opts.stopOnEog && this.tokenizer.isEog(token)) {
+          stopReason = 'eog'
+          break
+        }
+        tokens.push(token)
+        const piece: GeneratedToken = { id: token, text: streamer.push(token) }
+        options.onToken?.(piece)
+        yield piece
+        if (tokens.length >= opts.maxTokens) break
+        if (this.#cached.length >= this.contextSize) {
+          stopReason = 'contextFull'
+          break
+        }
+        logits = await this.#evaluate([token], this.#cached.length, signal)
+      }
+      if (logits === undefined) stopReason = 'abort'
+      const tail = streamer.flush()
+      if (tail !== '') {
+        const piece = { id: tokens.at(-1) ?? -1, text: tail, textOnly: true as const }
+        options.onToken?.(piece)
+        yield piece
+      }
+      const promptMs = (first ?? last) - start
+      const generateMs = first === undefined ? 0 : last - first
+      return {
+        tokens,
+        text: streamer.text,
+        stopReason,
+        timings: {
+          promptTokens: promptTokens.length,
+          promptMs,
+          generatedTokens: tokens.length,
+          generateMs,
+          tokensPerSecond: generateMs > 0 ? ((tokens.length - 1) * 1000) / generateMs : 0,
+        },
+      }
+    } finally {
+      release()
+    }
+  }
+
+  async generate(prompt: string | readonly number[], options: GenerateOptions = {}): Promise<GenerateResult> {
+    const it = this.stream(prompt, options)
+    for (;;) {
+      const step = await it.next()
+      if (step.done) return step.value
+    }
+  }
+
+  async evaluateLogits(
+    tokens: readonly number[],
+    options: EvaluateLogitsOptions = {},
+  ): Promise<Float32Array[]> {
+    const release = await this.#lock()
+    try {
+      this.#assertOpen()
+      if (tokens.length === 0) return []
+      this.#cached = []
+      const vocab = this.shard.config.vocab
+      const rows: Float32Array[] = []
+      const evaluate = async (batch: readonly number[], pos: number) => {
+        const out = await this.shard.forward({ tokens: batch }, pos, {
+          logits: 'all',
+          ...(options.signal ? { signal: options.signal } : {}),
+        })
+        if (out.kind !== 'logits') throw new Error('unreachable: a whole-model shard returns logits')
+        for (let i = 0; i < batch.length; i++) rows.push(out.logits.slice(i * vocab, (i + 1) * vocab))
+      }
+      const split = Math.max(1, Math.min(tokens.length, options.decodeFrom ?? tokens.length))
+      await evaluate(tokens.slice(0, split), 0)
+      for (let i = split; i < tokens.length; i++) await evaluate([tokens[i]!], i)
+      this.#cached = [...tokens]
+      return rows
+    } finally {
+      release()
+    }
+  }
+
+  async dispose(): Promise<void> {
+    if (this.#disposed) return
+    this.#disposed = true
+    await this.#queue.catch(() => {})
+    await this.shard.dispose()
+    if (this.#ownsKernels) await this.kernels.dispose()
+    await this.#opened.dispose()
+  }
+
+  /** Evaluates `tokens` at `pos`; the last position's logits, or undefined when aborted. */
+  async #evaluate(
+    tokens: number[],
+    pos: number,
+    signal: AbortSignal | undefined,
+  ): Promise<Float32Array | undefined> {
+    if (signal?.aborted) return undefined
+    this.#cached.length = pos
+    try {
+      const out = await this.shard.forward({ tokens }, pos, signal ? { signal } : {})
+      this.#cached.push(...tokens)
+      return out.kind === 'logits' ? out.logits : undefined
+    } catch (err) {
+      // A forward cut short leaves the cache half written: forget it.
+      this.#cached = []
+      this.shard.truncate(0)
+      if (signal?.aborted) return undefined
+      throw err
+    }
+  }
+
+  #promptTokens(prompt: string | readonly number[]): number[] {
+    const tokens =
+      typeof prompt === 'string' ? this.tokenizer.tokenize(prompt, { addSpecial: true }) : [...prompt]
+    if (tokens.length === 0) throw new InvalidArgumentError('the prompt is empty (no tokens to evaluate)')
+    return tokens
+  }
+
+  #assertOpen(): void {
+    if (this.#disposed) throw new EngineDisposedError('the meshnet engine was disposed')
+  }
+
+  async #lock(): Promise<() => void> {
+    let release!: () => void
+    const next = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    const previous = this.#queue
+    this.#queue = previous.then(() => next)
+    await previous
+    return release
+  }
+}

@@ -1,0 +1,701 @@
+import { InvalidArgumentError } from '@meshnet/core'
+import { dequantizeRow, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
+import { ContextOverflowError, EngineDisposedError, InvalidShardError } from '../errors.ts'
+import { type KernelBuffer, type Kernels, KernelUnavailableError } from '../kernels/index.ts'
+import { roundActivations } from './activations.ts'
+import type { LlamaConfig } from './config.ts'
+import { addInto, applyRope, rmsNorm, ropeCache, softmaxRows, swiglu } from './ops.ts'
+import type { ForwardOptions, LayerWeights, LlamaShard, ShardInput, ShardOutput, ShardPlan } from './shard.ts'
+import type { Matrix } from './weights.ts'
+
+const f = Math.fround
+/** Floats of attention scores one kernel call may produce (a prompt's positions go in chunks). */
+const SCORE_BUDGET = 1 << 20
+/** Positions the transposed V cache first makes room for per row; it doubles as the cache fills. */
+const V_FIRST_CAPACITY = 64
+
+export interface LlamaShardParts {
+  config: LlamaConfig
+  plan: ShardPlan
+  kernels: Kernels
+  /** The layers' weights; the shard allocates their KV cache itself, in kernel memory. */
+  layers: LayerWeights[]
+  embedding: Matrix | undefined
+  head: { norm: Float32Array; output: Matrix } | undefined
+  freqFactors: Float32Array | undefined
+  weightBytes: number
+  /** Kernel buffers the shard frees on dispose (the weights it owns; none when they are shared). */
+  buffers: KernelBuffer[]
+  maxBatch: number
+  kvCacheType: 'f16' | 'f32'
+}
+
+/** Element access to a Float16Array (Node 24 has it; TypeScript's ES2024 lib does not declare it). */
+interface HalfArray {
+  [index: number]: number
+  set(values: ArrayLike<number>, offset?: number): void
+}
+const HalfArrayCtor = (
+  globalThis as unknown as {
+    Float16Array?: new (buffer: ArrayBufferLike, byteOffset: number, length: number) => HalfArray
+  }
+).Float16Array
+
+/** One layer's weights, its KV cache in kernel memory, and views of one KV head each. */
+interface LayerState {
+  w: LayerWeights
+  /** Keys, [position][kv head][dim]. */
+  k: KernelBuffer
+  /**
+   * Values transposed, [kv head][dim][position], so that p·V is a matrix × vector. A row holds
+   * `vCapacity` positions, doubled (and the rows moved apart) as the cache fills, up to the context
+   * size: the kernel then reads rows that are mostly the positions it needs, not a few hundred
+   * bytes out of every `contextSize · 2`.
+   */
+  v: KernelBuffer
+  vCapacity: number
+  kHead: KernelBuffer[]
+  vHead: KernelBuffer[]
+  length: number
+}
+
+/** Scratch buffers in kernel memory, sized for `maxBatch` positions. */
+interface Scratch {
+  /** Normalized hidden states: the input of q/k/v, gate/up and the output projection. */
+  x: KernelBuffer
+  q: KernelBuffer
+  k: KernelBuffer
+  v: KernelBuffer
+  /** Attention output per query head, the input of `attn_output`. */
+  attn: KernelBuffer
+  /** Attention scores, then weights: rows of (position, query head) × cached positions. */
+  scores: KernelBuffer
+  /** Query rows of one KV head's heads, gathered for a prompt; that head's attention output. */
+  qHead: KernelBuffer
+  oHead: KernelBuffer
+  out: KernelBuffer
+  gate: KernelBuffer
+  up: KernelBuffer
+  logits: KernelBuffer | undefined
+  /** Activations rounded as ggml rounds them, for kernels that do not round them themselves. */
+  rounded: KernelBuffer | undefined
+}
+
+/** The views one decode step (one position) uses for a KV head: its query heads and their output. */
+interface HeadViews {
+  /** Query heads `[first, first + count)` of the shard read this KV head. */
+  first: number
+  count: number
+  q: KernelBuffer
+  attn: KernelBuffer
+}
+
+type ScratchName = keyof Scratch
+
+/** Bytes of each kernel buffer a shard session allocates besides its weights. */
+interface SessionLayout {
+  scratch: Record<ScratchName, number>
+  /** K and V cache of one layer. */
+  kvBytesPerLayer: number
+  /** Prompt positions per attention chunk. */
+  chunk: number
+}
+
+function sessionLayout(
+  config: LlamaConfig,
+  plan: ShardPlan,
+  maxBatch: number,
+  kvCacheType: 'f16' | 'f32',
+  kernelsRound: boolean,
+): SessionLayout {
+  const n = maxBatch
+  const d = config.headDim
+  const nq = plan.heads[1] - plan.heads[0]
+  const nkv = plan.kvHeads[1] - plan.kvHeads[0]
+  const q = nq * d
+  const kv = nkv * d
+  const ff = plan.ffn[1] - plan.ffn[0]
+  const perKv = Math.min(config.heads / config.kvHeads, nq)
+  const context = plan.contextSize
+  const chunk = Math.max(1, Math.min(n, Math.floor(SCORE_BUDGET / Math.max(1, perKv * context))))
+  const floats = (count: number) => Math.max(16, count * 4)
+  return {
+    scratch: {
+      x: floats(n * config.embd),
+      q: floats(n * q),
+      k: floats(n * kv),
+      v: floats(n * kv),
+      attn: floats(n * q),
+      scores: floats(nq === 0 ? 0 : chunk * perKv * context),
+      qHead: floats(nkv > 1 ? n * perKv * d : 0),
+      oHead: floats(nkv > 1 ? n * perKv * d : 0),
+      out: floats(n * config.embd),
+      gate: floats(n * ff),
+      up: floats(n * ff),
+      logits: plan.head ? floats(config.vocab) : 0,
+      rounded: kernelsRound ? 0 : floats(n * Math.max(config.embd, ff, q)),
+    },
+    kvBytesPerLayer: 2 * Math.max(16, context * kv * (kvCacheType === 'f16' ? 2 : 4)),
+    chunk,
+  }
+}
+
+/**
+ * Kernel memory one shard session asks the kernels for besides its weights, as `LlamaShardImpl`
+ * allocates it (before a `logits: 'all'` call grows the logits buffer to `maxBatch` rows): the KV
+ * cache of every layer, and scratch for `maxBatch` positions. The kernels round each allocation up
+ * to 64 bytes.
+ */
+export function shardSessionBytes(
+  config: LlamaConfig,
+  plan: ShardPlan,
+  options: { maxBatch: number; kvCacheType: 'f16' | 'f32'; kernels: Pick<Kernels, 'name'> },
+): { kvBytes: number; scratchBytes: number } {
+  const layout = sessionLayout(
+    config,
+    plan,
+    options.maxBatch,
+    options.kvCacheType,
+    options.kernels.name === 'wasm-simd',
+  )
+  let scratchBytes = 0
+  for (const bytes of Object.values(layout.scratch)) scratchBytes += bytes
+  return { kvBytes: (plan.layers[1] - plan.layers[0]) * layout.kvBytesPerLayer, scratchBytes }
+}
+
+export class LlamaShardImpl implements LlamaShard {
+  readonly config: Readonly<LlamaConfig>
+  readonly layers: readonly [number, number]
+  readonly columns: Readonly<{
+    heads: readonly [number, number]
+    kvHeads: readonly [number, number]
+    ffn: readonly [number, number]
+  }>
+  readonly partial: boolean
+  readonly embeds: boolean
+  readonly hasHead: boolean
+  readonly contextSize: number
+  readonly kvCacheType: 'f16' | 'f32'
+  readonly weightBytes: number
+  readonly #kernels: Kernels
+  /**
+   * The WebAssembly kernels round activations to the weight type's `vec_dot_type` themselves,
+   * exactly as ggml does; other kernels get them rounded here first.
+   */
+  readonly #kernelsRound: boolean
+  readonly #layers: LayerState[]
+  readonly #embedding: Matrix | undefined
+  readonly #head: { norm: Float32Array; output: Matrix } | undefined
+  readonly #freqFactors: Float32Array | undefined
+  readonly #buffers: KernelBuffer[]
+  readonly #scratch: Scratch
+  readonly #heads: HeadViews[]
+  readonly #maxBatch: number
+  /** Prompt positions per attention chunk, so that a chunk's scores fit the scores buffer. */
+  readonly #chunk: number
+  /** e^-gate values of `ffn`. */
+  readonly #expScratch: Float32Array
+  /** cos/sin of `#ropeCount` positions from `#ropeFrom`. */
+  readonly #rope: Float32Array
+  #ropeFrom = -1
+  #ropeCount = 0
+  /** Length of the shard when it has no layers (embedding/head only). */
+  #length = 0
+  #disposed = false
+  #busy = false
+
+  constructor(parts: LlamaShardParts) {
+    const { config, plan } = parts
+    this.config = config
+    this.layers = plan.layers
+    this.columns = { heads: plan.heads, kvHeads: plan.kvHeads, ffn: plan.ffn }
+    this.partial = plan.partial
+    this.embeds = plan.embed
+    this.hasHead = plan.head
+    this.contextSize = plan.contextSize
+    this.kvCacheType = parts.kvCacheType
+    this.weightBytes = parts.weightBytes
+    if (parts.kvCacheType === 'f16' && HalfArrayCtor === undefined) {
+      throw new KernelUnavailableError(
+        'this JavaScript runtime has no Float16Array, which the F16 KV cache is written through',
+        { hint: "run Node.js 24 or newer, or load the shard with kvCacheType: 'f32'" },
+      )
+    }
+    this.#kernels = parts.kernels
+    this.#kernelsRound = parts.kernels.name === 'wasm-simd'
+    this.#embedding = parts.embedding
+    this.#head = parts.head
+    this.#freqFactors = parts.freqFactors
+    this.#maxBatch = parts.maxBatch
+    this.#buffers = [...parts.buffers]
+    const n = parts.maxBatch
+    const d = config.headDim
+    this.#rope = new Float32Array(n * d)
+    this.#expScratch = new Float32Array(n * (plan.ffn[1] - plan.ffn[0]))
+    const nkv = plan.kvHeads[1] - plan.kvHeads[0]
+    const group = config.heads / config.kvHeads
+    const context = plan.contextSize
+    const layout = sessionLayout(config, plan, parts.maxBatch, parts.kvCacheType, this.#kernelsRound)
+    this.#chunk = layout.chunk
+    const es = parts.kvCacheType === 'f16' ? 2 : 4
+    const owned = this.#buffers.length
+    const alloc = (bytes: number) => {
+      const buf = this.#kernels.alloc(bytes)
+      this.#buffers.push(buf)
+      return buf
+    }
+    try {
+      const b = layout.scratch
+      this.#scratch = {
+        x: alloc(b.x),
+        q: alloc(b.q),
+        k: alloc(b.k),
+        v: alloc(b.v),
+        attn: alloc(b.attn),
+        scores: alloc(b.scores),
+        qHead: alloc(b.qHead),
+        oHead: alloc(b.oHead),
+        out: alloc(b.out),
+        gate: alloc(b.gate),
+        up: alloc(b.up),
+        logits: plan.head ? alloc(b.logits) : undefined,
+        rounded: this.#kernelsRound ? undefined : alloc(b.rounded),
+      }
+      const view = (buf: KernelBuffer, at: number) => this.#kernels.view(buf, at, buf.byteLength - at)
+      this.#layers = parts.layers.map((w) => {
+        const k = alloc(layout.kvBytesPerLayer / 2)
+        const v = alloc(layout.kvBytesPerLayer / 2)
+        const heads = Array.from({ length: nkv }, (_, h) => h)
+        const layer: LayerState = {
+          w,
+          k,
+          v,
+          vCapacity: 0,
+          // Keys head by head ([KV head][position][dim]): a head's keys are one contiguous run.
+          kHead: heads.map((h) => view(k, h * context * d * es)),
+          vHead: [],
+          length: 0,
+        }
+        this.#reserveV(layer, Math.min(context, V_FIRST_CAPACITY))
+        return layer
+      })
+      this.#heads = []
+      for (let h = 0; h < nkv; h++) {
+        const kvHead = plan.kvHeads[0] + h
+        const first = Math.max(plan.heads[0], kvHead * group) - plan.heads[0]
+        const count = Math.min(plan.heads[1], (kvHead + 1) * group) - plan.heads[0] - first
+        const s = this.#scratch
+        this.#heads.push({
+          first,
+          count,
+          q: this.#kernels.view(s.q, first * d * 4, count * d * 4),
+          attn: this.#kernels.view(s.attn, first * d * 4, count * d * 4),
+        })
+      }
+    } catch (err) {
+      // The caller frees the weights; the scratch and KV cache allocated so far are ours to free.
+      for (const buf of this.#buffers.splice(owned)) this.#kernels.free(buf)
+      throw err
+    }
+  }
+
+  get length(): number {
+    if (this.#layers.length === 0) return this.#length
+    let length = this.contextSize
+    for (const layer of this.#layers) length = Math.min(length, layer.length)
+    return length
+  }
+
+  truncate(length: number): void {
+    for (const layer of this.#layers) layer.length = Math.min(layer.length, length)
+    this.#length = Math.min(this.#length, length)
+  }
+
+  async forward(input: ShardInput, pos: number, options: ForwardOptions = {}): Promise<ShardOutput> {
+    this.#assertOpen()
+    if (this.#busy) throw new InvalidArgumentError('forward() was called while another forward() was running')
+    this.#busy = true
+    try {
+      return await this.#forward(input, pos, options)
+    } finally {
+      this.#busy = false
+    }
+  }
+
+  async #forward(input: ShardInput, pos: number, options: ForwardOptions): Promise<ShardOutput> {
+    const { embd } = this.config
+    let hidden: Float32Array
+    let n: number
+    if ('tokens' in input) {
+      n = input.tokens.length
+      hidden = this.embed(input.tokens)
+    } else {
+      if (input.hidden.length === 0 || input.hidden.length % embd !== 0) {
+        throw new InvalidArgumentError(
+          `hidden state of ${input.hidden.length} floats is not a whole number of ${embd}-float positions`,
+        )
+      }
+      n = input.hidden.length / embd
+      hidden = input.hidden.slice()
+    }
+    if (n === 0) throw new InvalidArgumentError('forward() needs at least one position')
+    this.#checkPositions(pos, n)
+    if (this.partial && this.#layers.length > 0 && options.allReduce === undefined) {
+      throw new InvalidShardError(
+        'this shard computes a column slice, so forward() needs an allReduce that sums the partial results of the shards',
+      )
+    }
+    this.truncate(pos)
+    const wantAll = options.logits === 'all'
+    const logitRows: Float32Array[] = []
+    for (let start = 0; start < n; start += this.#maxBatch) {
+      const count = Math.min(this.#maxBatch, n - start)
+      const x = hidden.subarray(start * embd, (start + count) * embd)
+      for (let l = this.layers[0]; l < this.layers[1]; l++) {
+        options.signal?.throwIfAborted()
+        let sum = this.attention(l, x, count, pos + start)
+        if (this.partial) sum = await options.allReduce!(sum, { layer: l, kind: 'attention' })
+        addInto(x, sum, count * embd)
+        sum = this.ffn(l, x, count)
+        if (this.partial) sum = await options.allReduce!(sum, { layer: l, kind: 'ffn' })
+        addInto(x, sum, count * embd)
+      }
+      if (this.hasHead && wantAll) logitRows.push(this.logits(x, count))
+    }
+    this.#length = pos + n
+    if (!this.hasHead) return { kind: 'hidden', n, hidden }
+    if (!wantAll) {
+      return { kind: 'logits', n, rows: 1, logits: this.logits(hidden.subarray((n - 1) * embd), 1) }
+    }
+    if (logitRows.length === 1) return { kind: 'logits', n, rows: n, logits: logitRows[0]! }
+    const { vocab } = this.config
+    const logits = new Float32Array(n * vocab)
+    let offset = 0
+    for (const rows of logitRows) {
+      logits.set(rows, offset)
+      offset += rows.length
+    }
+    return { kind: 'logits', n, rows: n, logits }
+  }
+
+  embed(tokens: readonly number[]): Float32Array {
+    this.#assertOpen()
+    const table = this.#embedding
+    if (table === undefined) {
+      throw new InvalidShardError(
+        `this shard (layers [${this.layers[0]}, ${this.layers[1]})) has no embedding table; give it hidden states, or load it with embed: true`,
+      )
+    }
+    const { embd, vocab } = this.config
+    const out = new Float32Array(tokens.length * embd)
+    const rowBytes = rowByteLength(table.type, embd)
+    const bytes = table.buf.bytes()
+    tokens.forEach((token, i) => {
+      if (!Number.isInteger(token) || token < 0 || token >= vocab) {
+        throw new InvalidArgumentError(`token id ${token} is outside the vocabulary (0..${vocab - 1})`)
+      }
+      const row = bytes.subarray(token * rowBytes, (token + 1) * rowBytes)
+      dequantizeRow(table.type, row, embd, out.subarray(i * embd, (i + 1) * embd))
+    })
+    return out
+  }
+
+  attention(layer: number, hidden: Float32Array, n: number, pos: number): Float32Array {
+    const L = this.#layer(layer)
+    const { embd, headDim: d, normEps } = this.config
+    this.#checkBatch(hidden, n)
+    if (pos > L.length) {
+      throw new InvalidArgumentError(
+        `layer ${layer} holds ${L.length} positions; cannot write at position ${pos}`,
+      )
+    }
+    this.#checkPositions(pos, n)
+    const s = this.#scratch
+    const nq = this.columns.heads[1] - this.columns.heads[0]
+    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
+    const qRows = nq * d
+    const kvRows = nkv * d
+    if (qRows === 0) {
+      L.length = pos + n
+      return new Float32Array(n * embd)
+    }
+    const xn = s.x.f32()
+    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.attnNorm, normEps, xn, i * embd)
+    this.#matmul(L.w.wq, s.x, n, s.q)
+    this.#matmul(L.w.wk, s.x, n, s.k)
+    this.#matmul(L.w.wv, s.x, n, s.v)
+    const q = s.q.f32()
+    const k = s.k.f32()
+    const v = s.v.f32()
+    const rope = this.#ropeTable(pos, n)
+    const ropeType = this.config.ropeType
+    for (let i = 0; i < n; i++) {
+      const at = (pos + i - this.#ropeFrom) * d
+      applyRope(q, i * qRows, nq, d, rope, ropeType, at)
+      applyRope(k, i * kvRows, nkv, d, rope, ropeType, at)
+    }
+    this.#storeKV(L, k, v, n, pos)
+    L.length = pos + n
+    this.#attend(L, n, pos)
+    this.#matmul(L.w.wo, s.attn, n, s.out)
+    return s.out.f32().slice(0, n * embd)
+  }
+
+  ffn(layer: number, hidden: Float32Array, n: number): Float32Array {
+    const L = this.#layer(layer)
+    const { embd, normEps } = this.config
+    this.#checkBatch(hidden, n)
+    const s = this.#scratch
+    const width = this.columns.ffn[1] - this.columns.ffn[0]
+    if (width === 0) return new Float32Array(n * embd)
+    const xn = s.x.f32()
+    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.ffnNorm, normEps, xn, i * embd)
+    this.#matmul(L.w.gate, s.x, n, s.gate)
+    this.#matmul(L.w.up, s.x, n, s.up)
+    swiglu(s.gate.f32(), s.up.f32(), n * width, this.#expScratch)
+    this.#matmul(L.w.down, s.gate, n, s.out)
+    return s.out.f32().slice(0, n * embd)
+  }
+
+  logits(hidden: Float32Array, n: number): Float32Array {
+    this.#assertOpen()
+    const head = this.#head
+    if (head === undefined) {
+      throw new InvalidShardError(
+        `this shard (layers [${this.layers[0]}, ${this.layers[1]})) has no output head; load it with head: true`,
+      )
+    }
+    const { embd, vocab, normEps } = this.config
+    const s = this.#scratch
+    const out = n > this.#maxBatch ? new Float32Array(n * vocab) : undefined
+    for (let start = 0; start < n; start += this.#maxBatch) {
+      const count = Math.min(this.#maxBatch, n - start)
+      const xn = s.x.f32()
+      for (let i = 0; i < count; i++)
+        rmsNorm(hidden, (start + i) * embd, embd, head.norm, normEps, xn, i * embd)
+      const logits = this.#logitsScratch(count)
+      this.#matmul(head.output, s.x, count, logits)
+      if (out === undefined) return logits.f32().slice(0, n * vocab)
+      out.set(logits.f32().subarray(0, count * vocab), start * vocab)
+    }
+    return out!
+  }
+
+  async dispose(): Promise<void> {
+    if (this.#disposed) return
+    this.#disposed = true
+    for (const buf of this.#buffers) this.#kernels.free(buf)
+    this.#buffers.length = 0
+  }
+
+  /** Writes the keys and values of positions `[pos, pos + n)` into the layer's cache. */
+  #storeKV(L: LayerState, k: Float32Array, v: Float32Array, n: number, pos: number): void {
+    const kvRows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * this.config.headDim
+    let capacity = L.vCapacity
+    while (capacity < pos + n) capacity *= 2
+    this.#reserveV(L, Math.min(capacity, this.contextSize))
+    const context = L.vCapacity
+    if (this.kvCacheType === 'f16') {
+      // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
+      const kc = halves(L.k)
+      const vc = halves(L.v)
+      this.#storeKeys(kc, k, n, pos)
+      for (let i = 0; i < n; i++) {
+        const row = i * kvRows
+        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+      }
+    } else {
+      const kc = L.k.f32()
+      const vc = L.v.f32()
+      this.#storeKeys(kc, k, n, pos)
+      for (let i = 0; i < n; i++) {
+        const row = i * kvRows
+        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+      }
+    }
+  }
+
+  /** Copies the keys of positions `[pos, pos + n)` (`[position][KV head][dim]`) into a head-major cache. */
+  #storeKeys(cache: Float32Array | HalfArray, k: Float32Array, n: number, pos: number): void {
+    const d = this.config.headDim
+    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
+    const headSpan = this.contextSize * d
+    for (let i = 0; i < n; i++) {
+      for (let h = 0; h < nkv; h++) {
+        const from = (i * nkv + h) * d
+        cache.set(k.subarray(from, from + d), h * headSpan + (pos + i) * d)
+      }
+    }
+  }
+
+  /**
+   * Makes the transposed V rows of `L` `capacity` positions long, moving the positions they hold,
+   * and makes the per-head views over them.
+   */
+  #reserveV(L: LayerState, capacity: number): void {
+    if (capacity === L.vCapacity) return
+    const es = this.kvCacheType === 'f16' ? 2 : 4
+    const d = this.config.headDim
+    const rows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * d
+    const bytes = L.v.bytes()
+    const held = Math.min(L.length, L.vCapacity) * es
+    // From the last row down: a row moves only to higher addresses, over rows already moved.
+    for (let j = rows - 1; j > 0 && held > 0; j--) {
+      bytes.copyWithin(j * capacity * es, j * L.vCapacity * es, j * L.vCapacity * es + held)
+    }
+    L.vCapacity = capacity
+    L.vHead = []
+    for (let h = 0; h < rows / d; h++)
+      L.vHead.push(this.#kernels.view(L.v, h * d * capacity * es, d * capacity * es))
+  }
+
+  /**
+   * Attention of positions `[pos, pos + n)` over the layer's cache into `attn`, per KV head and
+   * its query heads: scores = K·q and out = Vᵀ·p are kernel products over the cache (with an F16
+   * cache the kernels round q and p to halves, as ggml does), the softmax is here.
+   */
+  #attend(L: LayerState, n: number, pos: number): void {
+    const s = this.#scratch
+    const d = this.config.headDim
+    const nq = this.columns.heads[1] - this.columns.heads[0]
+    const qRows = nq * d
+    const f16 = this.kvCacheType === 'f16'
+    const type = f16 ? GGML_TYPE.F16 : GGML_TYPE.F32
+    const es = f16 ? 2 : 4
+    const kStride = d * es
+    const vStride = L.vCapacity * es
+    const scale = f(this.config.attentionScale)
+    const single = this.#heads.length === 1
+    for (const [h, head] of this.#heads.entries()) {
+      const gh = head.count
+      for (let i0 = 0; i0 < n; i0 += this.#chunk) {
+        const m = Math.min(this.#chunk, n - i0)
+        const rows = m * gh
+        const width = pos + i0 + m
+        // The query rows of this KV head's heads at positions [i0, i0 + m), [position][head][dim].
+        let xq: KernelBuffer
+        let out: KernelBuffer
+        if (n === 1) {
+          xq = head.q
+          out = head.attn
+        } else if (single) {
+          xq = this.#kernels.view(s.q, i0 * qRows * 4, rows * d * 4)
+          out = this.#kernels.view(s.attn, i0 * qRows * 4, rows * d * 4)
+        } else {
+          const q = s.q.f32()
+          const gathered = s.qHead.f32()
+          for (let i = 0; i < m; i++) {
+            const from = (i0 + i) * qRows + head.first * d
+            gathered.set(q.subarray(from, from + gh * d), i * gh * d)
+          }
+          xq = s.qHead
+          out = s.oHead
+        }
+        if (!this.#kernelsRound && f16) halfRound(xq.f32(), rows * d)
+        this.#kernels.matmul(type, L.kHead[h]!, width, d, xq, rows, s.scores, kStride)
+        const scores = s.scores.f32()
+        softmaxRows(scores, rows, width, scale, (r) => pos + i0 + Math.floor(r / gh) + 1)
+        if (!this.#kernelsRound && f16) halfRound(scores, rows * width)
+        this.#kernels.matmul(type, L.vHead[h]!, d, width, s.scores, rows, out, vStride)
+        if (out === s.oHead) {
+          const o = s.oHead.f32()
+          const attn = s.attn.f32()
+          for (let i = 0; i < m; i++) {
+            attn.set(o.subarray(i * gh * d, (i + 1) * gh * d), (i0 + i) * qRows + head.first * d)
+          }
+        }
+      }
+    }
+  }
+
+  /** cos/sin for positions `[pos, pos + n)`, computed once per position range (every layer uses it). */
+  #ropeTable(pos: number, n: number): Float32Array {
+    if (pos < this.#ropeFrom || pos + n > this.#ropeFrom + this.#ropeCount) {
+      const d = this.config.headDim
+      const { ropeBase, ropeFreqScale } = this.config
+      for (let i = 0; i < n; i++) {
+        ropeCache(pos + i, d, ropeBase, ropeFreqScale, this.#freqFactors, this.#rope, i * d)
+      }
+      this.#ropeFrom = pos
+      this.#ropeCount = n
+    }
+    return this.#rope
+  }
+
+  /**
+   * The logits output for `rows` positions: one row's worth until a caller asks for the logits of
+   * more (`logits: 'all'`), so that a shard that only decodes does not hold `maxBatch · vocab` floats.
+   */
+  #logitsScratch(rows: number): KernelBuffer {
+    const s = this.#scratch
+    const bytes = rows * this.config.vocab * 4
+    if (s.logits!.byteLength < bytes) {
+      const grown = this.#kernels.alloc(this.#maxBatch * this.config.vocab * 4)
+      this.#buffers.splice(this.#buffers.indexOf(s.logits!), 1, grown)
+      this.#kernels.free(s.logits!)
+      s.logits = grown
+    }
+    return s.logits!
+  }
+
+  /** `out = W · x` for `n` inputs in `x`, which the kernels (or this) round as ggml rounds them for W's type. */
+  #matmul(w: Matrix, x: KernelBuffer, n: number, out: KernelBuffer): void {
+    if (w.rows === 0) return
+    let input = x
+    if (!this.#kernelsRound) {
+      input = this.#scratch.rounded!
+      roundActivations(w.type, x.f32(), n * w.cols, w.cols, input.f32())
+    }
+    if (n === 1) this.#kernels.matvec(w.type, w.buf, w.rows, w.cols, input, out)
+    else this.#kernels.matmul(w.type, w.buf, w.rows, w.cols, input, n, out)
+  }
+
+  #layer(layer: number): LayerState {
+    this.#assertOpen()
+    const L = this.#layers[layer - this.layers[0]]
+    if (L === undefined || layer < this.layers[0]) {
+      throw new InvalidShardError(
+        `layer ${layer} is not in this shard's range [${this.layers[0]}, ${this.layers[1]})`,
+      )
+    }
+    return L
+  }
+
+  #checkBatch(hidden: Float32Array, n: number): void {
+    if (!Number.isInteger(n) || n < 1 || n > this.#maxBatch) {
+      throw new InvalidArgumentError(`a batch of ${n} positions is outside 1..${this.#maxBatch} (maxBatch)`)
+    }
+    if (hidden.length < n * this.config.embd) {
+      throw new InvalidArgumentError(`hidden state of ${hidden.length} floats is shorter than ${n} positions`)
+    }
+  }
+
+  #checkPositions(pos: number, n: number): void {
+    if (!Number.isInteger(pos) || pos < 0 || pos > this.length) {
+      throw new InvalidArgumentError(
+        `position ${pos} is not in 0..${this.length} (the KV cache holds ${this.length} positions)`,
+      )
+    }
+    if (pos + n > this.contextSize) {
+      throw new ContextOverflowError(
+        `positions ${pos}..${pos + n - 1} do not fit in the context of ${this.contextSize} positions`,
+        { hint: 'shorten the prompt or load the model with a larger contextSize' },
+      )
+    }
+  }
+
+  #assertOpen(): void {
+    if (this.#disposed) throw new EngineDisposedError('the shard was disposed')
+  }
+}
+
+/** The buffer's bytes as halves (a Float16Array over kernel memory). */
+function halves(buf: KernelBuffer): HalfArray {
+  const bytes = buf.bytes()
+  return new HalfArrayCtor!(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
+}
+
+/** Rounds `n` floats to halves in place (for kernels that do not round F16 activations). */
+function halfRound(x: Float32Array, n: number): void {
+  roundActivations(GGML_TYPE.F16, x, n, n, x)
+}

@@ -1,0 +1,188 @@
+import { InvalidArgumentError } from '@meshnet/core'
+import { z } from 'zod'
+
+/**
+ * How the next token is chosen from a row of logits. `temperature: 0` (the default) is greedy
+ * argmax. With a temperature, the chain is llama.cpp's (as node-llama-cpp builds it): top-k, then
+ * top-p, then temperature, then a draw from a Mersenne Twister seeded with `seed` — so the same seed
+ * over the same logits picks the same tokens as llama.cpp.
+ */
+export const samplingOptionsSchema = z.strictObject({
+  /** 0 = greedy. */
+  temperature: z.number().min(0).max(100).default(0),
+  /** Keep the k most likely tokens; 0 = all of them. */
+  topK: z.number().int().min(0).default(40),
+  /** Keep the smallest set of tokens whose probability reaches p; 1 = off. */
+  topP: z.number().gt(0).max(1).default(0.95),
+  /** Seed of the random draw (uint32); a fresh one from the clock when absent. */
+  seed: z.number().int().min(0).max(0xffff_ffff).optional(),
+})
+
+export type SamplingOptions = z.input<typeof samplingOptionsSchema>
+export type ResolvedSamplingOptions = z.output<typeof samplingOptionsSchema>
+
+/** Chooses tokens from logits; keeps its random state between calls. */
+export interface Sampler {
+  readonly options: Readonly<ResolvedSamplingOptions> & { seed: number }
+  /** The chosen token id for one row of `vocab` logits. */
+  sample(logits: Float32Array): number
+}
+
+/** std::mt19937 (32-bit Mersenne Twister), bit-exact with the C++ standard library. */
+export class Mt19937 {
+  readonly #state = new Uint32Array(624)
+  #index = 624
+
+  constructor(seed: number) {
+    const mt = this.#state
+    mt[0] = seed >>> 0
+    for (let i = 1; i < 624; i++) {
+      const prev = mt[i - 1]!
+      mt[i] = (Math.imul(1812433253, prev ^ (prev >>> 30)) + i) >>> 0
+    }
+  }
+
+  /** The next 32-bit output. */
+  next(): number {
+    const mt = this.#state
+    if (this.#index >= 624) {
+      for (let i = 0; i < 624; i++) {
+        const y = (mt[i]! & 0x8000_0000) | (mt[(i + 1) % 624]! & 0x7fff_ffff)
+        mt[i] = mt[(i + 397) % 624]! ^ (y >>> 1) ^ (y & 1 ? 0x9908_b0df : 0)
+      }
+      this.#index = 0
+    }
+    let y = mt[this.#index++]!
+    y ^= y >>> 11
+    y ^= (y << 7) & 0x9d2c_5680
+    y ^= (y << 15) & 0xefc6_0000
+    y ^= y >>> 18
+    return y >>> 0
+  }
+
+  /** A double in [0, 1), as libstdc++'s `uniform_real_distribution<double>` draws it (two outputs). */
+  nextDouble(): number {
+    const lo = this.next()
+    const hi = this.next()
+    const r = (lo + hi * 2 ** 32) / 2 ** 64
+    return r >= 1 ? 1 - 2 ** -53 : r
+  }
+}
+
+const f = Math.fround
+
+/** Index of the largest value; the first one on ties (llama.cpp's greedy sampler). */
+export function argmax(logits: Float32Array): number {
+  let best = 0
+  let bestValue = logits[0] ?? Number.NEGATIVE_INFINITY
+  for (let i = 1; i < logits.length; i++) {
+    const v = logits[i]!
+    if (v > bestValue) {
+      best = i
+      bestValue = v
+    }
+  }
+  return best
+}
+
+/** Creates a sampler. Options are checked here (InvalidArgumentError names the bad one). */
+export function createSampler(options: SamplingOptions = {}): Sampler {
+  const parsed = samplingOptionsSchema.safeParse(options)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    throw new InvalidArgumentError(`sampling option ${issue.path.join('.')}: ${issue.message}`)
+  }
+  const seed = parsed.data.seed ?? Math.floor(Date.now() / 1000) >>> 0
+  const resolved = { ...parsed.data, seed }
+  if (resolved.temperature <= 0) return { options: resolved, sample: argmax }
+  const rng = new Mt19937(seed)
+  return { options: resolved, sample: (logits) => sampleWithTemperature(logits, resolved, rng) }
+}
+
+function sampleWithTemperature(logits: Float32Array, options: ResolvedSamplingOptions, rng: Mt19937): number {
+  const vocab = logits.length
+  // top-k (k = 0 means the whole vocabulary) leaves the candidates sorted by logit, descending.
+  const k = options.topK <= 0 ? vocab : Math.min(options.topK, vocab)
+  let ids = topIndices(logits, k)
+  let size = ids.length
+  // top-p over the softmax at temperature 1, accumulated in float as llama.cpp does.
+  if (options.topP < 1) {
+    const max = logits[ids[0]!]!
+    const probs = new Float32Array(size)
+    let sum = 0
+    for (let i = 0; i < size; i++) {
+      probs[i] = Math.exp(f(logits[ids[i]!]! - max))
+      sum = f(sum + probs[i]!)
+    }
+    let cum = 0
+    for (let i = 0; i < size; i++) {
+      cum = f(cum + f(probs[i]! / sum))
+      if (cum >= f(options.topP)) {
+        size = i + 1
+        break
+      }
+    }
+    ids = ids.subarray(0, size)
+  }
+  // temperature, then the draw.
+  const temp = f(options.temperature)
+  const scaled = new Float32Array(size)
+  for (let i = 0; i < size; i++) scaled[i] = logits[ids[i]!]! / temp
+  const rnd = rng.nextDouble()
+  if (size === 1) return ids[0]!
+  const max = scaled[0]!
+  const p = new Float32Array(size)
+  let total = 0
+  for (let i = 0; i < size; i++) {
+    p[i] = Math.exp(f(scaled[i]! - max))
+    total += p[i]!
+  }
+  const target = total * rnd
+  let run = 0
+  for (let i = 0; i < size; i++) {
+    run += p[i]!
+    if (run >= target) return ids[i]!
+  }
+  return ids[size - 1]!
+}
+
+/** The `k` indices of the largest logits, sorted by logit descending (ties by lower id first). */
+function topIndices(logits: Float32Array, k: number): Uint32Array {
+  const byLogit = (a: number, b: number) => logits[b]! - logits[a]! || a - b
+  if (k >= logits.length) {
+    const all = new Uint32Array(logits.length)
+    for (let i = 0; i < all.length; i++) all[i] = i
+    return all.sort(byLogit)
+  }
+  // The best k so far in a heap whose root is the worst of them (lowest logit, then highest id).
+  // Ids come in increasing order, so one tied with the root never displaces it: the same k a full
+  // sort keeps, in one pass instead of sorting the whole vocabulary for every token.
+  const heap = new Uint32Array(k)
+  const worse = (a: number, b: number) => logits[a]! < logits[b]! || (logits[a] === logits[b] && a > b)
+  let size = 0
+  for (let id = 0; id < logits.length; id++) {
+    let at: number
+    if (size < k) {
+      at = size++
+      while (at > 0) {
+        const parent = (at - 1) >> 1
+        if (!worse(id, heap[parent]!)) break
+        heap[at] = heap[parent]!
+        at = parent
+      }
+    } else {
+      if (!(logits[id]! > logits[heap[0]!]!)) continue
+      at = 0
+      for (;;) {
+        let child = 2 * at + 1
+        if (child >= k) break
+        if (child + 1 < k && worse(heap[child + 1]!, heap[child]!)) child++
+        if (!worse(heap[child]!, id)) break
+        heap[at] = heap[child]!
+        at = child
+      }
+    }
+    heap[at] = id
+  }
+  return heap.sort(byLogit)
+}

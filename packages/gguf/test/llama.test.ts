@@ -1,0 +1,178 @@
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { generateLlamaModel, readLlamaHyperparameters } from '../src/llama.ts'
+import { openGGUF } from '../src/reader.ts'
+
+let dir: string
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'meshnet-gguf-llama-'))
+})
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true })
+})
+
+const SMALL = { layers: 2, embd: 256, heads: 8, kvHeads: 2, ff: 512, vocab: 1001, seed: 42 } as const
+
+describe('generateLlamaModel', () => {
+  it('writes llama hyperparameters, a vocabulary and tensors in llama.cpp shapes', async () => {
+    const out = join(dir, 'gqa.gguf')
+    const made = await generateLlamaModel({ ...SMALL, out, type: 'Q8_0', context: 512, ropeBase: 500000 })
+    const file = await openGGUF(out)
+    try {
+      expect(made.bytes).toBe(file.fileSize)
+      expect(file.getString('general.architecture')).toBe('llama')
+      expect(file.getString('tokenizer.ggml.model')).toBe('llama')
+      for (const [key, type] of [
+        ['llama.context_length', 'uint32'],
+        ['llama.embedding_length', 'uint32'],
+        ['llama.block_count', 'uint32'],
+        ['llama.feed_forward_length', 'uint32'],
+        ['llama.attention.head_count', 'uint32'],
+        ['llama.attention.head_count_kv', 'uint32'],
+        ['llama.rope.dimension_count', 'uint32'],
+        ['llama.rope.freq_base', 'float32'],
+        ['llama.attention.layer_norm_rms_epsilon', 'float32'],
+        ['llama.vocab_size', 'uint32'],
+        ['tokenizer.ggml.bos_token_id', 'uint32'],
+        ['tokenizer.ggml.add_bos_token', 'bool'],
+      ]) {
+        expect(file.metadata.get(key!)?.type, key).toBe(type)
+      }
+      expect(readLlamaHyperparameters(file)).toEqual({
+        architecture: 'llama',
+        contextLength: 512,
+        embeddingLength: 256,
+        blockCount: 2,
+        feedForwardLength: 512,
+        headCount: 8,
+        headCountKv: 2,
+        headDim: 32,
+        ropeDimensionCount: 32,
+        ropeFreqBase: 500000,
+        rmsNormEpsilon: Math.fround(1e-5),
+        vocabSize: 1001,
+        bosTokenId: 1,
+        eosTokenId: 2,
+      })
+      const tokens = file.metadata.get('tokenizer.ggml.tokens')
+      expect(tokens?.type === 'array' && tokens.value.length).toBe(1001)
+      const shapes = Object.fromEntries(file.tensors.map((t) => [t.name, [t.typeName, ...t.dims]]))
+      expect(shapes).toEqual({
+        'token_embd.weight': ['Q8_0', 256, 1001],
+        ...Object.fromEntries(
+          [0, 1].flatMap((i) => [
+            [`blk.${i}.attn_norm.weight`, ['F32', 256]],
+            [`blk.${i}.attn_q.weight`, ['Q8_0', 256, 256]],
+            [`blk.${i}.attn_k.weight`, ['Q8_0', 256, 64]],
+            [`blk.${i}.attn_v.weight`, ['Q8_0', 256, 64]],
+            [`blk.${i}.attn_output.weight`, ['Q8_0', 256, 256]],
+            [`blk.${i}.ffn_norm.weight`, ['F32', 256]],
+            [`blk.${i}.ffn_gate.weight`, ['Q8_0', 256, 512]],
+            [`blk.${i}.ffn_up.weight`, ['Q8_0', 256, 512]],
+            [`blk.${i}.ffn_down.weight`, ['Q8_0', 512, 256]],
+          ]),
+        ),
+        'output_norm.weight': ['F32', 256],
+        'output.weight': ['Q8_0', 256, 1001],
+      })
+      expect(made.parameters).toBe(file.tensors.reduce((n, t) => n + t.elements, 0))
+      expect(made.parameters).toBe(
+        2 * 256 * 1001 + 256 + 2 * (2 * 256 + 2 * 256 * 256 + 2 * 256 * 64 + 3 * 256 * 512),
+      )
+    } finally {
+      await file.close()
+    }
+  })
+
+  it('scales weights by fan-in and keeps norms near 1', async () => {
+    const out = join(dir, 'stats.gguf')
+    await generateLlamaModel({ ...SMALL, out, type: 'F32', layers: 4 })
+    const file = await openGGUF(out)
+    const stats = async (name: string) => {
+      const t = file.tensor(name)!
+      const x = await file.readTensorRowsF32(name, 0, t.rows)
+      const mean = x.reduce((a, b) => a + b, 0) / x.length
+      const std = Math.sqrt(x.reduce((a, b) => a + (b - mean) ** 2, 0) / x.length)
+      return { mean, std, max: x.reduce((a, b) => Math.max(a, Math.abs(b)), 0) }
+    }
+    const q = await stats('blk.1.attn_q.weight')
+    expect(Math.abs(q.mean)).toBeLessThan(0.01)
+    expect(q.std).toBeCloseTo(1 / 16, 2)
+    const down = await stats('blk.3.ffn_down.weight')
+    expect(down.std).toBeCloseTo(1 / Math.sqrt(512) / Math.sqrt(8), 2)
+    const norm = await stats('output_norm.weight')
+    expect(norm.mean).toBeCloseTo(1, 1)
+    expect(norm.max).toBeLessThan(1.13)
+    expect(norm.std).toBeGreaterThan(0.02)
+    await file.close()
+  })
+
+  it('is deterministic per (seed, tensor name), whatever else is in the model', async () => {
+    const a = await generateLlamaModel({ ...SMALL, out: join(dir, 'a.gguf'), sha256: true })
+    const b = await generateLlamaModel({ ...SMALL, out: join(dir, 'b.gguf'), sha256: true })
+    const c = await generateLlamaModel({ ...SMALL, out: join(dir, 'c.gguf'), seed: 43, sha256: true })
+    const deeper = await generateLlamaModel({ ...SMALL, out: join(dir, 'd.gguf'), layers: 3 })
+    expect(a.sha256).toMatch(/^[0-9a-f]{64}$/)
+    expect(b.sha256).toBe(a.sha256)
+    expect(c.sha256).not.toBe(a.sha256)
+    expect(await readFile(join(dir, 'b.gguf'))).toEqual(await readFile(join(dir, 'a.gguf')))
+    const fa = await openGGUF(a.path)
+    const fd = await openGGUF(deeper.path)
+    expect(await fd.readTensor('blk.1.ffn_up.weight')).toEqual(await fa.readTensor('blk.1.ffn_up.weight'))
+    await Promise.all([fa.close(), fd.close()])
+  })
+
+  it.each([
+    [
+      { embd: 320, type: 'Q4_K' },
+      'generateLlamaModel embd 320: must be a multiple of 256 for Q4_K (rows are whole K-quant super-blocks of 256)',
+    ],
+    [{ ff: 400, type: 'Q6_K' }, 'generateLlamaModel ff 400: must be a multiple of 256 for Q6_K'],
+    [
+      { embd: 48, heads: 1, kvHeads: 1, type: 'Q8_0' },
+      'generateLlamaModel embd 48: must be a multiple of 32 for Q8_0 (rows are whole blocks of 32)',
+    ],
+    [{ heads: 3 }, 'generateLlamaModel heads 3: must divide embd (256)'],
+    [
+      { heads: 256 },
+      'generateLlamaModel heads 256: gives an odd head size 256/256 = 1; RoPE needs an even one',
+    ],
+    [{ kvHeads: 3 }, 'generateLlamaModel kvHeads 3: must divide heads (8)'],
+    [{ vocab: 258 }, 'generateLlamaModel vocab 258:'],
+    [{ type: 'Q5_K' }, 'generateLlamaModel type "Q5_K":'],
+    [{ layers: 0 }, 'generateLlamaModel layers 0:'],
+  ])('rejects %o naming the option', async (change, message) => {
+    const out = join(dir, 'rejected.gguf')
+    await expect(generateLlamaModel({ ...SMALL, out, ...change } as never)).rejects.toThrow(message)
+    await expect(readdir(dir)).resolves.not.toContain('rejected.gguf')
+  })
+
+  it('generates GQA-free, MQA, byte-only and K-quant models', async () => {
+    for (const [name, change] of [
+      ['mha', { kvHeads: 8 }],
+      ['mqa', { kvHeads: 1 }],
+      ['bytes', { vocab: 259 }],
+      ['q4k', { type: 'Q4_K', ff: 768 }],
+    ] as const) {
+      const out = join(dir, `${name}.gguf`)
+      const made = await generateLlamaModel({ ...SMALL, out, ...change })
+      const file = await openGGUF(out)
+      const h = readLlamaHyperparameters(file)
+      expect(file.tensor('blk.0.attn_k.weight')!.dims).toEqual([256, 32 * h.headCountKv])
+      expect(h.vocabSize).toBe(made.vocab)
+      await file.close()
+    }
+  })
+
+  it('stops on abort and leaves no file', async () => {
+    const controller = new AbortController()
+    controller.abort()
+    await expect(
+      generateLlamaModel({ ...SMALL, out: join(dir, 'aborted.gguf'), signal: controller.signal }),
+    ).rejects.toThrow()
+    const left = await readdir(dir)
+    expect(left.filter((f) => f.includes('aborted'))).toEqual([])
+  })
+})

@@ -1,0 +1,32 @@
+import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { afterEach, beforeEach, describe, expect, it } from 'vitest'
+import { writeFileAtomic, writeFileExclusive } from '../src/files.ts'
+
+let dir: string
+beforeEach(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'meshnet-files-'))
+})
+afterEach(async () => {
+  await rm(dir, { recursive: true, force: true })
+})
+
+describe('file writes', () => {
+  it('writeFileAtomic replaces the whole file and leaves no temporary behind', async () => {
+    const path = join(dir, 'sub', 'f.json')
+    await writeFileAtomic(path, 'one')
+    await writeFileAtomic(path, 'two', { mode: 0o600 })
+    expect(await readFile(path, 'utf8')).toBe('two')
+    expect(await readdir(join(dir, 'sub'))).toEqual(['f.json'])
+  })
+
+  it('writeFileExclusive never overwrites an existing file', async () => {
+    const path = join(dir, 'key')
+    expect(await writeFileExclusive(path, 'first', { mode: 0o600 })).toBe(true)
+    expect(await writeFileExclusive(path, 'second')).toBe(false)
+    expect(await readFile(path, 'utf8')).toBe('first')
+    expect((await stat(path)).mode & 0o777).toBe(0o600)
+    expect(await readdir(dir)).toEqual(['key'])
+  })
+})

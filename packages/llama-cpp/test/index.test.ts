@@ -1,0 +1,15 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "ENGINE_NAMES",
+      "LlamaCppTokenizer",
+      "acquireLlama",
+      "createEngine",
+      "createLlamaCppEngine",
+      "llamaCppEngineOptionsSchema",
+      "openModelTokenizer",
+    ]
+  `)
+})

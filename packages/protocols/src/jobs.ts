@@ -1,0 +1,246 @@
+// `/meshnet/job/1.0.0`: a client asks a node to run one generation and reads its tokens as they
+// come. One stream per job; frames are varint length-prefixed JSON (format in docs/protocols.md).
+import type { AbortOptions, Stream } from '@libp2p/interface'
+import { MeshError, type MeshErrorOptions } from '@meshnet/core'
+import { CID } from 'multiformats/cid'
+import * as raw from 'multiformats/codecs/raw'
+import { sha256 } from 'multiformats/hashes/sha2'
+import { z } from 'zod'
+import { frameStream } from './frames.ts'
+
+export const JOB_PROTOCOL = '/meshnet/job/1.0.0'
+
+/** Largest frame either side sends: a request holds a prompt of at most MAX_JOB_PROMPT_CHARS. */
+export const MAX_JOB_FRAME_BYTES = 1024 * 1024
+
+/** Longest prompt a job takes, in characters. */
+export const MAX_JOB_PROMPT_CHARS = 256 * 1024
+
+/** How a job's model is split: `auto` runs it whole on one member when one can hold it. */
+export const JOB_MODES = ['auto', 'pipeline', 'tensor'] as const
+export type JobMode = (typeof JOB_MODES)[number]
+
+/** Where a job came from (kept with its stats). */
+export type JobOrigin = 'cli' | 'p2p' | 'api' | 'control-plane'
+
+/** One generation asked of a node. */
+export const jobRequestSchema = z.strictObject({
+  /** The pool whose ring runs the job; without it the node must be public (`mesh start --public`). */
+  poolId: z.string().min(1).max(128).optional(),
+  /** The model, by file name or SHA-256 (default: the one the node serves). */
+  model: z.string().min(1).max(256).optional(),
+  prompt: z.string().min(1).max(MAX_JOB_PROMPT_CHARS),
+  maxTokens: z.int().min(1).max(32_768),
+  temperature: z.number().min(0).max(100).optional(),
+  topK: z.int().min(0).max(1_000_000).optional(),
+  topP: z.number().gt(0).max(1).optional(),
+  seed: z.int().min(0).max(0xffff_ffff).optional(),
+  mode: z.enum(JOB_MODES).default('auto'),
+  /** Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat templates). */
+  parseSpecial: z.boolean().default(false),
+})
+export type JobRequest = z.input<typeof jobRequestSchema>
+
+/** A token as it streams out of a job. */
+export interface JobToken {
+  /** Vocabulary id. */
+  id: number
+  /** Its text (empty while a multi-byte character is incomplete). */
+  text: string
+  /** 0 for the first generated token. */
+  index: number
+  /** Text held back at the end (a generation that ended inside a character): no new token, same index. */
+  textOnly?: true
+}
+
+export interface JobStats {
+  tokensPerSecond: number
+  timeToFirstTokenMs: number
+  totalMs: number
+  promptTokens: number
+  completionTokens: number
+  /** Mean per-hop latency of a sharded run (0 when the whole model ran on one node). */
+  hopLatencyMs: number
+  /** Bytes that crossed the network for this job's generation. */
+  bytesMoved: number
+  failovers: number
+  /** Node ids of the members that ran the job. */
+  members: string[]
+}
+
+export interface JobResult {
+  jobId: string
+  /** `single` (node-llama-cpp on one member), `pipeline` or `tensor`. */
+  mode: 'single' | 'pipeline' | 'tensor'
+  /** SHA-256 of the model file. */
+  model: string
+  tokens: number[]
+  text: string
+  stopReason: 'maxTokens' | 'eog' | 'abort' | 'contextFull'
+  stats: JobStats
+}
+
+/** What runs jobs on a node: the CLI, the job protocol, the OpenAI API and the control plane use it. */
+export interface JobRunner {
+  /** Streams the job's tokens; the generator's return value is the finished job. */
+  run(
+    request: JobRequest,
+    options: { origin: JobOrigin; signal?: AbortSignal; requester?: string },
+  ): AsyncGenerator<JobToken, JobResult, undefined>
+}
+
+const statsSchema = z.object({
+  tokensPerSecond: z.number(),
+  timeToFirstTokenMs: z.number(),
+  totalMs: z.number(),
+  promptTokens: z.int(),
+  completionTokens: z.int(),
+  hopLatencyMs: z.number(),
+  bytesMoved: z.number(),
+  failovers: z.int(),
+  members: z.array(z.string()).max(1024),
+})
+
+const resultSchema = z.object({
+  jobId: z.string().max(128),
+  mode: z.enum(['single', 'pipeline', 'tensor']),
+  model: z.string().max(128),
+  tokens: z.array(z.int().min(0)),
+  text: z.string(),
+  stopReason: z.enum(['maxTokens', 'eog', 'abort', 'contextFull']),
+  stats: statsSchema,
+})
+
+/** Frames a node sends back, in order: one `accepted`, `token`s, then `end` or `error`. */
+const replySchema = z.discriminatedUnion('type', [
+  z.object({ type: z.literal('accepted'), jobId: z.string().max(128) }),
+  z.object({
+    type: z.literal('token'),
+    id: z.int().min(0),
+    text: z.string().max(4096),
+    index: z.int().min(0),
+    textOnly: z.literal(true).optional(),
+  }),
+  z.object({ type: z.literal('end'), result: resultSchema }),
+  z.object({
+    type: z.literal('error'),
+    error: z.object({ name: z.string().max(128), code: z.string().max(128), message: z.string().max(4096) }),
+  }),
+])
+export type JobReply = z.infer<typeof replySchema>
+
+/** The node refused or failed the job; `code` is the node's (ERR_POOL_ACCESS, ERR_RATE_LIMITED, ...). */
+export class JobFailedError extends MeshError {
+  override name = 'JobFailedError' as const
+  readonly remoteName: string
+  constructor(code: string, remoteName: string, message: string, options?: MeshErrorOptions) {
+    super(code, message, options)
+    this.remoteName = remoteName
+  }
+}
+
+/** The node broke the job protocol (bad frame, stream closed early). */
+export class JobProtocolError extends MeshError {
+  override name = 'JobProtocolError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_JOB_PROTOCOL', message, options)
+  }
+}
+
+const encoder = new TextEncoder()
+const decoder = new TextDecoder('utf-8', { fatal: true })
+export const encodeJobFrame = (value: unknown): Uint8Array => encoder.encode(JSON.stringify(value))
+
+/** Parses one request frame: `{ v: 1, request }`. Throws with what is wrong. */
+export function decodeJobRequest(frame: Uint8Array): z.output<typeof jobRequestSchema> {
+  let value: unknown
+  try {
+    value = JSON.parse(decoder.decode(frame))
+  } catch {
+    throw new JobProtocolError('job request is not UTF-8 JSON')
+  }
+  const envelope = z.object({ v: z.literal(1), request: jobRequestSchema }).safeParse(value)
+  if (!envelope.success) {
+    const issue = envelope.error.issues[0]!
+    throw new JobProtocolError(`job request: ${issue.path.join('.') || '(frame)'}: ${issue.message}`)
+  }
+  return envelope.data.request
+}
+
+function decodeReply(frame: Uint8Array): JobReply {
+  let value: unknown
+  try {
+    value = JSON.parse(decoder.decode(frame))
+  } catch {
+    throw new JobProtocolError('job reply is not UTF-8 JSON')
+  }
+  const reply = replySchema.safeParse(value)
+  if (!reply.success) {
+    const issue = reply.error.issues[0]!
+    throw new JobProtocolError(`job reply: ${issue.path.join('.') || '(frame)'}: ${issue.message}`)
+  }
+  return reply.data
+}
+
+/** What `requestJob` dials with: a MeshNode of `@meshnet/discovery`, or anything that opens streams. */
+export interface JobDialer<Peer> {
+  dialProtocol(
+    peer: Peer,
+    protocol: string,
+    options: AbortOptions & { timeoutMs?: number; runOnLimitedConnection?: boolean },
+  ): Promise<Stream>
+}
+
+/**
+ * Runs a job on `peer` over `/meshnet/job/1.0.0` and streams its tokens; the generator returns the
+ * finished job. Aborting `signal` (or returning early from the generator) closes the stream, which
+ * stops the job on the node.
+ */
+export async function* requestJob<Peer>(
+  node: JobDialer<Peer>,
+  peer: Peer,
+  request: JobRequest,
+  options: { signal?: AbortSignal; timeoutMs?: number; runOnLimitedConnection?: boolean } = {},
+): AsyncGenerator<JobToken, JobResult, undefined> {
+  const checked = jobRequestSchema.parse(request)
+  const stream = await node.dialProtocol(peer, JOB_PROTOCOL, {
+    timeoutMs: options.timeoutMs ?? 10_000,
+    ...(options.signal ? { signal: options.signal } : {}),
+    ...(options.runOnLimitedConnection ? { runOnLimitedConnection: true } : {}),
+  })
+  const onAbort = () => stream.abort(new Error('job cancelled'))
+  options.signal?.addEventListener('abort', onAbort, { once: true })
+  const frames = frameStream(stream, { maxFrameBytes: MAX_JOB_FRAME_BYTES })
+  let finished = false
+  try {
+    await frames.write(encodeJobFrame({ v: 1, request: checked }))
+    for (;;) {
+      const frame = await frames.read(options.signal ? { signal: options.signal } : {})
+      if (frame === undefined) throw new JobProtocolError('the node closed the job stream before the end')
+      const reply = decodeReply(frame)
+      if (reply.type === 'token')
+        yield {
+          id: reply.id,
+          text: reply.text,
+          index: reply.index,
+          ...(reply.textOnly ? { textOnly: true } : {}),
+        }
+      else if (reply.type === 'end') {
+        finished = true
+        return reply.result
+      } else if (reply.type === 'error') {
+        finished = true
+        throw new JobFailedError(reply.error.code, reply.error.name, reply.error.message)
+      }
+    }
+  } finally {
+    options.signal?.removeEventListener('abort', onAbort)
+    if (finished) await stream.close().catch(() => stream.abort(new Error('closed')))
+    else stream.abort(new Error('job cancelled'))
+  }
+}
+
+/** The DHT key under which public nodes announce a model they serve (by file name or SHA-256). */
+export async function modelProviderKey(model: string): Promise<CID> {
+  return CID.create(1, raw.code, await sha256.digest(encoder.encode(`meshnet:model:${model}`)))
+}

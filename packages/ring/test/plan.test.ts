@@ -1,0 +1,86 @@
+import { describe, expect, it } from 'vitest'
+import { apportion, type PlanModel, planPipeline, planTensor } from '../src/plan.ts'
+
+const GiB = 2 ** 30
+const model: PlanModel = { layers: 22, heads: 32, kvHeads: 4, ff: 5632, bytesPerLayer: 40 * 2 ** 20 }
+
+describe('apportion', () => {
+  it('splits proportionally and sums exactly', () => {
+    expect(apportion(10, [1, 1])).toEqual([5, 5])
+    expect(apportion(22, [8, 16, 8])).toEqual([6, 10, 6])
+    expect(apportion(7, [1, 1, 1])).toEqual([3, 2, 2])
+    expect(apportion(2, [1, 1, 1])).toEqual([1, 1, 0])
+    for (const total of [1, 5, 31, 100]) {
+      expect(apportion(total, [3, 7, 11, 2]).reduce((a, b) => a + b)).toBe(total)
+    }
+  })
+})
+
+describe('planPipeline', () => {
+  it('gives contiguous layer ranges weighted by memory, covering every layer once', () => {
+    const plan = planPipeline(
+      [
+        { nodeId: 'a', capacityBytes: 8 * GiB },
+        { nodeId: 'b', capacityBytes: 16 * GiB },
+        { nodeId: 'c', capacityBytes: 8 * GiB },
+      ],
+      model,
+    )
+    expect(plan).toEqual([
+      { nodeId: 'a', layers: [0, 6] },
+      { nodeId: 'b', layers: [6, 16] },
+      { nodeId: 'c', layers: [16, 22] },
+    ])
+  })
+
+  it('leaves out members beyond the number of layers', () => {
+    const members = ['a', 'b', 'c'].map((nodeId) => ({ nodeId, capacityBytes: GiB }))
+    expect(planPipeline(members, { ...model, layers: 2 }).map((s) => s.nodeId)).toEqual(['a', 'b'])
+  })
+
+  it('says how much memory is missing when the ring is too small', () => {
+    expect(() => planPipeline([{ nodeId: 'a', capacityBytes: 100 * 2 ** 20 }], model)).toThrow(
+      /needs about 880 MiB but the ring offers 100 MiB/,
+    )
+  })
+})
+
+describe('planTensor', () => {
+  it('splits heads and FFN columns in whole units with the KV heads each shard needs', () => {
+    const plan = planTensor(
+      [
+        { nodeId: 'a', capacityBytes: GiB },
+        { nodeId: 'b', capacityBytes: GiB },
+        { nodeId: 'c', capacityBytes: GiB },
+      ],
+      { ...model, headUnit: 2, ffnUnit: 256 },
+    )
+    expect(plan.map((s) => s.heads)).toEqual([
+      [0, 12],
+      [12, 22],
+      [22, 32],
+    ])
+    // 8 query heads per KV head: shards that cut a group both compute that KV head.
+    expect(plan.map((s) => s.kvHeads)).toEqual([
+      [0, 2],
+      [1, 3],
+      [2, 4],
+    ])
+    expect(plan.map((s) => s.ffn)).toEqual([
+      [0, 2048],
+      [2048, 3840],
+      [3840, 5632],
+    ])
+  })
+
+  it('uses at most as many members as there are units', () => {
+    const members = ['a', 'b', 'c'].map((nodeId) => ({ nodeId, capacityBytes: GiB }))
+    expect(planTensor(members, { ...model, heads: 2, kvHeads: 1 })).toHaveLength(2)
+  })
+
+  it('refuses shapes that do not split into whole blocks', () => {
+    expect(() => planTensor([{ nodeId: 'a', capacityBytes: GiB }], { ...model, ff: 100 })).toThrow(
+      /FFN width 100 is not a multiple of 32/,
+    )
+  })
+})

@@ -1,0 +1,29 @@
+/**
+ * @packageDocumentation
+ * Sharded generation over a Meshnet ring: a model split over members by layers (pipeline) or by
+ * heads and FFN columns (tensor parallel). `shardServer` serves this member's shards over
+ * `/meshnet/shard/1.0.0` (and direct member links); `runShardedGeneration` drives a generation,
+ * failing over to the ring's live members when one dies.
+ */
+export type {
+  ReplanFunction,
+  ShardedFailover,
+  ShardedGenerationOptions,
+  ShardedGenerationResult,
+  ShardedGenerationStats,
+  ShardedToken,
+} from './coordinator.ts'
+export { runShardedGeneration, shardedGenerationOptionsSchema } from './coordinator.ts'
+export { PoolAccessError, ShardCapacityError, ShardedRunError, ShardModelError } from './errors.ts'
+export type { ShardGate } from './peers.ts'
+export type { ShardedModeChoice, ShardedPlan, ShardModelFacts } from './plan.ts'
+export { chooseShardedMode, readShardModelFacts, shardedPlanSchema } from './plan.ts'
+export type {
+  ModelResolver,
+  ShardChannel,
+  ShardServer,
+  ShardServerInit,
+  ShardServerOptions,
+  ShardServerStats,
+} from './server.ts'
+export { shardServer, shardServerOptionsSchema } from './server.ts'

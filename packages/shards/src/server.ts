@@ -1,0 +1,100 @@
+import { InvalidArgumentError, type Logger, silentLogger } from '@meshnet/core'
+import type { MeshNode } from '@meshnet/discovery'
+import type { Kernels } from '@meshnet/engine'
+import { z } from 'zod'
+import type { Channel } from './channel.ts'
+import type { ShardGate } from './peers.ts'
+import { type ModelResolver, ShardServerImpl, type ShardServerStats } from './shard-server.ts'
+
+export const shardServerOptionsSchema = z.strictObject({
+  /** Sessions open at once (each has its own KV cache). */
+  maxSessions: z.number().int().min(1).max(4096).default(16),
+  /**
+   * Budget for shard weights (kernel memory) plus every session's KV cache and scratch. A session
+   * that does not fit is refused with ShardCapacityError; unused weights are evicted first.
+   */
+  memoryBytes: z
+    .number()
+    .int()
+    .min(1 << 20)
+    .default(3 * 2 ** 30),
+  /** A session with no step for this long is closed (its coordinator gets an ERROR). */
+  idleTimeoutMs: z.number().int().min(100).max(86_400_000).default(120_000),
+  /** Budget for the first frame of a stream. */
+  helloTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+  /** Budget for setting up one link to another member. */
+  linkTimeoutMs: z.number().int().min(100).max(600_000).default(10_000),
+  /**
+   * Direct encrypted TCP channels between members (keys agreed over libp2p): true (default),
+   * false (libp2p streams only), or the host the listener binds (default: 127.0.0.1 for a
+   * `localOnly` node, else 0.0.0.0).
+   */
+  direct: z.union([z.boolean(), z.strictObject({ host: z.string().min(1) })]).default(true),
+})
+
+export type ShardServerOptions = z.input<typeof shardServerOptionsSchema>
+
+export interface ShardServerInit extends ShardServerOptions {
+  node: MeshNode
+  /** Pool membership of peers: `@meshnet/ring`'s PoolGate. */
+  gate: ShardGate
+  /** Where shard weights live and are multiplied (shared by every session). */
+  kernels: Kernels
+  /** This member's copy of a model by SHA-256; its hash is checked before a shard is loaded. */
+  models: ModelResolver
+  logger?: Logger
+}
+
+/** A frame channel to a shard server on this node (see `ShardServer.connectLocal`). */
+export type ShardChannel = Channel
+
+/** The shard service of one ring member. */
+export interface ShardServer {
+  /** Serves `/meshnet/shard/1.0.0` on the node. */
+  start(): Promise<void>
+  /** Ends every session (their coordinators get an ERROR), frees every weight, closes listeners. */
+  stop(): Promise<void>
+  stats(): ShardServerStats
+  /**
+   * A session channel for a coordinator running on this same node (a node cannot dial itself);
+   * `runShardedGeneration({ local })` uses it for the plan entry that is this node.
+   */
+  connectLocal(): ShardChannel
+}
+
+/**
+ * The service each ring member runs to take part in sharded sessions. Construction checks the
+ * options and does no I/O; `start()` registers the protocol.
+ */
+export function shardServer(init: ShardServerInit): ShardServer {
+  const { node, gate, kernels, models, logger, ...rest } = init
+  const parsed = shardServerOptionsSchema.safeParse(rest)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!
+    throw new InvalidArgumentError(`shard server option ${issue.path.join('.')}: ${issue.message}`)
+  }
+  const opts = parsed.data
+  const directHost =
+    opts.direct === false
+      ? undefined
+      : opts.direct === true
+        ? node.options.localOnly
+          ? '127.0.0.1'
+          : '0.0.0.0'
+        : opts.direct.host
+  return new ShardServerImpl({
+    node,
+    gate,
+    kernels,
+    models,
+    logger: (logger ?? silentLogger()).child({ component: 'shard-server' }),
+    maxSessions: opts.maxSessions,
+    memoryBytes: opts.memoryBytes,
+    idleTimeoutMs: opts.idleTimeoutMs,
+    helloTimeoutMs: opts.helloTimeoutMs,
+    linkTimeoutMs: opts.linkTimeoutMs,
+    directHost,
+  })
+}
+
+export type { ModelResolver, ShardServerStats }

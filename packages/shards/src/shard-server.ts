@@ -1,0 +1,514 @@
+import type { Connection, Stream } from '@libp2p/interface'
+import type { Logger } from '@meshnet/core'
+import type { MeshNode } from '@meshnet/discovery'
+import type { Kernels } from '@meshnet/engine'
+import {
+  estimateWeightBytes,
+  readLlamaConfig,
+  resolveSpec,
+  type ShardSpec,
+  ShardWeights,
+  sessionBytes,
+  vocabSlice,
+} from '@meshnet/engine'
+import { openGGUF } from '@meshnet/gguf'
+import {
+  decodeControl,
+  encodeControl,
+  encodeShardError,
+  type LinkHello,
+  linkHelloSchema,
+  type OpenMessage,
+  type ReadyMessage,
+  SHARD_FRAME,
+  SHARD_PROTOCOL,
+  shardFrameKind,
+  shardOpenSchema,
+} from '@meshnet/protocols'
+import { type Channel, libp2pChannel, memoryChannelPair } from './channel.ts'
+import { DirectListener } from './direct.ts'
+import { ShardCapacityError, ShardModelError, ShardSessionError } from './errors.ts'
+import { fileSha256 } from './model-hash.ts'
+import { MembershipCheck, type ShardGate } from './peers.ts'
+import { MemberSession, type SessionHost } from './session.ts'
+
+/** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
+export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>
+
+export interface ShardServerConfig {
+  node: MeshNode
+  gate: ShardGate
+  kernels: Kernels
+  models: ModelResolver
+  logger: Logger
+  maxSessions: number
+  memoryBytes: number
+  idleTimeoutMs: number
+  helloTimeoutMs: number
+  linkTimeoutMs: number
+  /** Host the direct-channel listener binds, or undefined for libp2p links only. */
+  directHost: string | undefined
+}
+
+export interface ShardServerStats {
+  /** Sessions open now. */
+  sessions: number
+  sessionsOpened: number
+  sessionsExpired: number
+  /** Streams and sessions refused, by reason: not-a-member, malformed, capacity, model, sessions, other. */
+  refused: Record<string, number>
+  /** Distinct shards whose weights are in memory (shared by their sessions). */
+  weightSets: number
+  weightBytes: number
+  /** KV caches and scratch of the open sessions. */
+  sessionBytes: number
+  /** The budget both come out of. */
+  memoryBytes: number
+  steps: number
+  linkBytesSent: number
+  /** Links set up since start, by transport. */
+  links: { direct: number; libp2p: number }
+}
+
+interface WeightEntry {
+  key: string
+  bytes: number
+  refs: number
+  lastUsed: number
+  loading: Promise<ShardWeights>
+  weights: ShardWeights | undefined
+}
+
+function mib(bytes: number): string {
+  return `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MiB`
+}
+
+function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new ShardSessionError(`${what} did not arrive within ${ms} ms`)), ms)
+  })
+  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
+}
+
+/** The shard service of one ring member (see `shardServer`). */
+export class ShardServerImpl implements SessionHost {
+  readonly node: MeshNode
+  readonly membership: MembershipCheck
+  readonly direct: DirectListener | undefined
+  readonly linkTimeoutMs: number
+  readonly logger: Logger
+  readonly counters = { steps: 0, linkBytesSent: 0, direct: 0, libp2p: 0 }
+  readonly #config: ShardServerConfig
+  readonly #sessions = new Map<string, MemberSession>()
+  readonly #weights = new Map<string, WeightEntry>()
+  readonly #refused: Record<string, number> = {}
+  #opening = 0
+  #sessionBytes = 0
+  #opened = 0
+  #expired = 0
+  #timer: NodeJS.Timeout | undefined
+  #started = false
+
+  constructor(config: ShardServerConfig) {
+    this.#config = config
+    this.node = config.node
+    this.membership = new MembershipCheck(config.gate)
+    this.direct = config.directHost === undefined ? undefined : new DirectListener(config.directHost)
+    this.linkTimeoutMs = config.linkTimeoutMs
+    this.logger = config.logger
+  }
+
+  async start(): Promise<void> {
+    if (this.#started) return
+    await this.node.libp2p.handle(
+      SHARD_PROTOCOL,
+      (stream, connection) => {
+        void this.#onStream(stream, connection)
+      },
+      { maxInboundStreams: 256, maxOutboundStreams: 256, runOnLimitedConnection: false },
+    )
+    this.#started = true
+    const every = Math.max(50, Math.min(5_000, Math.floor(this.#config.idleTimeoutMs / 4)))
+    this.#timer = setInterval(() => this.#sweep(), every)
+    this.#timer.unref()
+  }
+
+  async stop(): Promise<void> {
+    if (this.#timer) clearInterval(this.#timer)
+    this.#timer = undefined
+    if (this.#started) await this.node.libp2p.unhandle(SHARD_PROTOCOL).catch(() => {})
+    this.#started = false
+    await Promise.all(
+      [...this.#sessions.values()].map((s) =>
+        s.fail(new ShardSessionError('the member is stopping its shard service')),
+      ),
+    )
+    await this.direct?.close()
+    for (const entry of this.#weights.values()) {
+      await entry.loading.catch(() => {})
+      entry.weights?.dispose()
+    }
+    this.#weights.clear()
+  }
+
+  stats(): ShardServerStats {
+    let weightBytes = 0
+    for (const e of this.#weights.values()) weightBytes += e.bytes
+    return {
+      sessions: this.#sessions.size,
+      sessionsOpened: this.#opened,
+      sessionsExpired: this.#expired,
+      refused: { ...this.#refused },
+      weightSets: this.#weights.size,
+      weightBytes,
+      sessionBytes: this.#sessionBytes,
+      memoryBytes: this.#config.memoryBytes,
+      steps: this.counters.steps,
+      linkBytesSent: this.counters.linkBytesSent,
+      links: { direct: this.counters.direct, libp2p: this.counters.libp2p },
+    }
+  }
+
+  /** A session channel for a coordinator on this node: served in-process, without libp2p. */
+  connectLocal(): Channel {
+    const own = this.node.nodeId
+    const [client, server] = memoryChannelPair(own, own)
+    void (async () => {
+      try {
+        const first = await server.read()
+        if (first === undefined) return
+        const open = decodeControl(first, SHARD_FRAME.OPEN, shardOpenSchema, 'OPEN')
+        await this.#openSession(server, own, open)
+      } catch (err) {
+        await this.#reject(server, err)
+      }
+    })()
+    return client
+  }
+
+  closed(session: MemberSession): void {
+    if (this.#sessions.get(session.key) === session) this.#sessions.delete(session.key)
+  }
+
+  async #onStream(stream: Stream, connection: Connection): Promise<void> {
+    const remote = connection.remotePeer.toString()
+    const channel = libp2pChannel(stream, remote)
+    let first: Uint8Array | undefined
+    try {
+      first = await within(channel.read(), this.#config.helloTimeoutMs, 'the first frame')
+    } catch (err) {
+      this.#refuse('malformed')
+      channel.abort(err as Error)
+      return
+    }
+    if (first === undefined) {
+      channel.abort(new ShardSessionError('empty shard stream'))
+      return
+    }
+    let open: OpenMessage | undefined
+    let hello: LinkHello | undefined
+    try {
+      if (shardFrameKind(first) === SHARD_FRAME.OPEN)
+        open = decodeControl(first, SHARD_FRAME.OPEN, shardOpenSchema, 'OPEN')
+      else if (shardFrameKind(first) === SHARD_FRAME.LINK_HELLO)
+        hello = decodeControl(first, SHARD_FRAME.LINK_HELLO, linkHelloSchema, 'LINK_HELLO')
+      else
+        throw new ShardSessionError(
+          `a shard stream starts with OPEN or LINK_HELLO, not frame kind ${shardFrameKind(first)}`,
+        )
+    } catch (err) {
+      this.#refuse('malformed')
+      await this.#reject(channel, err)
+      return
+    }
+    const poolId = (open ?? hello)!.poolId
+    try {
+      await this.membership.require(connection.remotePeer, poolId)
+    } catch (err) {
+      this.#refuse('not-a-member')
+      this.logger.info({ peer: remote, poolId, err: (err as Error).message }, 'shard stream refused')
+      await this.#reject(channel, err)
+      return
+    }
+    if (open) {
+      await this.#openSession(channel, remote, open)
+      return
+    }
+    const session = this.#sessions.get(`${hello!.coordinator}/${hello!.session}`)
+    if (session === undefined || session.open.poolId !== poolId || !session.expects(remote, hello!.rank)) {
+      // Only the member the coordinator named for that rank may link; anyone else is turned away
+      // without disturbing the session.
+      this.#refuse('other')
+      await this.#reject(
+        channel,
+        new ShardSessionError(
+          `no session ${hello!.session} of ${hello!.coordinator} expects a link from ${remote}`,
+        ),
+      )
+      return
+    }
+    try {
+      await session.acceptLink(channel, remote, hello!)
+    } catch (err) {
+      await this.#reject(channel, err)
+      await session.fail(err, remote)
+    }
+  }
+
+  async #openSession(channel: Channel, coordinator: string, open: OpenMessage): Promise<void> {
+    const key = `${coordinator}/${open.session}`
+    if (this.#sessions.size + this.#opening >= this.#config.maxSessions) {
+      this.#refuse('sessions')
+      await this.#reject(
+        channel,
+        new ShardCapacityError(
+          `this member already runs ${this.#config.maxSessions} sessions (maxSessions); try again when one ends`,
+        ),
+      )
+      return
+    }
+    if (this.#sessions.has(key)) {
+      this.#refuse('other')
+      await this.#reject(channel, new ShardSessionError(`session ${open.session} is already open`))
+      return
+    }
+    this.#opening++
+    let session: MemberSession
+    try {
+      session = await this.#createSession(channel, coordinator, open)
+    } catch (err) {
+      this.#refuse(
+        (err as Error).name === 'ShardCapacityError'
+          ? 'capacity'
+          : (err as Error).name === 'ShardModelError'
+            ? 'model'
+            : 'other',
+      )
+      this.logger.info({ coordinator, err: (err as Error).message }, 'shard session refused')
+      await this.#reject(channel, err)
+      return
+    } finally {
+      this.#opening--
+    }
+    await session.run()
+  }
+
+  async #createSession(channel: Channel, coordinator: string, open: OpenMessage): Promise<MemberSession> {
+    const started = performance.now()
+    const sha = open.model.sha256
+    const path = await this.#config.models(sha)
+    if (path === undefined) {
+      throw new ShardModelError(`this member has no copy of model ${sha}`, {
+        hint: 'copy the GGUF file to the member (or plan without it)',
+      })
+    }
+    const actual = await fileSha256(path)
+    if (actual !== sha) {
+      throw new ShardModelError(`${path} hashes to ${actual}, not ${sha}`, {
+        hint: 'the file changed or is another model; replace it with the right one',
+      })
+    }
+    const spec: ShardSpec = {
+      layers: open.shard.layers,
+      heads: open.shard.heads,
+      ffn: open.shard.ffn,
+      embed: open.shard.embed,
+      // Tensor parallel: every member projects its share of the vocabulary (see VocabHead).
+      head: open.mode === 'tensor' ? false : open.shard.head,
+    }
+    const file = await openGGUF(path)
+    let inspected: {
+      config: ReturnType<typeof readLlamaConfig>
+      estimate: number
+      plan: ReturnType<typeof resolveSpec>
+    }
+    try {
+      const config = readLlamaConfig(file)
+      const plan = resolveSpec(config, spec)
+      if (open.mode === 'tensor') spec.vocab = vocabSlice(config, plan.ffn)
+      inspected = { config, plan, estimate: estimateWeightBytes(file, config, plan, spec.vocab) }
+    } finally {
+      await file.close()
+    }
+    const { config, plan, estimate } = inspected
+    const options = { contextSize: open.contextSize, kvCacheType: open.kvCacheType, maxBatch: open.maxBatch }
+    const { kvBytes, scratchBytes } = sessionBytes(config, plan, { ...options, vocab: spec.vocab })
+    const wkey = JSON.stringify([
+      sha,
+      plan.layers,
+      plan.heads,
+      plan.ffn,
+      plan.embed,
+      plan.head,
+      spec.vocab ?? null,
+    ])
+    const describe = `layers [${plan.layers[0]}, ${plan.layers[1]})${plan.partial ? ` heads [${plan.heads[0]}, ${plan.heads[1]}) FFN [${plan.ffn[0]}, ${plan.ffn[1]})` : ''}`
+    const reused = this.#weights.has(wkey)
+    const entry = this.#reserve(wkey, estimate, kvBytes + scratchBytes, () => ({
+      text: `shard ${describe} of model ${sha.slice(0, 12)}… needs ${mib(kvBytes + scratchBytes + (reused ? 0 : estimate))} (weights ${mib(estimate)}${reused ? ', already loaded' : ''}, KV cache ${mib(kvBytes)} for ${open.contextSize} positions, scratch ${mib(scratchBytes)})`,
+      load: () => ShardWeights.load(path, spec, this.#config.kernels),
+    }))
+    const bytes = kvBytes + scratchBytes
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      this.#sessionBytes -= bytes
+      entry.refs--
+      entry.lastUsed = Date.now()
+    }
+    try {
+      const weights = await entry.loading.catch((err: unknown) => {
+        throw capacity(err, describe)
+      })
+      let parts: ReturnType<ShardWeights['createSession']>
+      try {
+        parts = weights.createSession(options)
+      } catch (err) {
+        throw capacity(err, describe)
+      }
+      const session = new MemberSession({
+        host: this,
+        open,
+        coordinator,
+        control: channel,
+        shard: parts.shard,
+        head: parts.head,
+        bytes,
+        release,
+      })
+      channel.setMaxFrameBytes(session.dataCap)
+      this.#sessions.set(session.key, session)
+      const ready: ReadyMessage = {
+        weightBytes: weights.weightBytes,
+        kvBytes,
+        loadMs: performance.now() - started,
+        reused,
+        config: {
+          layers: config.layers,
+          embd: config.embd,
+          vocab: config.vocab,
+          heads: config.heads,
+          kvHeads: config.kvHeads,
+          ff: config.ff,
+        },
+      }
+      try {
+        await channel.write(encodeControl(SHARD_FRAME.READY, ready))
+      } catch (err) {
+        await session.close(false)
+        throw err
+      }
+      this.#opened++
+      return session
+    } catch (err) {
+      release()
+      throw err
+    }
+  }
+
+  /** Takes memory for a session (and its shard's weights unless loaded), evicting unused weights. */
+  #reserve(
+    key: string,
+    estimate: number,
+    sessionBytes: number,
+    what: () => { text: string; load: () => Promise<ShardWeights> },
+  ): WeightEntry {
+    const budget = this.#config.memoryBytes
+    let entry = this.#weights.get(key)
+    const need = sessionBytes + (entry ? 0 : estimate)
+    const used = () => {
+      let sum = this.#sessionBytes
+      for (const e of this.#weights.values()) sum += e.bytes
+      return sum
+    }
+    if (used() + need > budget) {
+      const idle = [...this.#weights.values()].filter((e) => e.refs === 0 && e.key !== key)
+      idle.sort((a, b) => a.lastUsed - b.lastUsed)
+      for (const e of idle) {
+        if (used() + need <= budget) break
+        this.#weights.delete(e.key)
+        void e.loading.then((w) => w.dispose()).catch(() => {})
+      }
+    }
+    if (used() + need > budget) {
+      const free = Math.max(0, budget - used())
+      throw new ShardCapacityError(
+        `${what().text}; this member has ${mib(free)} free of its ${mib(budget)} shard budget (${this.#sessions.size} sessions open)`,
+        {
+          hint: 'give the member a larger memory budget, use a smaller context, or spread the model over more members',
+        },
+      )
+    }
+    if (entry === undefined) {
+      const created: WeightEntry = {
+        key,
+        bytes: estimate,
+        refs: 0,
+        lastUsed: Date.now(),
+        loading: Promise.resolve(undefined as never),
+        weights: undefined,
+      }
+      created.loading = what()
+        .load()
+        .then((w) => {
+          created.weights = w
+          created.bytes = w.weightBytes
+          if (this.#weights.get(key) !== created) w.dispose()
+          return w
+        })
+        .catch((err: unknown) => {
+          if (this.#weights.get(key) === created) this.#weights.delete(key)
+          throw err
+        })
+      created.loading.catch(() => {})
+      this.#weights.set(key, created)
+      entry = created
+    }
+    entry.refs++
+    entry.lastUsed = Date.now()
+    this.#sessionBytes += sessionBytes
+    return entry
+  }
+
+  #sweep(): void {
+    const now = Date.now()
+    const idle = this.#config.idleTimeoutMs
+    for (const session of this.#sessions.values()) {
+      if (now - session.lastActive > idle) {
+        this.#expired++
+        void session.fail(
+          new ShardSessionError(
+            `session ${session.open.session} was idle for ${Math.round(idle / 1000)} s and expired`,
+          ),
+        )
+      }
+    }
+    for (const entry of [...this.#weights.values()]) {
+      if (entry.refs === 0 && entry.weights !== undefined && now - entry.lastUsed > idle) {
+        this.#weights.delete(entry.key)
+        entry.weights.dispose()
+      }
+    }
+  }
+
+  #refuse(reason: string): void {
+    this.#refused[reason] = (this.#refused[reason] ?? 0) + 1
+  }
+
+  async #reject(channel: Channel, err: unknown): Promise<void> {
+    await within(channel.write(encodeShardError(err)), 1_000, 'error report').catch(() => {})
+    await within(channel.close(), 1_000, 'close').catch(() => channel.abort(new ShardSessionError('refused')))
+  }
+}
+
+function capacity(err: unknown, describe: string): Error {
+  if ((err as Error)?.name === 'KernelMemoryError') {
+    return new ShardCapacityError(`kernel memory cannot hold shard ${describe}: ${(err as Error).message}`, {
+      cause: err,
+      hint: 'kernel memory is wasm32 (at most 4 GiB per process); spread the model over more members',
+    })
+  }
+  return err as Error
+}

@@ -1,0 +1,16 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "INITIAL_TRUST",
+      "MIGRATIONS",
+      "MeshStore",
+      "SchemaTooNewError",
+      "acquireLock",
+      "migrate",
+      "openSqlite",
+      "openStore",
+    ]
+  `)
+})
