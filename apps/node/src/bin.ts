@@ -1,4 +1,4 @@
 #!/usr/bin/env node
-import { main } from './cli.ts'
+import { runProgram } from '@meshnet/core'
 
-process.exitCode = await main(process.argv.slice(2))
+await runProgram({ command: 'mesh', packageName: '@meshnet/node' }, () => import('./cli.ts'))

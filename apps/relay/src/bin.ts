@@ -1,4 +1,4 @@
 #!/usr/bin/env node
-import { main } from './relay.ts'
+import { runProgram } from '@meshnet/core'
 
-process.exitCode = await main(process.argv.slice(2))
+await runProgram({ command: 'mesh-relay', packageName: '@meshnet/relay' }, () => import('./relay.ts'))

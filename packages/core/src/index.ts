@@ -25,5 +25,6 @@ export {
   logLevelFromEnv,
   silentLogger,
 } from './logger.ts'
+export { nodeVersionProblem, REQUIRED_NODE_MAJOR, runProgram } from './node-version.ts'
 export type { ParseErrorFactory } from './parse.ts'
 export { parseWith } from './parse.ts'
