@@ -25,8 +25,8 @@ import { createMeshNode } from '@meshnet/discovery'
 import { generateLlamaModel } from '@meshnet/gguf'
 import { generateIdentity, identityFromSeed, type NodeIdentity, randomSeed } from '@meshnet/identity'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
-import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
-import { PoolGate, planPipeline, planTensor } from '@meshnet/ring'
+import { createJoinRequest, createPool, openPoolAdmin, PoolGate, saveJoinedPool } from '@meshnet/pool'
+import { planPipeline, planTensor } from '@meshnet/ring'
 import {
   readShardModelFacts,
   runShardedGeneration,

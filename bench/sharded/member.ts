@@ -6,7 +6,7 @@
 import { createMeshNode } from '@meshnet/discovery'
 import { createWasmKernels } from '@meshnet/engine'
 import { identityFromSeed } from '@meshnet/identity'
-import { PoolGate } from '@meshnet/ring'
+import { PoolGate } from '@meshnet/pool'
 import { shardServer } from '@meshnet/shards'
 
 interface MemberConfig {

@@ -2,7 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { access } from 'node:fs/promises'
 import { join } from 'node:path'
-import { BIN } from './run-mesh.ts'
+import { MESH_BIN } from '@meshnet/test-harness'
 
 export interface AgentProcess {
   readonly process: ChildProcess
@@ -18,7 +18,7 @@ export interface AgentProcess {
 export async function startAgentProcess(dataDir: string, args: string[] = []): Promise<AgentProcess> {
   const child = spawn(
     process.execPath,
-    ['--conditions=meshnet-source', BIN, 'start', '--data-dir', dataDir, ...args],
+    ['--conditions=meshnet-source', MESH_BIN, 'start', '--data-dir', dataDir, ...args],
     {
       env: { ...process.env, MESH_LOG: 'debug' },
       stdio: ['ignore', 'pipe', 'pipe'],

@@ -1,5 +1,5 @@
+import { runMesh } from '@meshnet/test-harness'
 import { describe, expect, it } from 'vitest'
-import { runMesh } from './run-mesh.ts'
 
 describe('mesh demo', () => {
   it('runs three agents, a pipeline, tensor parallel and a failover, each giving llama.cpp’s tokens', async () => {

@@ -4,8 +4,14 @@ import { join } from 'node:path'
 import type { GossipSub } from '@libp2p/gossipsub'
 import { createMeshNode, type MeshNode } from '@meshnet/discovery'
 import { generateIdentity, loadIdentity, type NodeIdentity } from '@meshnet/identity'
-import { type Certificate, createPool, encodeCertificate, openPoolAdmin } from '@meshnet/pool'
-import { encodeAnnouncement, POOL_CERT_PROTOCOL, ringPubsub, ringTopic } from '@meshnet/ring'
+import {
+  type Certificate,
+  createPool,
+  encodeCertificate,
+  openPoolAdmin,
+  POOL_CERT_PROTOCOL,
+} from '@meshnet/pool'
+import { encodeAnnouncement, ringPubsub, ringTopic } from '@meshnet/ring'
 import { multiaddr } from '@multiformats/multiaddr'
 import { encode } from 'cborg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'

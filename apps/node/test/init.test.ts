@@ -1,8 +1,8 @@
 import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { runMesh } from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { runMesh } from './run-mesh.ts'
 
 let dir: string
 beforeEach(async () => {

@@ -2,8 +2,8 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RingTopology } from '@meshnet/ring'
+import { runMesh } from '@meshnet/test-harness'
 import { type AgentProcess, agentRequest, startAgentProcess } from './agent-process.ts'
-import { runMesh } from './run-mesh.ts'
 
 export interface RingStatus {
   poolId: string

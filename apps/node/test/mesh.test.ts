@@ -1,10 +1,10 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { createModel, runMesh } from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 import { converged, eventually, poolOf, readTopology, startRelay } from './mesh-fixture.ts'
-import { createModel, runMesh } from './run-mesh.ts'
 
 let root: string
 let port: string

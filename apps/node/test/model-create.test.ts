@@ -2,8 +2,8 @@ import { mkdtemp, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { openGGUF } from '@meshnet/gguf'
+import { runMesh } from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { runMesh } from './run-mesh.ts'
 
 let dir: string
 beforeEach(async () => {

@@ -1,7 +1,7 @@
 import { execFile, execFileSync, spawnSync } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
 
-import { BIN } from './run-mesh.ts'
+import { MESH_BIN } from '@meshnet/test-harness'
 /** Network namespaces need root and iproute2; tests that use them skip cleanly otherwise. */
 export const canUseNetns: boolean = (() => {
   if (process.getuid?.() !== 0) return false
@@ -84,4 +84,4 @@ export function meshIn(
 }
 
 /** The command line of the `mesh` CLI from source. */
-export const MESH = [process.execPath, '--conditions=meshnet-source', BIN]
+export const MESH = [process.execPath, '--conditions=meshnet-source', MESH_BIN]

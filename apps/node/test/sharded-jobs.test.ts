@@ -5,12 +5,12 @@ import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
 import { JobFailedError, requestJob } from '@meshnet/protocols'
+import { createModel, MESH_BIN, runMesh } from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
-import { BIN, createModel, runMesh } from './run-mesh.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
 // generated model; jobs go through `mesh inference` (the real CLI) to agent A, which runs them on
@@ -229,7 +229,7 @@ async function streamAndKill(mode: string, victim: string) {
     process.execPath,
     [
       '--conditions=meshnet-source',
-      BIN,
+      MESH_BIN,
       'inference',
       '--prompt',
       PROMPT,

@@ -51,6 +51,8 @@ export {
   PoolNotFoundError,
   RevocationListError,
 } from './errors.ts'
+export type { PoolGateStats } from './gate.ts'
+export { MAX_CERT_EXCHANGE_BYTES, POOL_CERT_PROTOCOL, PoolAccessError, PoolGate } from './gate.ts'
 export type {
   CreateJoinRequestOptions,
   DecodeJoinResponseOptions,

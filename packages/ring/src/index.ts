@@ -19,7 +19,5 @@ export type { ApplyResult, MembershipInit, RingMember, RingView } from './member
 export { RingMembership } from './membership.ts'
 export type { PipelineShard, PlanMember, PlanModel, Range, TensorShard } from './plan.ts'
 export { apportion, planPipeline, planTensor, ShardPlanError } from './plan.ts'
-export type { PoolGateStats } from './pool-gate.ts'
-export { MAX_CERT_EXCHANGE_BYTES, POOL_CERT_PROTOCOL, PoolAccessError, PoolGate } from './pool-gate.ts'
 export type { RingTopology } from './topology.ts'
 export { readTopologyFile, topologyOf, writeTopologyFile } from './topology.ts'

@@ -4,13 +4,55 @@
  * model (DHT provider records of public nodes, ring status from pool members), streams completions
  * from them over `/meshnet/job/1.0.0`, and reports real P2P figures (connections, bytes, DHT, NAT,
  * ping latency, `/perf/1.0.0` throughput). Configuration mirrors the Fabstir P2P guide; every option
- * either works or is refused with the reason (docs/p2p-configuration.md).
+ * either works or is refused with the reason (docs/p2p-configuration.md). Each capability is an
+ * action in its own file (`connect`, `discoverNodes`, `streamInference`, ...) over an `SDKClient`;
+ * `FabstirSDK` is a thin facade over them.
  */
 
 export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from '@meshnet/discovery'
 export { MAX_PERF_BYTES, PERF_PROTOCOL, PerfError, perfService } from '@meshnet/discovery'
 export type { JobResult, JobStats, JobToken } from '@meshnet/protocols'
 export { JobFailedError, JobProtocolError } from '@meshnet/protocols'
+export type {
+  ConnectErrorType,
+  ConnectParameters,
+  ConnectReturnType,
+  DisconnectReturnType,
+} from './actions/connect.ts'
+export { connect, disconnect } from './actions/connect.ts'
+export type {
+  DiscoverNodesErrorType,
+  DiscoverNodesParameters,
+  DiscoverNodesReturnType,
+} from './actions/discoverNodes.ts'
+export { discoverNodes } from './actions/discoverNodes.ts'
+export type { GetP2PMetricsErrorType, GetP2PMetricsReturnType } from './actions/getP2PMetrics.ts'
+export { getP2PMetrics } from './actions/getP2PMetrics.ts'
+export type {
+  GetSystemHealthReportErrorType,
+  GetSystemHealthReportReturnType,
+} from './actions/getSystemHealthReport.ts'
+export { getSystemHealthReport } from './actions/getSystemHealthReport.ts'
+export type {
+  StreamInferenceErrorType,
+  StreamInferenceParameters,
+  StreamInferenceReturnType,
+} from './actions/streamInference.ts'
+export { streamInference, submitJob } from './actions/streamInference.ts'
+export type {
+  TestNetworkPerformanceErrorType,
+  TestNetworkPerformanceParameters,
+  TestNetworkPerformanceReturnType,
+} from './actions/testNetworkPerformance.ts'
+export { testNetworkPerformance } from './actions/testNetworkPerformance.ts'
+export type {
+  TestP2PConnectivityErrorType,
+  TestP2PConnectivityParameters,
+  TestP2PConnectivityReturnType,
+} from './actions/testP2PConnectivity.ts'
+export { testP2PConnectivity } from './actions/testP2PConnectivity.ts'
+export type { SDKClient } from './client.ts'
+export { createSDKClient } from './client.ts'
 export type {
   AuthenticateHook,
   DebugLevel,
@@ -35,8 +77,9 @@ export {
   RequestTimeoutError,
   SDKConfigError,
 } from './errors.ts'
-export type { RingStatus, SDKPool } from './pool.ts'
-export { POOL_RING_PROTOCOL, poolRendezvousKey } from './pool.ts'
+export type { SDKPool } from './pool.ts'
+export { FabstirSDK } from './sdk.ts'
+export type { ByteCounts } from './traffic.ts'
 export type {
   BootstrapResult,
   ConnectionInfo,
@@ -58,6 +101,4 @@ export type {
   StreamEndEvent,
   StreamTokenEvent,
   SystemHealthReport,
-} from './sdk.ts'
-export { FabstirSDK } from './sdk.ts'
-export type { ByteCounts } from './traffic.ts'
+} from './types.ts'

@@ -1,17 +1,14 @@
 import type { MeshNode, PeerTarget } from '@meshnet/discovery'
 import type { NodeIdentity } from '@meshnet/identity'
 import { listPools, loadCertificate, verifyPoolCertificate } from '@meshnet/pool'
-import { CID } from 'multiformats/cid'
-import * as raw from 'multiformats/codecs/raw'
-import { sha256 } from 'multiformats/hashes/sha2'
-import { z } from 'zod'
+import {
+  MAX_RING_STATUS_BYTES,
+  POOL_RING_PROTOCOL,
+  type RingStatus,
+  ringErrorSchema,
+  ringStatusSchema,
+} from '@meshnet/protocols'
 import { PoolCertificateError, PoolRequestError } from './errors.ts'
-
-/** Pool members answer with their view of the pool's ring (apps/node ring-part). */
-export const POOL_RING_PROTOCOL = '/meshnet/pool-ring/1.0.0'
-
-/** Largest ring status a member sends. */
-const MAX_RING_STATUS_BYTES = 256 * 1024
 
 /** The pool the SDK uses, from its data dir. */
 export interface SDKPool {
@@ -69,35 +66,6 @@ export async function loadSDKPool(
   }
   return { poolId: pool.id, name: pool.name, role: certificate.role, expiresAt: certificate.expiresAt }
 }
-
-/** The DHT key under which members of a pool announce themselves (apps/node mesh-part). */
-export async function poolRendezvousKey(poolId: string): Promise<CID> {
-  return CID.create(
-    1,
-    raw.code,
-    await sha256.digest(new TextEncoder().encode(`meshnet:pool-rendezvous:${poolId}`)),
-  )
-}
-
-const ringStatusSchema = z.object({
-  poolId: z.string().max(128),
-  epoch: z.int().min(0),
-  converged: z.boolean(),
-  model: z.object({ name: z.string().max(256), sha256: z.string().max(128) }).nullable(),
-  members: z
-    .array(
-      z.object({
-        nodeId: z.string().max(128),
-        addresses: z.array(z.string().max(1024)).max(64),
-      }),
-    )
-    .max(1024),
-})
-export type RingStatus = z.infer<typeof ringStatusSchema>
-
-const ringErrorSchema = z.object({
-  error: z.object({ code: z.string().max(128), message: z.string().max(4096) }),
-})
 
 /** Asks a pool member for the pool's ring: members, their addresses and the model they serve. */
 export async function requestRingStatus(

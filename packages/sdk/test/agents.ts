@@ -3,10 +3,9 @@ import { once } from 'node:events'
 import { access, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 
-/** The `mesh` CLI of this repository, run from source (real agents, not stand-ins). */
-export const MESH_BIN = join(import.meta.dirname, '..', '..', '..', 'apps', 'node', 'src', 'bin.ts')
+export { createModel, MESH_BIN, type MeshResult, runMesh } from '@meshnet/test-harness'
 
-export { createModel, type MeshResult, runMesh } from '../../../apps/node/test/run-mesh.ts'
+import { MESH_BIN } from '@meshnet/test-harness'
 
 export interface Agent {
   readonly dataDir: string

@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process'
-import { copyFile, mkdir, mkdtemp, readdir, readFile, realpath, rm, writeFile } from 'node:fs/promises'
+import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { packWorkspace, REPO_ROOT as repo } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { type Agent, createModel, startAgent } from './agents.ts'
 
@@ -12,67 +13,17 @@ import { type Agent, createModel, startAgent } from './agents.ts'
 // condition, so @meshnet/sdk resolves to the packed dist) against a real agent on 127.0.0.1.
 
 const exec = promisify(execFile)
-const repo = join(import.meta.dirname, '..', '..', '..')
 let root: string
 let app: string
 let cli: string
 let agent: Agent
 
-/** The workspace packages @meshnet/sdk needs, dependencies first. */
 const APPS = ['@meshnet/node', '@meshnet/relay', '@meshnet/control-plane']
-/** Where a workspace package lives: apps/<name> for the programs, packages/<name> for libraries. */
-const packageDir = (name: string) =>
-  join(repo, APPS.includes(name) ? 'apps' : 'packages', name.replace('@meshnet/', ''))
-
-async function meshnetClosure(name: string, seen = new Set<string>()): Promise<string[]> {
-  const pkg = JSON.parse(await readFile(join(packageDir(name), 'package.json'), 'utf8')) as {
-    dependencies?: Record<string, string>
-  }
-  const order: string[] = []
-  for (const dep of Object.keys(pkg.dependencies ?? {}).filter((d) => d.startsWith('@meshnet/'))) {
-    if (seen.has(dep)) continue
-    seen.add(dep)
-    order.push(...(await meshnetClosure(dep, seen)))
-  }
-  return [...order, name]
-}
 
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-sdk-app-'))
   const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TURBO_NO_UPDATE_NOTIFIER: '1' }
-  const seen = new Set<string>()
-  const packages = [
-    ...(await meshnetClosure('@meshnet/sdk', seen)),
-    ...(await Promise.all(APPS.map((name) => meshnetClosure(name, seen)))).flat(),
-  ].filter((name, i, all) => all.indexOf(name) === i)
-  await exec(
-    join(repo, 'node_modules', '.bin', 'turbo'),
-    [
-      'run',
-      'build',
-      '--filter=@meshnet/sdk...',
-      ...APPS.map((name) => `--filter=${name}...`),
-      '--output-logs=errors-only',
-    ],
-    {
-      cwd: repo,
-      env,
-      timeout: 300_000,
-    },
-  )
-  const tarballs = join(root, 'tarballs')
-  await mkdir(tarballs)
-  const packed: Record<string, string> = {}
-  for (const name of packages) {
-    const before = new Set(await readdir(tarballs))
-    await exec('pnpm', ['pack', '--pack-destination', tarballs], {
-      cwd: packageDir(name),
-      env,
-    })
-    const file = (await readdir(tarballs)).find((f) => !before.has(f))
-    if (file === undefined) throw new Error(`pnpm pack of ${name} wrote no tarball`)
-    packed[name] = `file:${join(tarballs, file)}`
-  }
+  const packed = await packWorkspace(['@meshnet/sdk', ...APPS], join(root, 'tarballs'))
 
   app = join(root, 'app')
   await mkdir(app)

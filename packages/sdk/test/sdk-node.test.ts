@@ -3,7 +3,8 @@ import { MAX_PERF_BYTES, type Perf } from '@meshnet/discovery'
 import { modelProviderKey } from '@meshnet/protocols'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { P2PDebugEvent } from '../src/debug-log.ts'
-import { FabstirSDK, type PeerEvent } from '../src/sdk.ts'
+import { FabstirSDK } from '../src/sdk.ts'
+import type { PeerEvent } from '../src/types.ts'
 import { eventually, Nodes } from './helpers.ts'
 
 // Real libp2p nodes on 127.0.0.1 in this process: plain createMeshNode nodes stand in for agents

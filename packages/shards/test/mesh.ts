@@ -4,8 +4,14 @@ import { join } from 'node:path'
 import { createMeshNode, type MeshNode } from '@meshnet/discovery'
 import type { Kernels } from '@meshnet/engine'
 import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
-import { createJoinRequest, createPool, openPoolAdmin, type PoolAdmin, saveJoinedPool } from '@meshnet/pool'
-import { PoolGate } from '@meshnet/ring'
+import {
+  createJoinRequest,
+  createPool,
+  openPoolAdmin,
+  type PoolAdmin,
+  PoolGate,
+  saveJoinedPool,
+} from '@meshnet/pool'
 import { type ShardServer, shardServer } from '../src/server.ts'
 
 /** A real pool (root key in a temp dir) whose admin certifies test nodes. */

@@ -1,10 +1,9 @@
 import type { GossipSub } from '@libp2p/gossipsub'
 import { type BeaconMessage, createMeshNode, type MeshNode, type Perf, perfService } from '@meshnet/discovery'
-import { PoolGate, ringPubsub } from '@meshnet/ring'
+import { PoolGate } from '@meshnet/pool'
+import { poolRendezvousKey } from '@meshnet/protocols'
+import { ringPubsub } from '@meshnet/ring'
 import { multiaddr } from '@multiformats/multiaddr'
-import { CID } from 'multiformats/cid'
-import * as raw from 'multiformats/codecs/raw'
-import { sha256 } from 'multiformats/hashes/sha2'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { BeaconsPart } from './beacons-part.ts'
 
@@ -18,15 +17,6 @@ export interface MeshPart extends AgentPart {
 
 /** How often pool members look each other up in the DHT (provider records of the pool). */
 const RENDEZVOUS_MS = 5_000
-
-/** The DHT key under which members of a pool announce themselves. */
-export async function poolRendezvousKey(poolId: string): Promise<CID> {
-  return CID.create(
-    1,
-    raw.code,
-    await sha256.digest(new TextEncoder().encode(`meshnet:pool-rendezvous:${poolId}`)),
-  )
-}
 
 /**
  * Starts the libp2p node from the agent's settings (`--local-only` keeps it on 127.0.0.1 with mDNS,

@@ -7,6 +7,12 @@ import type { Message } from '@libp2p/gossipsub'
 import { InvalidArgumentError } from '@meshnet/core'
 import { decodeRevocationList, encodeRevocationList, loadPool, saveRevocationList } from '@meshnet/pool'
 import {
+  MAX_RING_REQUEST_BYTES,
+  MAX_RING_STATUS_BYTES,
+  POOL_RING_PROTOCOL,
+  ringStatusRequestSchema,
+} from '@meshnet/protocols'
+import {
   type Capabilities,
   type PipelineShard,
   planPipeline,
@@ -19,9 +25,6 @@ import {
 import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
-
-/** Members ask each other for their view of a pool's ring (also what SDK clients use). */
-export const POOL_RING_PROTOCOL = '/meshnet/pool-ring/1.0.0'
 
 /** Gossip topic on which a pool's root-signed revocation list is repeated. */
 export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/${poolId}`
@@ -213,7 +216,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
           const reply = (value: unknown) => new TextEncoder().encode(JSON.stringify(value))
           let poolId: string
           try {
-            poolId = String((JSON.parse(new TextDecoder().decode(request)) as { poolId?: unknown }).poolId)
+            poolId = ringStatusRequestSchema.parse(JSON.parse(new TextDecoder().decode(request))).poolId
           } catch {
             return reply({
               error: { code: 'ERR_BAD_REQUEST', message: 'request is not JSON {"poolId": ...}' },
@@ -232,7 +235,11 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
             })
           }
         },
-        { maxRequestBytes: 1024, maxResponseBytes: 256 * 1024, runOnLimitedConnection: true },
+        {
+          maxRequestBytes: MAX_RING_REQUEST_BYTES,
+          maxResponseBytes: MAX_RING_STATUS_BYTES,
+          runOnLimitedConnection: true,
+        },
       )
       await scanPools()
       scan = setInterval(

@@ -1,21 +1,13 @@
 import type { Connection, PeerId } from '@libp2p/interface'
 import { type Logger, MeshError, silentLogger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import {
-  type Certificate,
-  CertificateError,
-  CLOCK_SKEW_MS,
-  decodeCertificate,
-  encodeCertificate,
-  listPools,
-  loadCertificate,
-  loadRevocationList,
-  type Pool,
-  type RevocationList,
-  verifyCertificate,
-} from '@meshnet/pool'
 import { decode, encode } from 'cborg'
 import { z } from 'zod'
+import { type Certificate, decodeCertificate, encodeCertificate, verifyCertificate } from './certificate.ts'
+import { CLOCK_SKEW_MS } from './encoding.ts'
+import { CertificateError } from './errors.ts'
+import type { RevocationList } from './revocation.ts'
+import { listPools, loadCertificate, loadRevocationList, type Pool } from './store.ts'
 
 /** Certificate exchange: both sides send the certificates of every pool they belong to. */
 export const POOL_CERT_PROTOCOL = '/meshnet/pool-cert/1.0.0'

@@ -1,7 +1,8 @@
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
 
-export const BIN = join(import.meta.dirname, '..', 'src', 'bin.ts')
+/** The `mesh` CLI of this repository, run from source (`--conditions=meshnet-source`). */
+export const MESH_BIN = join(import.meta.dirname, '..', '..', '..', 'apps', 'node', 'src', 'bin.ts')
 
 export interface MeshResult {
   code: number
@@ -18,7 +19,7 @@ export function runMesh(
   return new Promise((resolve) => {
     execFile(
       process.execPath,
-      ['--conditions=meshnet-source', BIN, ...args],
+      ['--conditions=meshnet-source', MESH_BIN, ...args],
       { env: { ...process.env, MESH_LOG: '', ...env }, timeout },
       (error, stdout, stderr) => {
         const code = error === null ? 0 : typeof error.code === 'number' ? error.code : 1

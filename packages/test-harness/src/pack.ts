@@ -1,0 +1,61 @@
+import { execFile } from 'node:child_process'
+import { mkdir, readdir, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+
+const exec = promisify(execFile)
+
+/** The repository this harness sits in. */
+export const REPO_ROOT = join(import.meta.dirname, '..', '..', '..')
+
+const APPS = new Set(['@meshnet/node', '@meshnet/relay', '@meshnet/control-plane'])
+
+/** Where a workspace package lives: apps/<name> for the programs, packages/<name> for libraries. */
+export function packageDir(name: string): string {
+  return join(REPO_ROOT, APPS.has(name) ? 'apps' : 'packages', name.replace('@meshnet/', ''))
+}
+
+/** `name` and the @meshnet packages it needs at run time (production dependencies), dependencies first. */
+export async function meshnetClosure(name: string, seen = new Set<string>()): Promise<string[]> {
+  const pkg = JSON.parse(await readFile(join(packageDir(name), 'package.json'), 'utf8')) as {
+    dependencies?: Record<string, string>
+  }
+  const order: string[] = []
+  for (const dep of Object.keys(pkg.dependencies ?? {}).filter((d) => d.startsWith('@meshnet/'))) {
+    if (seen.has(dep)) continue
+    seen.add(dep)
+    order.push(...(await meshnetClosure(dep, seen)))
+  }
+  seen.add(name)
+  return [...order, name]
+}
+
+/**
+ * Builds (tsup, through turbo) and packs (`pnpm pack`) `roots` and every @meshnet package they need,
+ * as they would be published. Returns each package's tarball as a `file:` spec.
+ */
+export async function packWorkspace(
+  roots: readonly string[],
+  destination: string,
+): Promise<Record<string, string>> {
+  const env = { ...process.env, TURBO_TELEMETRY_DISABLED: '1', TURBO_NO_UPDATE_NOTIFIER: '1' }
+  const seen = new Set<string>()
+  const packages: string[] = []
+  for (const root of roots)
+    for (const name of await meshnetClosure(root, seen)) if (!packages.includes(name)) packages.push(name)
+  await exec(
+    join(REPO_ROOT, 'node_modules', '.bin', 'turbo'),
+    ['run', 'build', ...roots.map((name) => `--filter=${name}...`), '--output-logs=errors-only'],
+    { cwd: REPO_ROOT, env, timeout: 300_000 },
+  )
+  await mkdir(destination, { recursive: true })
+  const packed: Record<string, string> = {}
+  for (const name of packages) {
+    const before = new Set(await readdir(destination))
+    await exec('pnpm', ['pack', '--pack-destination', destination], { cwd: packageDir(name), env })
+    const file = (await readdir(destination)).find((f) => !before.has(f))
+    if (file === undefined) throw new Error(`pnpm pack of ${name} wrote no tarball`)
+    packed[name] = `file:${join(destination, file)}`
+  }
+  return packed
+}
