@@ -3,7 +3,8 @@
  * Sharded generation over a Meshnet ring: a model split over members by layers (pipeline) or by
  * heads and FFN columns (tensor parallel). `shardServer` serves this member's shards over
  * `/meshnet/shard/1.0.0` (and direct member links); `runShardedGeneration` drives a generation,
- * failing over to the ring's live members when one dies.
+ * failing over to the ring's live members when one dies; `jobService` runs jobs (whole on one
+ * member, or sharded) for the agent.
  */
 export type {
   ReplanFunction,
@@ -15,6 +16,19 @@ export type {
 } from './coordinator.ts'
 export { runShardedGeneration, shardedGenerationOptionsSchema } from './coordinator.ts'
 export { PoolAccessError, ShardCapacityError, ShardedRunError, ShardModelError } from './errors.ts'
+export { JobRefusedError } from './jobs/errors.ts'
+export { jobService } from './jobs/index.ts'
+export { jobStats } from './jobs/stats.ts'
+export type {
+  JobRecord,
+  JobRings,
+  JobService,
+  JobServiceComponents,
+  JobServiceInit,
+  JobStore,
+  ServedModel,
+  SingleEngine,
+} from './jobs/types.ts'
 export type { ShardGate } from './peers.ts'
 export type { ShardedModeChoice, ShardedPlan, ShardModelFacts } from './plan.ts'
 export { chooseShardedMode, readShardModelFacts, shardedPlanSchema } from './plan.ts'

@@ -3,11 +3,14 @@ import { expect, it } from 'vitest'
 it('exports exactly the public surface', async () => {
   expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
     [
+      "JobRefusedError",
       "PoolAccessError",
       "ShardCapacityError",
       "ShardModelError",
       "ShardedRunError",
       "chooseShardedMode",
+      "jobService",
+      "jobStats",
       "readShardModelFacts",
       "runShardedGeneration",
       "shardServer",

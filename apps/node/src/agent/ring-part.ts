@@ -22,7 +22,7 @@ import {
   topologyOf,
   writeTopologyFile,
 } from '@meshnet/ring'
-import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
+import { readShardModelFacts, type ServedModel, type ShardModelFacts } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
 
@@ -31,13 +31,6 @@ export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/$
 
 /** How often new pools (joined while the agent runs) are picked up, and revocations repeated. */
 const POOL_SCAN_MS = 3_000
-
-/** The model this node serves (`--model`), as the ring sees it. */
-export interface ServedModel {
-  path: string
-  info: Capabilities['models'][number]
-  plan: ShardModelFacts
-}
 
 export interface RingPart extends AgentPart {
   rings(): Map<string, RingGossip>

@@ -1,0 +1,351 @@
+import { randomUUID } from 'node:crypto'
+import type { Connection, Stream } from '@libp2p/interface'
+import { InvalidArgumentError, type MeshError, parseWith } from '@meshnet/core'
+import { createWasmKernels, type Kernels, type OpenedTokenizer } from '@meshnet/engine'
+import {
+  decodeJobRequest,
+  encodeJobFrame,
+  frameStream,
+  JOB_PROTOCOL,
+  type JobOrigin,
+  type JobRequest,
+  type JobResult,
+  type JobToken,
+  jobRequestSchema,
+  MAX_JOB_FRAME_BYTES,
+  modelProviderKey,
+  requestJob,
+} from '@meshnet/protocols'
+import { chooseShardedMode } from '../plan.ts'
+import { type ShardServer, shardServer } from '../server.ts'
+import { JobRefusedError } from './errors.ts'
+import { holders, runSharded } from './sharded.ts'
+import { runSingle, SingleEngineQueue } from './single.ts'
+import type { JobService, JobServiceComponents, JobServiceInit } from './types.ts'
+
+/** How often a public node renews the DHT provider records of its model. */
+const PROVIDE_MS = 60_000
+/** Stop tokens looked up in the vocabulary, at most. */
+const MAX_STOP_TOKENS = 64
+
+/**
+ * Runs generations for the CLI, the job protocol (`/meshnet/job/1.0.0`), the OpenAI API and the
+ * control plane: on this node's whole-model engine when one member can hold the model (`auto`), on
+ * another member that can when this one cannot, else split over the ring's members that hold the
+ * same file (pipeline, or tensor parallel when asked), with failover on the ring's live members.
+ * Every job is kept in the store with its figures, and the members' trust scores move with what
+ * they did. Also serves this node's shards (`shardServer`).
+ */
+export class JobServiceImpl implements JobService {
+  readonly #init: JobServiceInit
+  readonly #components: JobServiceComponents
+  readonly #running = new Map<string, AbortController>()
+  readonly #publicStarts = new Map<string, number[]>()
+  readonly #counts = { jobs: 0, failed: 0, refusedPublic: 0, refusedPool: 0, badRequests: 0 }
+  readonly #engines: SingleEngineQueue
+  #opened: OpenedTokenizer | undefined
+  #stopTokens: number[] = []
+  #kernels: Kernels | undefined
+  #server: ShardServer | undefined
+  #provide: NodeJS.Timeout | undefined
+  #handling = false
+
+  constructor(init: JobServiceInit, components: JobServiceComponents) {
+    this.#init = init
+    this.#components = components
+    this.#engines = new SingleEngineQueue(() => init.createSingleEngine(init.model!.path, init.threads))
+  }
+
+  model() {
+    const served = this.#init.model
+    return served && this.#opened
+      ? { served, facts: served.plan, tokenizer: this.#opened.tokenizer }
+      : undefined
+  }
+
+  async start(): Promise<void> {
+    const served = this.#init.model
+    if (served === undefined) return
+    const { node, gate, logger, rings } = this.#components
+    this.#opened = await this.#init.openTokenizer(served.path)
+    const tokenizer = this.#opened.tokenizer
+    this.#stopTokens = []
+    for (let id = 0; id < tokenizer.vocabSize && this.#stopTokens.length < MAX_STOP_TOKENS; id++) {
+      if (tokenizer.isEog(id)) this.#stopTokens.push(id)
+    }
+    this.#kernels = await createWasmKernels({ threads: this.#init.threads })
+    const { path, info } = served
+    this.#server = shardServer({
+      node,
+      gate,
+      kernels: this.#kernels,
+      models: (wanted) => (wanted === info.sha256 ? path : undefined),
+      memoryBytes: rings.capacityBytes(),
+      logger,
+    })
+    await this.#server.start()
+    await node.libp2p.handle(
+      JOB_PROTOCOL,
+      (stream, connection) => {
+        void this.#onJobStream(stream, connection)
+      },
+      { maxInboundStreams: 64, runOnLimitedConnection: false },
+    )
+    this.#handling = true
+    if (this.#init.public === true) {
+      logger.warn('public node: anyone may run jobs on this node (rate-limited per peer)')
+      void this.#provideModel()
+      this.#provide = setInterval(() => void this.#provideModel(), PROVIDE_MS)
+    }
+  }
+
+  async stop(): Promise<void> {
+    clearInterval(this.#provide)
+    for (const controller of this.#running.values()) controller.abort()
+    if (this.#handling) {
+      this.#handling = false
+      await this.#components.node.libp2p.unhandle(JOB_PROTOCOL).catch(() => {})
+    }
+    await this.#server?.stop()
+    await this.#engines.dispose()
+    await this.#kernels?.dispose()
+    await this.#opened?.dispose()
+  }
+
+  status(): Record<string, unknown> {
+    const served = this.#init.model
+    return {
+      model: served ? { name: served.info.name, sha256: served.info.sha256 } : null,
+      public: this.#init.public === true,
+      running: this.#running.size,
+      ...this.#counts,
+      shards: this.#server?.stats(),
+    }
+  }
+
+  async *run(
+    input: JobRequest,
+    options: { origin: JobOrigin; signal?: AbortSignal; requester?: string },
+  ): AsyncGenerator<JobToken, JobResult, undefined> {
+    const served = this.#init.model
+    const opened = this.#opened
+    if (served === undefined || opened === undefined) {
+      throw new JobRefusedError('ERR_NO_MODEL', 'this agent serves no model', {
+        hint: 'start it with --model <path.gguf>',
+      })
+    }
+    const { nodeId, store, logger, rings, node } = this.#components
+    const request = parseWith(jobRequestSchema, input, 'job')
+    if (
+      request.model !== undefined &&
+      request.model !== served.info.sha256 &&
+      request.model !== served.info.name
+    ) {
+      throw new JobRefusedError('ERR_NO_MODEL', `this agent serves ${served.info.name}, not ${request.model}`)
+    }
+    // A job from the network without a pool runs on this node only; one from this machine goes to its pool.
+    const poolId =
+      (options.origin === 'p2p' || options.origin === 'control-plane') && request.poolId === undefined
+        ? undefined
+        : (request.poolId ?? this.#defaultPool())
+    const members = poolId === undefined ? [] : holders(rings, poolId, served)
+    const facts = served.plan
+    const contextSize = Math.min(facts.trainContext, 4096)
+    const self = { nodeId, capacityBytes: rings.capacityBytes() }
+    const choice = chooseShardedMode({
+      members:
+        members.length > 0
+          ? members.map((m) => ({ nodeId: m.nodeId, capacityBytes: m.capabilities.capacityBytes }))
+          : [self],
+      model: facts,
+      contextSize,
+      mode: request.mode,
+      preferNodeId: nodeId,
+    })
+    if (choice.mode !== 'single' && poolId === undefined) {
+      throw new JobRefusedError(
+        'ERR_NO_PLAN',
+        `${choice.reason}, and a job without a pool runs on this node only`,
+        {
+          hint: 'join a pool whose members hold the model, or ask a node that can hold it whole',
+        },
+      )
+    }
+    const promptTokens = opened.tokenizer.tokenize(request.prompt, {
+      addSpecial: true,
+      parseSpecial: request.parseSpecial,
+    })
+    const jobId = randomUUID()
+    const controller = new AbortController()
+    const onAbort = () => controller.abort()
+    options.signal?.addEventListener('abort', onAbort, { once: true })
+    this.#running.set(jobId, controller)
+    const started = performance.now()
+    const modeName = choice.mode
+    store.createJob({ id: jobId, poolId: poolId ?? null, model: served.info.sha256, mode: modeName })
+    store.updateJob(jobId, { status: 'running', stats: { origin: options.origin, reason: choice.reason } })
+    this.#counts.jobs++
+    logger.info(
+      { jobId, mode: modeName, poolId, origin: options.origin, reason: choice.reason },
+      'job started',
+    )
+    try {
+      let result: JobResult
+      if (choice.mode === 'single' && choice.nodeId !== nodeId && options.origin !== 'p2p') {
+        // Another member can hold the whole model: it runs the job on its own engine.
+        const forwarded = requestJob(
+          node,
+          choice.nodeId,
+          { ...request, poolId, mode: 'auto' },
+          { signal: controller.signal },
+        )
+        for (let step = await forwarded.next(); ; step = await forwarded.next()) {
+          if (step.done) {
+            result = { ...step.value, jobId }
+            break
+          }
+          yield step.value
+        }
+      } else if (choice.mode === 'single' && choice.nodeId === nodeId) {
+        result = yield* runSingle({
+          engines: this.#engines,
+          served,
+          nodeId,
+          request,
+          promptTokens,
+          jobId,
+          signal: controller.signal,
+          started,
+        })
+      } else {
+        result = yield* runSharded({
+          ...this.#components,
+          served,
+          tokenizer: opened.tokenizer,
+          stopTokens: this.#stopTokens,
+          local: this.#server,
+          request,
+          promptTokens,
+          poolId: poolId!,
+          mode: choice.mode === 'single' ? 'pipeline' : choice.mode,
+          jobId,
+          signal: controller.signal,
+          started,
+        })
+      }
+      store.updateJob(jobId, {
+        status: result.stopReason === 'abort' ? 'cancelled' : 'completed',
+        stats: { ...result.stats, stopReason: result.stopReason, mode: result.mode },
+      })
+      logger.info({ jobId, tokens: result.tokens.length, ...result.stats }, 'job finished')
+      return result
+    } catch (err) {
+      this.#counts.failed++
+      store.updateJob(jobId, {
+        status: controller.signal.aborted ? 'cancelled' : 'failed',
+        error: (err as Error).message,
+        stats: { totalMs: performance.now() - started },
+      })
+      logger.warn({ jobId, err: (err as Error).message }, 'job failed')
+      throw err
+    } finally {
+      controller.abort()
+      this.#running.delete(jobId)
+      options.signal?.removeEventListener('abort', onAbort)
+    }
+  }
+
+  #defaultPool(): string | undefined {
+    const pools = this.#components.rings.pools()
+    if (pools.length > 1) {
+      throw new InvalidArgumentError(`this node is in ${pools.length} pools; say which one runs the job`, {
+        hint: '--pool-id <id> (mesh pool-list shows them)',
+      })
+    }
+    return pools[0]
+  }
+
+  /** Public jobs: at most `publicJobsPerMinute` starts per peer per minute. */
+  #admitPublic(peer: string): void {
+    const now = Date.now()
+    const starts = (this.#publicStarts.get(peer) ?? []).filter((t) => now - t < 60_000)
+    const limit = this.#init.publicJobsPerMinute ?? 30
+    if (starts.length >= limit) {
+      this.#counts.refusedPublic++
+      throw new JobRefusedError('ERR_RATE_LIMITED', `at most ${limit} public jobs per minute per peer`, {
+        hint: 'wait a minute, or join the pool with a client certificate',
+      })
+    }
+    starts.push(now)
+    this.#publicStarts.set(peer, starts)
+  }
+
+  async #onJobStream(stream: Stream, connection: Connection): Promise<void> {
+    const frames = frameStream(stream, { maxFrameBytes: MAX_JOB_FRAME_BYTES })
+    const peer = connection.remotePeer.toString()
+    const controller = new AbortController()
+    const send = (value: unknown) => frames.write(encodeJobFrame(value), { signal: controller.signal })
+    stream.addEventListener('close', () => controller.abort(), { once: true })
+    try {
+      const first = await frames.read({ signal: AbortSignal.timeout(10_000) })
+      if (first === undefined) return
+      let request: ReturnType<typeof decodeJobRequest>
+      try {
+        request = decodeJobRequest(first)
+      } catch (err) {
+        this.#counts.badRequests++
+        throw err
+      }
+      if (request.poolId !== undefined) {
+        try {
+          this.#components.gate.requireMember(peer, request.poolId)
+        } catch (err) {
+          this.#counts.refusedPool++
+          throw err
+        }
+      } else if (this.#init.public !== true) {
+        this.#counts.refusedPublic++
+        throw new JobRefusedError('ERR_POOL_ACCESS', 'this node runs jobs for its pools only', {
+          hint: 'name a pool you hold a certificate of, or ask a node started with --public',
+        })
+      } else this.#admitPublic(peer)
+      const job = this.run(request, { origin: 'p2p', signal: controller.signal, requester: peer })
+      let announced = false
+      for (let step = await job.next(); ; step = await job.next()) {
+        if (!announced) {
+          announced = true
+          await send({ type: 'accepted', jobId: step.done ? step.value.jobId : '' })
+        }
+        if (step.done) {
+          await send({ type: 'end', result: step.value })
+          break
+        }
+        await send({ type: 'token', ...step.value })
+      }
+      await stream.close()
+    } catch (err) {
+      if (controller.signal.aborted) return
+      const e = err as MeshError
+      await send({
+        type: 'error',
+        error: {
+          name: e.name ?? 'Error',
+          code: e.code ?? 'ERR_JOB',
+          message: String(e.message).slice(0, 4000),
+        },
+      }).catch(() => {})
+      await stream.close().catch(() => stream.abort(e))
+    }
+  }
+
+  async #provideModel(): Promise<void> {
+    const served = this.#init.model
+    if (served === undefined || this.#init.dht === false) return
+    const { node, logger } = this.#components
+    for (const key of [served.info.sha256, served.info.name]) {
+      await node.libp2p.contentRouting
+        .provide(await modelProviderKey(key), { signal: AbortSignal.timeout(10_000) })
+        .catch((err: Error) => logger.debug({ err: err.message }, 'model provider record not stored yet'))
+    }
+  }
+}

@@ -1,0 +1,85 @@
+import type { JobResult, JobToken } from '@meshnet/protocols'
+import { pushable } from 'it-pushable'
+import { type ParsedJobRequest, samplingOf } from './request.ts'
+import type { ServedModel, SingleEngine } from './types.ts'
+
+/** The whole-model engine, made on first use; it runs one generation at a time, jobs wait their turn. */
+export class SingleEngineQueue {
+  #engine: Promise<SingleEngine> | undefined
+  #queue: Promise<unknown> = Promise.resolve()
+  readonly #create: () => Promise<SingleEngine>
+
+  constructor(create: () => Promise<SingleEngine>) {
+    this.#create = create
+  }
+
+  run<T>(task: (engine: SingleEngine) => Promise<T>): Promise<T> {
+    this.#engine ??= this.#create()
+    const engine = this.#engine
+    const next = this.#queue.then(async () => task(await engine))
+    this.#queue = next.catch(() => {})
+    return next
+  }
+
+  async dispose(): Promise<void> {
+    await this.#engine?.then((e) => e.dispose()).catch(() => {})
+  }
+}
+
+/** Runs a job on this node's whole-model engine, streaming its tokens as they come. */
+export async function* runSingle(job: {
+  engines: SingleEngineQueue
+  served: ServedModel
+  nodeId: string
+  request: ParsedJobRequest
+  promptTokens: number[]
+  jobId: string
+  signal: AbortSignal
+  started: number
+}): AsyncGenerator<JobToken, JobResult, undefined> {
+  const { request, served, jobId, started } = job
+  const tokens = pushable<JobToken>({ objectMode: true })
+  let index = 0
+  let firstTokenAt: number | undefined
+  const done = job.engines.run(async (engine): Promise<JobResult> => {
+    const stream = engine.stream(job.promptTokens, {
+      maxTokens: request.maxTokens,
+      ...samplingOf(request),
+      signal: job.signal,
+    })
+    for (let step = await stream.next(); ; step = await stream.next()) {
+      if (step.done) {
+        const { timings } = step.value
+        return {
+          jobId,
+          mode: 'single',
+          model: served.info.sha256,
+          tokens: step.value.tokens,
+          text: step.value.text,
+          stopReason: step.value.stopReason,
+          stats: {
+            tokensPerSecond: timings.tokensPerSecond,
+            timeToFirstTokenMs: firstTokenAt === undefined ? 0 : firstTokenAt - started,
+            totalMs: performance.now() - started,
+            promptTokens: timings.promptTokens,
+            completionTokens: step.value.tokens.length,
+            hopLatencyMs: 0,
+            bytesMoved: 0,
+            failovers: 0,
+            members: [job.nodeId],
+          },
+        }
+      }
+      firstTokenAt ??= performance.now()
+      if (step.value.textOnly)
+        tokens.push({ id: step.value.id, text: step.value.text, index: index - 1, textOnly: true })
+      else tokens.push({ id: step.value.id, text: step.value.text, index: index++ })
+    }
+  })
+  done.then(
+    () => tokens.end(),
+    (err: unknown) => tokens.end(err as Error),
+  )
+  yield* tokens
+  return await done
+}

@@ -1,0 +1,91 @@
+import type { Logger } from '@meshnet/core'
+import type { MeshNode } from '@meshnet/discovery'
+import type { GeneratedToken, GenerateOptions, GenerateResult, OpenedTokenizer } from '@meshnet/engine'
+import type { JobRunner } from '@meshnet/protocols'
+import type { RingMember } from '@meshnet/ring'
+import type { ShardGate } from '../peers.ts'
+import type { ShardModelFacts } from '../plan.ts'
+
+/** A job as the store keeps it. */
+export interface JobRecord {
+  id: string
+  poolId: string | null
+  model: string
+  mode: string
+  status: 'queued' | 'running' | 'completed' | 'failed' | 'cancelled'
+  createdAt: number
+  finishedAt: number | null
+  error: string | null
+  stats: Record<string, unknown>
+}
+
+/** Where jobs and trust events are kept: the few MeshStore (`@meshnet/store`) methods jobs use. */
+export interface JobStore {
+  createJob(job: { id: string; poolId?: string | null; model: string; mode: string }): unknown
+  updateJob(
+    id: string,
+    update: { status?: JobRecord['status']; error?: string | null; stats?: Record<string, unknown> },
+  ): unknown
+  getJob(id: string): JobRecord | undefined
+  listJobs(limit?: number): JobRecord[]
+  recordTrustEvent(peerId: string, event: { kind: string; delta: number; reason?: string }): unknown
+}
+
+/** The rings this node is in: their live members (with what they hold) and what this node offers. */
+export interface JobRings {
+  /** Live members of the pool's ring, or undefined when this node has no ring for it. */
+  members(poolId: string): readonly RingMember[] | undefined
+  /** Every pool this node has a ring for. */
+  pools(): string[]
+  /** Memory this node offers for shards. */
+  capacityBytes(): number
+}
+
+/** The model this node serves (`mesh start --model`), as its ring announces it. */
+export interface ServedModel {
+  path: string
+  info: { name: string; sha256: string; bytes: number }
+  plan: ShardModelFacts
+}
+
+/** The whole-model engine that runs `single` jobs (llama.cpp: `createLlamaCppEngine` of @meshnet/llama-cpp). */
+export interface SingleEngine {
+  stream(prompt: readonly number[], options: GenerateOptions): AsyncGenerator<GeneratedToken, GenerateResult>
+  dispose(): Promise<void>
+}
+
+export interface JobServiceInit {
+  /** The served model; without one the service refuses every job (ERR_NO_MODEL). */
+  model: ServedModel | undefined
+  /** Kernel and engine threads. */
+  threads: number
+  /** Run jobs for peers in no pool (`mesh start --public`), at most `publicJobsPerMinute` each. */
+  public?: boolean
+  publicJobsPerMinute?: number
+  /** Announce the model in the DHT (public nodes). Default true. */
+  dht?: boolean
+  /** Makes the whole-model engine, once, on the first `single` job. */
+  createSingleEngine(modelPath: string, threads: number): Promise<SingleEngine>
+  /** Opens the model's tokenizer (`openModelTokenizer` of @meshnet/llama-cpp reads every vocabulary). */
+  openTokenizer(modelPath: string): Promise<OpenedTokenizer>
+}
+
+export interface JobServiceComponents {
+  nodeId: string
+  node: MeshNode
+  gate: ShardGate
+  store: JobStore
+  rings: JobRings
+  logger: Logger
+}
+
+/** What `jobService` gives the agent. */
+export interface JobService extends JobRunner {
+  start(): Promise<void>
+  stop(): Promise<void>
+  /** The served model and its tokenizer once started (what the OpenAI API needs). */
+  model():
+    | { served: ServedModel; facts: ShardModelFacts; tokenizer: OpenedTokenizer['tokenizer'] }
+    | undefined
+  status(): Record<string, unknown>
+}
