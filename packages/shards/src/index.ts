@@ -6,6 +6,8 @@
  * failing over to the ring's live members when one dies; `jobService` runs jobs (whole on one
  * member, or sharded) for the agent.
  */
+
+export { runShardedGeneration } from './coordinator.ts'
 export type {
   ReplanFunction,
   ShardedFailover,
@@ -13,8 +15,8 @@ export type {
   ShardedGenerationResult,
   ShardedGenerationStats,
   ShardedToken,
-} from './coordinator.ts'
-export { runShardedGeneration, shardedGenerationOptionsSchema } from './coordinator.ts'
+} from './coordinator-options.ts'
+export { shardedGenerationOptionsSchema } from './coordinator-options.ts'
 export { PoolAccessError, ShardCapacityError, ShardedRunError, ShardModelError } from './errors.ts'
 export { JobRefusedError } from './jobs/errors.ts'
 export { jobService } from './jobs/index.ts'

@@ -4,7 +4,8 @@ import type { Kernels } from '@meshnet/engine'
 import { z } from 'zod'
 import type { Channel } from './channel.ts'
 import type { ShardGate } from './peers.ts'
-import { type ModelResolver, ShardServerImpl, type ShardServerStats } from './shard-server.ts'
+import type { ModelResolver, ShardServerStats } from './server-config.ts'
+import { ShardServerImpl } from './shard-server.ts'
 
 export const shardServerOptionsSchema = z.strictObject({
   /** Sessions open at once (each has its own KV cache). */

@@ -1,5 +1,3 @@
-import type { Logger } from '@meshnet/core'
-import type { MeshNode } from '@meshnet/discovery'
 import type { AllReduce, LlamaShard, VocabHead } from '@meshnet/engine'
 import {
   decodeControl,
@@ -13,46 +11,25 @@ import {
   encodeShardError,
   hiddenFrameBytes,
   type LinkHello,
-  linkAcceptSchema,
   linkModeSchema,
   type OpenMessage,
   roundTrip,
   SHARD_FRAME,
-  shardErrorSchema,
   shardFrameKind,
 } from '@meshnet/protocols'
 import { topCandidates } from './candidates.ts'
-import { type Channel, libp2pChannel } from './channel.ts'
+import type { Channel } from './channel.ts'
 import { type Deferred, deferred } from './deferred.ts'
-import { connectDirect, type DirectListener } from './direct.ts'
-import { remoteError, ShardSessionError } from './errors.ts'
-import { dialMember, directHost, type MembershipCheck } from './peers.ts'
+import type { DirectListener } from './direct.ts'
+import { ShardSessionError } from './errors.ts'
+import { dialLink, type Link, type LinkHost } from './links.ts'
+import { within } from './within.ts'
 
 /** What a session needs from its server. */
-export interface SessionHost {
-  readonly node: MeshNode
-  readonly membership: MembershipCheck
+export interface SessionHost extends LinkHost {
   readonly direct: DirectListener | undefined
-  readonly linkTimeoutMs: number
-  readonly logger: Logger
   readonly counters: { steps: number; linkBytesSent: number; direct: number; libp2p: number }
   closed(session: MemberSession): void
-}
-
-interface Link {
-  /** Where data frames go: the direct channel, or the libp2p stream itself. */
-  data: Channel
-  /** The libp2p link stream (kept open beside a direct channel; closed with the session). */
-  stream: Channel
-}
-
-/** Fails a link that a peer has not opened within `ms`. */
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ShardSessionError(`${what} did not arrive within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 /**
@@ -228,72 +205,14 @@ export class MemberSession {
   }
 
   async #dial(rank: number): Promise<Link> {
-    const ref = this.open.members[rank]!
-    const host = this.#host
-    let dialed: Awaited<ReturnType<typeof dialMember>>
-    try {
-      dialed = await dialMember(host.node, ref, { timeoutMs: host.linkTimeoutMs })
-    } catch (err) {
-      throw Object.assign(
-        new ShardSessionError(`could not link to ${ref.nodeId}: ${(err as Error).message}`),
-        {
-          suspect: ref.nodeId,
-        },
-      )
-    }
-    const stream = libp2pChannel(dialed.stream, ref.nodeId)
-    host.logger.debug({ session: this.key, to: ref.nodeId }, 'link dialed')
-    try {
-      await host.membership.require(dialed.connection.remotePeer, this.open.poolId)
-      host.logger.debug({ session: this.key, to: ref.nodeId }, 'link peer is a member')
-      const ip = this.open.links === 'direct' ? directHost(dialed.connection) : undefined
-      const hello: LinkHello = {
-        v: 1,
-        poolId: this.open.poolId,
-        coordinator: this.coordinator,
-        session: this.open.session,
-        rank: this.open.rank,
-        direct: ip !== undefined,
-      }
-      await stream.write(encodeControl(SHARD_FRAME.LINK_HELLO, hello))
-      const reply = await within(stream.read(), host.linkTimeoutMs, `link accept from ${ref.nodeId}`)
-      if (reply === undefined) throw new ShardSessionError(`${ref.nodeId} closed the link without an answer`)
-      if (shardFrameKind(reply) === SHARD_FRAME.ERROR) {
-        const e = decodeControl(reply, SHARD_FRAME.ERROR, shardErrorSchema, 'ERROR')
-        throw remoteError(ref.nodeId, e.name, e.message)
-      }
-      const accept = decodeControl(reply, SHARD_FRAME.LINK_ACCEPT, linkAcceptSchema, 'LINK_ACCEPT')
-      host.logger.debug(
-        { session: this.key, to: ref.nodeId, direct: accept.direct !== undefined },
-        'link accepted',
-      )
-      stream.setMaxFrameBytes(this.dataCap)
-      let data: Channel = stream
-      if (accept.direct && ip !== undefined) {
-        data = await connectDirect(ip, ref.nodeId, accept.direct, this.dataCap).catch((err: unknown) => {
-          host.logger.debug(
-            { peer: ref.nodeId, err: (err as Error).message },
-            'direct channel failed; using libp2p',
-          )
-          return stream
-        })
-      }
-      host.logger.debug(
-        { session: this.key, to: ref.nodeId, transport: data.transport },
-        'link transport chosen',
-      )
-      await stream.write(
-        encodeControl(SHARD_FRAME.LINK_MODE, { transport: data === stream ? 'libp2p' : 'direct' }),
-      )
-      const link = { data, stream }
-      this.#links.set(rank, link)
-      this.#count(data)
-      return link
-    } catch (err) {
-      stream.abort(err as Error)
-      if ((err as Error).name === 'PoolAccessError') throw err
-      throw Object.assign(err as Error, { suspect: ref.nodeId })
-    }
+    const link = await dialLink(
+      this.#host,
+      { open: this.open, key: this.key, coordinator: this.coordinator, dataCap: this.dataCap },
+      rank,
+    )
+    this.#links.set(rank, link)
+    this.#count(link.data)
+    return link
   }
 
   #count(channel: Channel): void {

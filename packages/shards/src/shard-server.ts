@@ -1,7 +1,6 @@
 import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { Kernels } from '@meshnet/engine'
 import {
   estimateWeightBytes,
   readLlamaConfig,
@@ -29,46 +28,10 @@ import { type Channel, libp2pChannel, memoryChannelPair } from './channel.ts'
 import { DirectListener } from './direct.ts'
 import { ShardCapacityError, ShardModelError, ShardSessionError } from './errors.ts'
 import { fileSha256 } from './model-hash.ts'
-import { MembershipCheck, type ShardGate } from './peers.ts'
+import { MembershipCheck } from './peers.ts'
+import type { ShardServerConfig, ShardServerStats } from './server-config.ts'
 import { MemberSession, type SessionHost } from './session.ts'
-
-/** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
-export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>
-
-export interface ShardServerConfig {
-  node: MeshNode
-  gate: ShardGate
-  kernels: Kernels
-  models: ModelResolver
-  logger: Logger
-  maxSessions: number
-  memoryBytes: number
-  idleTimeoutMs: number
-  helloTimeoutMs: number
-  linkTimeoutMs: number
-  /** Host the direct-channel listener binds, or undefined for libp2p links only. */
-  directHost: string | undefined
-}
-
-export interface ShardServerStats {
-  /** Sessions open now. */
-  sessions: number
-  sessionsOpened: number
-  sessionsExpired: number
-  /** Streams and sessions refused, by reason: not-a-member, malformed, capacity, model, sessions, other. */
-  refused: Record<string, number>
-  /** Distinct shards whose weights are in memory (shared by their sessions). */
-  weightSets: number
-  weightBytes: number
-  /** KV caches and scratch of the open sessions. */
-  sessionBytes: number
-  /** The budget both come out of. */
-  memoryBytes: number
-  steps: number
-  linkBytesSent: number
-  /** Links set up since start, by transport. */
-  links: { direct: number; libp2p: number }
-}
+import { within } from './within.ts'
 
 interface WeightEntry {
   key: string
@@ -81,14 +44,6 @@ interface WeightEntry {
 
 function mib(bytes: number): string {
   return `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MiB`
-}
-
-function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new ShardSessionError(`${what} did not arrive within ${ms} ms`)), ms)
-  })
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer))
 }
 
 /** The shard service of one ring member (see `shardServer`). */
@@ -503,7 +458,7 @@ export class ShardServerImpl implements SessionHost {
   }
 }
 
-function capacity(err: unknown, describe: string): Error {
+export function capacity(err: unknown, describe: string): Error {
   if ((err as Error)?.name === 'KernelMemoryError') {
     return new ShardCapacityError(`kernel memory cannot hold shard ${describe}: ${(err as Error).message}`, {
       cause: err,

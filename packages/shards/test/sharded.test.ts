@@ -4,11 +4,8 @@ import { frameStream, SHARD_FRAME, SHARD_PROTOCOL } from '@meshnet/protocols'
 import { planPipeline, planTensor } from '@meshnet/ring'
 import { modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  runShardedGeneration,
-  type ShardedGenerationOptions,
-  type ShardedGenerationResult,
-} from '../src/coordinator.ts'
+import { runShardedGeneration } from '../src/coordinator.ts'
+import type { ShardedGenerationOptions, ShardedGenerationResult } from '../src/coordinator-options.ts'
 import { fileSha256 } from '../src/model-hash.ts'
 import { readShardModelFacts, type ShardedPlan, type ShardModelFacts } from '../src/plan.ts'
 import { type TestMember, TestMesh, type TestPool } from './mesh.ts'

@@ -1,0 +1,42 @@
+import type { Logger } from '@meshnet/core'
+import type { MeshNode } from '@meshnet/discovery'
+import type { Kernels } from '@meshnet/engine'
+import type { ShardGate } from './peers.ts'
+
+/** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
+export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>
+
+export interface ShardServerConfig {
+  node: MeshNode
+  gate: ShardGate
+  kernels: Kernels
+  models: ModelResolver
+  logger: Logger
+  maxSessions: number
+  memoryBytes: number
+  idleTimeoutMs: number
+  helloTimeoutMs: number
+  linkTimeoutMs: number
+  /** Host the direct-channel listener binds, or undefined for libp2p links only. */
+  directHost: string | undefined
+}
+
+export interface ShardServerStats {
+  /** Sessions open now. */
+  sessions: number
+  sessionsOpened: number
+  sessionsExpired: number
+  /** Streams and sessions refused, by reason: not-a-member, malformed, capacity, model, sessions, other. */
+  refused: Record<string, number>
+  /** Distinct shards whose weights are in memory (shared by their sessions). */
+  weightSets: number
+  weightBytes: number
+  /** KV caches and scratch of the open sessions. */
+  sessionBytes: number
+  /** The budget both come out of. */
+  memoryBytes: number
+  steps: number
+  linkBytesSent: number
+  /** Links set up since start, by transport. */
+  links: { direct: number; libp2p: number }
+}
