@@ -4,22 +4,22 @@
  * 239.192.0.1:42424 that carry pool joins and presence) and the libp2p node factory.
  */
 
-export type {
-  BeaconDropReason,
-  BeaconEnvelope,
-  DecodeBeaconOptions,
-  EncodeBeaconOptions,
-} from './beacon/envelope.ts'
+export type { BeaconEnvelope, DecodeBeaconOptions, EncodeBeaconOptions } from './beacon/envelope.ts'
 export {
   BEACON_DOMAIN,
-  BEACON_DROP_REASONS,
   BEACON_TYPE_PATTERN,
   BEACON_VERSION,
   decodeBeacon,
   encodeBeacon,
   MAX_BEACON_BYTES,
 } from './beacon/envelope.ts'
-export { BeaconDropError, BeaconSocketError, BeaconTooLargeError } from './beacon/errors.ts'
+export type { BeaconDropReason } from './beacon/errors.ts'
+export {
+  BEACON_DROP_REASONS,
+  BeaconDropError,
+  BeaconSocketError,
+  BeaconTooLargeError,
+} from './beacon/errors.ts'
 export type {
   BeaconHandler,
   BeaconMessage,
@@ -40,6 +40,7 @@ export {
   PeerTimeoutError,
   PerfError,
 } from './node/errors.ts'
+export { createMeshNode } from './node/mesh-node.ts'
 export type {
   DialProtocolOptions,
   HandleRequestsOptions,
@@ -50,8 +51,7 @@ export type {
   RequestDrops,
   RequestHandler,
   RequestOptions,
-} from './node/mesh-node.ts'
-export { createMeshNode } from './node/mesh-node.ts'
+} from './node/mesh-node-types.ts'
 export type { MeshNodeOptions, ResolvedMeshNodeOptions } from './node/options.ts'
 export { resolveMeshNodeOptions } from './node/options.ts'
 export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from './node/perf.ts'

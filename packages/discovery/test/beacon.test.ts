@@ -6,7 +6,8 @@ import { fileURLToPath } from 'node:url'
 import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
 import { encode } from 'cborg'
 import { afterEach, describe, expect, it } from 'vitest'
-import { BEACON_DOMAIN, type BeaconDropReason, encodeBeacon } from '../src/beacon/envelope.ts'
+import { BEACON_DOMAIN, encodeBeacon } from '../src/beacon/envelope.ts'
+import type { BeaconDropReason } from '../src/beacon/errors.ts'
 import {
   type BeaconMessage,
   type LanBeacons,

@@ -1,6 +1,7 @@
 import { generateIdentity } from '@meshnet/identity'
 import { afterEach, describe, expect, it } from 'vitest'
-import { createMeshNode, type MeshNode } from '../src/node/mesh-node.ts'
+import { createMeshNode } from '../src/node/mesh-node.ts'
+import type { MeshNode } from '../src/node/mesh-node-types.ts'
 import type { MeshNodeOptions } from '../src/node/options.ts'
 
 // Discovery without multicast: mDNS is off (localOnly), so the only way C can learn B's address

@@ -1,7 +1,8 @@
 import { generateIdentity } from '@meshnet/identity'
 import { meshnetProtocol } from '@meshnet/protocols'
 import { afterEach, describe, expect, it } from 'vitest'
-import { createMeshNode, type MeshNode } from '../src/node/mesh-node.ts'
+import { createMeshNode } from '../src/node/mesh-node.ts'
+import type { MeshNode } from '../src/node/mesh-node-types.ts'
 import type { MeshNodeOptions } from '../src/node/options.ts'
 
 // A node behind a "NAT": it listens on no socket at all, only on a circuit through the relay.

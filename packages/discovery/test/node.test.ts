@@ -7,7 +7,8 @@ import { dataDirLayout, generateIdentity } from '@meshnet/identity'
 import { frameStream, meshnetProtocol } from '@meshnet/protocols'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import { afterEach, describe, expect, it } from 'vitest'
-import { createMeshNode, type MeshNode } from '../src/node/mesh-node.ts'
+import { createMeshNode } from '../src/node/mesh-node.ts'
+import type { MeshNode } from '../src/node/mesh-node-types.ts'
 import type { MeshNodeOptions } from '../src/node/options.ts'
 
 // Real libp2p nodes over real TCP/WebSocket sockets on 127.0.0.1. Every node is localOnly: it

@@ -13,14 +13,12 @@ export {
   UnsupportedModelError,
   UnsupportedTensorTypeError,
 } from './errors.ts'
-export type { CreateWasmKernelsOptions, KernelBuffer, Kernels } from './kernels/index.ts'
-export {
-  createJsKernels,
-  createWasmKernels,
-  KERNEL_TYPES,
-  KernelMemoryError,
-  KernelUnavailableError,
-} from './kernels/index.ts'
+export type { KernelBuffer, Kernels } from './kernels/api.ts'
+export { KernelMemoryError, KernelUnavailableError } from './kernels/errors.ts'
+export { createJsKernels } from './kernels/js.ts'
+export { KERNEL_TYPES } from './kernels/types.ts'
+export type { CreateWasmKernelsOptions } from './kernels/wasm.ts'
+export { createWasmKernels } from './kernels/wasm.ts'
 export type {
   MeshnetEngine,
   MeshnetEngineOptions,
@@ -32,16 +30,16 @@ export { createMeshnetEngine, meshnetEngineOptionsSchema, openSpmTokenizer } fro
 export { createLocalAllReduce } from './model/all-reduce.ts'
 export type { LlamaConfig, RopeType } from './model/config.ts'
 export { readLlamaConfig } from './model/config.ts'
+export type { LoadShardOptions } from './model/shard.ts'
+export { loadShard, loadShardOptionsSchema, resolveSpec } from './model/shard.ts'
 export type {
   AllReduce,
   ForwardOptions,
   LlamaShard,
-  LoadShardOptions,
   ShardInput,
   ShardOutput,
   ShardRanges,
-} from './model/shard.ts'
-export { loadShard, loadShardOptionsSchema, resolveSpec } from './model/shard.ts'
+} from './model/shard-types.ts'
 export type { ShardSpec } from './model/shard-weights.ts'
 export {
   estimateWeightBytes,

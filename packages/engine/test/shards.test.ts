@@ -1,9 +1,11 @@
 import { modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { createJsKernels, type Kernels } from '../src/kernels/index.ts'
+import type { Kernels } from '../src/kernels/api.ts'
+import { createJsKernels } from '../src/kernels/js.ts'
 import { createLocalAllReduce } from '../src/model/all-reduce.ts'
-import { shardSessionBytes } from '../src/model/llama-shard.ts'
-import { type LlamaShard, type LoadShardOptions, loadShard, type ShardOutput } from '../src/model/shard.ts'
+import { type LoadShardOptions, loadShard } from '../src/model/shard.ts'
+import { shardSessionBytes } from '../src/model/shard-layout.ts'
+import type { LlamaShard, ShardOutput } from '../src/model/shard-types.ts'
 
 const kernels = createJsKernels()
 let models: Awaited<ReturnType<typeof modelDir>>

@@ -1,23 +1,29 @@
 import { InvalidArgumentError } from '@meshnet/core'
-import { type NodeIdentity, writeFileAtomic } from '@meshnet/identity'
-import { z } from 'zod'
+import { writeFileAtomic } from '@meshnet/identity'
+import {
+  type CreatedJoinToken,
+  DEFAULT_JOIN_TOKEN_TTL_MS,
+  FILE_VERSION,
+  type JoinDecision,
+  type JoinTokenInfo,
+  MAX_PENDING_JOIN_REQUESTS,
+  type PendingJoinRequest,
+  type PendingRecord,
+  pendingFileSchema,
+  RETENTION_MS,
+  type SignedJoinResponse,
+  type TokenRecord,
+  tokenState,
+  tokensFileSchema,
+} from './admin-records.ts'
 import {
   type Certificate,
-  DEFAULT_CERTIFICATE_TTL_MS,
   issueCertificate,
   type PoolRole,
   type PoolSigner,
   verifyCertificate,
 } from './certificate.ts'
-import {
-  bytesEqual,
-  CLOCK_SKEW_MS,
-  formatTime,
-  nodeIdSchema,
-  POOL_LIMITS,
-  shortNodeId,
-  timestampSchema,
-} from './encoding.ts'
+import { bytesEqual, formatTime, shortNodeId } from './encoding.ts'
 import {
   CertificateError,
   type JoinRefusalReason,
@@ -25,207 +31,21 @@ import {
   NotPoolAdminError,
   refusalText,
 } from './errors.ts'
+import { jsonText, parseJsonFile, poolFile, readIfPresent, withFileLock } from './files.ts'
 import {
   encodeJoinResponse,
   generateJoinToken,
   JOIN_REQUEST_MAX_AGE_MS,
   type JoinOutcome,
   type JoinRequest,
-  type JoinResponse,
   joinRequestSignatureValid,
   joinRequestTokenValid,
   parseJoinRequest,
   signJoinResponse,
 } from './join.ts'
-import { ReplayCache } from './replay-cache.ts'
+import type { ReplayCache } from './replay-cache.ts'
 import { createRevocationList, encodeRevocationList, type RevocationList } from './revocation.ts'
-import {
-  jsonText,
-  listMembers,
-  loadCertificate,
-  loadPool,
-  loadRevocationList,
-  loadRootSigner,
-  type Pool,
-  parseJsonFile,
-  poolFile,
-  readIfPresent,
-  recordMember,
-  saveCertificate,
-  saveRevocationList,
-  withFileLock,
-} from './store.ts'
-
-/** Lifetime of a join token created without `ttlMs`: 24 hours. */
-export const DEFAULT_JOIN_TOKEN_TTL_MS = 24 * 60 * 60_000
-/** Join requests kept waiting for approval at once; the oldest is dropped first. */
-export const MAX_PENDING_JOIN_REQUESTS = 100
-/** Pending and denied requests, and expired tokens, are forgotten after 7 days. */
-const RETENTION_MS = 7 * 24 * 60 * 60_000
-
-const FILE_VERSION = 1
-const base64 = z.base64()
-
-const tokenRecordSchema = z.strictObject({
-  id: z.string(),
-  publicKey: base64,
-  role: z.enum(['member', 'client']),
-  createdAt: timestampSchema,
-  expiresAt: timestampSchema,
-  singleUse: z.boolean(),
-  usedBy: z.array(z.strictObject({ nodeId: nodeIdSchema, at: timestampSchema })),
-})
-const tokensFileSchema = z.strictObject({
-  version: z.literal(FILE_VERSION),
-  tokens: z.array(tokenRecordSchema),
-})
-type TokenRecord = z.infer<typeof tokenRecordSchema>
-
-const pendingRecordSchema = z.strictObject({
-  nodeId: nodeIdSchema,
-  deviceName: z.string().max(POOL_LIMITS.deviceNameChars),
-  status: z.enum(['pending', 'denied']),
-  receivedAt: timestampSchema,
-  decidedAt: timestampSchema.optional(),
-  /** The request's canonical bytes, base64. */
-  request: base64,
-})
-const pendingFileSchema = z.strictObject({
-  version: z.literal(FILE_VERSION),
-  requests: z.array(pendingRecordSchema),
-})
-type PendingRecord = z.infer<typeof pendingRecordSchema>
-
-/** A join token as the admin lists it. The secret is never stored. */
-export interface JoinTokenInfo {
-  tokenId: string
-  role: 'member' | 'client'
-  createdAt: number
-  expiresAt: number
-  singleUse: boolean
-  usedBy: { nodeId: string; at: number }[]
-  state: 'active' | 'expired' | 'used'
-}
-
-/** A new join token: give `token` to the person joining; it is shown once and not stored. */
-export interface CreatedJoinToken extends Omit<JoinTokenInfo, 'usedBy' | 'state'> {
-  token: string
-}
-
-/** A join request waiting for `mesh pool-approve`, or one the admin denied. */
-export interface PendingJoinRequest {
-  nodeId: string
-  deviceName: string
-  status: 'pending' | 'denied'
-  receivedAt: number
-  decidedAt?: number | undefined
-}
-
-/** A signed answer, ready to send back to the joining device. */
-export interface SignedJoinResponse {
-  response: JoinResponse
-  responseBytes: Uint8Array
-}
-
-/**
- * What the admin decided about a join request. Every outcome but `dropped` carries a signed
- * response for the device; `dropped` means the bytes were not a join request at all (count it and
- * send nothing). For `wrong-pool`, the agent usually sends nothing either: another pool's admin
- * will answer.
- */
-export type JoinDecision =
-  | ({ outcome: 'accepted'; request: JoinRequest; certificate: Certificate } & SignedJoinResponse)
-  | ({ outcome: 'pending'; request: JoinRequest } & SignedJoinResponse)
-  | ({ outcome: 'refused'; reason: JoinRefusalReason; request: JoinRequest } & SignedJoinResponse)
-  | { outcome: 'dropped'; error: JoinRequestError }
-
-export interface OpenPoolAdminOptions {
-  /** Shared or sized by the caller; default remembers 10 000 requests for 10 minutes. */
-  replayCache?: ReplayCache
-  /** Default {@link CLOCK_SKEW_MS}. */
-  clockSkewMs?: number
-  /** Lifetime of certificates this admin issues; default 30 days. */
-  certificateTtlMs?: number
-  /** Default: now. Used to check (and renew) this node's own certificate. */
-  now?: number
-}
-
-/**
- * Opens the admin side of a pool on this node. The node must hold the pool root key, or a valid
- * root-signed admin certificate for `identity` (a delegated admin). A root holder whose own admin
- * certificate is missing, invalid or in the last quarter of its life gets a fresh one here.
- * Throws NotPoolAdminError otherwise.
- */
-export async function openPoolAdmin(
-  dataDir: string,
-  poolId: string,
-  identity: Pick<NodeIdentity, 'publicKey' | 'sign'>,
-  options: OpenPoolAdminOptions = {},
-): Promise<PoolAdmin> {
-  const pool = await loadPool(dataDir, poolId)
-  const now = options.now ?? Date.now()
-  const ttlMs = options.certificateTtlMs ?? DEFAULT_CERTIFICATE_TTL_MS
-  const skew = options.clockSkewMs ?? CLOCK_SKEW_MS
-  const root = await loadRootSigner(pool)
-  const own = await loadCertificate(pool)
-  const revocations = await loadRevocationList(pool)
-  let ownProblem: unknown
-  if (own !== undefined) {
-    try {
-      verifyCertificate(own, {
-        poolId,
-        rootPublicKey: pool.rootPublicKey,
-        now,
-        revocations,
-        clockSkewMs: skew,
-      })
-      if (own.role !== 'admin') throw new Error(`it is a ${own.role} certificate`)
-      if (!bytesEqual(own.devicePublicKey, identity.publicKey)) {
-        throw new Error('it is for another device key')
-      }
-    } catch (err) {
-      ownProblem = err
-    }
-  }
-  let signer: PoolSigner
-  if (root !== undefined) {
-    signer = root
-    const lifetime = own === undefined ? 0 : own.expiresAt - own.issuedAt
-    if (own === undefined || ownProblem !== undefined || own.expiresAt - now < lifetime / 4) {
-      const fresh = issueCertificate(root, {
-        poolId,
-        devicePublicKey: identity.publicKey,
-        role: 'admin',
-        issuedAt: now,
-        ttlMs,
-      })
-      await saveCertificate(pool, fresh, { now })
-      await recordMember(pool, fresh, { now })
-    }
-  } else {
-    if (own === undefined || ownProblem !== undefined) {
-      const why =
-        own === undefined
-          ? 'it has no certificate'
-          : `its certificate is not usable: ${errorText(ownProblem)}`
-      throw new NotPoolAdminError(
-        `this node is not an admin of pool ${poolId}: it does not hold the root key and ${why}`,
-        {
-          cause: ownProblem,
-          hint: 'run this on the node that created the pool, or ask it for an admin certificate',
-        },
-      )
-    }
-    signer = { publicKey: identity.publicKey, sign: identity.sign, certificate: own }
-  }
-  const replayCache =
-    options.replayCache ?? new ReplayCache({ ttlMs: JOIN_REQUEST_MAX_AGE_MS + skew, maxEntries: 10_000 })
-  return new PoolAdmin(pool, signer, root !== undefined, replayCache, skew, ttlMs)
-}
-
-function errorText(err: unknown): string {
-  return err instanceof Error ? err.message : String(err)
-}
+import { listMembers, loadRevocationList, type Pool, recordMember, saveRevocationList } from './store.ts'
 
 /**
  * The admin side of one pool: join tokens, join requests (decide, approve, deny), certificates and
@@ -619,10 +439,4 @@ export class PoolAdmin {
       await writeFileAtomic(path, jsonText({ version: FILE_VERSION, requests }), { mode: 0o600 })
     })
   }
-}
-
-function tokenState(token: TokenRecord, now: number): JoinTokenInfo['state'] {
-  if (token.singleUse && token.usedBy.length > 0) return 'used'
-  if (now > token.expiresAt) return 'expired'
-  return 'active'
 }

@@ -6,16 +6,17 @@
  * (deterministic CBOR), a zod schema, a size cap and a domain-separated Ed25519 signature.
  * No networking: the agent carries these objects over LAN beacons and libp2p.
  */
+
+export type { PoolAdmin } from './admin.ts'
 export type {
   CreatedJoinToken,
   JoinDecision,
   JoinTokenInfo,
   OpenPoolAdminOptions,
   PendingJoinRequest,
-  PoolAdmin,
   SignedJoinResponse,
-} from './admin.ts'
-export { DEFAULT_JOIN_TOKEN_TTL_MS, MAX_PENDING_JOIN_REQUESTS, openPoolAdmin } from './admin.ts'
+} from './admin-records.ts'
+export { DEFAULT_JOIN_TOKEN_TTL_MS, MAX_PENDING_JOIN_REQUESTS } from './admin-records.ts'
 export type { Certificate, PoolRole, PoolSigner, VerifyCertificateOptions } from './certificate.ts'
 export {
   certificateSchema,
@@ -72,6 +73,7 @@ export {
   parseJoinRequest,
   parseJoinToken,
 } from './join.ts'
+export { openPoolAdmin } from './open-admin.ts'
 export type { ReplayCacheOptions } from './replay-cache.ts'
 export { ReplayCache } from './replay-cache.ts'
 export type { RevocationList, VerifyRevocationListOptions } from './revocation.ts'

@@ -9,7 +9,8 @@ import {
   signWithSeed,
 } from '@meshnet/identity'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { type JoinDecision, openPoolAdmin, type PoolAdmin } from '../src/admin.ts'
+import type { PoolAdmin } from '../src/admin.ts'
+import type { JoinDecision } from '../src/admin-records.ts'
 import { DEFAULT_CERTIFICATE_TTL_MS, verifyCertificate } from '../src/certificate.ts'
 import { CLOCK_SKEW_MS, encodeCanonical } from '../src/encoding.ts'
 import { JoinRefusedError } from '../src/errors.ts'
@@ -24,6 +25,7 @@ import {
   type JoinRequest,
   joinRequestSigningBytes,
 } from '../src/join.ts'
+import { openPoolAdmin } from '../src/open-admin.ts'
 import {
   createPool,
   listMembers,

@@ -20,20 +20,6 @@ export const BEACON_NONCE_BYTES = 16
 /** Deepest nesting of arrays and maps allowed in a body. */
 export const MAX_BODY_DEPTH = 16
 
-/** Why a datagram was dropped, in the order the checks run. */
-export const BEACON_DROP_REASONS = [
-  'oversized',
-  'malformed',
-  'bad-version',
-  'not-for-us',
-  'bad-node-id',
-  'bad-signature',
-  'stale',
-  'future',
-  'replayed',
-] as const
-export type BeaconDropReason = (typeof BEACON_DROP_REASONS)[number]
-
 /** A decoded, signature-checked beacon (freshness and replay are the receiver's business). */
 export interface BeaconEnvelope {
   type: string

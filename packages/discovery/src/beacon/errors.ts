@@ -1,5 +1,18 @@
 import { MeshError, type MeshErrorOptions } from '@meshnet/core'
-import type { BeaconDropReason } from './envelope.ts'
+
+/** Why a datagram was dropped, in the order the checks run. */
+export const BEACON_DROP_REASONS = [
+  'oversized',
+  'malformed',
+  'bad-version',
+  'not-for-us',
+  'bad-node-id',
+  'bad-signature',
+  'stale',
+  'future',
+  'replayed',
+] as const
+export type BeaconDropReason = (typeof BEACON_DROP_REASONS)[number]
 
 /** A datagram was refused; `reason` is the counter it is dropped under. */
 export class BeaconDropError extends MeshError {

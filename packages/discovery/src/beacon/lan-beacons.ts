@@ -3,15 +3,8 @@ import dgram from 'node:dgram'
 import { InvalidArgumentError, type Logger, silentLogger } from '@meshnet/core'
 import type { NodeIdentity } from '@meshnet/identity'
 import { z } from 'zod'
-import {
-  BEACON_DROP_REASONS,
-  BEACON_NONCE_BYTES,
-  type BeaconDropReason,
-  decodeBeacon,
-  encodeBeacon,
-  MAX_BEACON_BYTES,
-} from './envelope.ts'
-import { BeaconDropError, BeaconSocketError } from './errors.ts'
+import { BEACON_NONCE_BYTES, decodeBeacon, encodeBeacon, MAX_BEACON_BYTES } from './envelope.ts'
+import { BEACON_DROP_REASONS, BeaconDropError, type BeaconDropReason, BeaconSocketError } from './errors.ts'
 import { ExpiringSet } from './expiring-set.ts'
 
 /** Default multicast group: organisation-local scope (RFC 2365), not routed off the site. */

@@ -1,152 +1,33 @@
 import { mkdir } from 'node:fs/promises'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { noise } from '@chainsafe/libp2p-noise'
-import { autoNAT } from '@libp2p/autonat'
-import { bootstrap } from '@libp2p/bootstrap'
-import { type CircuitRelayService, circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
-import { dcutr } from '@libp2p/dcutr'
-import { type Identify, type IdentifyPush, identify, identifyPush } from '@libp2p/identify'
-import type {
-  AbortOptions,
-  Connection,
-  Libp2p,
-  PeerDiscovery,
-  PeerId,
-  PeerInfo,
-  ServiceMap,
-  Stream,
-} from '@libp2p/interface'
-import type { ConnectionManager } from '@libp2p/interface-internal'
-import { type KadDHT, kadDHT } from '@libp2p/kad-dht'
-import { type MulticastDNSComponents, mdns } from '@libp2p/mdns'
+import type { AbortOptions, Libp2p, PeerId, PeerInfo, ServiceMap, Stream } from '@libp2p/interface'
 import { peerIdFromString } from '@libp2p/peer-id'
-import { type Ping, ping } from '@libp2p/ping'
-import { preSharedKey } from '@libp2p/pnet'
-import { tcp } from '@libp2p/tcp'
-import { type UPnPNAT, uPnPNAT } from '@libp2p/upnp-nat'
-import { isLoopback } from '@libp2p/utils'
-import { webSockets } from '@libp2p/websockets'
-import { yamux } from '@libp2p/yamux'
 import type { Logger } from '@meshnet/core'
 import { dataDirLayout, ensureDataDir } from '@meshnet/identity'
 import { DEFAULT_MAX_FRAME_BYTES, frameStream, StreamEndedError, writeFrame } from '@meshnet/protocols'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { FsDatastore } from 'datastore-fs'
-import { createLibp2p, type Libp2pOptions, type ServiceFactoryMap } from 'libp2p'
-import pkg from '../../package.json' with { type: 'json' }
-import { type Connectivity, type ConnectivityStatus, connectivity } from './connectivity.ts'
+import { createLibp2p, type ServiceFactoryMap } from 'libp2p'
+import type { ConnectivityStatus } from './connectivity.ts'
 import { deadline } from './deadline.ts'
-import { DEFAULT_MAINTENANCE_MAX_BACKOFF_MS, DEFAULT_PROTOCOL_TIMEOUT_MS } from './defaults.ts'
+import { DEFAULT_PROTOCOL_TIMEOUT_MS } from './defaults.ts'
 import { DialError, NodeStartError, PeerTimeoutError } from './errors.ts'
-import { dhtAddressMapper, type MeshGater, meshGater } from './gater.ts'
+import { type MeshGater, meshGater } from './gater.ts'
+import { libp2pConfig } from './libp2p-config.ts'
+import type {
+  DialProtocolOptions,
+  HandleRequestsOptions,
+  MeshNode,
+  MeshServices,
+  PeerTarget,
+  RequestDrops,
+  RequestHandler,
+  RequestOptions,
+} from './mesh-node-types.ts'
 import { type MeshNodeOptions, type ResolvedMeshNodeOptions, resolveMeshNodeOptions } from './options.ts'
 
 /** Wait between attempts when another ping to the same peer holds the one ping stream. */
 const PING_SLOT_RETRY_MS = 20
-
-/** The services every mesh node has; the optional ones depend on the options. */
-export interface MeshServices extends ServiceMap {
-  identify: Identify
-  identifyPush: IdentifyPush
-  ping: Ping
-  connectivity: Connectivity
-  /** Absent when `dhtMode` is `off`. */
-  dht?: KadDHT
-  /** Absent with `localOnly` or `autoNAT: false`. */
-  autoNAT?: unknown
-  /** Absent with `dcutr: false`. */
-  dcutr?: unknown
-  /** Present only with `upnp: true`. */
-  upnp?: UPnPNAT
-  /** Present only on a relay server (`relayServer: true`). */
-  relay?: CircuitRelayService
-}
-
-/** A peer to dial: its node id, a multiaddr (string or parsed) ending in `/p2p/<id>`, or a PeerId. */
-export type PeerTarget = string | PeerId | Multiaddr | Multiaddr[]
-
-export interface DialProtocolOptions extends AbortOptions {
-  /** Budget for dial plus protocol negotiation. Default 10 000 ms. */
-  timeoutMs?: number
-  /**
-   * Allow a relayed connection with relay-imposed limits (duration, bytes). Protocols that move
-   * little data (certificate exchange, gossip) opt in; shard streams should not.
-   */
-  runOnLimitedConnection?: boolean
-}
-
-export interface RequestOptions extends DialProtocolOptions {
-  /** Largest request we send. Default 1 MiB. */
-  maxRequestBytes?: number
-  /** Largest response we accept. Default 1 MiB. */
-  maxResponseBytes?: number
-}
-
-export interface RequestContext {
-  /** The requester, proven by the noise handshake. */
-  peerId: PeerId
-  nodeId: string
-  connection: Connection
-  /** Aborted when the per-request timeout expires or the node stops. */
-  signal: AbortSignal
-}
-
-export type RequestHandler = (
-  request: Uint8Array,
-  context: RequestContext,
-) => Promise<Uint8Array> | Uint8Array
-
-export interface HandleRequestsOptions {
-  /** Largest request accepted; a larger one resets the stream. Default 1 MiB. */
-  maxRequestBytes?: number
-  /** Largest response the handler may return. Default 1 MiB. */
-  maxResponseBytes?: number
-  /** Budget for reading the request, running the handler and sending the reply. Default 10 000 ms. */
-  timeoutMs?: number
-  /** Concurrent requests per connection. Default 32. */
-  maxInboundStreams?: number
-  runOnLimitedConnection?: boolean
-}
-
-/** Requests that ended without a reply being sent, by error name. */
-export type RequestDrops = Record<string, number>
-
-/** A started (or startable) libp2p node with Meshnet's defaults and helpers. */
-export interface MeshNode<T extends ServiceMap = ServiceMap> {
-  readonly libp2p: Libp2p<MeshServices & T>
-  readonly nodeId: string
-  readonly peerId: PeerId
-  /** The validated options, defaults filled in. */
-  readonly options: ResolvedMeshNodeOptions
-  start(): Promise<void>
-  /** Stops libp2p and every timer, socket and listener it holds. Safe to call twice. */
-  stop(): Promise<void>
-  /** Addresses other nodes can dial, each ending in `/p2p/<node id>`. */
-  multiaddrs(): Multiaddr[]
-  /** Opens a stream for `protocol`, dialing first if needed, within a time budget. */
-  dialProtocol(peer: PeerTarget, protocol: string, options?: DialProtocolOptions): Promise<Stream>
-  /** Round-trip time in ms (libp2p ping). */
-  ping(peer: PeerTarget, options?: DialProtocolOptions): Promise<number>
-  /** Sends one framed request and returns the one framed response. */
-  request(
-    peer: PeerTarget,
-    protocol: string,
-    payload: Uint8Array,
-    options?: RequestOptions,
-  ): Promise<Uint8Array>
-  /** Serves `protocol` with one framed request and one framed response per stream. */
-  handleRequests(protocol: string, handler: RequestHandler, options?: HandleRequestsOptions): Promise<void>
-  /** Finds a peer's addresses through the peer store, then the DHT. */
-  findPeer(peer: string | PeerId, options?: AbortOptions & { timeoutMs?: number }): Promise<PeerInfo>
-  /** Refuses a peer from now on (both directions) and closes its connections. */
-  denyPeer(peer: string | PeerId, options?: AbortOptions): Promise<void>
-  /** Takes a peer off the deny list. */
-  undenyPeer(peer: string | PeerId): void
-  /** Relay reservations and reachability. */
-  connectivity(): ConnectivityStatus
-  /** Requests served by `handleRequests` that failed, by error name (oversized, timeout, ...). */
-  requestDrops(): RequestDrops
-}
 
 /**
  * Creates the libp2p node of a Meshnet agent or relay: TCP and WebSockets, noise (always),
@@ -182,144 +63,6 @@ export async function createMeshNode<T extends ServiceMap = ServiceMap>(
   const node = new MeshNodeImpl<T>(libp2p, options, gate, datastore)
   if (options.start) await node.start()
   return node
-}
-
-function libp2pConfig<T extends ServiceMap>(
-  options: ResolvedMeshNodeOptions,
-  gate: MeshGater,
-  extraServices: ServiceFactoryMap<T>,
-): Libp2pOptions<MeshServices & T> {
-  const services: ServiceFactoryMap<MeshServices> = {
-    identify: identify(),
-    identifyPush: identifyPush(),
-    // The DHT, the connection monitor and callers all ping; with one stream per peer (libp2p's
-    // default) the connection monitor's ping fails and it aborts a healthy connection.
-    ping: ping({ maxOutboundStreams: 16, maxInboundStreams: 16 }),
-    connectivity: connectivity({
-      relays: options.relays,
-      reservations: options.relayReservations,
-      autoDelayMs: options.relayAutoDelayMs,
-      bootstrap: options.bootstrap,
-      intervalMs: options.maintenanceIntervalMs,
-      maxBackoffMs: Math.max(options.maintenanceIntervalMs, DEFAULT_MAINTENANCE_MAX_BACKOFF_MS),
-      dialTimeoutMs: options.dialTimeoutMs,
-    }),
-  }
-  if (options.dhtMode !== 'off') {
-    services.dht = kadDHT({
-      protocol: options.dhtProtocol,
-      clientMode: options.dhtMode === 'auto' ? undefined : options.dhtMode === 'client',
-      peerInfoMapper: dhtAddressMapper(options.localOnly ? 'loopback' : options.dhtAddresses),
-      logPrefix: 'meshnet:dht',
-      metricsPrefix: 'meshnet_dht',
-      ...(options.dhtKBucketSize === undefined ? {} : { kBucketSize: options.dhtKBucketSize }),
-    })
-  }
-  if (options.autoNAT) services.autoNAT = autoNAT()
-  if (options.dcutr) services.dcutr = dcutr()
-  if (options.upnp) services.upnp = uPnPNAT({ portMappingDescription: 'meshnet' })
-  if (options.relayServer) {
-    const limits = options.relayServerLimits
-    const unlimited = limits.connectionDurationMs === 0 && limits.connectionDataBytes === 0
-    services.relay = circuitRelayServer({
-      hopTimeout: limits.hopTimeoutMs,
-      reservations: {
-        maxReservations: limits.maxReservations,
-        reservationTtl: limits.reservationTtlMs,
-        applyDefaultLimit: !unlimited,
-        // libp2p applies both limits or neither; 0 means "no limit" for one of them here.
-        defaultDurationLimit:
-          limits.connectionDurationMs === 0 ? limits.reservationTtlMs : limits.connectionDurationMs,
-        defaultDataLimit:
-          limits.connectionDataBytes === 0 ? 2n ** 63n - 1n : BigInt(limits.connectionDataBytes),
-      },
-    })
-  }
-
-  const peerDiscovery: NonNullable<Libp2pOptions['peerDiscovery']> = []
-  if (options.bootstrap.length > 0) {
-    peerDiscovery.push(bootstrap({ list: options.bootstrap.map(String), timeout: options.bootstrapDelayMs }))
-  }
-  if (options.mdns) {
-    peerDiscovery.push(
-      dialingDiscoveredPeers(
-        mdns({ serviceTag: options.mdnsServiceTag, interval: options.mdnsIntervalMs }),
-        options.dialTimeoutMs,
-      ),
-    )
-  }
-
-  return {
-    privateKey: options.identity.privateKey,
-    nodeInfo: { name: 'meshnet', version: pkg.version },
-    addresses: {
-      listen: options.listen,
-      announce: options.announce,
-      ...(options.localOnly ? { announceFilter: (addrs: Multiaddr[]) => addrs.filter(isLoopback) } : {}),
-    },
-    transports: [tcp(), ...(options.websockets ? [webSockets()] : []), circuitRelayTransport()],
-    // Noise is the only encrypter: there is no option to turn encryption off.
-    connectionEncrypters: [noise()],
-    streamMuxers: [
-      yamux({
-        maxInboundStreams: options.maxStreamsPerConnection,
-        maxOutboundStreams: options.maxStreamsPerConnection,
-        streamOptions: { maxReadBufferLength: options.streamReadBufferBytes },
-      }),
-    ],
-    ...(options.preSharedKey === undefined
-      ? {}
-      : { connectionProtector: preSharedKey({ psk: new TextEncoder().encode(options.preSharedKey) }) }),
-    connectionGater: gate.gater,
-    // A ping that misses its deadline on a starved event loop is not a dead connection: the ring's
-    // heartbeats and each protocol's own deadlines judge liveness, and TCP closes dead sockets.
-    connectionMonitor: { abortConnectionOnPingFailure: false },
-    connectionManager: {
-      maxConnections: options.maxConnections,
-      maxIncomingPendingConnections: options.maxIncomingPendingConnections,
-      inboundConnectionThreshold: options.inboundConnectionsPerSecond,
-      maxParallelDials: options.maxParallelDials,
-      dialTimeout: options.dialTimeoutMs,
-      allow: options.allowAddresses,
-      deny: options.denyAddresses,
-    },
-    peerStore: { maxAddressAge: options.peerAddressTtlMs },
-    ...(options.metrics === undefined ? {} : { metrics: options.metrics as Libp2pOptions['metrics'] }),
-    ...(options.componentLogger === undefined ? {} : { logger: options.componentLogger }),
-    peerDiscovery,
-    services: { ...services, ...extraServices } as ServiceFactoryMap<MeshServices & T>,
-  }
-}
-
-interface DiscoveryComponents extends MulticastDNSComponents {
-  connectionManager: ConnectionManager
-}
-
-/**
- * libp2p only records discovered peers in the peer store; it no longer dials them. Peers found by
- * mDNS are on our LAN and are the mesh, so we connect to each one we are not yet connected to,
- * while below half the connection limit (the rest is left for peers that dial us).
- */
-function dialingDiscoveredPeers(
-  factory: (components: MulticastDNSComponents) => PeerDiscovery,
-  dialTimeoutMs: number,
-): (components: DiscoveryComponents) => PeerDiscovery {
-  return (components) => {
-    const discovery = factory(components)
-    const { connectionManager } = components
-    discovery.addEventListener('peer', (event) => {
-      const peer = event.detail.id
-      const connections = connectionManager.getConnections()
-      if (connections.some((connection) => connection.remotePeer.equals(peer))) return
-      if (connections.length >= connectionManager.getMaxConnections() / 2) return
-      const limit = deadline(dialTimeoutMs)
-      connectionManager
-        .openConnection(peer, { signal: limit.signal })
-        .catch(() => {})
-        .finally(() => limit.clear())
-    })
-    return discovery
-  }
 }
 
 class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {

@@ -2,13 +2,8 @@ import { randomBytes } from 'node:crypto'
 import { generateIdentity, verifySignature } from '@meshnet/identity'
 import { decode, encode } from 'cborg'
 import { describe, expect, it } from 'vitest'
-import {
-  BEACON_DOMAIN,
-  type BeaconDropReason,
-  decodeBeacon,
-  encodeBeacon,
-  MAX_BEACON_BYTES,
-} from '../../src/beacon/envelope.ts'
+import { BEACON_DOMAIN, decodeBeacon, encodeBeacon, MAX_BEACON_BYTES } from '../../src/beacon/envelope.ts'
+import type { BeaconDropReason } from '../../src/beacon/errors.ts'
 
 const alice = generateIdentity()
 const bob = generateIdentity()

@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from '@meshnet/core'
+import type { KernelBuffer } from './api.ts'
 import { KernelMemoryError } from './errors.ts'
-import type { KernelBuffer } from './index.ts'
 import type { WasmMemory } from './webassembly.ts'
 
 const PAGE = 65536

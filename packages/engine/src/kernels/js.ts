@@ -1,8 +1,8 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { dequantizeRow } from '@meshnet/gguf'
+import type { KernelBuffer, Kernels } from './api.ts'
 import { KernelUnavailableError } from './errors.ts'
 import { KernelHeap } from './heap.ts'
-import type { KernelBuffer, Kernels } from './index.ts'
 import { checkJob } from './types.ts'
 import { wasmApi } from './webassembly.ts'
 

@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { findGGMLType, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
 import { UnsupportedTensorTypeError } from '../errors.ts'
-import type { KernelBuffer } from './index.ts'
+import type { KernelBuffer } from './api.ts'
 
 /** The ggml types the kernels multiply: F32, F16, Q4_0, Q8_0, Q4_K, Q6_K. */
 export const KERNEL_TYPES: readonly number[] = Object.freeze([

@@ -1,4 +1,4 @@
-import type { AllReduce } from './shard.ts'
+import type { AllReduce } from './shard-types.ts'
 
 /**
  * An in-process all-reduce for `count` column shards of one tensor-parallel group running in this

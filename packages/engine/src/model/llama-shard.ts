@@ -1,167 +1,28 @@
 import { InvalidArgumentError } from '@meshnet/core'
-import { dequantizeRow, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
+import { dequantizeRow, rowByteLength } from '@meshnet/gguf'
 import { ContextOverflowError, EngineDisposedError, InvalidShardError } from '../errors.ts'
-import { type KernelBuffer, type Kernels, KernelUnavailableError } from '../kernels/index.ts'
+import type { KernelBuffer, Kernels } from '../kernels/api.ts'
+import { KernelUnavailableError } from '../kernels/errors.ts'
 import { roundActivations } from './activations.ts'
+import { type AttentionContext, attend } from './attention.ts'
 import type { LlamaConfig } from './config.ts'
-import { addInto, applyRope, rmsNorm, ropeCache, softmaxRows, swiglu } from './ops.ts'
-import type { ForwardOptions, LayerWeights, LlamaShard, ShardInput, ShardOutput, ShardPlan } from './shard.ts'
+import { addInto, applyRope, rmsNorm, ropeCache, swiglu } from './ops.ts'
+import {
+  allocateScratch,
+  f,
+  HalfArrayCtor,
+  type HeadViews,
+  halves,
+  type LayerState,
+  type LlamaShardParts,
+  reserveV,
+  type Scratch,
+  sessionLayout,
+  storeKeys,
+  V_FIRST_CAPACITY,
+} from './shard-layout.ts'
+import type { ForwardOptions, LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
 import type { Matrix } from './weights.ts'
-
-const f = Math.fround
-/** Floats of attention scores one kernel call may produce (a prompt's positions go in chunks). */
-const SCORE_BUDGET = 1 << 20
-/** Positions the transposed V cache first makes room for per row; it doubles as the cache fills. */
-const V_FIRST_CAPACITY = 64
-
-export interface LlamaShardParts {
-  config: LlamaConfig
-  plan: ShardPlan
-  kernels: Kernels
-  /** The layers' weights; the shard allocates their KV cache itself, in kernel memory. */
-  layers: LayerWeights[]
-  embedding: Matrix | undefined
-  head: { norm: Float32Array; output: Matrix } | undefined
-  freqFactors: Float32Array | undefined
-  weightBytes: number
-  /** Kernel buffers the shard frees on dispose (the weights it owns; none when they are shared). */
-  buffers: KernelBuffer[]
-  maxBatch: number
-  kvCacheType: 'f16' | 'f32'
-}
-
-/** Element access to a Float16Array (Node 24 has it; TypeScript's ES2024 lib does not declare it). */
-interface HalfArray {
-  [index: number]: number
-  set(values: ArrayLike<number>, offset?: number): void
-}
-const HalfArrayCtor = (
-  globalThis as unknown as {
-    Float16Array?: new (buffer: ArrayBufferLike, byteOffset: number, length: number) => HalfArray
-  }
-).Float16Array
-
-/** One layer's weights, its KV cache in kernel memory, and views of one KV head each. */
-interface LayerState {
-  w: LayerWeights
-  /** Keys, [position][kv head][dim]. */
-  k: KernelBuffer
-  /**
-   * Values transposed, [kv head][dim][position], so that p·V is a matrix × vector. A row holds
-   * `vCapacity` positions, doubled (and the rows moved apart) as the cache fills, up to the context
-   * size: the kernel then reads rows that are mostly the positions it needs, not a few hundred
-   * bytes out of every `contextSize · 2`.
-   */
-  v: KernelBuffer
-  vCapacity: number
-  kHead: KernelBuffer[]
-  vHead: KernelBuffer[]
-  length: number
-}
-
-/** Scratch buffers in kernel memory, sized for `maxBatch` positions. */
-interface Scratch {
-  /** Normalized hidden states: the input of q/k/v, gate/up and the output projection. */
-  x: KernelBuffer
-  q: KernelBuffer
-  k: KernelBuffer
-  v: KernelBuffer
-  /** Attention output per query head, the input of `attn_output`. */
-  attn: KernelBuffer
-  /** Attention scores, then weights: rows of (position, query head) × cached positions. */
-  scores: KernelBuffer
-  /** Query rows of one KV head's heads, gathered for a prompt; that head's attention output. */
-  qHead: KernelBuffer
-  oHead: KernelBuffer
-  out: KernelBuffer
-  gate: KernelBuffer
-  up: KernelBuffer
-  logits: KernelBuffer | undefined
-  /** Activations rounded as ggml rounds them, for kernels that do not round them themselves. */
-  rounded: KernelBuffer | undefined
-}
-
-/** The views one decode step (one position) uses for a KV head: its query heads and their output. */
-interface HeadViews {
-  /** Query heads `[first, first + count)` of the shard read this KV head. */
-  first: number
-  count: number
-  q: KernelBuffer
-  attn: KernelBuffer
-}
-
-type ScratchName = keyof Scratch
-
-/** Bytes of each kernel buffer a shard session allocates besides its weights. */
-interface SessionLayout {
-  scratch: Record<ScratchName, number>
-  /** K and V cache of one layer. */
-  kvBytesPerLayer: number
-  /** Prompt positions per attention chunk. */
-  chunk: number
-}
-
-function sessionLayout(
-  config: LlamaConfig,
-  plan: ShardPlan,
-  maxBatch: number,
-  kvCacheType: 'f16' | 'f32',
-  kernelsRound: boolean,
-): SessionLayout {
-  const n = maxBatch
-  const d = config.headDim
-  const nq = plan.heads[1] - plan.heads[0]
-  const nkv = plan.kvHeads[1] - plan.kvHeads[0]
-  const q = nq * d
-  const kv = nkv * d
-  const ff = plan.ffn[1] - plan.ffn[0]
-  const perKv = Math.min(config.heads / config.kvHeads, nq)
-  const context = plan.contextSize
-  const chunk = Math.max(1, Math.min(n, Math.floor(SCORE_BUDGET / Math.max(1, perKv * context))))
-  const floats = (count: number) => Math.max(16, count * 4)
-  return {
-    scratch: {
-      x: floats(n * config.embd),
-      q: floats(n * q),
-      k: floats(n * kv),
-      v: floats(n * kv),
-      attn: floats(n * q),
-      scores: floats(nq === 0 ? 0 : chunk * perKv * context),
-      qHead: floats(nkv > 1 ? n * perKv * d : 0),
-      oHead: floats(nkv > 1 ? n * perKv * d : 0),
-      out: floats(n * config.embd),
-      gate: floats(n * ff),
-      up: floats(n * ff),
-      logits: plan.head ? floats(config.vocab) : 0,
-      rounded: kernelsRound ? 0 : floats(n * Math.max(config.embd, ff, q)),
-    },
-    kvBytesPerLayer: 2 * Math.max(16, context * kv * (kvCacheType === 'f16' ? 2 : 4)),
-    chunk,
-  }
-}
-
-/**
- * Kernel memory one shard session asks the kernels for besides its weights, as `LlamaShardImpl`
- * allocates it (before a `logits: 'all'` call grows the logits buffer to `maxBatch` rows): the KV
- * cache of every layer, and scratch for `maxBatch` positions. The kernels round each allocation up
- * to 64 bytes.
- */
-export function shardSessionBytes(
-  config: LlamaConfig,
-  plan: ShardPlan,
-  options: { maxBatch: number; kvCacheType: 'f16' | 'f32'; kernels: Pick<Kernels, 'name'> },
-): { kvBytes: number; scratchBytes: number } {
-  const layout = sessionLayout(
-    config,
-    plan,
-    options.maxBatch,
-    options.kvCacheType,
-    options.kernels.name === 'wasm-simd',
-  )
-  let scratchBytes = 0
-  for (const bytes of Object.values(layout.scratch)) scratchBytes += bytes
-  return { kvBytes: (plan.layers[1] - plan.layers[0]) * layout.kvBytesPerLayer, scratchBytes }
-}
 
 export class LlamaShardImpl implements LlamaShard {
   readonly config: Readonly<LlamaConfig>
@@ -190,6 +51,7 @@ export class LlamaShardImpl implements LlamaShard {
   readonly #buffers: KernelBuffer[]
   readonly #scratch: Scratch
   readonly #heads: HeadViews[]
+  readonly #attention: AttentionContext
   readonly #maxBatch: number
   /** Prompt positions per attention chunk, so that a chunk's scores fit the scores buffer. */
   readonly #chunk: number
@@ -245,22 +107,7 @@ export class LlamaShardImpl implements LlamaShard {
       return buf
     }
     try {
-      const b = layout.scratch
-      this.#scratch = {
-        x: alloc(b.x),
-        q: alloc(b.q),
-        k: alloc(b.k),
-        v: alloc(b.v),
-        attn: alloc(b.attn),
-        scores: alloc(b.scores),
-        qHead: alloc(b.qHead),
-        oHead: alloc(b.oHead),
-        out: alloc(b.out),
-        gate: alloc(b.gate),
-        up: alloc(b.up),
-        logits: plan.head ? alloc(b.logits) : undefined,
-        rounded: this.#kernelsRound ? undefined : alloc(b.rounded),
-      }
+      this.#scratch = allocateScratch(alloc, layout.scratch, plan.head, this.#kernelsRound)
       const view = (buf: KernelBuffer, at: number) => this.#kernels.view(buf, at, buf.byteLength - at)
       this.#layers = parts.layers.map((w) => {
         const k = alloc(layout.kvBytesPerLayer / 2)
@@ -276,7 +123,14 @@ export class LlamaShardImpl implements LlamaShard {
           vHead: [],
           length: 0,
         }
-        this.#reserveV(layer, Math.min(context, V_FIRST_CAPACITY))
+        reserveV(
+          this.#kernels,
+          layer,
+          this.kvCacheType,
+          this.config.headDim,
+          this.columns.kvHeads[1] - this.columns.kvHeads[0],
+          Math.min(context, V_FIRST_CAPACITY),
+        )
         return layer
       })
       this.#heads = []
@@ -291,6 +145,17 @@ export class LlamaShardImpl implements LlamaShard {
           q: this.#kernels.view(s.q, first * d * 4, count * d * 4),
           attn: this.#kernels.view(s.attn, first * d * 4, count * d * 4),
         })
+      }
+      this.#attention = {
+        kernels: this.#kernels,
+        kernelsRound: this.#kernelsRound,
+        scratch: this.#scratch,
+        heads: this.#heads,
+        chunk: this.#chunk,
+        headDim: d,
+        queryHeads: plan.heads[1] - plan.heads[0],
+        f16: parts.kvCacheType === 'f16',
+        scale: f(config.attentionScale),
       }
     } catch (err) {
       // The caller frees the weights; the scratch and KV cache allocated so far are ours to free.
@@ -436,7 +301,7 @@ export class LlamaShardImpl implements LlamaShard {
     }
     this.#storeKV(L, k, v, n, pos)
     L.length = pos + n
-    this.#attend(L, n, pos)
+    attend(this.#attention, L, n, pos)
     this.#matmul(L.w.wo, s.attn, n, s.out)
     return s.out.f32().slice(0, n * embd)
   }
@@ -493,13 +358,28 @@ export class LlamaShardImpl implements LlamaShard {
     const kvRows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * this.config.headDim
     let capacity = L.vCapacity
     while (capacity < pos + n) capacity *= 2
-    this.#reserveV(L, Math.min(capacity, this.contextSize))
+    reserveV(
+      this.#kernels,
+      L,
+      this.kvCacheType,
+      this.config.headDim,
+      this.columns.kvHeads[1] - this.columns.kvHeads[0],
+      Math.min(capacity, this.contextSize),
+    )
     const context = L.vCapacity
     if (this.kvCacheType === 'f16') {
       // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
       const kc = halves(L.k)
       const vc = halves(L.v)
-      this.#storeKeys(kc, k, n, pos)
+      storeKeys(
+        kc,
+        k,
+        n,
+        pos,
+        this.config.headDim,
+        this.columns.kvHeads[1] - this.columns.kvHeads[0],
+        this.contextSize,
+      )
       for (let i = 0; i < n; i++) {
         const row = i * kvRows
         for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
@@ -507,103 +387,18 @@ export class LlamaShardImpl implements LlamaShard {
     } else {
       const kc = L.k.f32()
       const vc = L.v.f32()
-      this.#storeKeys(kc, k, n, pos)
+      storeKeys(
+        kc,
+        k,
+        n,
+        pos,
+        this.config.headDim,
+        this.columns.kvHeads[1] - this.columns.kvHeads[0],
+        this.contextSize,
+      )
       for (let i = 0; i < n; i++) {
         const row = i * kvRows
         for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
-      }
-    }
-  }
-
-  /** Copies the keys of positions `[pos, pos + n)` (`[position][KV head][dim]`) into a head-major cache. */
-  #storeKeys(cache: Float32Array | HalfArray, k: Float32Array, n: number, pos: number): void {
-    const d = this.config.headDim
-    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
-    const headSpan = this.contextSize * d
-    for (let i = 0; i < n; i++) {
-      for (let h = 0; h < nkv; h++) {
-        const from = (i * nkv + h) * d
-        cache.set(k.subarray(from, from + d), h * headSpan + (pos + i) * d)
-      }
-    }
-  }
-
-  /**
-   * Makes the transposed V rows of `L` `capacity` positions long, moving the positions they hold,
-   * and makes the per-head views over them.
-   */
-  #reserveV(L: LayerState, capacity: number): void {
-    if (capacity === L.vCapacity) return
-    const es = this.kvCacheType === 'f16' ? 2 : 4
-    const d = this.config.headDim
-    const rows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * d
-    const bytes = L.v.bytes()
-    const held = Math.min(L.length, L.vCapacity) * es
-    // From the last row down: a row moves only to higher addresses, over rows already moved.
-    for (let j = rows - 1; j > 0 && held > 0; j--) {
-      bytes.copyWithin(j * capacity * es, j * L.vCapacity * es, j * L.vCapacity * es + held)
-    }
-    L.vCapacity = capacity
-    L.vHead = []
-    for (let h = 0; h < rows / d; h++)
-      L.vHead.push(this.#kernels.view(L.v, h * d * capacity * es, d * capacity * es))
-  }
-
-  /**
-   * Attention of positions `[pos, pos + n)` over the layer's cache into `attn`, per KV head and
-   * its query heads: scores = K·q and out = Vᵀ·p are kernel products over the cache (with an F16
-   * cache the kernels round q and p to halves, as ggml does), the softmax is here.
-   */
-  #attend(L: LayerState, n: number, pos: number): void {
-    const s = this.#scratch
-    const d = this.config.headDim
-    const nq = this.columns.heads[1] - this.columns.heads[0]
-    const qRows = nq * d
-    const f16 = this.kvCacheType === 'f16'
-    const type = f16 ? GGML_TYPE.F16 : GGML_TYPE.F32
-    const es = f16 ? 2 : 4
-    const kStride = d * es
-    const vStride = L.vCapacity * es
-    const scale = f(this.config.attentionScale)
-    const single = this.#heads.length === 1
-    for (const [h, head] of this.#heads.entries()) {
-      const gh = head.count
-      for (let i0 = 0; i0 < n; i0 += this.#chunk) {
-        const m = Math.min(this.#chunk, n - i0)
-        const rows = m * gh
-        const width = pos + i0 + m
-        // The query rows of this KV head's heads at positions [i0, i0 + m), [position][head][dim].
-        let xq: KernelBuffer
-        let out: KernelBuffer
-        if (n === 1) {
-          xq = head.q
-          out = head.attn
-        } else if (single) {
-          xq = this.#kernels.view(s.q, i0 * qRows * 4, rows * d * 4)
-          out = this.#kernels.view(s.attn, i0 * qRows * 4, rows * d * 4)
-        } else {
-          const q = s.q.f32()
-          const gathered = s.qHead.f32()
-          for (let i = 0; i < m; i++) {
-            const from = (i0 + i) * qRows + head.first * d
-            gathered.set(q.subarray(from, from + gh * d), i * gh * d)
-          }
-          xq = s.qHead
-          out = s.oHead
-        }
-        if (!this.#kernelsRound && f16) halfRound(xq.f32(), rows * d)
-        this.#kernels.matmul(type, L.kHead[h]!, width, d, xq, rows, s.scores, kStride)
-        const scores = s.scores.f32()
-        softmaxRows(scores, rows, width, scale, (r) => pos + i0 + Math.floor(r / gh) + 1)
-        if (!this.#kernelsRound && f16) halfRound(scores, rows * width)
-        this.#kernels.matmul(type, L.vHead[h]!, d, width, s.scores, rows, out, vStride)
-        if (out === s.oHead) {
-          const o = s.oHead.f32()
-          const attn = s.attn.f32()
-          for (let i = 0; i < m; i++) {
-            attn.set(o.subarray(i * gh * d, (i + 1) * gh * d), (i0 + i) * qRows + head.first * d)
-          }
-        }
       }
     }
   }
@@ -687,15 +482,4 @@ export class LlamaShardImpl implements LlamaShard {
   #assertOpen(): void {
     if (this.#disposed) throw new EngineDisposedError('the shard was disposed')
   }
-}
-
-/** The buffer's bytes as halves (a Float16Array over kernel memory). */
-function halves(buf: KernelBuffer): HalfArray {
-  const bytes = buf.bytes()
-  return new HalfArrayCtor!(bytes.buffer, bytes.byteOffset, bytes.byteLength >>> 1)
-}
-
-/** Rounds `n` floats to halves in place (for kernels that do not round F16 activations). */
-function halfRound(x: Float32Array, n: number): void {
-  roundActivations(GGML_TYPE.F16, x, n, n, x)
 }

@@ -1,19 +1,13 @@
 import { open } from 'node:fs/promises'
 import { findGGMLType, type GGUFReader, openGGUF, rowByteLength } from '@meshnet/gguf'
 import { InvalidShardError } from '../errors.ts'
-import type { KernelBuffer, Kernels } from '../kernels/index.ts'
+import type { KernelBuffer, Kernels } from '../kernels/api.ts'
 import { roundActivations } from './activations.ts'
 import { type LlamaConfig, readLlamaConfig } from './config.ts'
 import { LlamaShardImpl } from './llama-shard.ts'
 import { rmsNorm } from './ops.ts'
-import {
-  type LayerWeights,
-  type LlamaShard,
-  loadShardTensors,
-  resolveSpec,
-  type ShardPlan,
-  type ShardRanges,
-} from './shard.ts'
+import { loadShardTensors, resolveSpec } from './shard.ts'
+import type { LayerWeights, LlamaShard, ShardPlan, ShardRanges } from './shard-types.ts'
 import { type Matrix, WeightLoader } from './weights.ts'
 
 /** The part of a model one member runs: a layer range, optionally a column slice of it. */

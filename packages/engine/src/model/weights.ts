@@ -2,7 +2,7 @@ import type { FileHandle } from 'node:fs/promises'
 import { CorruptFileError } from '@meshnet/core'
 import { findGGMLType, type GGUFReader, type GGUFTensorInfo, rowByteLength } from '@meshnet/gguf'
 import { UnsupportedModelError, UnsupportedTensorTypeError } from '../errors.ts'
-import type { KernelBuffer, Kernels } from '../kernels/index.ts'
+import type { KernelBuffer, Kernels } from '../kernels/api.ts'
 
 /** ggml types the engine can multiply (the kernels' and `dequantizeRow`'s set). */
 export const SUPPORTED_WEIGHT_TYPES: ReadonlySet<string> = new Set([

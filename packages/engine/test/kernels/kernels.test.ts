@@ -1,14 +1,9 @@
 import { dequantizeRow, fp16ToFp32, fp32ToFp16, GGML_TYPE, quantizeRow, rowByteLength } from '@meshnet/gguf'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import {
-  createJsKernels,
-  createWasmKernels,
-  KERNEL_TYPES,
-  type KernelBuffer,
-  type Kernels,
-  PACKED_TYPE_BASE,
-} from '../../src/kernels/index.ts'
-import { liveKernelWorkers } from '../../src/kernels/wasm.ts'
+import type { KernelBuffer, Kernels } from '../../src/kernels/api.ts'
+import { createJsKernels } from '../../src/kernels/js.ts'
+import { KERNEL_TYPES, PACKED_TYPE_BASE } from '../../src/kernels/types.ts'
+import { createWasmKernels, liveKernelWorkers } from '../../src/kernels/wasm.ts'
 
 const { F32, F16, Q4_0, Q8_0, Q4_K, Q6_K } = GGML_TYPE
 const NAMES: Record<number, string> = {

@@ -9,13 +9,6 @@
  * layers one shard can take. Typed-array views from `bytes()`/`f32()` must be taken again after an
  * `alloc` (the memory may have grown).
  */
-import type { CreateWasmKernelsOptions } from './wasm.ts'
-
-export { KernelMemoryError, KernelUnavailableError } from './errors.ts'
-export { createJsKernels } from './js.ts'
-export { ggmlTypeOf, KERNEL_TYPES, PACKED_TYPE_BASE } from './types.ts'
-export { createWasmKernels } from './wasm.ts'
-export type { CreateWasmKernelsOptions }
 
 /** A range of kernel memory. Views are cached and re-created after memory growth. */
 export interface KernelBuffer {
