@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { hostname } from 'node:os'
-import { CorruptFileError, InvalidArgumentError } from '@meshnet/core'
+import { CorruptFileError, InvalidArgumentError, parseWith } from '@meshnet/core'
 import { writeFileAtomic } from '@meshnet/identity'
 import { parse, stringify } from 'yaml'
 import { z } from 'zod'
@@ -51,14 +51,16 @@ export async function readNodeConfig(path: string): Promise<NodeConfig | undefin
   } catch (err) {
     throw new CorruptFileError(`${path} is not valid YAML: ${(err as Error).message}`, { cause: err })
   }
-  const parsed = nodeConfigSchema.safeParse(doc)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new CorruptFileError(`${path}: ${issue.path.join('.') || 'document'}: ${issue.message}`, {
-      hint: 'fix the file by hand or run `mesh init` with the right flags',
-    })
-  }
-  return parsed.data
+  return parseWith(
+    nodeConfigSchema,
+    doc,
+    `${path}:`,
+    (message, options) =>
+      new CorruptFileError(message, {
+        ...options,
+        hint: 'fix the file by hand or run `mesh init` with the right flags',
+      }),
+  )
 }
 
 export async function writeNodeConfig(path: string, config: NodeConfig): Promise<void> {

@@ -1,5 +1,5 @@
 import { availableParallelism } from 'node:os'
-import { InvalidArgumentError } from '@meshnet/core'
+import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import { openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
 import { EngineDisposedError, UnsupportedModelError } from './errors.ts'
@@ -82,12 +82,8 @@ export interface MeshnetEngine extends InferenceEngine {
 /** Loads a llama GGUF into the Meshnet engine (all layers, all columns). */
 export async function createMeshnetEngine(options: MeshnetEngineOptions): Promise<MeshnetEngine> {
   const { kernels: given, signal, openTokenizer, ...rest } = options
-  const parsed = meshnetEngineOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`meshnet engine option ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const opts = parsed.data
+  const parsed = parseWith(meshnetEngineOptionsSchema, rest, 'meshnet engine option')
+  const opts = parsed
   const owned = typeof given !== 'object'
   const kernels =
     given === 'js'

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/core'
+import { parseWith } from '@meshnet/core'
 import { z } from 'zod'
 
 /**
@@ -87,13 +87,9 @@ export function argmax(logits: Float32Array): number {
 
 /** Creates a sampler. Options are checked here (InvalidArgumentError names the bad one). */
 export function createSampler(options: SamplingOptions = {}): Sampler {
-  const parsed = samplingOptionsSchema.safeParse(options)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`sampling option ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const seed = parsed.data.seed ?? Math.floor(Date.now() / 1000) >>> 0
-  const resolved = { ...parsed.data, seed }
+  const parsed = parseWith(samplingOptionsSchema, options, 'sampling option')
+  const seed = parsed.seed ?? Math.floor(Date.now() / 1000) >>> 0
+  const resolved = { ...parsed, seed }
   if (resolved.temperature <= 0) return { options: resolved, sample: argmax }
   const rng = new Mt19937(seed)
   return { options: resolved, sample: (logits) => sampleWithTemperature(logits, resolved, rng) }

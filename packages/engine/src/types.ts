@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/core'
+import { parseWith } from '@meshnet/core'
 import { z } from 'zod'
 import { samplingOptionsSchema } from './sampling.ts'
 
@@ -114,10 +114,6 @@ export interface EvaluateLogitsOptions {
 /** Parses generate options; InvalidArgumentError names the bad one. */
 export function parseGenerateOptions(options: GenerateOptions = {}): z.output<typeof generateOptionsSchema> {
   const { signal: _signal, onToken: _onToken, ...rest } = options
-  const parsed = generateOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`generate option ${issue.path.join('.') || '(options)'}: ${issue.message}`)
-  }
-  return parsed.data
+  const parsed = parseWith(generateOptionsSchema, rest, 'generate option')
+  return parsed
 }

@@ -1,5 +1,5 @@
 import { type FileHandle, open } from 'node:fs/promises'
-import { FileAccessError, InvalidArgumentError } from '@meshnet/core'
+import { FileAccessError, InvalidArgumentError, parseWith } from '@meshnet/core'
 import { z } from 'zod'
 import { GGUFFormatError, TensorNotFoundError } from './errors.ts'
 import {
@@ -73,13 +73,9 @@ export interface GGUFReader {
 
 /** Opens and validates a GGUF v2/v3 file. Throws GGUFFormatError naming the file and byte offset. */
 export async function openGGUF(path: string, options: OpenGGUFOptions = {}): Promise<GGUFReader> {
-  const parsed = openOptionsSchema.safeParse(options)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`openGGUF options.${issue.path.join('.')}: ${issue.message}`)
-  }
+  const parsed = parseWith(openOptionsSchema, options, 'openGGUF options')
   const limits: GGUFLimits = { ...DEFAULT_GGUF_LIMITS }
-  for (const [k, v] of Object.entries(parsed.data.limits ?? {})) {
+  for (const [k, v] of Object.entries(parsed.limits ?? {})) {
     if (v !== undefined) limits[k as keyof GGUFLimits] = v
   }
   let handle: FileHandle

@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/core'
+import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import {
   ContextOverflowError,
   EngineDisposedError,
@@ -47,12 +47,8 @@ export interface LlamaCppEngine extends InferenceEngine {
 /** Loads a GGUF model into llama.cpp and creates its context. */
 export async function createLlamaCppEngine(options: LlamaCppEngineOptions): Promise<LlamaCppEngine> {
   const { signal, ...rest } = options
-  const parsed = llamaCppEngineOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`llama-cpp engine option ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const opts = parsed.data
+  const parsed = parseWith(llamaCppEngineOptionsSchema, rest, 'llama-cpp engine option')
+  const opts = parsed
   const runtime = await acquireLlama()
   let model: LlamaModel | undefined
   try {

@@ -1,6 +1,6 @@
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { CorruptFileError, FileAccessError, InvalidArgumentError } from '@meshnet/core'
+import { CorruptFileError, FileAccessError, InvalidArgumentError, parseWith } from '@meshnet/core'
 import { dataDirLayout } from '@meshnet/identity'
 import type { z } from 'zod'
 import { isPoolId } from './encoding.ts'
@@ -38,15 +38,13 @@ export function parseJsonFile<T>(path: string, text: string, schema: z.ZodType<T
   } catch (err) {
     throw new CorruptFileError(`${path} is corrupt: not valid JSON`, { cause: err, details: { path } })
   }
-  const parsed = schema.safeParse(json)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]
-    throw new CorruptFileError(
-      `${path} is corrupt: ${issue?.path.join('.') || 'document'}: ${issue?.message ?? 'invalid'}`,
-      { details: { path } },
-    )
-  }
-  return parsed.data
+  return parseWith(
+    schema,
+    json,
+    `${path} is corrupt:`,
+    (message, options) =>
+      new CorruptFileError(message, { ...options, details: { ...options.details, path } }),
+  )
 }
 
 export function jsonText(value: unknown): string {

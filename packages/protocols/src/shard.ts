@@ -1,4 +1,5 @@
 import { endianness } from 'node:os'
+import { parseWith } from '@meshnet/core'
 import { fp16ToFp32, fp32ToFp16 } from '@meshnet/gguf'
 import { z } from 'zod'
 import { ShardSessionError } from './errors.ts'
@@ -192,12 +193,12 @@ export function decodeControl<T>(frame: Uint8Array, kind: number, schema: z.ZodT
   } catch {
     throw new ShardSessionError(`${what} frame is not UTF-8 JSON`)
   }
-  const parsed = schema.safeParse(value)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new ShardSessionError(`${what} frame: ${issue.path.join('.') || '(message)'}: ${issue.message}`)
-  }
-  return parsed.data
+  return parseWith(
+    schema,
+    value,
+    `${what} frame:`,
+    (message, options) => new ShardSessionError(message, options),
+  )
 }
 
 export function encodeShardError(err: unknown, suspect?: string): Uint8Array {

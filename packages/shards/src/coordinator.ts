@@ -1,4 +1,4 @@
-import { InvalidArgumentError, silentLogger } from '@meshnet/core'
+import { InvalidArgumentError, parseWith, silentLogger } from '@meshnet/core'
 import type { StopReason } from '@meshnet/engine'
 import { createSampler } from '@meshnet/engine'
 import { Attempt, AttemptError } from './attempt.ts'
@@ -31,14 +31,8 @@ export async function* runShardedGeneration(
   options: ShardedGenerationOptions,
 ): AsyncGenerator<ShardedToken, ShardedGenerationResult> {
   const { node, gate, plan: initialPlan, local, replan, signal, logger: givenLogger, ...rest } = options
-  const parsed = shardedGenerationOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(
-      `sharded generation option ${issue.path.join('.') || '(options)'}: ${issue.message}`,
-    )
-  }
-  const opts = parsed.data
+  const parsed = parseWith(shardedGenerationOptionsSchema, rest, 'sharded generation option')
+  const opts = parsed
   const logger = (givenLogger ?? silentLogger()).child({ component: 'sharded-run' })
   let plan = parseShardedPlan(initialPlan)
   const prompt = opts.promptTokens

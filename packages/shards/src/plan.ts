@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/core'
+import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import { readLlamaConfig } from '@meshnet/engine'
 import { findGGMLType, openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
@@ -42,12 +42,8 @@ export type ParsedShardedPlan = z.output<typeof shardedPlanSchema>
 
 /** Checks a plan's shape: layer ranges (or head and FFN ranges) that follow each other from 0. */
 export function parseShardedPlan(plan: unknown): ParsedShardedPlan {
-  const parsed = shardedPlanSchema.safeParse(plan)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`sharded plan ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const p = parsed.data
+  const parsed = parseWith(shardedPlanSchema, plan, 'sharded plan')
+  const p = parsed
   const ids = p.shards.map((s) => s.nodeId)
   if (new Set(ids).size !== ids.length) {
     throw new InvalidArgumentError(`sharded plan names a member twice: ${ids.join(', ')}`)

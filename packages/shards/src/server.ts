@@ -1,4 +1,4 @@
-import { InvalidArgumentError, type Logger, silentLogger } from '@meshnet/core'
+import { type Logger, parseWith, silentLogger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
 import type { Kernels } from '@meshnet/engine'
 import { z } from 'zod'
@@ -69,12 +69,8 @@ export interface ShardServer {
  */
 export function shardServer(init: ShardServerInit): ShardServer {
   const { node, gate, kernels, models, logger, ...rest } = init
-  const parsed = shardServerOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`shard server option ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const opts = parsed.data
+  const parsed = parseWith(shardServerOptionsSchema, rest, 'shard server option')
+  const opts = parsed
   const directHost =
     opts.direct === false
       ? undefined

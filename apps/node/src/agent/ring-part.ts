@@ -22,7 +22,7 @@ import {
   topologyOf,
   writeTopologyFile,
 } from '@meshnet/ring'
-import { readShardModelFacts, type ServedModel, type ShardModelFacts } from '@meshnet/shards'
+import { readShardModelFacts, type ServedModel } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
 

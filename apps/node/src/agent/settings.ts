@@ -1,5 +1,5 @@
 import { readFile } from 'node:fs/promises'
-import { CorruptFileError, InvalidArgumentError } from '@meshnet/core'
+import { CorruptFileError, InvalidArgumentError, parseWith } from '@meshnet/core'
 import { parse } from 'yaml'
 import { z } from 'zod'
 
@@ -89,22 +89,21 @@ export async function readSettingsFile(
   } catch (err) {
     throw new CorruptFileError(`${path} is not valid YAML: ${(err as Error).message}`, { cause: err })
   }
-  const parsed = schema.safeParse(doc)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`${path}: ${issue.path.join('.') || 'document'}: ${issue.message}`)
-  }
-  return parsed.data as AgentSettings
+  return parseWith(schema, doc, `${path}:`) as AgentSettings
 }
 
 /** Validates merged settings; the error names the field (`listen.0: a multiaddr such as ...`). */
 export function parseSettings<T>(schema: z.ZodType<T>, value: unknown): T {
-  const parsed = schema.safeParse(value)
-  if (parsed.success) return parsed.data
-  const issue = parsed.error.issues[0]!
-  throw new InvalidArgumentError(`setting ${issue.path.join('.') || 'value'}: ${issue.message}`, {
-    hint: 'check the flag, --config file or config.yaml that sets it',
-  })
+  return parseWith(
+    schema,
+    value,
+    'setting',
+    (message, options) =>
+      new InvalidArgumentError(message, {
+        ...options,
+        hint: 'check the flag, --config file or config.yaml that sets it',
+      }),
+  )
 }
 
 /** Later sources win field by field; `beacon`, `api` and `controlPlane` merge key by key. */

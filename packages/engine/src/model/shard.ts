@@ -1,5 +1,5 @@
 import { open } from 'node:fs/promises'
-import { InvalidArgumentError } from '@meshnet/core'
+import { parseWith } from '@meshnet/core'
 import { type GGUFReader, openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
 import { InvalidShardError } from '../errors.ts'
@@ -71,12 +71,8 @@ export type LoadShardOptions = z.input<typeof loadShardOptionsSchema> & {
  */
 export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> {
   const { kernels, signal, ...rest } = options
-  const parsed = loadShardOptionsSchema.safeParse(rest)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!
-    throw new InvalidArgumentError(`loadShard option ${issue.path.join('.')}: ${issue.message}`)
-  }
-  const opts = parsed.data
+  const parsed = parseWith(loadShardOptionsSchema, rest, 'loadShard option')
+  const opts = parsed
   const file = await openGGUF(opts.path)
   const handle = await open(opts.path, 'r').catch(async (err: unknown) => {
     await file.close()
