@@ -1,7 +1,7 @@
 import type { InferenceEngine } from '@meshnet/engine'
 import { createEngine, type EngineName } from '@meshnet/llama-cpp'
 import { modelInfo } from '../src/agent/model-info.ts'
-import type { CompletionBackend, CompletionModel, CompletionOutcome } from '../src/agent/openai-api.ts'
+import type { CompletionBackend, CompletionModel, CompletionOutcome } from '../src/agent/openai-types.ts'
 
 /** A CompletionBackend over real engines, one per model, for the API tests. */
 export interface EngineBackend extends CompletionBackend {

@@ -1,13 +1,13 @@
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { JobsPart } from './jobs-part.ts'
 import { modelInfo } from './model-info.ts'
+import { startOpenAiApi } from './openai-api.ts'
 import {
   BackendUnavailableError,
   type CompletionBackend,
   type CompletionModel,
   type OpenAiApi,
-  startOpenAiApi,
-} from './openai-api.ts'
+} from './openai-types.ts'
 
 /** Tokens one job may generate (the job protocol's cap). */
 const MAX_JOB_TOKENS = 32_768

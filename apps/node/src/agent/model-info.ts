@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises'
 import { openGGUF } from '@meshnet/gguf'
-import type { CompletionModel } from './openai-api.ts'
+import type { CompletionModel } from './openai-types.ts'
 
 /** What the API shows of a GGUF: its chat template and the text of its BOS and EOS tokens. */
 export async function modelInfo(

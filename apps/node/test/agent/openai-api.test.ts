@@ -11,13 +11,13 @@ import {
 } from '@meshnet/gguf'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { startOpenAiApi } from '../../src/agent/openai-api.ts'
 import {
   BackendUnavailableError,
   type CompletionBackend,
   MAX_OPENAI_BODY,
   type OpenAiApi,
-  startOpenAiApi,
-} from '../../src/agent/openai-api.ts'
+} from '../../src/agent/openai-types.ts'
 import { type EngineBackend, engineBackend } from '../openai-backend.ts'
 
 // A template in the style of Zephyr: BOS first (dropped, since the tokenizer adds it), role markers

@@ -1,0 +1,109 @@
+import { createHash } from 'node:crypto'
+import { type Logger, MeshError, type MeshErrorOptions } from '@meshnet/core'
+import type { ChatTemplate } from './chat-template.ts'
+
+/** Largest request body the OpenAI-compatible API reads (413 above it). */
+export const MAX_OPENAI_BODY = 1024 * 1024
+/** Most stop sequences one request may give (OpenAI's limit). */
+export const MAX_STOP_SEQUENCES = 4
+/** `max_tokens` of `/v1/completions` when the request gives none (OpenAI's default). */
+export const DEFAULT_COMPLETION_MAX_TOKENS = 16
+
+/** A model the API lists and serves. */
+export interface CompletionModel {
+  id: string
+  /** Unix seconds. */
+  created: number
+  ownedBy: string
+  /** Tokens of context: prompt plus completion must fit. */
+  contextLength: number
+  /** The GGUF's `tokenizer.chat_template` (Jinja); absent: the plain fallback template. */
+  chatTemplate?: string
+  /** Text of the BOS token, for templates (`{{ bos_token }}`). */
+  bosToken?: string
+  /** Text of the EOS token, for templates (`{{ eos_token }}`). */
+  eosToken?: string
+  /**
+   * The tokenizer puts BOS in front of every prompt (`tokenizer.ggml.add_bos_token`; default true),
+   * so a leading `bos_token` that a chat template writes is dropped from the prompt text.
+   */
+  addBosToken?: boolean
+}
+
+/** One generation the API asks of the backend. */
+export interface CompletionRequest {
+  model: string
+  /**
+   * The prompt text. Text of the model's control tokens in it (`<s>`, `<|im_start|>`, as chat
+   * templates write them) should be tokenized as those tokens, as llama.cpp's server does.
+   */
+  prompt: string
+  /** At least 1; the API already capped it to the context left after the prompt. */
+  maxTokens: number
+  temperature?: number
+  topP?: number
+  /** Non-OpenAI extension (`top_k`, as llama.cpp's server and vLLM take it). */
+  topK?: number
+  seed?: number
+  signal: AbortSignal
+}
+
+/** How a generation ended. */
+export interface CompletionOutcome {
+  promptTokens: number
+  completionTokens: number
+  stopReason: 'maxTokens' | 'eog' | 'abort' | 'contextFull'
+}
+
+/** What the API runs completions on (the agent's job runner; in tests, an engine). */
+export interface CompletionBackend {
+  models(): CompletionModel[]
+  /** Number of tokens the model's tokenizer makes of `text` (with BOS as generation would add it). */
+  countTokens(model: string, text: string): Promise<number>
+  /** Streams the generated tokens' text; returns the counts when done. Must stop promptly when signal aborts. */
+  generate(
+    request: CompletionRequest,
+  ): AsyncGenerator<{ id: number; text: string }, CompletionOutcome, undefined>
+}
+
+/**
+ * The backend cannot serve right now (no ring, no member holding the model, shutting down). The API
+ * answers 503, which OpenAI clients retry.
+ */
+export class BackendUnavailableError extends MeshError {
+  override name = 'BackendUnavailableError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_BACKEND_UNAVAILABLE', message, options)
+  }
+}
+
+export interface OpenAiApiOptions {
+  backend: CompletionBackend
+  /** Address to bind; default 127.0.0.1 (this machine only). */
+  host?: string
+  /** 0 picks a free port. */
+  port: number
+  /** When set, every request needs `Authorization: Bearer <apiKey>`. */
+  apiKey?: string
+  logger: Logger
+}
+
+export interface OpenAiApi {
+  readonly port: number
+  readonly host: string
+  /** Stops listening, aborts running generations and waits for them to end. */
+  close(): Promise<void>
+}
+
+export interface ServerState {
+  backend: CompletionBackend
+  logger: Logger
+  /** SHA-256 of the API key; compared in constant time. */
+  keyDigest: Buffer | undefined
+  /** Parsed chat templates by source. */
+  templates: Map<string, ChatTemplate>
+  running: Set<Promise<void>>
+  closing: boolean
+}
+
+export const digest = (text: string) => createHash('sha256').update(text).digest()
