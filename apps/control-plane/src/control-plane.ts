@@ -7,8 +7,9 @@ import pkg from '../package.json' with { type: 'json' }
 import { openControlPlaneDb } from './db.ts'
 import { describeIssues } from './http.ts'
 import { controlPlaneFiles } from './layout.ts'
+import { maintain } from './maintain.ts'
 import { createControlPlaneServer } from './server.ts'
-import { type ControlPlaneContext, JobEvents, maintain } from './state.ts'
+import { type ControlPlaneContext, JobEvents } from './state.ts'
 import { loadOrCreateToken } from './token.ts'
 
 /** Defaults of {@link ControlPlaneOptions}. */

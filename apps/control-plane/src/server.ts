@@ -1,11 +1,12 @@
 import { timingSafeEqual } from 'node:crypto'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { HttpError, type Route, readJsonBody, sendJson, streaming } from './http.ts'
+import { maintain } from './maintain.ts'
 import { deviceRoutes } from './routes/devices.ts'
 import { jobRoutes } from './routes/jobs.ts'
 import { poolRoutes } from './routes/pools.ts'
 import { statsRoutes } from './routes/stats.ts'
-import { type ControlPlaneContext, maintain } from './state.ts'
+import type { ControlPlaneContext } from './state.ts'
 
 interface CompiledRoute extends Route {
   pattern: RegExp

@@ -31,7 +31,7 @@ import {
   NotPoolAdminError,
   refusalText,
 } from './errors.ts'
-import { jsonText, parseJsonFile, poolFile, readIfPresent, withFileLock } from './files.ts'
+import { jsonText, parseJsonFile, readIfPresent, withFileLock } from './files.ts'
 import {
   encodeJoinResponse,
   generateJoinToken,
@@ -45,7 +45,14 @@ import {
 } from './join.ts'
 import type { ReplayCache } from './replay-cache.ts'
 import { createRevocationList, encodeRevocationList, type RevocationList } from './revocation.ts'
-import { listMembers, loadRevocationList, type Pool, recordMember, saveRevocationList } from './store.ts'
+import {
+  listMembers,
+  loadRevocationList,
+  type Pool,
+  poolFile,
+  recordMember,
+  saveRevocationList,
+} from './store.ts'
 
 /**
  * The admin side of one pool: join tokens, join requests (decide, approve, deny), certificates and

@@ -1,24 +1,9 @@
 import { readFile } from 'node:fs/promises'
-import { join } from 'node:path'
-import { CorruptFileError, FileAccessError, InvalidArgumentError, parseWith } from '@meshnet/core'
-import { dataDirLayout } from '@meshnet/identity'
+import { CorruptFileError, FileAccessError, parseWith } from '@meshnet/core'
 import type { z } from 'zod'
-import { isPoolId } from './encoding.ts'
-import { POOL_FILES, type Pool } from './store.ts'
 
 export const b64 = (bytes: Uint8Array) => Buffer.from(bytes).toString('base64')
 export const unb64 = (text: string) => new Uint8Array(Buffer.from(text, 'base64'))
-
-export function poolFile(pool: Pick<Pool, 'dir'>, file: keyof typeof POOL_FILES): string {
-  return join(pool.dir, POOL_FILES[file])
-}
-
-export function poolDirOf(dataDir: string, poolId: string): string {
-  if (!isPoolId(poolId)) {
-    throw new InvalidArgumentError(`"${poolId}" is not a pool id`, { hint: 'pool ids look like pool-abcd…' })
-  }
-  return dataDirLayout(dataDir).poolDir(poolId)
-}
 
 /** Reads a file, undefined when it does not exist. */
 export async function readIfPresent(path: string): Promise<Buffer | undefined> {

@@ -33,16 +33,7 @@ import {
   timestampSchema,
 } from './encoding.ts'
 import { JoinResponseError, PoolNotFoundError } from './errors.ts'
-import {
-  b64,
-  jsonText,
-  parseJsonFile,
-  poolDirOf,
-  poolFile,
-  readIfPresent,
-  unb64,
-  withFileLock,
-} from './files.ts'
+import { b64, jsonText, parseJsonFile, readIfPresent, unb64, withFileLock } from './files.ts'
 import type { JoinResponse } from './join.ts'
 import {
   decodeRevocationList,
@@ -121,6 +112,17 @@ export interface PoolMember {
   issuedAt: number
   expiresAt: number
   certificate: Certificate
+}
+
+export function poolFile(pool: Pick<Pool, 'dir'>, file: keyof typeof POOL_FILES): string {
+  return join(pool.dir, POOL_FILES[file])
+}
+
+export function poolDirOf(dataDir: string, poolId: string): string {
+  if (!isPoolId(poolId)) {
+    throw new InvalidArgumentError(`"${poolId}" is not a pool id`, { hint: 'pool ids look like pool-abcd…' })
+  }
+  return dataDirLayout(dataDir).poolDir(poolId)
 }
 
 // ---- pools ------------------------------------------------------------------------------------
