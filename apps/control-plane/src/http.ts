@@ -1,5 +1,6 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { MeshError, type MeshErrorOptions } from '@meshnet/core'
+import type { BodyErrors } from '@meshnet/http'
 import type { z } from 'zod'
 
 /** Largest request body the control plane reads: 64 KiB. */
@@ -31,61 +32,38 @@ export const ok = (body: unknown): Reply => ({ status: 200, body })
 export const created = (body: unknown): Reply => ({ status: 201, body })
 export const noContent = (): Reply => ({ status: 204 })
 
-export function sendJson(res: ServerResponse, status: number, body: unknown, close = false): void {
-  if (res.headersSent) {
-    res.end()
-    return
-  }
+/** A JSON response with the control plane's headers (no caching; a realm on 401; closes after 413). */
+export function jsonResponse(status: number, body: unknown, close = false): Response {
   const headers: Record<string, string> = { 'cache-control': 'no-store' }
   if (status === 401) headers['www-authenticate'] = 'Bearer realm="mesh-control-plane"'
   if (close) headers.connection = 'close'
-  if (status === 204) {
-    res.writeHead(status, headers).end()
-    return
-  }
+  if (status === 204) return new Response(null, { status, headers })
   const text = JSON.stringify(body)
-  res
-    .writeHead(status, {
+  return new Response(text, {
+    status,
+    headers: {
       ...headers,
       'content-type': 'application/json; charset=utf-8',
       'content-length': String(Buffer.byteLength(text)),
-    })
-    .end(text)
+    },
+  })
 }
 
-/**
- * Reads a JSON request body of at most {@link MAX_BODY_BYTES}: 413 when larger (checked against
- * Content-Length first, then while reading), 400 naming the problem when it is not JSON.
- * An empty body is `undefined`.
- */
-export async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const declared = Number(req.headers['content-length'])
-  if (Number.isFinite(declared) && declared > MAX_BODY_BYTES) throw tooLarge(declared)
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > MAX_BODY_BYTES) throw tooLarge(size)
-    chunks.push(chunk as Buffer)
-  }
-  if (size === 0) return undefined
-  const text = Buffer.concat(chunks).toString('utf8')
-  try {
-    return JSON.parse(text)
-  } catch (err) {
-    throw new HttpError(400, 'ERR_BAD_JSON', `request body is not valid JSON: ${(err as Error).message}`, {
+/** How the control plane refuses a body: 413 over {@link MAX_BODY_BYTES}, 400 when not JSON. */
+export const bodyErrors: BodyErrors = {
+  tooLarge: (bytes) =>
+    new HttpError(
+      413,
+      'ERR_TOO_LARGE',
+      `request body of ${bytes} bytes is over the ${MAX_BODY_BYTES}-byte limit`,
+      {
+        details: { limit: MAX_BODY_BYTES },
+      },
+    ),
+  badJson: (err) =>
+    new HttpError(400, 'ERR_BAD_JSON', `request body is not valid JSON: ${err.message}`, {
       hint: 'send a JSON object with Content-Type: application/json',
-    })
-  }
-}
-
-function tooLarge(bytes: number): HttpError {
-  return new HttpError(
-    413,
-    'ERR_TOO_LARGE',
-    `request body of ${bytes} bytes is over the ${MAX_BODY_BYTES}-byte limit`,
-    { details: { limit: MAX_BODY_BYTES } },
-  )
+    }),
 }
 
 /**

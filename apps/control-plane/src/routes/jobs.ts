@@ -1,5 +1,5 @@
 import { randomUUID } from 'node:crypto'
-import type { ServerResponse } from 'node:http'
+import { SseWriter } from '@meshnet/http'
 import { jobIdSchema, nodeIdSchema, poolIdSchema } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { ChunkRecord, JobRecord } from '../db.ts'
@@ -234,27 +234,22 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
       handler({ params, req, res }) {
         const job = requireJob(params)
         const lastEventId = Number.parseInt(String(req.headers['last-event-id'] ?? '0'), 10)
-        res.writeHead(200, {
-          'content-type': 'text/event-stream; charset=utf-8',
-          'cache-control': 'no-store',
-          'x-accel-buffering': 'no',
-        })
-        res.flushHeaders()
+        const sse = new SseWriter(res, { cacheControl: 'no-store' })
         // Replay and subscribe in the same tick: no append can fall between the two.
         for (const chunk of ctx.db.chunks(job.id, Number.isSafeInteger(lastEventId) ? lastEventId : 0)) {
-          sendToken(res, chunk)
+          sendToken(sse, chunk)
         }
         if (TERMINAL.has(job.status)) {
-          sendEnd(res, job)
+          sendEnd(sse, job)
           return streaming
         }
-        const ping = setInterval(() => res.writableEnded || res.write(': ping\n\n'), SSE_PING_MS)
+        const ping = setInterval(() => void sse.write(': ping\n\n'), SSE_PING_MS)
         ping.unref()
         const unsubscribe = ctx.events.subscribe(job.id, (event: JobEvent) => {
-          if (event.type === 'token') sendToken(res, event.chunk)
+          if (event.type === 'token') sendToken(sse, event.chunk)
           else if (event.type === 'requeued') {
-            sendEvent(res, 'requeued', { status: 'queued', attempts: event.job.attempts })
-          } else sendEnd(res, event.job)
+            void sse.send({ status: 'queued', attempts: event.job.attempts }, { event: 'requeued' })
+          } else sendEnd(sse, event.job)
         })
         res.on('close', () => {
           unsubscribe()
@@ -266,19 +261,14 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
   ]
 }
 
-function sendEvent(res: ServerResponse, event: string, data: unknown, id?: number): void {
-  if (res.writableEnded) return
-  res.write(`${id === undefined ? '' : `id: ${id}\n`}event: ${event}\ndata: ${JSON.stringify(data)}\n\n`)
-}
-
-function sendToken(res: ServerResponse, chunk: ChunkRecord): void {
-  sendEvent(res, 'token', { tokens: chunk.tokens, text: chunk.text }, chunk.id)
+function sendToken(sse: SseWriter, chunk: ChunkRecord): void {
+  void sse.send({ tokens: chunk.tokens, text: chunk.text }, { event: 'token', id: chunk.id })
 }
 
 /** The last event of a stream (`end` for a completed job, `error` otherwise); closes the response. */
-function sendEnd(res: ServerResponse, job: JobRecord): void {
+function sendEnd(sse: SseWriter, job: JobRecord): void {
   if (job.status === 'completed') {
-    sendEvent(res, 'end', { status: job.status, tokenCount: job.tokenCount, stats: job.stats })
-  } else sendEvent(res, 'error', { status: job.status, error: job.error })
-  if (!res.writableEnded) res.end()
+    void sse.send({ status: job.status, tokenCount: job.tokenCount, stats: job.stats }, { event: 'end' })
+  } else void sse.send({ status: job.status, error: job.error }, { event: 'error' })
+  sse.end()
 }

@@ -1,9 +1,17 @@
-import { randomBytes, timingSafeEqual } from 'node:crypto'
+import { randomBytes } from 'node:crypto'
 import { readFile } from 'node:fs/promises'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { ServerResponse } from 'node:http'
 import { isMeshError, type Logger, MeshError } from '@meshnet/core'
+import {
+  type BodyErrors,
+  bearerMatches,
+  listen,
+  type NodeEnv,
+  RESPONSE_ALREADY_SENT,
+  readJsonBody,
+} from '@meshnet/http'
 import { type DataDirLayout, writeFileAtomic } from '@meshnet/identity'
+import { Hono } from 'hono'
 import { z } from 'zod'
 
 /** Largest request body the control API reads. */
@@ -71,98 +79,62 @@ export async function startControlServer(options: {
 }): Promise<ControlServer> {
   const token = randomBytes(32).toString('hex')
   await writeFileAtomic(options.layout.controlToken, `${token}\n`, { mode: 0o600 })
-  const expected = Buffer.from(`Bearer ${token}`)
-  const routes = compileRoutes(options.routes)
-  const server = createServer((req, res) => {
-    void handle(req, res, routes, expected, options.logger)
-  })
-  server.on('clientError', (_err, socket) => socket.destroy())
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(0, '127.0.0.1', () => resolve())
-  })
-  const port = (server.address() as AddressInfo).port
+  const server = await listen(controlApp(options.routes, token, options.logger))
   const info: AgentInfo = {
     pid: process.pid,
-    port,
+    port: server.port,
     nodeId: options.nodeId,
     startedAt: new Date().toISOString(),
   }
   await writeFileAtomic(options.layout.agentInfo, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 })
-  return { port, close: () => closeServer(server) }
+  return { port: server.port, close: () => server.close() }
 }
 
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve())
-    server.closeAllConnections()
-  })
+const bodyErrors: BodyErrors = {
+  tooLarge: () => new ControlRequestError(413, 'ERR_TOO_LARGE', 'control request body over 64 KiB'),
+  badJson: () => new ControlRequestError(400, 'ERR_BAD_JSON', 'control request body is not JSON'),
 }
 
-interface CompiledRoute {
-  method: string
-  pattern: RegExp
-  names: string[]
-  handler: ControlHandler
-}
-
-function compileRoutes(routes: ControlRoutes): CompiledRoute[] {
-  return Object.entries(routes).map(([key, handler]) => {
-    const [method, path] = key.split(' ') as [string, string]
-    const names: string[] = []
-    const pattern = new RegExp(
-      `^${path.replace(/:([A-Za-z]+)/g, (_, name: string) => {
-        names.push(name)
-        return '([^/]+)'
-      })}$`,
-    )
-    return { method, pattern, names, handler }
-  })
-}
-
-async function handle(
-  req: IncomingMessage,
-  res: ServerResponse,
-  routes: CompiledRoute[],
-  expected: Buffer,
-  logger: Logger,
-): Promise<void> {
-  const reply = (status: number, body: unknown) => {
-    res.writeHead(status, { 'content-type': 'application/json' })
-    res.end(JSON.stringify(body))
-  }
-  try {
-    const auth = Buffer.from(req.headers.authorization ?? '')
-    if (auth.length !== expected.length || !timingSafeEqual(auth, expected)) {
-      reply(401, { error: { code: 'ERR_UNAUTHORIZED', message: 'missing or wrong control token' } })
-      return
+/** The routes on Hono, behind the token; a route's generator streams as NDJSON lines. */
+function controlApp(routes: ControlRoutes, token: string, logger: Logger): Hono<NodeEnv> {
+  const app = new Hono<NodeEnv>()
+  app.use(async (c, next) => {
+    if (!bearerMatches(c.req.header('authorization'), token)) {
+      return c.json({ error: { code: 'ERR_UNAUTHORIZED', message: 'missing or wrong control token' } }, 401)
     }
-    const path = new URL(req.url ?? '/', 'http://127.0.0.1').pathname
-    for (const route of routes) {
-      const match = route.method === req.method ? route.pattern.exec(path) : null
-      if (match === null) continue
-      const params = Object.fromEntries(
-        route.names.map((name, i) => [name, decodeURIComponent(match[i + 1]!)]),
-      )
-      const body = req.method === 'GET' ? undefined : await readJsonBody(req)
+    await next()
+  })
+  for (const [key, handler] of Object.entries(routes)) {
+    const [method, path] = key.split(' ') as [string, string]
+    app.on(method, path, async (c) => {
+      const body =
+        method === 'GET'
+          ? undefined
+          : await readJsonBody(c.env.incoming, { maxBytes: MAX_CONTROL_BODY, errors: bodyErrors })
       const gone = new AbortController()
+      const res = c.env.outgoing
       res.on('close', () => {
         if (!res.writableFinished) gone.abort()
       })
-      const result = await route.handler(body, params, { signal: gone.signal })
-      if (isAsyncGenerator(result)) await streamLines(res, result, logger)
-      else reply(200, result ?? {})
-      return
-    }
-    reply(404, { error: { code: 'ERR_NOT_FOUND', message: `no control route ${req.method} ${path}` } })
-  } catch (err) {
-    if (isMeshError(err)) {
-      reply(400, { error: { name: err.name, code: err.code, message: err.message } })
-    } else {
-      logger.error({ err }, 'control request failed')
-      reply(500, { error: { code: 'ERR_INTERNAL', message: (err as Error).message } })
-    }
+      const result = await handler(body, c.req.param() as Record<string, string>, { signal: gone.signal })
+      if (!isAsyncGenerator(result)) return c.json(result ?? {}, 200)
+      await streamLines(res, result, logger)
+      return RESPONSE_ALREADY_SENT
+    })
   }
+  app.notFound((c) =>
+    c.json(
+      { error: { code: 'ERR_NOT_FOUND', message: `no control route ${c.req.method} ${c.req.path}` } },
+      404,
+    ),
+  )
+  app.onError((err, c) => {
+    if (isMeshError(err))
+      return c.json({ error: { name: err.name, code: err.code, message: err.message } }, 400)
+    logger.error({ err }, 'control request failed')
+    return c.json({ error: { code: 'ERR_INTERNAL', message: err.message } }, 500)
+  })
+  return app
 }
 
 function isAsyncGenerator(value: unknown): value is AsyncGenerator<unknown, unknown> {
@@ -192,23 +164,6 @@ async function streamLines(res: ServerResponse, gen: AsyncGenerator<unknown, unk
     line({ type: 'error', error: { name: e.name, code: e.code ?? 'ERR_INTERNAL', message: e.message } })
   }
   res.end()
-}
-
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const chunks: Buffer[] = []
-  let size = 0
-  for await (const chunk of req) {
-    size += (chunk as Buffer).length
-    if (size > MAX_CONTROL_BODY)
-      throw new ControlRequestError(413, 'ERR_TOO_LARGE', 'control request body over 64 KiB')
-    chunks.push(chunk as Buffer)
-  }
-  if (size === 0) return undefined
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
-  } catch {
-    throw new ControlRequestError(400, 'ERR_BAD_JSON', 'control request body is not JSON')
-  }
 }
 
 /** A client for the running agent's control API. */

@@ -1,6 +1,13 @@
-import { timingSafeEqual } from 'node:crypto'
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
+import type { IncomingMessage, ServerResponse } from 'node:http'
+import {
+  type BodyErrors,
+  bearerMatches,
+  listen,
+  type NodeEnv,
+  RESPONSE_ALREADY_SENT,
+  readJsonBody,
+} from '@meshnet/http'
+import { type Context, Hono } from 'hono'
 import { chat, complete } from './openai-generate.ts'
 import {
   ApiError,
@@ -12,13 +19,7 @@ import {
   parseRequest,
   sendJson,
 } from './openai-schemas.ts'
-import {
-  digest,
-  MAX_OPENAI_BODY,
-  type OpenAiApi,
-  type OpenAiApiOptions,
-  type ServerState,
-} from './openai-types.ts'
+import { MAX_OPENAI_BODY, type OpenAiApi, type OpenAiApiOptions, type ServerState } from './openai-types.ts'
 
 /**
  * Serves the OpenAI-compatible HTTP API over `backend`: `GET /v1/models`, `POST /v1/completions` and
@@ -33,111 +34,113 @@ export async function startOpenAiApi(options: OpenAiApiOptions): Promise<OpenAiA
   const state: ServerState = {
     backend: options.backend,
     logger,
-    keyDigest: options.apiKey === undefined ? undefined : digest(options.apiKey),
+    apiKey: options.apiKey,
     templates: new Map(),
     running: new Set(),
     closing: false,
   }
-  const server = createServer((req, res) => {
-    const done = handle(req, res, state).catch((err: unknown) => {
-      logger.error({ err }, 'OpenAI API request failed')
-      res.destroy()
-    })
-    state.running.add(done)
-    void done.finally(() => state.running.delete(done))
-  })
-  server.on('clientError', (_err, socket) => socket.destroy())
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(options.port, host, () => {
-      server.removeListener('error', reject)
-      resolve()
-    })
-  })
-  const port = (server.address() as AddressInfo).port
-  logger.debug({ host, port }, 'OpenAI-compatible API listening')
+  const server = await listen(openAiApp(state), { host, port: options.port })
+  logger.debug({ host, port: server.port }, 'OpenAI-compatible API listening')
   return {
-    port,
+    port: server.port,
     host,
     async close() {
       state.closing = true
-      await closeServer(server)
+      await server.close()
       await Promise.allSettled([...state.running])
     },
   }
 }
 
-function closeServer(server: Server): Promise<void> {
-  return new Promise((resolve) => {
-    server.close(() => resolve())
-    server.closeAllConnections()
+/** The routes on Hono; every answer is written to the Node response as OpenAI's API writes it. */
+function openAiApp(state: ServerState): Hono<NodeEnv> {
+  const app = new Hono<NodeEnv>({ strict: false })
+  app.use(async (c, next) => {
+    if (state.closing) throw new ApiError(503, 'the agent is shutting down', { code: 'shutting_down' })
+    authorize(c.req.header('authorization'), state.apiKey)
+    const done = next()
+    state.running.add(done)
+    await done.finally(() => state.running.delete(done))
   })
+  app.get('/v1/models', (c) => {
+    sendJson(c.env.outgoing, 200, { object: 'list', data: state.backend.models().map(modelObject) })
+    return RESPONSE_ALREADY_SENT
+  })
+  app.get('/v1/models/:id{.+}', (c) => {
+    sendJson(c.env.outgoing, 200, modelObject(findModel(state.backend.models(), c.req.param('id'))))
+    return RESPONSE_ALREADY_SENT
+  })
+  app.post('/v1/completions', async (c) => {
+    const { res, controller } = generation(c)
+    await complete(parseRequest(completionSchema, await body(c.env.incoming)), res, state, controller)
+    return RESPONSE_ALREADY_SENT
+  })
+  app.post('/v1/chat/completions', async (c) => {
+    const { res, controller } = generation(c)
+    await chat(parseRequest(chatSchema, await body(c.env.incoming)), res, state, controller)
+    return RESPONSE_ALREADY_SENT
+  })
+  for (const [path, allowed] of [
+    ['/v1/models', 'GET'],
+    ['/v1/models/:id{.+}', 'GET'],
+    ['/v1/completions', 'POST'],
+    ['/v1/chat/completions', 'POST'],
+  ] as const) {
+    app.all(path, (c) => {
+      throw new ApiError(405, `${c.req.method} is not allowed on ${trimmed(c)}; use ${allowed}`, {
+        code: 'method_not_allowed',
+        headers: { allow: allowed },
+      })
+    })
+  }
+  app.notFound((c) =>
+    refuse(
+      c,
+      state,
+      new ApiError(404, `Invalid URL (${c.req.method} ${trimmed(c) || '/'})`, { code: 'unknown_url' }),
+    ),
+  )
+  app.onError((err, c) => refuse(c, state, err))
+  return app
+}
+
+/** The path without trailing slashes, as errors name it. */
+const trimmed = (c: Context<NodeEnv>) => c.req.path.replace(/\/+$/, '')
+
+/** The response, and an abort for the generation when the client goes away before it ends. */
+function generation(c: Context<NodeEnv>): { res: ServerResponse; controller: AbortController } {
+  const res = c.env.outgoing
+  const controller = new AbortController()
+  res.on('close', () => {
+    if (!res.writableFinished) controller.abort()
+  })
+  return { res, controller }
+}
+
+/** Answers a refused or failed request in OpenAI's error shape (mid-stream: one last event). */
+function refuse(c: Context<NodeEnv>, state: ServerState, err: unknown): Response {
+  const res = c.env.outgoing
+  const error = apiError(err, state.logger)
+  if (!res.headersSent) {
+    sendJson(res, error.status, error.toJSON(), error.headers)
+  } else if (!res.writableEnded && !res.destroyed) {
+    // Mid-stream: one last event with the error, and no [DONE].
+    res.end(`data: ${JSON.stringify(error.toJSON())}\n\n`)
+  }
+  state.logger.debug(
+    { method: c.req.method, path: trimmed(c), status: error.status, err: error.message },
+    'OpenAI API request refused',
+  )
+  return RESPONSE_ALREADY_SENT
 }
 
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.')
 }
 
-// ---------------------------------------------------------------------------------------------
-// Requests
-
-async function handle(req: IncomingMessage, res: ServerResponse, state: ServerState): Promise<void> {
-  const controller = new AbortController()
-  // The client went away before the response ended: stop the generation.
-  res.on('close', () => {
-    if (!res.writableFinished) controller.abort()
-  })
-  const method = req.method ?? 'GET'
-  const path = (req.url ?? '/').split('?')[0]!.replace(/\/+$/, '')
-  try {
-    if (state.closing) throw new ApiError(503, 'the agent is shutting down', { code: 'shutting_down' })
-    authorize(req, state.keyDigest)
-    const modelPath = /^\/v1\/models\/(.+)$/.exec(path)
-    if (path === '/v1/models' || modelPath !== null) {
-      if (method !== 'GET') throw methodNotAllowed(method, path, 'GET')
-      const models = state.backend.models()
-      if (modelPath === null) {
-        sendJson(res, 200, { object: 'list', data: models.map(modelObject) })
-        return
-      }
-      sendJson(res, 200, modelObject(findModel(models, decodePathSegment(modelPath[1]!))))
-      return
-    }
-    if (path === '/v1/completions' || path === '/v1/chat/completions') {
-      if (method !== 'POST') throw methodNotAllowed(method, path, 'POST')
-      const body = await readJsonBody(req)
-      if (path === '/v1/completions')
-        await complete(parseRequest(completionSchema, body), res, state, controller)
-      else await chat(parseRequest(chatSchema, body), res, state, controller)
-      return
-    }
-    throw new ApiError(404, `Invalid URL (${method} ${path || '/'})`, { code: 'unknown_url' })
-  } catch (err) {
-    const error = apiError(err, state.logger)
-    if (!res.headersSent) {
-      sendJson(res, error.status, error.toJSON(), error.headers)
-    } else if (!res.writableEnded && !res.destroyed) {
-      // Mid-stream: one last event with the error, and no [DONE].
-      res.end(`data: ${JSON.stringify(error.toJSON())}\n\n`)
-    }
-    state.logger.debug(
-      { method, path, status: error.status, err: error.message },
-      'OpenAI API request refused',
-    )
-  }
-}
-
-function decodePathSegment(segment: string): string {
-  try {
-    return decodeURIComponent(segment)
-  } catch {
-    return segment
-  }
-}
-
-function authorize(req: IncomingMessage, keyDigest: Buffer | undefined): void {
-  if (keyDigest === undefined) return
-  const header = req.headers.authorization
+/** The API key check: none without a key; OpenAI's 401 messages with one. */
+function authorize(header: string | undefined, apiKey: string | undefined): void {
+  if (apiKey === undefined) return
   const headers = { 'www-authenticate': 'Bearer' }
   if (header === undefined || header === '') {
     throw new ApiError(401, "You didn't provide an API key. Send it as 'Authorization: Bearer <key>'.", {
@@ -145,42 +148,24 @@ function authorize(req: IncomingMessage, keyDigest: Buffer | undefined): void {
       headers,
     })
   }
-  const match = /^Bearer\s+(\S+)\s*$/i.exec(header)
-  if (match === null || !timingSafeEqual(digest(match[1]!), keyDigest)) {
+  if (!bearerMatches(header, apiKey)) {
     throw new ApiError(401, 'Incorrect API key provided.', { code: 'invalid_api_key', headers })
   }
 }
 
-function methodNotAllowed(method: string, path: string, allowed: string): ApiError {
-  return new ApiError(405, `${method} is not allowed on ${path}; use ${allowed}`, {
-    code: 'method_not_allowed',
-    headers: { allow: allowed },
-  })
-}
-
-async function readJsonBody(req: IncomingMessage): Promise<unknown> {
-  const tooLarge = () =>
+const bodyErrors: BodyErrors = {
+  tooLarge: () =>
     new ApiError(413, `the request body is larger than ${MAX_OPENAI_BODY} bytes`, {
       code: 'request_too_large',
       headers: { connection: 'close' },
-    })
-  const declared = Number(req.headers['content-length'] ?? 0)
-  if (declared > MAX_OPENAI_BODY) throw tooLarge()
-  const chunks: Buffer[] = []
-  let size = 0
-  try {
-    for await (const chunk of req) {
-      size += (chunk as Buffer).length
-      if (size > MAX_OPENAI_BODY) throw tooLarge()
-      chunks.push(chunk as Buffer)
-    }
-  } catch (err) {
-    if (err instanceof ApiError) throw err
-    throw new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' })
-  }
-  try {
-    return JSON.parse(Buffer.concat(chunks).toString('utf8'))
-  } catch {
-    throw new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' })
-  }
+    }),
+  badJson: () => new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' }),
+  cut: () => new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' }),
+}
+
+/** The JSON body of a completion request (an empty one is not JSON either). */
+async function body(req: IncomingMessage): Promise<unknown> {
+  const value = await readJsonBody(req, { maxBytes: MAX_OPENAI_BODY, errors: bodyErrors })
+  if (value === undefined) throw bodyErrors.badJson(new Error('empty body'))
+  return value
 }

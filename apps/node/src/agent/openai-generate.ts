@@ -1,6 +1,7 @@
 import { randomBytes } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import { setImmediate as nextTurn } from 'node:timers/promises'
+import { SseWriter } from '@meshnet/http'
 import type { z } from 'zod'
 import { type ChatMessage, type ChatTemplate, parseChatTemplate } from './chat-template.ts'
 import {
@@ -215,37 +216,19 @@ async function respond(
     // With include_usage, every chunk carries `usage: null` but the last one (as OpenAI sends them).
     const event = (body: unknown) =>
       `data: ${JSON.stringify(includeUsage ? { ...(body as object), usage: null } : body)}\n\n`
-    res.writeHead(200, {
-      'content-type': 'text/event-stream; charset=utf-8',
-      'cache-control': 'no-cache',
-      'x-accel-buffering': 'no',
-    })
-    if (shapes.first) await send(res, event(shapes.first()))
+    const sse = new SseWriter(res)
+    if (shapes.first) await sse.write(event(shapes.first()))
     while (!step.done) {
-      if (step.value !== '') await send(res, event(shapes.chunk(step.value)))
+      if (step.value !== '') await sse.write(event(shapes.chunk(step.value)))
       step = await texts.next()
     }
     let tail = event(shapes.last(step.value.finish))
     if (includeUsage) tail += `data: ${JSON.stringify(shapes.usage(step.value.usage))}\n\n`
-    if (!res.destroyed) res.end(`${tail}data: [DONE]\n\n`)
+    sse.end(`${tail}data: [DONE]\n\n`)
     finished(step.value)
   } finally {
     await texts.return(undefined as never)
   }
-}
-
-/** Writes to the response, waiting while the client reads slowly; returns at once when it is gone. */
-async function send(res: ServerResponse, data: string): Promise<void> {
-  if (res.destroyed || res.write(data)) return
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      res.removeListener('drain', done)
-      res.removeListener('close', done)
-      resolve()
-    }
-    res.on('drain', done)
-    res.on('close', done)
-  })
 }
 
 /**

@@ -1,4 +1,3 @@
-import { createHash } from 'node:crypto'
 import { type Logger, MeshError, type MeshErrorOptions } from '@meshnet/core'
 import type { ChatTemplate } from './chat-template.ts'
 
@@ -98,12 +97,10 @@ export interface OpenAiApi {
 export interface ServerState {
   backend: CompletionBackend
   logger: Logger
-  /** SHA-256 of the API key; compared in constant time. */
-  keyDigest: Buffer | undefined
+  /** The API key (compared in constant time by bearerMatches), if one is set. */
+  apiKey: string | undefined
   /** Parsed chat templates by source. */
   templates: Map<string, ChatTemplate>
   running: Set<Promise<void>>
   closing: boolean
 }
-
-export const digest = (text: string) => createHash('sha256').update(text).digest()
