@@ -8,7 +8,7 @@ import {
   type RingTopology,
   topologyOf,
 } from '@meshnet/ring'
-import type { DeviceRecord, PoolRecord } from './db.ts'
+import type { DeviceRecord, PoolRecord } from './db-schema.ts'
 import type { ControlPlaneContext } from './state.ts'
 
 /**

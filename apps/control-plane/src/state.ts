@@ -1,5 +1,6 @@
 import type { Logger } from '@meshnet/core'
-import type { ChunkRecord, ControlPlaneDb, JobRecord } from './db.ts'
+import type { ControlPlaneDb } from './db.ts'
+import type { ChunkRecord, JobRecord } from './db-schema.ts'
 
 /** What a job's stream listeners hear. */
 export type JobEvent =

@@ -4,7 +4,8 @@ import { join } from 'node:path'
 import { DatabaseSync } from 'node:sqlite'
 import { silentLogger } from '@meshnet/core'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { CONTROL_PLANE_MIGRATIONS, openControlPlaneDb } from '../src/db.ts'
+import { openControlPlaneDb } from '../src/db.ts'
+import { CONTROL_PLANE_MIGRATIONS } from '../src/db-schema.ts'
 import { controlPlaneFiles } from '../src/layout.ts'
 
 let dir: string

@@ -1,6 +1,6 @@
 import { addressesSchema, capabilitiesSchema, deviceNameSchema, nodeIdSchema } from '@meshnet/protocols'
 import { z } from 'zod'
-import type { DeviceRecord } from '../db.ts'
+import type { DeviceRecord } from '../db-schema.ts'
 import { created, notFound, ok, parseInput, type Route } from '../http.ts'
 import { refreshRings } from '../rings.ts'
 import type { ControlPlaneContext } from '../state.ts'

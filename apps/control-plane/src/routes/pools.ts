@@ -18,7 +18,7 @@ import {
   poolIdSchema,
 } from '@meshnet/protocols'
 import { z } from 'zod'
-import type { PoolRecord } from '../db.ts'
+import type { PoolRecord } from '../db-schema.ts'
 import { created, HttpError, notFound, ok, parseInput, type Route } from '../http.ts'
 import { refreshRing, ringDigest, ringTopology } from '../rings.ts'
 import type { ControlPlaneContext } from '../state.ts'
