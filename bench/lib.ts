@@ -1,25 +1,10 @@
-// Shared helpers for benchmarks: run the real `mesh` CLI and agents from source, summarise samples.
-import { type ChildProcess, execFile, spawn } from 'node:child_process'
-import { access } from 'node:fs/promises'
-import { join } from 'node:path'
+// Shared helpers for benchmarks: run the real `mesh` CLI and agents from source (through
+// @meshnet/test-harness), summarise samples, print tables.
+import { type AgentProcess, type MeshResult, runMesh, startAgentProcess } from '@meshnet/test-harness'
 
-export const MESH_BIN = join(import.meta.dirname, '..', 'apps', 'node', 'src', 'bin.ts')
-const NODE_ARGS = ['--conditions=meshnet-source', MESH_BIN]
-
-export function mesh(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve) => {
-    execFile(
-      process.execPath,
-      [...NODE_ARGS, ...args],
-      { env: { ...process.env, MESH_LOG: '' } },
-      (error, stdout, stderr) =>
-        resolve({
-          code: error === null ? 0 : typeof error.code === 'number' ? error.code : 1,
-          stdout,
-          stderr,
-        }),
-    )
-  })
+/** `mesh <args>` from source, without a time limit. */
+export function mesh(args: string[]): Promise<MeshResult> {
+  return runMesh(args, {}, 0)
 }
 
 export async function meshJson<T>(args: string[]): Promise<T> {
@@ -28,28 +13,13 @@ export async function meshJson<T>(args: string[]): Promise<T> {
   return JSON.parse(result.stdout) as T
 }
 
-/** Starts `mesh start` and resolves once its control API is up. */
-export async function startAgent(dataDir: string, args: string[]): Promise<ChildProcess> {
-  const child = spawn(process.execPath, [...NODE_ARGS, 'start', '--data-dir', dataDir, ...args], {
-    stdio: 'ignore',
-  })
-  for (let i = 0; i < 2400; i++) {
-    try {
-      await access(join(dataDir, 'agent.json'))
-      return child
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 25))
-    }
-  }
-  child.kill('SIGKILL')
-  throw new Error(`agent in ${dataDir} did not start`)
+/** Starts `mesh start` (logging as the bench's own MESH_LOG says) and resolves once its control API is up. */
+export function startAgent(dataDir: string, args: string[]): Promise<AgentProcess> {
+  return startAgentProcess(dataDir, args, { env: {}, timeoutMs: 60_000 })
 }
 
-export async function stopAgent(child: ChildProcess): Promise<void> {
-  if (child.exitCode !== null) return
-  const exited = new Promise((resolve) => child.once('exit', resolve))
-  child.kill('SIGTERM')
-  await exited
+export async function stopAgent(agent: AgentProcess): Promise<void> {
+  await agent.stop()
 }
 
 export function summary(samples: number[]): {

@@ -1,5 +1,7 @@
 // `pnpm bench`: runs every benchmark in this folder, one child process each, in name order.
-// Each prints its own table; figures are ratios against a reference measured in the same run.
+// Each prints its own table; figures are ratios against a reference measured in the same run, except
+// sdk-install's, a size against a fixed bar. `node --conditions=meshnet-source run.ts <prefix>...`
+// runs only the benchmarks whose file names start with one of the prefixes.
 import { spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'

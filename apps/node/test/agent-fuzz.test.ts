@@ -5,9 +5,14 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { encodeBeacon } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
-import { runMesh } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  beaconPort,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { afterAll, beforeAll, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 
 let root: string
 let agent: AgentProcess | undefined

@@ -1,9 +1,14 @@
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { runMesh } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  beaconPort,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { afterEach, beforeEach, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 
 let dir: string
 let agent: AgentProcess | undefined

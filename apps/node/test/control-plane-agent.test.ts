@@ -7,6 +7,7 @@ import { join } from 'node:path'
 import { generateLlamaModel } from '@meshnet/gguf'
 import { createEngine } from '@meshnet/llama-cpp'
 import type { JobRunner } from '@meshnet/protocols'
+import { eventually } from '@meshnet/test-harness'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import {
   api,
@@ -18,7 +19,6 @@ import {
   startTestAgent,
   type TestAgent,
 } from './control-plane-fixture.ts'
-import { eventually } from './mesh-fixture.ts'
 
 let root: string
 const roots: string[] = []

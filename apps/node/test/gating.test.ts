@@ -12,11 +12,11 @@ import {
   POOL_CERT_PROTOCOL,
 } from '@meshnet/pool'
 import { encodeAnnouncement, ringPubsub, ringTopic } from '@meshnet/ring'
+import { type AgentProcess, agentRequest, beaconPort, eventually } from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
 import { encode } from 'cborg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, beaconPort } from './agent-process.ts'
-import { eventually, poolOf, ringStatus } from './mesh-fixture.ts'
+import { poolOf, ringStatus } from './mesh-fixture.ts'
 
 let root: string
 let admin: AgentProcess

@@ -2,9 +2,9 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { beaconPort, eventually } from '@meshnet/test-harness'
 import { afterAll, describe, expect, it } from 'vitest'
-import { beaconPort } from './agent-process.ts'
-import { converged, eventually } from './mesh-fixture.ts'
+import { converged } from './mesh-fixture.ts'
 
 // examples/lan-pool/device1.sh and device2.sh, both on this machine with LOCAL_ONLY=1 (every packet
 // on loopback): the relay, the control plane, the pool, the join over beacons and the ring.

@@ -2,8 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RingTopology } from '@meshnet/ring'
-import { runMesh } from '@meshnet/test-harness'
-import { type AgentProcess, agentRequest, startAgentProcess } from './agent-process.ts'
+import { agentRequest, eventually, runMesh, startAgentProcess } from '@meshnet/test-harness'
 
 export interface RingStatus {
   poolId: string
@@ -16,26 +15,6 @@ export interface RingStatus {
     addresses: string[]
     shard: { layers: [number, number] } | null
   }>
-}
-
-/** Polls `check` every 100 ms until it returns a value, or fails after `ms`. */
-export async function eventually<T>(
-  what: string,
-  check: () => Promise<T | undefined>,
-  ms = 30_000,
-): Promise<T> {
-  const deadline = Date.now() + ms
-  let last: unknown
-  while (Date.now() < deadline) {
-    try {
-      const value = await check()
-      if (value !== undefined) return value
-    } catch (err) {
-      last = err
-    }
-    await new Promise((resolve) => setTimeout(resolve, 100))
-  }
-  throw new Error(`timed out waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
 }
 
 export function ringStatus(dataDir: string, poolId: string): Promise<RingStatus> {
@@ -120,5 +99,3 @@ export async function startRelay(
     },
   }
 }
-
-export type { AgentProcess }

@@ -1,10 +1,17 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { createModel, runMesh } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  beaconPort,
+  createModel,
+  eventually,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
-import { converged, eventually, poolOf, readTopology, startRelay } from './mesh-fixture.ts'
+import { converged, poolOf, readTopology, startRelay } from './mesh-fixture.ts'
 
 let root: string
 let port: string

@@ -2,8 +2,9 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { eventually } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { eventually, readTopology } from './mesh-fixture.ts'
+import { readTopology } from './mesh-fixture.ts'
 import { canUseNetns, createTestLan, MESH, meshIn, type TestLan } from './netns.ts'
 
 describe.skipIf(!canUseNetns)('three agents across network namespaces joined by a bridge', () => {

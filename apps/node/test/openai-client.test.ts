@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateLlamaModel } from '@meshnet/gguf'
 import { createEngine } from '@meshnet/llama-cpp'
+import { type AgentProcess, beaconPort, startAgentProcess } from '@meshnet/test-harness'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { parseChatTemplate } from '../src/agent/chat-template.ts'
-import { type AgentProcess, beaconPort, startAgentProcess } from './agent-process.ts'
 
 const EXAMPLE = join(import.meta.dirname, '..', '..', '..', 'examples', 'openai-client', 'index.ts')
 const MAX_TOKENS = 16

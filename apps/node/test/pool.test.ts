@@ -4,9 +4,8 @@ import { join } from 'node:path'
 import { type BeaconMessage, type LanBeacons, lanBeacons } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
 import { createJoinRequest, decodeJoinResponse, type JoinRequest } from '@meshnet/pool'
-import { runMesh } from '@meshnet/test-harness'
+import { type AgentProcess, beaconPort, runMesh, startAgentProcess } from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { type AgentProcess, beaconPort, startAgentProcess } from './agent-process.ts'
 
 let root: string
 let port: string

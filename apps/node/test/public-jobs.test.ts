@@ -4,10 +4,15 @@ import { join } from 'node:path'
 import { createMeshNode, type MeshNode } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
 import { JobFailedError, type JobResult, modelProviderKey, requestJob } from '@meshnet/protocols'
-import { createModel, runMesh } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  createModel,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type AgentProcess, agentRequest, startAgentProcess } from './agent-process.ts'
 
 // One `mesh start --public` agent on loopback, and peers that are in no pool.
 

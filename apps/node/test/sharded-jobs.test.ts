@@ -5,11 +5,18 @@ import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
 import { JobFailedError, requestJob } from '@meshnet/protocols'
-import { createModel, MESH_BIN, runMesh } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  beaconPort,
+  createModel,
+  MESH_BIN,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
-import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
 import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same

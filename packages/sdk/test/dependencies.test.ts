@@ -1,17 +1,10 @@
 import { access, readFile, realpath } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
-import { packageDir } from '@meshnet/test-harness'
+import { packageDir, SDK_FORBIDDEN_DEPENDENCIES } from '@meshnet/test-harness'
 import { expect, it } from 'vitest'
 
 // An app that installs only @meshnet/sdk must not receive an inference runtime or gossipsub: the SDK
 // speaks protocols. Walks the production dependencies as installed in this workspace.
-const FORBIDDEN = [
-  'node-llama-cpp',
-  '@libp2p/gossipsub',
-  '@meshnet/engine',
-  '@meshnet/llama-cpp',
-  '@meshnet/shards',
-]
 
 async function productionClosure(dir: string, seen = new Map<string, string[]>(), path: string[] = []) {
   const pkg = JSON.parse(await readFile(join(dir, 'package.json'), 'utf8')) as {
@@ -45,6 +38,8 @@ it('reaches no inference runtime and no gossipsub through its production depende
   const closure = await productionClosure(packageDir('@meshnet/sdk'))
   expect(closure.size).toBeGreaterThan(20)
   expect(closure.has('@meshnet/discovery')).toBe(true)
-  const reached = FORBIDDEN.filter((name) => closure.has(name)).map((name) => closure.get(name)!.join(' → '))
+  const reached = SDK_FORBIDDEN_DEPENDENCIES.filter((name) => closure.has(name)).map((name) =>
+    closure.get(name)!.join(' → '),
+  )
   expect(reached).toEqual([])
 })

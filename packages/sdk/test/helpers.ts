@@ -33,23 +33,3 @@ export class Nodes {
     await Promise.all(this.#nodes.splice(0).map((node) => node.stop()))
   }
 }
-
-/** Polls `check` every 25 ms until it returns a value other than undefined/false (at most `ms`). */
-export async function eventually<T>(
-  what: string,
-  check: () => T | Promise<T>,
-  ms = 15_000,
-): Promise<NonNullable<T>> {
-  const deadline = Date.now() + ms
-  let last: unknown
-  while (Date.now() < deadline) {
-    try {
-      const value = await check()
-      if (value !== undefined && value !== false && value !== null) return value as NonNullable<T>
-    } catch (err) {
-      last = err
-    }
-    await new Promise((resolve) => setTimeout(resolve, 25))
-  }
-  throw new Error(`gave up waiting for ${what}${last ? `: ${(last as Error).message}` : ''}`)
-}

@@ -2,11 +2,11 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import type { JobToken } from '@meshnet/protocols'
+import { createModel, eventually, runMesh } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FabstirSDK } from '../src/sdk.ts'
 import type { StreamEndEvent } from '../src/types.ts'
-import { type Agent, createModel, runMesh, startAgent } from './agents.ts'
-import { eventually } from './helpers.ts'
+import { type Agent, startAgent } from './agents.ts'
 
 // End to end against real agents (`mesh start` child processes) on 127.0.0.1: a pool member that
 // serves a generated GGUF to its pool, and a public node (`--public`) serving the same file to anyone.

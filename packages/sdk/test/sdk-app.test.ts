@@ -3,9 +3,9 @@ import { copyFile, mkdir, mkdtemp, readFile, realpath, rm, writeFile } from 'nod
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { packWorkspace, REPO_ROOT as repo } from '@meshnet/test-harness'
+import { createModel, packWorkspace, REPO_ROOT as repo } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type Agent, createModel, startAgent } from './agents.ts'
+import { type Agent, startAgent } from './agents.ts'
 
 // examples/sdk-app installed the way a third-party app installs it: every @meshnet package it needs
 // is built (tsup) and packed (`pnpm pack`), the example is copied out of the repository and installed

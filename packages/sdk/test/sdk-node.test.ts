@@ -1,11 +1,12 @@
 import { bootstrap } from '@libp2p/bootstrap'
 import { MAX_PERF_BYTES, type Perf } from '@meshnet/discovery'
 import { modelProviderKey } from '@meshnet/protocols'
+import { eventually } from '@meshnet/test-harness'
 import { afterEach, describe, expect, it } from 'vitest'
 import type { P2PDebugEvent } from '../src/debug-log.ts'
 import { FabstirSDK } from '../src/sdk.ts'
 import type { PeerEvent } from '../src/types.ts'
-import { eventually, Nodes } from './helpers.ts'
+import { Nodes } from './helpers.ts'
 
 // Real libp2p nodes on 127.0.0.1 in this process: plain createMeshNode nodes stand in for agents
 // where only libp2p behaviour is under test (DHT provider records, ping, perf, gating). Jobs and

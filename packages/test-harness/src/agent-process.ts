@@ -1,8 +1,8 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { access } from 'node:fs/promises'
+import { access, readFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { MESH_BIN } from '@meshnet/test-harness'
+import { MESH_BIN } from './mesh-cli.ts'
 
 export interface AgentProcess {
   readonly process: ChildProcess
@@ -14,13 +14,27 @@ export interface AgentProcess {
   kill(): Promise<void>
 }
 
-/** Starts `mesh start` as a real child process and waits until its control API is up. */
-export async function startAgentProcess(dataDir: string, args: string[] = []): Promise<AgentProcess> {
+export interface AgentProcessOptions {
+  /** Variables set over this process's environment (default `{ MESH_LOG: 'debug' }`). */
+  env?: Record<string, string>
+  /** How long the control API may take to come up (default 15 s). */
+  timeoutMs?: number
+}
+
+/**
+ * Starts `mesh start` as a real child process and waits until its control API is up (`agent.json`,
+ * which the agent writes last, polled every 25 ms).
+ */
+export async function startAgentProcess(
+  dataDir: string,
+  args: string[] = [],
+  { env = { MESH_LOG: 'debug' }, timeoutMs = 15_000 }: AgentProcessOptions = {},
+): Promise<AgentProcess> {
   const child = spawn(
     process.execPath,
     ['--conditions=meshnet-source', MESH_BIN, 'start', '--data-dir', dataDir, ...args],
     {
-      env: { ...process.env, MESH_LOG: 'debug' },
+      env: { ...process.env, ...env },
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   )
@@ -43,17 +57,17 @@ export async function startAgentProcess(dataDir: string, args: string[] = []): P
       await exited
     },
   }
-  for (let i = 0; i < 300; i++) {
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; ) {
     if (child.exitCode !== null) throw new Error(`agent exited early (code ${child.exitCode}):\n${output}`)
     try {
       await access(join(dataDir, 'agent.json'))
       return agent
     } catch {
-      await new Promise((resolve) => setTimeout(resolve, 50))
+      await new Promise((resolve) => setTimeout(resolve, 25))
     }
   }
   await agent.kill()
-  throw new Error(`agent did not start within 15 s:\n${output}`)
+  throw new Error(`agent did not start within ${timeoutMs / 1000} s:\n${output}`)
 }
 
 /** A UDP port for one test's beacons, so that test files running side by side do not hear each other. */
@@ -63,7 +77,6 @@ export function beaconPort(): string {
 
 /** Calls the agent's control API directly (faster than a `mesh` process per poll). */
 export async function agentRequest<T = unknown>(dataDir: string, path: string): Promise<T> {
-  const { readFile } = await import('node:fs/promises')
   const info = JSON.parse(await readFile(join(dataDir, 'agent.json'), 'utf8')) as { port: number }
   const token = (await readFile(join(dataDir, 'control.token'), 'utf8')).trim()
   const response = await fetch(`http://127.0.0.1:${info.port}${path}`, {

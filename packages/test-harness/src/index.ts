@@ -1,11 +1,15 @@
 /**
  * @packageDocumentation
  * Test helpers that Meshnet's packages and apps share (private, never published): temp dirs of
- * generated GGUF models, the real `mesh` CLI run from source, and the workspace built and packed
- * into tarballs as it would be published.
+ * generated GGUF models, the real `mesh` CLI and agents run from source as processes, polling with a
+ * bound, and the workspace built and packed into tarballs as it would be published.
  */
+export type { AgentProcess, AgentProcessOptions } from './agent-process.ts'
+export { agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
+export { eventually } from './eventually.ts'
 export type { MeshResult } from './mesh-cli.ts'
 export { createModel, MESH_BIN, runMesh } from './mesh-cli.ts'
 export type { ModelShape } from './models.ts'
 export { modelDir } from './models.ts'
-export { meshnetClosure, packageDir, packWorkspace, REPO_ROOT } from './pack.ts'
+export { packWorkspace } from './pack.ts'
+export { meshnetClosure, packageDir, REPO_ROOT, SDK_FORBIDDEN_DEPENDENCIES } from './workspace.ts'

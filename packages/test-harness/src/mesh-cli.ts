@@ -1,8 +1,9 @@
 import { execFile } from 'node:child_process'
 import { join } from 'node:path'
+import { packageDir } from './workspace.ts'
 
-/** The `mesh` CLI of this repository, run from source (`--conditions=meshnet-source`). */
-export const MESH_BIN = join(import.meta.dirname, '..', '..', '..', 'apps', 'node', 'src', 'bin.ts')
+/** The `mesh` CLI of this workspace, run from source (`--conditions=meshnet-source`). */
+export const MESH_BIN = join(packageDir('@meshnet/node'), 'src', 'bin.ts')
 
 export interface MeshResult {
   code: number
@@ -10,7 +11,7 @@ export interface MeshResult {
   stderr: string
 }
 
-/** Runs the real `mesh` CLI from source in a child process. */
+/** Runs the real `mesh` CLI from source in a child process (`timeout` 0: no limit). */
 export function runMesh(
   args: string[],
   env: Record<string, string> = {},

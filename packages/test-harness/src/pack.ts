@@ -1,34 +1,10 @@
 import { execFile } from 'node:child_process'
-import { mkdir, readdir, readFile } from 'node:fs/promises'
+import { mkdir, readdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
+import { meshnetClosure, packageDir, REPO_ROOT } from './workspace.ts'
 
 const exec = promisify(execFile)
-
-/** The repository this harness sits in. */
-export const REPO_ROOT = join(import.meta.dirname, '..', '..', '..')
-
-const APPS = new Set(['@meshnet/node', '@meshnet/relay', '@meshnet/control-plane'])
-
-/** Where a workspace package lives: apps/<name> for the programs, packages/<name> for libraries. */
-export function packageDir(name: string): string {
-  return join(REPO_ROOT, APPS.has(name) ? 'apps' : 'packages', name.replace('@meshnet/', ''))
-}
-
-/** `name` and the @meshnet packages it needs at run time (production dependencies), dependencies first. */
-export async function meshnetClosure(name: string, seen = new Set<string>()): Promise<string[]> {
-  const pkg = JSON.parse(await readFile(join(packageDir(name), 'package.json'), 'utf8')) as {
-    dependencies?: Record<string, string>
-  }
-  const order: string[] = []
-  for (const dep of Object.keys(pkg.dependencies ?? {}).filter((d) => d.startsWith('@meshnet/'))) {
-    if (seen.has(dep)) continue
-    seen.add(dep)
-    order.push(...(await meshnetClosure(dep, seen)))
-  }
-  seen.add(name)
-  return [...order, name]
-}
 
 /**
  * Builds (tsup, through turbo) and packs (`pnpm pack`) `roots` and every @meshnet package they need,

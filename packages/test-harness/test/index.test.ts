@@ -1,0 +1,21 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "MESH_BIN",
+      "REPO_ROOT",
+      "SDK_FORBIDDEN_DEPENDENCIES",
+      "agentRequest",
+      "beaconPort",
+      "createModel",
+      "eventually",
+      "meshnetClosure",
+      "modelDir",
+      "packWorkspace",
+      "packageDir",
+      "runMesh",
+      "startAgentProcess",
+    ]
+  `)
+})
