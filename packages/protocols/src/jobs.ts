@@ -1,7 +1,7 @@
 // `/meshnet/job/1.0.0`: a client asks a node to run one generation and reads its tokens as they
 // come. One stream per job; frames are varint length-prefixed JSON (format in docs/protocols.md).
 import type { AbortOptions, Stream } from '@libp2p/interface'
-import { MeshError, type MeshErrorOptions } from '@meshnet/core'
+import { MeshError, type MeshErrorOptions, parseWith } from '@meshnet/core'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
@@ -159,12 +159,13 @@ export function decodeJobRequest(frame: Uint8Array): z.output<typeof jobRequestS
   } catch {
     throw new JobProtocolError('job request is not UTF-8 JSON')
   }
-  const envelope = z.object({ v: z.literal(1), request: jobRequestSchema }).safeParse(value)
-  if (!envelope.success) {
-    const issue = envelope.error.issues[0]!
-    throw new JobProtocolError(`job request: ${issue.path.join('.') || '(frame)'}: ${issue.message}`)
-  }
-  return envelope.data.request
+  const envelope = z.object({ v: z.literal(1), request: jobRequestSchema })
+  return parseWith(
+    envelope,
+    value,
+    'job request:',
+    (message, options) => new JobProtocolError(message, options),
+  ).request
 }
 
 function decodeReply(frame: Uint8Array): JobReply {
@@ -174,12 +175,12 @@ function decodeReply(frame: Uint8Array): JobReply {
   } catch {
     throw new JobProtocolError('job reply is not UTF-8 JSON')
   }
-  const reply = replySchema.safeParse(value)
-  if (!reply.success) {
-    const issue = reply.error.issues[0]!
-    throw new JobProtocolError(`job reply: ${issue.path.join('.') || '(frame)'}: ${issue.message}`)
-  }
-  return reply.data
+  return parseWith(
+    replySchema,
+    value,
+    'job reply:',
+    (message, options) => new JobProtocolError(message, options),
+  )
 }
 
 /** What `requestJob` dials with: a MeshNode of `@meshnet/discovery`, or anything that opens streams. */

@@ -1,3 +1,4 @@
+import { parseWith } from '@meshnet/core'
 import type { MeshNode, PeerTarget } from '@meshnet/discovery'
 import type { NodeIdentity } from '@meshnet/identity'
 import { listPools, loadCertificate, verifyPoolCertificate } from '@meshnet/pool'
@@ -99,16 +100,14 @@ export async function requestRingStatus(
     const { code, message } = refused.data.error
     throw new PoolRequestError(code, `${String(peer)} refused the ring status of pool ${poolId}: ${message}`)
   }
-  const status = ringStatusSchema.safeParse(value)
-  if (!status.success) {
-    const issue = status.error.issues[0]!
-    throw new PoolRequestError(
-      'ERR_POOL_PROTOCOL',
-      `${String(peer)} sent a bad ring status: ${issue.path.join('.')}: ${issue.message}`,
-    )
+  const status = parseWith(
+    ringStatusSchema,
+    value,
+    `${String(peer)} sent a bad ring status:`,
+    (message) => new PoolRequestError('ERR_POOL_PROTOCOL', message),
+  )
+  if (status.poolId !== poolId) {
+    throw new PoolRequestError('ERR_POOL_PROTOCOL', `${String(peer)} answered for pool ${status.poolId}`)
   }
-  if (status.data.poolId !== poolId) {
-    throw new PoolRequestError('ERR_POOL_PROTOCOL', `${String(peer)} answered for pool ${status.data.poolId}`)
-  }
-  return status.data
+  return status
 }

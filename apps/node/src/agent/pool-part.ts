@@ -1,4 +1,4 @@
-import { InvalidArgumentError } from '@meshnet/core'
+import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import type { BeaconMessage } from '@meshnet/discovery'
 import {
   decodeRevocationList,
@@ -35,10 +35,7 @@ const inviteSchema = z.strictObject({
 const revocationBodySchema = z.strictObject({ poolId: z.string().max(128), list: z.instanceof(Uint8Array) })
 
 function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
-  const parsed = schema.safeParse(body ?? {})
-  if (parsed.success) return parsed.data
-  const issue = parsed.error.issues[0]!
-  throw new InvalidArgumentError(`${issue.path.join('.') || 'body'}: ${issue.message}`)
+  return parseWith(schema, body ?? {}, 'request body')
 }
 
 /**

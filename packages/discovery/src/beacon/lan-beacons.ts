@@ -1,6 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto'
 import dgram from 'node:dgram'
-import { InvalidArgumentError, type Logger, silentLogger } from '@meshnet/core'
+import { InvalidArgumentError, type Logger, parseWith, silentLogger } from '@meshnet/core'
 import type { NodeIdentity } from '@meshnet/identity'
 import { z } from 'zod'
 import { BEACON_NONCE_BYTES, decodeBeacon, encodeBeacon, MAX_BEACON_BYTES } from './envelope.ts'
@@ -430,14 +430,7 @@ class LanBeaconsService implements LanBeacons {
  * does no I/O until `start()`.
  */
 export function lanBeacons(init: LanBeaconsInit): LanBeacons {
-  const parsed = initSchema.safeParse(init)
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]
-    throw new InvalidArgumentError(
-      `LAN beacon option ${issue?.path.join('.') || 'init'} is not valid: ${issue?.message ?? 'invalid'}`,
-    )
-  }
-  return new LanBeaconsService(parsed.data)
+  return new LanBeaconsService(parseWith(initSchema, init, 'LAN beacon option'))
 }
 
 function bind(socket: dgram.Socket, port: number, address: string): Promise<void> {
