@@ -54,7 +54,7 @@ export type { ResolvedSamplingOptions, Sampler, SamplingOptions } from './sampli
 export { argmax, createSampler, Mt19937, samplingOptionsSchema } from './sampling.ts'
 export { TextStreamer } from './text-stream.ts'
 export type { DetokenizeOptions, SpmVocab, TokenizeOptions } from './tokenizer.ts'
-export { SpmTokenizer, TOKEN_TYPE } from './tokenizer.ts'
+export { SpmTokenizer } from './tokenizer.ts'
 export type {
   EvaluateLogitsOptions,
   GeneratedToken,

@@ -1,16 +1,6 @@
+import { LLAMA_TOKEN_TYPE } from '@meshnet/gguf'
 import { UnsupportedModelError } from './errors.ts'
 import type { Tokenizer } from './types.ts'
-
-/** Token types as stored in `tokenizer.ggml.token_type` (llama.cpp `llama_token_type`). */
-export const TOKEN_TYPE = {
-  UNDEFINED: 0,
-  NORMAL: 1,
-  UNKNOWN: 2,
-  CONTROL: 3,
-  USER_DEFINED: 4,
-  UNUSED: 5,
-  BYTE: 6,
-} as const
 
 /** Tokens llama.cpp treats as end-of-generation by their text (and marks as control tokens). */
 const EOG_TEXTS: ReadonlySet<string> = new Set([
@@ -109,7 +99,7 @@ export class SpmTokenizer implements Tokenizer {
     this.vocabSize = n
     this.#texts = vocab.tokens.map((t, i) => (t === '' ? `[EMPTY_${i}]` : t))
     this.#scores = Float32Array.from({ length: n }, (_, i) => vocab.scores?.[i] ?? 0)
-    this.#types = Uint8Array.from({ length: n }, (_, i) => vocab.types?.[i] ?? TOKEN_TYPE.NORMAL)
+    this.#types = Uint8Array.from({ length: n }, (_, i) => vocab.types?.[i] ?? LLAMA_TOKEN_TYPE.NORMAL)
     for (let i = 0; i < n; i++) this.#ids.set(this.#texts[i]!, i)
     const inRange = (id: number | undefined) => (id !== undefined && id >= 0 && id < n ? id : undefined)
     // llama.cpp's defaults for a SentencePiece vocabulary.
@@ -122,7 +112,7 @@ export class SpmTokenizer implements Tokenizer {
     for (const [text, id] of this.#ids) {
       if (!EOG_TEXTS.has(text)) continue
       eog.add(id)
-      this.#types[id] = TOKEN_TYPE.CONTROL
+      this.#types[id] = LLAMA_TOKEN_TYPE.CONTROL
     }
     for (const id of [this.eos, eot, eom]) if (id !== undefined) eog.add(id)
     this.eot = eot
@@ -133,16 +123,20 @@ export class SpmTokenizer implements Tokenizer {
     const encoder = new TextEncoder()
     this.#pieces = this.#texts.map((text, id) => {
       const type = this.#types[id]
-      if (type === TOKEN_TYPE.NORMAL) return encoder.encode(text.replaceAll(SPACE, ' '))
-      if (type === TOKEN_TYPE.BYTE) return Uint8Array.of(Number.parseInt(text.slice(3, 5), 16) || 0)
-      if (type === TOKEN_TYPE.USER_DEFINED) return encoder.encode(text)
+      if (type === LLAMA_TOKEN_TYPE.NORMAL) return encoder.encode(text.replaceAll(SPACE, ' '))
+      if (type === LLAMA_TOKEN_TYPE.BYTE) return Uint8Array.of(Number.parseInt(text.slice(3, 5), 16) || 0)
+      if (type === LLAMA_TOKEN_TYPE.USER_DEFINED) return encoder.encode(text)
       return undefined
     })
     // Longest first, as llama.cpp partitions the text on them.
     this.#special = []
     for (let id = 0; id < n; id++) {
       const t = this.#types[id]
-      if (t === TOKEN_TYPE.CONTROL || t === TOKEN_TYPE.USER_DEFINED || t === TOKEN_TYPE.UNKNOWN)
+      if (
+        t === LLAMA_TOKEN_TYPE.CONTROL ||
+        t === LLAMA_TOKEN_TYPE.USER_DEFINED ||
+        t === LLAMA_TOKEN_TYPE.UNKNOWN
+      )
         this.#special.push(id)
     }
     const byteLength = (id: number) => encoder.encode(this.#texts[id]!).length
@@ -181,7 +175,7 @@ export class SpmTokenizer implements Tokenizer {
     const piece = this.#pieces[id]
     if (piece !== undefined) return piece
     const type = this.#types[id]
-    if (renderSpecial && (type === TOKEN_TYPE.CONTROL || type === TOKEN_TYPE.UNKNOWN)) {
+    if (renderSpecial && (type === LLAMA_TOKEN_TYPE.CONTROL || type === LLAMA_TOKEN_TYPE.UNKNOWN)) {
       return new TextEncoder().encode(this.#texts[id] ?? '')
     }
     return new Uint8Array(0)
@@ -215,7 +209,7 @@ export class SpmTokenizer implements Tokenizer {
     let fragments: Array<string | number> = text === '' ? [] : [text]
     for (const id of this.#special) {
       const type = this.#types[id]
-      if (!parseSpecial && type !== TOKEN_TYPE.USER_DEFINED) continue
+      if (!parseSpecial && type !== LLAMA_TOKEN_TYPE.USER_DEFINED) continue
       const needle = this.#texts[id]!
       const next: Array<string | number> = []
       for (const fragment of fragments) {

@@ -14,7 +14,6 @@ it('exports exactly the public surface', async () => {
       "SUPPORTED_WEIGHT_TYPES",
       "ShardWeights",
       "SpmTokenizer",
-      "TOKEN_TYPE",
       "TextStreamer",
       "UnsupportedModelError",
       "UnsupportedTensorTypeError",

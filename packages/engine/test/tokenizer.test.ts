@@ -1,5 +1,6 @@
+import { LLAMA_TOKEN_TYPE } from '@meshnet/gguf'
 import { describe, expect, it } from 'vitest'
-import { SpmTokenizer, TOKEN_TYPE } from '../src/tokenizer.ts'
+import { SpmTokenizer } from '../src/tokenizer.ts'
 
 const bytes = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`)
 
@@ -7,11 +8,11 @@ const bytes = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpper
 function vocab(pieces: Array<[string, number]>): SpmTokenizer {
   const tokens = ['<unk>', '<s>', '</s>', ...bytes, ...pieces.map(([p]) => p)]
   const types = [
-    TOKEN_TYPE.UNKNOWN,
-    TOKEN_TYPE.CONTROL,
-    TOKEN_TYPE.CONTROL,
-    ...bytes.map(() => TOKEN_TYPE.BYTE),
-    ...pieces.map(() => TOKEN_TYPE.NORMAL),
+    LLAMA_TOKEN_TYPE.UNKNOWN,
+    LLAMA_TOKEN_TYPE.CONTROL,
+    LLAMA_TOKEN_TYPE.CONTROL,
+    ...bytes.map(() => LLAMA_TOKEN_TYPE.BYTE),
+    ...pieces.map(() => LLAMA_TOKEN_TYPE.NORMAL),
   ]
   const scores = [0, 0, 0, ...bytes.map(() => 0), ...pieces.map(([, s]) => s)]
   return new SpmTokenizer({ tokens, types, scores })

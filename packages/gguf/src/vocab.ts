@@ -1,7 +1,8 @@
 import { InvalidArgumentError } from '@meshnet/core'
 
-/** llama.cpp token types (`enum llama_token_type`). */
+/** llama.cpp token types (`enum llama_token_type`), as stored in `tokenizer.ggml.token_type`. */
 export const LLAMA_TOKEN_TYPE = {
+  UNDEFINED: 0,
   NORMAL: 1,
   UNKNOWN: 2,
   CONTROL: 3,
