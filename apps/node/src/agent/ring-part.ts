@@ -57,6 +57,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
   const { logger, layout, identity, config, store } = context
   const rings = new Map<string, RingGossip>()
   const plans = new Map<string, { epoch: number; plan: PipelineShard[] | undefined; problem?: string }>()
+  /** The last topology-file write of each pool; the next one waits for it. */
+  const topologyWrites = new Map<string, Promise<void>>()
   const peers = new Map<string, Map<string, PoolPeer>>()
   let served: ServedModel | undefined
   let capabilities: Capabilities
@@ -96,9 +98,15 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
       } else problem = 'not every member holds the same model file'
     }
     plans.set(poolId, { epoch: view.epoch, plan, ...(problem ? { problem } : {}) })
-    void writeTopologyFile(layout.root, topologyOf(poolId, view, plan ?? [])).catch((err: Error) =>
-      logger.error({ err: err.message }, 'could not write the ring topology file'),
-    )
+    // One write after another per pool: two views in quick succession (changed, then converged)
+    // must land in that order, or the file keeps the older one until the next epoch.
+    const topology = topologyOf(poolId, view, plan ?? [])
+    const write = (topologyWrites.get(poolId) ?? Promise.resolve())
+      .then(async () => {
+        await writeTopologyFile(layout.root, topology)
+      })
+      .catch((err: Error) => logger.error({ err: err.message }, 'could not write the ring topology file'))
+    topologyWrites.set(poolId, write)
     logger.info(
       { poolId, epoch: view.epoch, converged: view.converged, members: view.members.length },
       view.converged ? 'ring converged' : 'ring changed',
