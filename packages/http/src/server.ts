@@ -26,8 +26,7 @@ export async function listen(
   options: { host?: string; port?: number } = {},
 ): Promise<ListeningServer> {
   const host = options.host ?? '127.0.0.1'
-  const server = createAdaptorServer({ fetch: app.fetch, hostname: host }) as Server
-  server.on('clientError', (_err, socket) => socket.destroy())
+  const server = nodeServer(app)
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject)
     server.listen(options.port ?? 0, host, () => {

@@ -50,7 +50,7 @@ export class SseWriter {
 }
 
 /** The text of one event. */
-export function format(data: unknown, options: { event?: string; id?: number } = {}): string {
+function format(data: unknown, options: { event?: string; id?: number } = {}): string {
   const id = options.id === undefined ? '' : `id: ${options.id}\n`
   const event = options.event === undefined ? '' : `event: ${options.event}\n`
   return `${id}${event}data: ${typeof data === 'string' ? data : JSON.stringify(data)}\n\n`

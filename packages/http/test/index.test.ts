@@ -6,7 +6,6 @@ it('exports exactly the public surface', async () => {
       "RESPONSE_ALREADY_SENT",
       "SseWriter",
       "bearerMatches",
-      "formatSse",
       "listen",
       "nodeServer",
       "readJsonBody",
