@@ -11,7 +11,7 @@ export class GGUFFormatError extends MeshError {
   }
 }
 
-/** A valid ggml type that this package cannot quantize or dequantize (e.g. Q5_K, IQ2_XS). */
+/** A valid ggml type that this package cannot quantize or dequantize (e.g. IQ2_XS, TQ1_0). */
 export class UnsupportedQuantTypeError extends MeshError {
   override name = 'UnsupportedQuantTypeError' as const
   constructor(message: string, options?: MeshErrorOptions) {

@@ -100,7 +100,26 @@ const TABLE: ReadonlyArray<readonly [GGMLTypeName, number, number]> = [
   ['Q2_0', 64, 18],
 ]
 
-const QUANTIZABLE: ReadonlySet<GGMLTypeName> = new Set(['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K'])
+/** The types `quantizeRow` and `dequantizeRow` handle, bit-exact with ggml's reference code. */
+export const QUANTIZABLE_TYPES: readonly GGMLTypeName[] = [
+  'F32',
+  'F16',
+  'BF16',
+  'Q8_0',
+  'Q4_0',
+  'Q4_1',
+  'Q5_0',
+  'Q5_1',
+  'Q2_K',
+  'Q3_K',
+  'Q4_K',
+  'Q5_K',
+  'Q6_K',
+  'IQ4_NL',
+  'IQ4_XS',
+]
+
+const QUANTIZABLE: ReadonlySet<GGMLTypeName> = new Set(QUANTIZABLE_TYPES)
 
 const INFO = new Map<number, GGMLTypeInfo>(
   TABLE.map(([name, blockSize, typeSize]) => [
@@ -108,9 +127,6 @@ const INFO = new Map<number, GGMLTypeInfo>(
     Object.freeze({ type: GGML_TYPE[name], name, blockSize, typeSize, quantizable: QUANTIZABLE.has(name) }),
   ]),
 )
-
-/** The types `quantizeRow` and `dequantizeRow` handle, bit-exact with ggml's reference code. */
-export const QUANTIZABLE_TYPES: readonly GGMLTypeName[] = ['F32', 'F16', 'Q8_0', 'Q4_0', 'Q4_K', 'Q6_K']
 
 /** The ggml type info for an id or name, or undefined for an unknown or removed type. */
 export function findGGMLType(type: number | string): GGMLTypeInfo | undefined {

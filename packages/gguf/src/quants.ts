@@ -1,56 +1,56 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { UnsupportedQuantTypeError } from './errors.ts'
-import { fp16Table, fp32ToFp16 } from './f16.ts'
-import { GGML_TYPE, type GGMLTypeInfo, ggmlTypeInfo, QK_K } from './ggml-types.ts'
+import { fp16Table } from './f16.ts'
+import { GGML_TYPE, type GGMLTypeInfo, ggmlTypeInfo, QK_K, QUANTIZABLE_TYPES } from './ggml-types.ts'
+import {
+  avxWeights32,
+  type Dequantizer,
+  f,
+  GROUP_MAX_EPS,
+  makeQkx2Quants,
+  nearestInt,
+  packScalesMinsK4,
+  type Quantizer,
+  qkx2Min,
+  readF16,
+  roundAway,
+  scaleMinK4,
+  TENTH,
+  writeF16,
+} from './quants-common.ts'
+import { dequantizeIQ4_NL, dequantizeIQ4_XS, quantizeIQ4_NL, quantizeIQ4_XS } from './quants-iq.ts'
+import {
+  dequantizeQ2_K,
+  dequantizeQ3_K,
+  dequantizeQ5_K,
+  quantizeQ2_K,
+  quantizeQ3_K,
+  quantizeQ5_K,
+} from './quants-k.ts'
+import {
+  dequantizeQ4_1,
+  dequantizeQ5_0,
+  dequantizeQ5_1,
+  quantizeQ4_1,
+  quantizeQ5_0,
+  quantizeQ5_1,
+} from './quants-legacy.ts'
 
-// Reference quantization for F32, F16, Q8_0, Q4_0, Q4_K and Q6_K, written to give the same bytes as
-// ggml's quantize_row_*_ref (ggml/src/ggml-quants.c, compiled without FMA contraction, as on x86-64)
-// and the same floats as its dequantize_row_*. ggml computes in float32, so every arithmetic step
-// below is rounded with Math.fround exactly where C rounds; the order of operations matters.
+// Reference quantization for F32, F16, BF16, Q8_0, Q4_0, Q4_K and Q6_K, and the entry points for
+// every quantizable type (Q4_1/Q5_0/Q5_1 are in quants-legacy.ts, Q2_K/Q3_K/Q5_K in quants-k.ts,
+// IQ4_NL/IQ4_XS in quants-iq.ts). Each gives the same bytes as ggml's quantize_row_*_ref
+// (ggml/src/ggml-quants.c, compiled without FMA contraction, as on x86-64) and the same floats as
+// its dequantize_row_*. ggml computes in float32, so every arithmetic step below is rounded with
+// Math.fround exactly where C rounds; the order of operations matters.
 
-const f = Math.fround
-
-// Block layouts (little-endian; "f16" is an IEEE half):
+// Block layouts (little-endian; "f16" is an IEEE half, "bf16" the top half of a float32):
+//   BF16   2 B / 1:   bf16                                        x = bf16
 //   Q8_0  34 B / 32:  d f16 | qs int8[32]                      x = d * q
 //   Q4_0  18 B / 32:  d f16 | qs u8[16] (low nibble: x[j], high: x[j+16])   x = d * (q - 8)
 //   Q4_K 144 B / 256: d f16 | dmin f16 | scales u8[12] (8 x 6-bit scale + 8 x 6-bit min) | qs u8[128]
 //                     x = d*sc[s]*q - dmin*m[s], sub-block s of 32; qs[32c+l] holds x[64c+l] (low)
 //                     and x[64c+32+l] (high)
 //   Q6_K 210 B / 256: ql u8[128] | qh u8[64] | scales int8[16] | d f16     x = d*sc[s]*(q - 32)
-
-const GROUP_MAX_EPS = f(1e-15)
-const TENTH = f(0.1)
-
-/** ggml's nearest_int: round half to even via the float32 magic-number trick, for any input. */
-function nearestInt(v: number): number {
-  const r = f(v + 12582912) - 12582912
-  if (r <= 4194303 && r >= -4194304) return r
-  return nearestIntBits(v)
-}
-
-const scratchF32 = new Float32Array(1)
-const scratchI32 = new Int32Array(scratchF32.buffer)
-
-function nearestIntBits(v: number): number {
-  scratchF32[0] = v + 12582912
-  return (scratchI32[0]! & 0x007fffff) - 0x00400000
-}
-
-/** C's roundf: half away from zero. Math.round rounds halves up, so fix negative halves. */
-function roundAway(x: number): number {
-  const r = Math.round(x)
-  return r - x === 0.5 && x < 0 ? r - 1 : r
-}
-
-function writeF16(y: Uint8Array, o: number, v: number): void {
-  const h = fp32ToFp16(v)
-  y[o] = h & 0xff
-  y[o + 1] = h >>> 8
-}
-
-function readF16(y: Uint8Array, o: number, table: Float32Array): number {
-  return table[y[o]! | (y[o + 1]! << 8)]!
-}
 
 // ----------------------------------------------------------------------------------- F32 / F16
 
@@ -82,6 +82,26 @@ function quantizeF16(x: Float32Array, y: Uint8Array, yo: number): void {
 function dequantizeF16(y: Uint8Array, n: number, out: Float32Array): void {
   const table = fp16Table()
   for (let i = 0; i < n; i++) out[i] = readF16(y, i * 2, table)
+}
+
+// ------------------------------------------------------------------------------------------ BF16
+
+/** ggml_compute_fp32_to_bf16: round to nearest even on the bits; NaN stays NaN (made quiet). */
+function quantizeBF16(x: Float32Array, y: Uint8Array, yo: number): void {
+  const bits = new Uint32Array(x.buffer, x.byteOffset, x.length)
+  for (let i = 0; i < x.length; i++) {
+    const u = bits[i]!
+    const h =
+      (u & 0x7fffffff) > 0x7f800000 ? (u >>> 16) | 64 : ((u + (0x7fff + ((u >>> 16) & 1))) >>> 16) & 0xffff
+    y[yo + i * 2] = h & 0xff
+    y[yo + i * 2 + 1] = h >>> 8
+  }
+}
+
+/** ggml_bf16_to_fp32_row: the bf16 bits become the top half of the float32 (NaN payloads kept). */
+function dequantizeBF16(y: Uint8Array, n: number, out: Float32Array): void {
+  const bits = new Uint32Array(out.buffer, out.byteOffset, n)
+  for (let i = 0; i < n; i++) bits[i] = ((y[i * 2]! | (y[i * 2 + 1]! << 8)) << 16) >>> 0
 }
 
 // ------------------------------------------------------------------------------------------ Q8_0
@@ -164,106 +184,6 @@ const kLaux = new Uint8Array(32)
 const kWeights = new Float32Array(32)
 const kScales = new Float32Array(QK_K / 16)
 const kMins = new Float32Array(QK_K / 32)
-const kMinOut = new Float32Array(1)
-
-/**
- * ggml's make_qkx2_quants: a scale and a (negated) min for `n` values at `x[xo]`, fitted by
- * weighted least squares over `nstep + 1` candidate scales. Writes the levels to `L[lo..]` and the
- * min to `kMinOut[0]`; returns the scale.
- */
-function makeQkx2Quants(
-  n: number,
-  nmax: number,
-  x: Float32Array,
-  xo: number,
-  weights: Float32Array,
-  L: Uint8Array,
-  lo: number,
-  Laux: Uint8Array,
-  rmin: number,
-  rdelta: number,
-  nstep: number,
-): number {
-  let min = x[xo]!
-  let max = x[xo]!
-  let sumW = weights[0]!
-  let sumX = f(sumW * x[xo]!)
-  for (let i = 1; i < n; i++) {
-    const xi = x[xo + i]!
-    if (xi < min) min = xi
-    if (xi > max) max = xi
-    const w = weights[i]!
-    sumW = f(sumW + w)
-    sumX = f(sumX + f(w * xi))
-  }
-  if (min > 0) min = 0
-  if (max === min) {
-    for (let i = 0; i < n; i++) L[lo + i] = 0
-    kMinOut[0] = -min
-    return 0
-  }
-  // `min` moves to the best fit found so far, and later candidates are measured from it.
-  let iscale = f(nmax / f(max - min))
-  let scale = f(1 / iscale)
-  let bestError = 0
-  for (let i = 0; i < n; i++) {
-    const xi = x[xo + i]!
-    const l = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(xi - min)))))
-    L[lo + i] = l
-    const diff = f(f(f(scale * l) + min) - xi)
-    bestError = f(bestError + f(weights[i]! * f(diff * diff)))
-  }
-  if (nstep < 1) {
-    kMinOut[0] = -min
-    return scale
-  }
-  for (let is = 0; is <= nstep; is++) {
-    iscale = f(f(f(rmin + f(rdelta * is)) + nmax) / f(max - min))
-    let sumL = 0
-    let sumL2 = 0
-    let sumXL = 0
-    for (let i = 0; i < n; i++) {
-      const xi = x[xo + i]!
-      const l = Math.max(0, Math.min(nmax, nearestInt(f(iscale * f(xi - min)))))
-      Laux[i] = l
-      const wl = f(weights[i]! * l)
-      sumL = f(sumL + wl)
-      sumL2 = f(sumL2 + f(wl * l))
-      sumXL = f(sumXL + f(wl * xi))
-    }
-    const D = f(f(sumW * sumL2) - f(sumL * sumL))
-    if (D > 0) {
-      let thisScale = f(f(f(sumW * sumXL) - f(sumX * sumL)) / D)
-      let thisMin = f(f(f(sumL2 * sumX) - f(sumL * sumXL)) / D)
-      if (thisMin > 0) {
-        thisMin = 0
-        thisScale = f(sumXL / sumL2)
-      }
-      let curError = 0
-      for (let i = 0; i < n; i++) {
-        const diff = f(f(f(thisScale * Laux[i]!) + thisMin) - x[xo + i]!)
-        curError = f(curError + f(weights[i]! * f(diff * diff)))
-      }
-      if (curError < bestError) {
-        for (let i = 0; i < n; i++) L[lo + i] = Laux[i]!
-        bestError = curError
-        scale = thisScale
-        min = thisMin
-      }
-    }
-  }
-  kMinOut[0] = -min
-  return scale
-}
-
-/** ggml's get_scale_min_k4: the 6-bit scale and min of sub-block `j` from the 12 packed bytes. */
-function scaleMinK4(j: number, q: Uint8Array, qo: number): [number, number] {
-  if (j < 4) return [q[qo + j]! & 63, q[qo + j + 4]! & 63]
-  return [
-    (q[qo + j + 4]! & 0x0f) | ((q[qo + j - 4]! >>> 6) << 4),
-    (q[qo + j + 4]! >>> 4) | ((q[qo + j]! >>> 6) << 4),
-  ]
-}
 
 function quantizeQ4_K(x: Float32Array, y: Uint8Array, yo: number): void {
   const nb = x.length / QK_K
@@ -274,35 +194,15 @@ function quantizeQ4_K(x: Float32Array, y: Uint8Array, yo: number): void {
     let maxScale = 0
     let maxMin = 0
     for (let j = 0; j < QK_K / 32; j++) {
-      let sumX2 = 0
-      for (let l = 0; l < 32; l++) {
-        const v = x[xb + 32 * j + l]!
-        sumX2 = f(sumX2 + f(v * v))
-      }
-      const avX = f(Math.sqrt(f(sumX2 / 32)))
-      for (let l = 0; l < 32; l++) kWeights[l] = f(avX + Math.abs(x[xb + 32 * j + l]!))
-      const scale = makeQkx2Quants(32, 15, x, xb + 32 * j, kWeights, kL, 32 * j, kLaux, -1, TENTH, 20)
+      avxWeights32(x, xb + 32 * j, kWeights)
+      const scale = makeQkx2Quants(32, 15, x, xb + 32 * j, kWeights, kL, 32 * j, kLaux, -1, TENTH, 20, false)
       kScales[j] = scale
-      kMins[j] = kMinOut[0]!
+      kMins[j] = qkx2Min[0]!
       if (scale > maxScale) maxScale = scale
       if (kMins[j]! > maxMin) maxMin = kMins[j]!
     }
-    const invScale = maxScale > 0 ? f(63 / maxScale) : 0
-    const invMin = maxMin > 0 ? f(63 / maxMin) : 0
     const sc = o + 4
-    for (let j = 0; j < QK_K / 32; j++) {
-      // uint8_t ls = nearest_int(...): the int is truncated to 8 bits before MIN(63, ...).
-      const ls = Math.min(63, nearestInt(f(invScale * kScales[j]!)) & 0xff)
-      const lm = Math.min(63, nearestInt(f(invMin * kMins[j]!)) & 0xff)
-      if (j < 4) {
-        y[sc + j] = ls
-        y[sc + j + 4] = lm
-      } else {
-        y[sc + j + 4] = (ls & 0x0f) | ((lm & 0x0f) << 4)
-        y[sc + j - 4]! |= (ls >>> 4) << 6
-        y[sc + j]! |= (lm >>> 4) << 6
-      }
-    }
+    packScalesMinsK4(y, sc, kScales, kMins, maxScale, maxMin)
     writeF16(y, o, f(maxScale / 63))
     writeF16(y, o + 2, f(maxMin / 63))
     const dAll = readF16(y, o, table)
@@ -498,16 +398,22 @@ function dequantizeQ6_K(y: Uint8Array, n: number, out: Float32Array): void {
 
 // ------------------------------------------------------------------------------------ dispatch
 
-type Quantizer = (x: Float32Array, y: Uint8Array, yo: number) => void
-type Dequantizer = (y: Uint8Array, n: number, out: Float32Array) => void
-
 const CODECS = new Map<number, readonly [Quantizer, Dequantizer]>([
   [GGML_TYPE.F32, [quantizeF32, dequantizeF32]],
   [GGML_TYPE.F16, [quantizeF16, dequantizeF16]],
+  [GGML_TYPE.BF16, [quantizeBF16, dequantizeBF16]],
   [GGML_TYPE.Q8_0, [quantizeQ8_0, dequantizeQ8_0]],
   [GGML_TYPE.Q4_0, [quantizeQ4_0, dequantizeQ4_0]],
+  [GGML_TYPE.Q4_1, [quantizeQ4_1, dequantizeQ4_1]],
+  [GGML_TYPE.Q5_0, [quantizeQ5_0, dequantizeQ5_0]],
+  [GGML_TYPE.Q5_1, [quantizeQ5_1, dequantizeQ5_1]],
+  [GGML_TYPE.Q2_K, [quantizeQ2_K, dequantizeQ2_K]],
+  [GGML_TYPE.Q3_K, [quantizeQ3_K, dequantizeQ3_K]],
   [GGML_TYPE.Q4_K, [quantizeQ4_K, dequantizeQ4_K]],
+  [GGML_TYPE.Q5_K, [quantizeQ5_K, dequantizeQ5_K]],
   [GGML_TYPE.Q6_K, [quantizeQ6_K, dequantizeQ6_K]],
+  [GGML_TYPE.IQ4_NL, [quantizeIQ4_NL, dequantizeIQ4_NL]],
+  [GGML_TYPE.IQ4_XS, [quantizeIQ4_XS, dequantizeIQ4_XS]],
 ])
 
 function codec(type: number | string): [GGMLTypeInfo, Quantizer, Dequantizer] {
@@ -516,7 +422,7 @@ function codec(type: number | string): [GGMLTypeInfo, Quantizer, Dequantizer] {
   if (pair === undefined) {
     throw new UnsupportedQuantTypeError(`ggml type ${info.name} has no quantizer or dequantizer here`, {
       details: { type: info.type },
-      hint: 'supported types are F32, F16, Q8_0, Q4_0, Q4_K and Q6_K',
+      hint: `supported types are ${QUANTIZABLE_TYPES.join(', ')}`,
     })
   }
   return [info, pair[0], pair[1]]
@@ -531,7 +437,7 @@ function checkRowLength(info: GGMLTypeInfo, n: number): number {
     throw new InvalidArgumentError(
       `${info.name} needs a row length that is a multiple of ${info.blockSize}, got ${n} (${what} of ${info.blockSize} elements)`,
       {
-        hint: `pad the row, or pick a type whose block fits (Q8_0/Q4_0 need multiples of 32, F32/F16 any length)`,
+        hint: `pad the row, or pick a type whose block fits (Q8_0/Q4_0/Q4_1/Q5_0/Q5_1/IQ4_NL need multiples of 32, F32/F16/BF16 any length)`,
       },
     )
   }

@@ -4,52 +4,11 @@ import { fp16ToFp32, fp32ToFp16 } from '../src/f16.ts'
 import { GGML_TYPE, ggmlTypeInfo, QUANTIZABLE_TYPES, rowByteLength } from '../src/ggml-types.ts'
 import { fillTriangular, seededUint32 } from '../src/prng.ts'
 import { dequantizeRow, quantizeRow } from '../src/quants.ts'
+import { GGML_GOLDEN, goldenInput } from './ggml-golden.ts'
 
+const fp32FromBits = (u: number) => new Float32Array(new Uint32Array([u]).buffer)[0]!
 const sha256 = (bytes: Uint8Array) => createHash('sha256').update(bytes).digest('hex')
 const f32bytes = (x: Float32Array) => new Uint8Array(x.buffer, x.byteOffset, x.byteLength)
-
-/**
- * A fixed input: bell-shaped super-blocks at nine scales, and awkward ones (zeros, a constant,
- * spikes, tiny, positive-only and huge values).
- */
-function goldenInput(): Float32Array {
-  const x = new Float32Array(256 * 64)
-  fillTriangular(seededUint32(1, 'golden'), x, 0, 1)
-  for (let i = 2048; i < x.length; i++) x[i] = x[i]! * 2 ** ((Math.floor(i / 256) % 9) - 4)
-  x.fill(0, 256, 512)
-  x.fill(0.75, 512, 768)
-  for (let i = 768; i < 1024; i++) x[i] = i % 17 === 0 ? 40 - i / 10 : x[i]! * 0.001
-  for (let i = 1024; i < 1280; i++) x[i] = x[i]! * 1e-6
-  for (let i = 1280; i < 1536; i++) x[i] = Math.abs(x[i]!) + 0.5
-  for (let i = 1536; i < 1792; i++) x[i] = x[i]! * 3000
-  return x
-}
-
-// SHA-256 of what ggml's own quantize_row_<type>_ref and dequantize_row_<type> (libggml-base from
-// node-llama-cpp 3.22.1, x86-64) produce for goldenInput(); test/ggml-bitexact.test.ts recomputes
-// them from the library when a C compiler is present.
-const GGML_GOLDEN: Record<string, { quantized: string; dequantized: string }> = {
-  F16: {
-    quantized: '08571c5e8f8094c5c52eab8ce8c4b92779c48a309ef8d6dd8f5666cf291a98ef',
-    dequantized: '191ef16e9bfa9c276609d6c50d1de2a2bcdb9662867b829f7efd799fee10a306',
-  },
-  Q8_0: {
-    quantized: '897e2b53320ad7732584ff3fdb7de54c51ea79b57fb8babec6a4ab1a201cb9b3',
-    dequantized: 'd086e7eaba882090d7f1b0e7cf5ab6269b5c4b212e33bde315e1a15031708e08',
-  },
-  Q4_0: {
-    quantized: 'd0e9616703bc59e37ac18f48f97388fbcbef24c78a8f14fbd077d234dc94258e',
-    dequantized: '40208ccd9f0608ca08a2770fe4f9f69c8f27dd40992538e931517bc762fe5e21',
-  },
-  Q4_K: {
-    quantized: 'a8a3480db693d99fcce09b9847fdafbb72d2bc2ebc8d954fdcf781d6f236d5b1',
-    dequantized: 'ba227363a2a6247206fe7b9fa618c298c9c7488f01c1b26a8f0735b0df3d0d26',
-  },
-  Q6_K: {
-    quantized: 'ee883f455286d833252f81415a312eb43fccfd99f54db89db5a8cf65b5157aa4',
-    dequantized: '4954dfd6faf8682801c3372d77de7dcfcd40baa5a5e9c628a441651e5d400ec6',
-  },
-}
 
 describe('ggml type table', () => {
   it('has ggml block and type sizes', () => {
@@ -57,13 +16,27 @@ describe('ggml type table', () => {
     expect(sizes).toEqual([
       ['F32', 1, 4],
       ['F16', 1, 2],
+      ['BF16', 1, 2],
       ['Q8_0', 32, 34],
       ['Q4_0', 32, 18],
+      ['Q4_1', 32, 20],
+      ['Q5_0', 32, 22],
+      ['Q5_1', 32, 24],
+      ['Q2_K', 256, 84],
+      ['Q3_K', 256, 110],
       ['Q4_K', 256, 144],
+      ['Q5_K', 256, 176],
       ['Q6_K', 256, 210],
+      ['IQ4_NL', 32, 18],
+      ['IQ4_XS', 256, 136],
     ])
     expect(ggmlTypeInfo(GGML_TYPE.Q5_K)).toMatchObject({ name: 'Q5_K', blockSize: 256, typeSize: 176 })
     expect(ggmlTypeInfo('q4_k').type).toBe(12)
+    expect(ggmlTypeInfo('iq4_xs').type).toBe(23)
+    for (const t of QUANTIZABLE_TYPES) expect(ggmlTypeInfo(t).quantizable).toBe(true)
+    for (const t of ['Q8_1', 'Q8_K', 'IQ2_XS', 'IQ3_S', 'TQ1_0', 'MXFP4', 'I8', 'F64']) {
+      expect(ggmlTypeInfo(t).quantizable).toBe(false)
+    }
   })
 
   it('gives row byte lengths and rejects partial blocks', () => {
@@ -93,6 +66,41 @@ describe('f16', () => {
   })
 })
 
+describe('bf16', () => {
+  const bf16 = (x: number) => {
+    const q = quantizeRow('BF16', new Float32Array([x]))
+    return q[0]! | (q[1]! << 8)
+  }
+  const bits = (h: number) => {
+    const u = new Uint32Array(dequantizeRow('BF16', new Uint8Array([h & 0xff, h >>> 8]), 1).buffer)
+    return u[0]!
+  }
+
+  it('is the top half of the float32, rounded to nearest even', () => {
+    expect(bf16(1)).toBe(0x3f80)
+    expect(bf16(-2)).toBe(0xc000)
+    expect(bf16(1 + 2 ** -8)).toBe(0x3f80) // tie, to even
+    expect(bf16(1 + 3 * 2 ** -8)).toBe(0x3f82) // tie, to even (up)
+    expect(bf16(1 + 2 ** -8 + 2 ** -20)).toBe(0x3f81)
+    expect(bf16(-0)).toBe(0x8000)
+    expect(bf16(2 ** -130)).toBe(0x0008) // subnormals are kept, not flushed
+    expect(bf16(3.4028234663852886e38)).toBe(0x7f80) // FLT_MAX rounds up to infinity
+    expect(bf16(Number.NEGATIVE_INFINITY)).toBe(0xff80)
+    expect(bf16(Number.NaN) & 0x7fc0).toBe(0x7fc0)
+  })
+
+  it('quiets NaNs and keeps their payload; dequantizes every pattern exactly', () => {
+    const signalling = new Float32Array(new Uint32Array([0x7f812345, 0xff800001]).buffer)
+    const q = quantizeRow('BF16', signalling)
+    expect([q[0]! | (q[1]! << 8), q[2]! | (q[3]! << 8)]).toEqual([0x7fc1, 0xffc0])
+    for (let h = 0; h < 0x10000; h++) {
+      expect(bits(h)).toBe((h << 16) >>> 0)
+      const nan = (h & 0x7f80) === 0x7f80 && (h & 0x7f) !== 0
+      expect(bf16(fp32FromBits((h << 16) >>> 0))).toBe(nan ? h | 0x40 : h)
+    }
+  })
+})
+
 describe('quantizeRow / dequantizeRow', () => {
   it.each(Object.keys(GGML_GOLDEN))('%s gives the same bytes and floats as ggml', (type) => {
     const x = goldenInput()
@@ -107,15 +115,26 @@ describe('quantizeRow / dequantizeRow', () => {
   })
 
   // Bounds on |x - dequantize(quantize(x))| for bell-shaped data, relative to the max |x| of each
-  // 256 values: F16 keeps 11 significant bits; Q8_0 rounds to steps of amax/127; Q4_0 has steps of
-  // amax/8 and clamps the far side to -7/8 amax; Q4_K fits (range)/15 steps with 6-bit scales and
-  // mins; Q6_K has steps of about amax/32.
+  // 256 values: F16 keeps 11 significant bits and BF16 8; Q8_0 rounds to steps of amax/127; Q4_0 has
+  // steps of amax/8 and clamps the far side to -7/8 amax, Q5_0 steps of amax/16 (clamped likewise);
+  // Q4_1/Q5_1 round to half a step of (max - min)/15 or /31 (plus the f16 rounding of d and m); the
+  // K-quants fit 2 (Q2_K: 4 levels with a 4-bit scale and min per 16), 3 (signed, per 16), 4, 5 or 6
+  // bits per value, and IQ4_NL/IQ4_XS round to 16 non-linear levels 9..24 steps of d/127 apart.
   it.each([
     ['F16', 2 ** -11],
+    ['BF16', 2 ** -8],
     ['Q8_0', 0.5 / 127 + 1e-3],
     ['Q4_0', 1 / 8 + 1e-3],
+    ['Q4_1', 0.075],
+    ['Q5_0', 1 / 16 + 1e-3],
+    ['Q5_1', 1 / 31 + 4e-3],
+    ['Q2_K', 0.4],
+    ['Q3_K', 0.25],
     ['Q4_K', 0.1],
+    ['Q5_K', 0.05],
     ['Q6_K', 0.025],
+    ['IQ4_NL', 0.12],
+    ['IQ4_XS', 0.125],
   ] as const)('%s round-trips within its step size', (type, bound) => {
     const n = 256 * 16
     const x = new Float32Array(n)
@@ -147,20 +166,64 @@ describe('quantizeRow / dequantizeRow', () => {
     expect(Array.from(y)).toEqual(Array.from(dequantizeRow('Q4_K', q, 512)))
   })
 
-  it('needs K-quant rows in multiples of 256', () => {
+  it.each(QUANTIZABLE_TYPES)(
+    '%s quantizes one block into typeSize bytes, ignoring what the buffer held',
+    (type) => {
+      const { blockSize, typeSize } = ggmlTypeInfo(type)
+      expect(quantizeRow(type, new Float32Array(blockSize)).length).toBe(typeSize)
+      const x = goldenInput().subarray(0, 1024)
+      const fresh = quantizeRow(type, x)
+      const dirty = new Uint8Array(fresh.length + 8).fill(0xa5)
+      expect(quantizeRow(type, x, dirty)).toEqual(fresh)
+      expect(dirty.subarray(fresh.length)).toEqual(new Uint8Array(8).fill(0xa5))
+    },
+  )
+
+  it('needs rows that are whole blocks', () => {
     const x = new Float32Array(320)
     expect(() => quantizeRow('Q4_K', x)).toThrow(
       'Q4_K needs a row length that is a multiple of 256, got 320 (K-quant super-blocks of 256 elements)',
     )
     expect(() => dequantizeRow('Q6_K', new Uint8Array(1000), 100)).toThrow(/multiple of 256, got 100/)
     expect(() => quantizeRow('Q8_0', new Float32Array(33))).toThrow(/multiple of 32, got 33/)
+    expect(() => quantizeRow('IQ4_NL', new Float32Array(48))).toThrow(
+      'IQ4_NL needs a row length that is a multiple of 32, got 48 (blocks of 32 elements)',
+    )
+    for (const type of QUANTIZABLE_TYPES) {
+      const { blockSize } = ggmlTypeInfo(type)
+      if (blockSize === 1) continue
+      const n = blockSize + (blockSize === 32 ? 16 : 32)
+      const err = new RegExp(`^${type} needs a row length that is a multiple of ${blockSize}, got ${n} `)
+      expect(() => quantizeRow(type, new Float32Array(n)), type).toThrow(err)
+      expect(() => dequantizeRow(type, new Uint8Array(4096), n), type).toThrow(err)
+    }
+    expect(() => dequantizeRow('BF16', new Uint8Array(8), 2.5)).toThrow(/not a non-negative integer/)
   })
 
   it('rejects types without a codec and buffers that are too small', () => {
-    expect(() => quantizeRow('Q5_K', new Float32Array(256))).toThrow(
-      expect.objectContaining({ name: 'UnsupportedQuantTypeError' }),
-    )
+    for (const type of ['IQ2_XS', 'TQ1_0', 'Q8_1', 'MXFP4']) {
+      expect(() => quantizeRow(type, new Float32Array(256)), type).toThrow(
+        expect.objectContaining({ name: 'UnsupportedQuantTypeError' }),
+      )
+    }
     expect(() => quantizeRow('Q8_0', new Float32Array(64), new Uint8Array(67))).toThrow(/too small/)
     expect(() => dequantizeRow('Q8_0', new Uint8Array(33), 32)).toThrow(/need 34 bytes/)
+    expect(() => quantizeRow('IQ4_XS', new Float32Array(512), new Uint8Array(271))).toThrow(/too small/)
+    expect(() => dequantizeRow('Q3_K', new Uint8Array(219), 512)).toThrow(/need 220 bytes/)
+    expect(() => dequantizeRow('Q5_1', new Uint8Array(24), 32, new Float32Array(31))).toThrow(/too small/)
+  })
+
+  it('gives an all-zero IQ4_NL block the levels ggml leaves in place', () => {
+    // ggml stores d = 0 and keeps the previous block's levels (uninitialized ones for a row's first
+    // block: here the level nearest 0, index 8); every such block dequantizes to zeros.
+    const x = new Float32Array(96)
+    x.set(goldenInput().subarray(0, 32), 32)
+    const q = quantizeRow('IQ4_NL', x)
+    expect(Array.from(q.subarray(0, 18))).toEqual([0, 0, ...new Array(16).fill(0x88)])
+    expect(Array.from(q.subarray(38, 54))).toEqual(Array.from(q.subarray(20, 36)))
+    expect(Array.from(q.subarray(36, 38))).toEqual([0, 0])
+    const y = dequantizeRow('IQ4_NL', q, 96)
+    expect(Array.from(y.subarray(0, 32)).every((v) => v === 0)).toBe(true)
+    expect(Array.from(y.subarray(64, 96)).every((v) => v === 0)).toBe(true)
   })
 })
