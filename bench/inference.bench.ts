@@ -14,21 +14,19 @@
 // on a shared machine the fastest round is the one least disturbed by other processes. Decode
 // tokens/s of a round is 1000 / the median time between two tokens.
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
-import { mkdir, rename, rm, stat } from 'node:fs/promises'
-import { tmpdir } from 'node:os'
-import { join } from 'node:path'
+import { stat } from 'node:fs/promises'
 import { Worker } from 'node:worker_threads'
-import { createMeshnetEngine, createWasmKernels, type InferenceEngine, loadShard } from '@meshnet/engine'
-import { generateLlamaModel, type LlamaWeightType, openGGUF } from '@meshnet/gguf'
+import { createMeshnetEngine, createWasmKernels, loadShard } from '@meshnet/engine'
+import { type ModelWeightType, openGGUF } from '@meshnet/gguf'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
 import { kernelsModule } from '../packages/engine/src/kernels/wasm.ts'
-import { summary, table } from './lib.ts'
+import { cachedModel, compareEngines } from './engines.ts'
+import { table } from './lib.ts'
 
 const QUICK = process.env.BENCH_QUICK === '1'
 const TYPES = (process.env.BENCH_INFERENCE_TYPES ?? (QUICK ? 'Q8_0,Q4_0' : 'F32,Q8_0,Q4_0')).split(
   ',',
-) as LlamaWeightType[]
+) as ModelWeightType[]
 const THREADS = (process.env.BENCH_INFERENCE_THREADS ?? (QUICK ? '1' : '1,2')).split(',').map(Number)
 const ROUNDS = Number(process.env.BENCH_INFERENCE_ROUNDS ?? (QUICK ? 2 : 5))
 const SHAPE = {
@@ -49,24 +47,9 @@ const GOAL = 0.8
 const MiB = 1024 * 1024
 const GB = 1e9
 
-/** A generated model, cached under the OS temp dir by shape, type and seed. */
-async function model(type: LlamaWeightType): Promise<string> {
-  const s = SHAPE
-  const dir = join(tmpdir(), 'meshnet-bench-models')
-  const name = `llama-${s.layers}x${s.embd}-h${s.heads}-kv${s.kvHeads}-ff${s.ff}-v${s.vocab}-c${s.context}-${type}-s${s.seed}.gguf`
-  const path = join(dir, name)
-  if (existsSync(path)) return path
-  await mkdir(dir, { recursive: true })
-  const partial = `${path}.${process.pid}.partial`
-  const started = performance.now()
-  try {
-    await generateLlamaModel({ ...s, type, out: partial })
-    await rename(partial, path)
-  } finally {
-    await rm(partial, { force: true })
-  }
-  console.log(`generated ${name} in ${((performance.now() - started) / 1000).toFixed(0)} s`)
-  return path
+/** A generated model of SHAPE, cached under the OS temp dir. */
+function model(type: ModelWeightType): Promise<string> {
+  return cachedModel({ ...SHAPE, type })
 }
 
 /** Bytes of weights a decode step reads: every tensor but the embedding table (a row lookup). */
@@ -129,56 +112,7 @@ async function memoryBandwidth(threads: number): Promise<number> {
   }
 }
 
-interface Speed {
-  decode: number
-  prompt: number
-}
-
-/**
- * Prompt and decode tokens/s of one generation: a fresh PROMPT-token prompt, then DECODE tokens.
- * Decode is 1000 / the median time between tokens, which a short stall of the machine does not move.
- */
-async function speed(engine: InferenceEngine, round: number): Promise<Speed> {
-  // A different prompt every round, so that the Meshnet engine's prefix cache holds only BOS.
-  const prompt = [
-    1,
-    ...Array.from({ length: PROMPT - 1 }, (_, i) => 300 + ((round * 7919 + i * 104_729) % 31_000)),
-  ]
-  const stamps: number[] = []
-  const result = await engine.generate(prompt, {
-    maxTokens: DECODE,
-    stopOnEog: false,
-    onToken: () => {
-      if (stamps.length < DECODE) stamps.push(performance.now())
-    },
-  })
-  const steps = stamps.slice(1).map((t, i) => t - stamps[i]!)
-  const t = result.timings
-  return { decode: 1000 / summary(steps).median, prompt: (t.promptTokens * 1000) / t.promptMs }
-}
-
-async function compare(path: string, threads: number): Promise<{ meshnet: Speed; llama: Speed }> {
-  const meshnet = await createMeshnetEngine({ modelPath: path, threads, contextSize: CONTEXT })
-  const llama = await createLlamaCppEngine({ modelPath: path, threads, contextSize: CONTEXT })
-  const best = { meshnet: { decode: 0, prompt: 0 }, llama: { decode: 0, prompt: 0 } }
-  const keep = (into: Speed, s: Speed) => {
-    into.decode = Math.max(into.decode, s.decode)
-    into.prompt = Math.max(into.prompt, s.prompt)
-  }
-  try {
-    // A short warm-up each: the first generation compiles and touches everything.
-    await meshnet.generate([1, 2, 3], { maxTokens: 4, stopOnEog: false })
-    await llama.generate([1, 2, 3], { maxTokens: 4, stopOnEog: false })
-    for (let round = 0; round < ROUNDS; round++) {
-      keep(best.meshnet, await speed(meshnet, round))
-      keep(best.llama, await speed(llama, round))
-    }
-  } finally {
-    await meshnet.dispose()
-    await llama.dispose()
-  }
-  return best
-}
+const SPEED = { prompt: PROMPT, decode: DECODE, contextSize: CONTEXT, rounds: ROUNDS, vocab: SHAPE.vocab }
 
 // ---------------------------------------------------------------------------------------------
 // Peak RSS, each figure from a child process of its own (this file with --rss <what> <path>).
@@ -242,13 +176,13 @@ async function main(): Promise<void> {
   const boundRows: Array<Record<string, string | number>> = []
   const bound: Array<{ type: string; threads: number; perToken: number; meshnet: number; llama: number }> = []
   const bar: Array<{ type: string; ratio: number }> = []
-  const paths = new Map<LlamaWeightType, string>()
+  const paths = new Map<ModelWeightType, string>()
   for (const type of TYPES) {
     const path = await model(type)
     paths.set(type, path)
     const { perToken, parameters } = await bytesPerToken(path)
     for (const threads of THREADS) {
-      const { meshnet, llama } = await compare(path, threads)
+      const { meshnet, llama } = await compareEngines(path, threads, SPEED)
       const ratio = meshnet.decode / llama.decode
       if (threads === 1 && (type === 'Q8_0' || type === 'Q4_0')) bar.push({ type, ratio })
       speedRows.push({

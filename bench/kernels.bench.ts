@@ -13,7 +13,7 @@ import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createJsKernels, createWasmKernels, type KernelBuffer, type Kernels } from '@meshnet/engine'
-import { GGML_TYPE, generateLlamaModel, quantizeRow, rowByteLength } from '@meshnet/gguf'
+import { GGML_TYPE, generateModel, quantizeRow, rowByteLength } from '@meshnet/gguf'
 import { acquireLlama } from '@meshnet/llama-cpp'
 import { type KernelsExports, kernelsModule } from '../packages/engine/src/kernels/wasm.ts'
 import { wasmApi } from '../packages/engine/src/kernels/webassembly.ts'
@@ -179,7 +179,7 @@ async function llamaCppDecode(
   await mkdir(dir, { recursive: true })
   const path = join(dir, `llama-134m-${type}.gguf`)
   if (!existsSync(path)) {
-    await generateLlamaModel({ out: path, layers: LAYERS, embd: EMBD, heads: 12, ff: FF, vocab: 32000, type })
+    await generateModel({ out: path, layers: LAYERS, embd: EMBD, heads: 12, ff: FF, vocab: 32000, type })
   }
   const runtime = await acquireLlama()
   const { llama } = runtime

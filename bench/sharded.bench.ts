@@ -22,7 +22,7 @@ import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises'
 import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
-import { generateLlamaModel } from '@meshnet/gguf'
+import { generateModel } from '@meshnet/gguf'
 import { generateIdentity, identityFromSeed, type NodeIdentity, randomSeed } from '@meshnet/identity'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
 import { createJoinRequest, createPool, openPoolAdmin, PoolGate, saveJoinedPool } from '@meshnet/pool'
@@ -57,7 +57,7 @@ await mkdir(cacheDir, { recursive: true })
 if (!existsSync(modelPath)) {
   const started = performance.now()
   const partial = `${modelPath}.${process.pid}.partial`
-  const made = await generateLlamaModel({ out: partial, ...shape, type: 'Q8_0', seed: SEED, context: 2048 })
+  const made = await generateModel({ out: partial, ...shape, type: 'Q8_0', seed: SEED, context: 2048 })
   await rename(partial, modelPath)
   console.log(
     `generated ${(made.parameters / 1e6).toFixed(0)}M-parameter model in ${((performance.now() - started) / 1000).toFixed(0)} s`,

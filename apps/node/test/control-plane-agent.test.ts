@@ -4,7 +4,7 @@ import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { generateLlamaModel } from '@meshnet/gguf'
+import { generateModel } from '@meshnet/gguf'
 import { createEngine } from '@meshnet/llama-cpp'
 import type { JobRunner } from '@meshnet/protocols'
 import { eventually } from '@meshnet/test-harness'
@@ -63,7 +63,7 @@ const MAX_TOKENS = 23
 /** A generated model, a llama.cpp engine on it, and the engine's greedy output for PROMPT. */
 const model = async () => {
   const path = join(root, 'model.gguf')
-  await generateLlamaModel({
+  await generateModel({
     out: path,
     layers: 2,
     embd: 128,

@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { generateLlamaModel } from '@meshnet/gguf'
+import { generateModel } from '@meshnet/gguf'
 import { createEngine } from '@meshnet/llama-cpp'
 import { type AgentProcess, beaconPort, startAgentProcess } from '@meshnet/test-harness'
 import { afterAll, beforeAll, expect, it } from 'vitest'
@@ -18,7 +18,7 @@ let agent: AgentProcess | undefined
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'meshnet-openai-client-'))
   model = join(dir, 'tiny.gguf')
-  await generateLlamaModel({
+  await generateModel({
     out: model,
     layers: 2,
     embd: 256,

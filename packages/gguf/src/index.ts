@@ -2,11 +2,25 @@
  * @packageDocumentation
  * GGUF v2/v3 files and ggml's quant formats, for the inference engine and for tests: a reader that
  * validates the header and reads tensor data lazily by byte range, an atomic streaming writer,
- * bit-exact reference quantize/dequantize for F32, F16, Q8_0, Q4_0, Q4_K and Q6_K, and a
- * deterministic llama-family test-model generator whose files llama.cpp loads.
+ * bit-exact reference quantize/dequantize for F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1, Q2_K,
+ * Q3_K, Q4_K, Q5_K, Q6_K, IQ4_NL and IQ4_XS (`QUANTIZABLE_TYPES`), and a deterministic llama-family test-model generator whose files llama.cpp loads.
  */
 export { GGUFFormatError, TensorNotFoundError, UnsupportedQuantTypeError } from './errors.ts'
 export { fp16ToFp32, fp32ToFp16 } from './f16.ts'
+export type {
+  GeneratedModel,
+  GenerateModelOptions,
+  ModelArchitecture,
+  ModelWeightType,
+} from './generator.ts'
+export {
+  generateModel,
+  MODEL_ARCHITECTURES,
+  MODEL_MIXES,
+  MODEL_TENSOR_TYPES,
+  MODEL_WEIGHT_TYPES,
+  modelOptionsSchema,
+} from './generator.ts'
 export type { GGMLType, GGMLTypeInfo, GGMLTypeName } from './ggml-types.ts'
 export {
   findGGMLType,
@@ -18,18 +32,8 @@ export {
 } from './ggml-types.ts'
 export type { GGUFLimits, GGUFTensorInfo } from './header.ts'
 export { DEFAULT_GGUF_LIMITS } from './header.ts'
-export type {
-  GeneratedLlamaModel,
-  GenerateLlamaModelOptions,
-  LlamaHyperparameters,
-  LlamaWeightType,
-} from './llama.ts'
-export {
-  generateLlamaModel,
-  LLAMA_WEIGHT_TYPES,
-  llamaModelOptionsSchema,
-  readLlamaHyperparameters,
-} from './llama.ts'
+export type { LlamaHyperparameters } from './llama.ts'
+export { readLlamaHyperparameters } from './llama.ts'
 export type {
   GGUFArrayItems,
   GGUFScalarTypeName,

@@ -6,10 +6,11 @@ import { join } from 'node:path'
 import { getLlama, type Llama, LlamaLogLevel, readGgufFileInfo } from 'node-llama-cpp'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import {
-  type GenerateLlamaModelOptions,
-  generateLlamaModel,
-  LLAMA_WEIGHT_TYPES,
+  type GenerateModelOptions,
+  generateModel,
   llamaVocabulary,
+  MODEL_ARCHITECTURES,
+  MODEL_WEIGHT_TYPES,
   openGGUF,
   SPM_SPACE,
 } from '../src/index.ts'
@@ -34,12 +35,12 @@ afterAll(async () => {
   await rm(dir, { recursive: true, force: true })
 })
 
-type Shape = Omit<GenerateLlamaModelOptions, 'out'>
+type Shape = Omit<GenerateModelOptions, 'out'>
 
 /** Loads `shape` into llama.cpp, tokenizes `text` and decodes `steps` tokens greedily, twice. */
 async function runInLlamaCpp(name: string, shape: Shape, text: string, steps = 4) {
   const out = join(dir, `${name}.gguf`)
-  const made = await generateLlamaModel({ ...shape, out })
+  const made = await generateModel({ ...shape, out })
   const model = await llama.loadModel({ modelPath: out })
   try {
     const tokens = model.tokenize(text)
@@ -74,7 +75,7 @@ async function runInLlamaCpp(name: string, shape: Shape, text: string, steps = 4
 const BASE: Shape = { layers: 2, embd: 256, heads: 4, kvHeads: 2, ff: 512, vocab: 1000, seed: 11 }
 
 describe('generated models in llama.cpp', () => {
-  it.each(LLAMA_WEIGHT_TYPES)(
+  it.each(MODEL_WEIGHT_TYPES)(
     'loads a %s model, tokenizes with its vocabulary and decodes greedily',
     async (type) => {
       const text = 'the people of the world'
@@ -92,6 +93,26 @@ describe('generated models in llama.cpp', () => {
         expect(top[0]![0]).toBe(token)
         expect(top[0]![1]).toBeGreaterThan(top[1]![1])
         expect(top[0]![1]).toBeGreaterThan(2 / made.vocab)
+      }
+    },
+    120_000,
+  )
+
+  it.each(MODEL_ARCHITECTURES)(
+    'loads a %s model (Q4_K_M) and decodes greedily',
+    async (arch) => {
+      const shape: Shape = {
+        ...BASE,
+        arch,
+        type: 'Q4_K_M',
+        ...(arch === 'qwen3' || arch === 'gemma3' ? { headDim: 128 } : {}),
+      }
+      const { runs, made } = await runInLlamaCpp(`arch-${arch}`, shape, 'the people of the world')
+      expect(made.arch).toBe(arch)
+      expect(runs[1]!.map((g) => g.token)).toEqual(runs[0]!.map((g) => g.token))
+      for (const { token, top } of runs[0]!) {
+        expect(top[0]![0]).toBe(token)
+        expect(top[0]![1]).toBeGreaterThan(top[1]![1])
       }
     },
     120_000,
@@ -151,7 +172,7 @@ describe('generated models in llama.cpp', () => {
 
   it("agrees with node-llama-cpp's own GGUF parser on metadata and tensor infos", async () => {
     const out = join(dir, 'parsers.gguf')
-    await generateLlamaModel({ ...BASE, out, type: 'Q4_K', ff: 768 })
+    await generateModel({ ...BASE, out, type: 'Q4_K', ff: 768 })
     const theirs = await readGgufFileInfo(out, { logWarnings: false })
     const ours = await openGGUF(out)
     try {

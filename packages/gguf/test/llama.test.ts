@@ -2,7 +2,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { generateLlamaModel, readLlamaHyperparameters } from '../src/llama.ts'
+import { generateModel, readLlamaHyperparameters } from '../src/index.ts'
 import { openGGUF } from '../src/reader.ts'
 
 let dir: string
@@ -15,10 +15,10 @@ afterAll(async () => {
 
 const SMALL = { layers: 2, embd: 256, heads: 8, kvHeads: 2, ff: 512, vocab: 1001, seed: 42 } as const
 
-describe('generateLlamaModel', () => {
+describe('generateModel', () => {
   it('writes llama hyperparameters, a vocabulary and tensors in llama.cpp shapes', async () => {
     const out = join(dir, 'gqa.gguf')
-    const made = await generateLlamaModel({ ...SMALL, out, type: 'Q8_0', context: 512, ropeBase: 500000 })
+    const made = await generateModel({ ...SMALL, out, type: 'Q8_0', context: 512, ropeBase: 500000 })
     const file = await openGGUF(out)
     try {
       expect(made.bytes).toBe(file.fileSize)
@@ -88,7 +88,7 @@ describe('generateLlamaModel', () => {
 
   it('scales weights by fan-in and keeps norms near 1', async () => {
     const out = join(dir, 'stats.gguf')
-    await generateLlamaModel({ ...SMALL, out, type: 'F32', layers: 4 })
+    await generateModel({ ...SMALL, out, type: 'F32', layers: 4 })
     const file = await openGGUF(out)
     const stats = async (name: string) => {
       const t = file.tensor(name)!
@@ -110,10 +110,10 @@ describe('generateLlamaModel', () => {
   })
 
   it('is deterministic per (seed, tensor name), whatever else is in the model', async () => {
-    const a = await generateLlamaModel({ ...SMALL, out: join(dir, 'a.gguf'), sha256: true })
-    const b = await generateLlamaModel({ ...SMALL, out: join(dir, 'b.gguf'), sha256: true })
-    const c = await generateLlamaModel({ ...SMALL, out: join(dir, 'c.gguf'), seed: 43, sha256: true })
-    const deeper = await generateLlamaModel({ ...SMALL, out: join(dir, 'd.gguf'), layers: 3 })
+    const a = await generateModel({ ...SMALL, out: join(dir, 'a.gguf'), sha256: true })
+    const b = await generateModel({ ...SMALL, out: join(dir, 'b.gguf'), sha256: true })
+    const c = await generateModel({ ...SMALL, out: join(dir, 'c.gguf'), seed: 43, sha256: true })
+    const deeper = await generateModel({ ...SMALL, out: join(dir, 'd.gguf'), layers: 3 })
     expect(a.sha256).toMatch(/^[0-9a-f]{64}$/)
     expect(b.sha256).toBe(a.sha256)
     expect(c.sha256).not.toBe(a.sha256)
@@ -125,27 +125,22 @@ describe('generateLlamaModel', () => {
   })
 
   it.each([
-    [
-      { embd: 320, type: 'Q4_K' },
-      'generateLlamaModel embd 320: must be a multiple of 256 for Q4_K (rows are whole K-quant super-blocks of 256)',
-    ],
-    [{ ff: 400, type: 'Q6_K' }, 'generateLlamaModel ff 400: must be a multiple of 256 for Q6_K'],
+    [{ ff: 400, type: 'Q6_K' }, 'generateModel ff 400: must be a multiple of 32 for Q6_K'],
     [
       { embd: 48, heads: 1, kvHeads: 1, type: 'Q8_0' },
-      'generateLlamaModel embd 48: must be a multiple of 32 for Q8_0 (rows are whole blocks of 32)',
+      'generateModel embd 48: must be a multiple of 32 for Q8_0 (rows are whole blocks of 32)',
     ],
-    [{ heads: 3 }, 'generateLlamaModel heads 3: must divide embd (256)'],
-    [
-      { heads: 256 },
-      'generateLlamaModel heads 256: gives an odd head size 256/256 = 1; RoPE needs an even one',
-    ],
-    [{ kvHeads: 3 }, 'generateLlamaModel kvHeads 3: must divide heads (8)'],
-    [{ vocab: 258 }, 'generateLlamaModel vocab 258:'],
-    [{ type: 'Q5_K' }, 'generateLlamaModel type "Q5_K":'],
-    [{ layers: 0 }, 'generateLlamaModel layers 0:'],
+    [{ heads: 3 }, 'generateModel heads 3: must divide embd (256)'],
+    [{ heads: 256 }, 'generateModel heads 256: gives an odd head size 1; RoPE needs an even one'],
+    [{ kvHeads: 3 }, 'generateModel kvHeads 3: must divide heads (8)'],
+    [{ vocab: 258 }, 'generateModel vocab 258:'],
+    [{ type: 'Q7_K' }, 'generateModel type "Q7_K":'],
+    [{ arch: 'mamba' }, 'generateModel arch "mamba":'],
+    [{ arch: 'qwen2', headDim: 64 }, 'generateModel headDim 64: must be embd / heads for qwen2'],
+    [{ layers: 0 }, 'generateModel layers 0:'],
   ])('rejects %o naming the option', async (change, message) => {
     const out = join(dir, 'rejected.gguf')
-    await expect(generateLlamaModel({ ...SMALL, out, ...change } as never)).rejects.toThrow(message)
+    await expect(generateModel({ ...SMALL, out, ...change } as never)).rejects.toThrow(message)
     await expect(readdir(dir)).resolves.not.toContain('rejected.gguf')
   })
 
@@ -157,7 +152,7 @@ describe('generateLlamaModel', () => {
       ['q4k', { type: 'Q4_K', ff: 768 }],
     ] as const) {
       const out = join(dir, `${name}.gguf`)
-      const made = await generateLlamaModel({ ...SMALL, out, ...change })
+      const made = await generateModel({ ...SMALL, out, ...change })
       const file = await openGGUF(out)
       const h = readLlamaHyperparameters(file)
       expect(file.tensor('blk.0.attn_k.weight')!.dims).toEqual([256, 32 * h.headCountKv])
@@ -166,11 +161,70 @@ describe('generateLlamaModel', () => {
     }
   })
 
+  it('writes a Q4_K_M mix as llama-quantize picks it, and falls back where rows are not super-blocks', async () => {
+    const out = join(dir, 'q4km.gguf')
+    const made = await generateModel({ ...SMALL, out, layers: 8, type: 'Q4_K_M' })
+    const file = await openGGUF(out)
+    const type = (name: string) => file.tensor(name)!.typeName
+    // use_more_bits(i, 8): layers 0, 3, 6 and 7 get Q6_K for attn_v and ffn_down.
+    expect([0, 1, 2, 3, 4, 5, 6, 7].map((l) => type(`blk.${l}.attn_v.weight`))).toEqual([
+      'Q6_K',
+      'Q4_K',
+      'Q4_K',
+      'Q6_K',
+      'Q4_K',
+      'Q4_K',
+      'Q6_K',
+      'Q6_K',
+    ])
+    expect(type('blk.3.ffn_down.weight')).toBe('Q6_K')
+    expect(type('blk.1.ffn_down.weight')).toBe('Q4_K')
+    expect(type('blk.1.attn_q.weight')).toBe('Q4_K')
+    expect(type('output.weight')).toBe('Q6_K')
+    expect(type('blk.0.attn_norm.weight')).toBe('F32')
+    expect(file.getNumber('general.file_type')).toBe(15)
+    expect(made.tensorTypes).toEqual({ Q4_K: 49, Q6_K: 9 })
+    await file.close()
+    // ffn_down rows of 320 are not whole 256-blocks: Q4_K falls back to Q5_0, Q6_K to Q8_0.
+    const narrow = join(dir, 'narrow.gguf')
+    await generateModel({ ...SMALL, out: narrow, ff: 320, type: 'Q4_K' })
+    const f2 = await openGGUF(narrow)
+    expect(f2.tensor('blk.0.ffn_down.weight')!.typeName).toBe('Q5_0')
+    expect(f2.tensor('blk.0.ffn_up.weight')!.typeName).toBe('Q4_K')
+    await f2.close()
+  })
+
+  it.each([
+    ['qwen2', ['attn_q.bias', 'attn_k.bias', 'attn_v.bias']],
+    ['qwen3', ['attn_q_norm.weight', 'attn_k_norm.weight']],
+    ['gemma2', ['post_attention_norm.weight', 'post_ffw_norm.weight']],
+    ['gemma3', ['attn_q_norm.weight', 'post_attention_norm.weight', 'post_ffw_norm.weight']],
+    ['phi3', ['attn_qkv.weight']],
+  ] as const)('writes %s with its own tensors and keys', async (arch, extra) => {
+    const out = join(dir, `${arch}.gguf`)
+    await generateModel({ ...SMALL, out, arch, ...(arch === 'qwen3' ? { headDim: 64 } : {}) })
+    const file = await openGGUF(out)
+    expect(file.getString('general.architecture')).toBe(arch)
+    expect(file.getNumber(`${arch}.block_count`)).toBe(SMALL.layers)
+    for (const name of extra) expect(file.tensor(`blk.0.${name}`)).toBeDefined()
+    if (arch === 'phi3') {
+      expect(file.tensor('blk.0.ffn_gate.weight')).toBeUndefined()
+      expect(file.tensor('blk.0.ffn_up.weight')!.dims).toEqual([SMALL.embd, 2 * SMALL.ff])
+    }
+    if (arch === 'qwen3')
+      expect(file.tensor('blk.0.attn_q.weight')!.dims).toEqual([SMALL.embd, 64 * SMALL.heads])
+    if (arch.startsWith('gemma')) {
+      expect(file.tensor('output.weight')).toBeUndefined()
+      expect(file.getNumber(`${arch}.attention.sliding_window`)).toBeGreaterThan(0)
+    }
+    await file.close()
+  })
+
   it('stops on abort and leaves no file', async () => {
     const controller = new AbortController()
     controller.abort()
     await expect(
-      generateLlamaModel({ ...SMALL, out: join(dir, 'aborted.gguf'), signal: controller.signal }),
+      generateModel({ ...SMALL, out: join(dir, 'aborted.gguf'), signal: controller.signal }),
     ).rejects.toThrow()
     const left = await readdir(dir)
     expect(left.filter((f) => f.includes('aborted'))).toEqual([])

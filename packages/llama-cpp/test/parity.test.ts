@@ -1,5 +1,5 @@
 import { createMeshnetEngine, createSampler, type MeshnetEngine } from '@meshnet/engine'
-import type { LlamaWeightType } from '@meshnet/gguf'
+import type { ModelWeightType } from '@meshnet/gguf'
 import { type ModelShape, modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLlamaCppEngine, type LlamaCppEngine } from '../src/engine.ts'
@@ -14,7 +14,7 @@ import { createLlamaCppEngine, type LlamaCppEngine } from '../src/engine.ts'
  * activation lands within float noise of a rounding boundary; that one flip then moves the logits
  * of its position and the later ones by up to a few 1e-2.
  */
-const TOLERANCE: Record<LlamaWeightType, number> = {
+const TOLERANCE: Partial<Record<ModelWeightType, number>> = {
   F32: 2e-3,
   F16: 1e-2,
   Q8_0: 0.1,
@@ -32,7 +32,7 @@ const SHAPES: Record<string, ModelShape> = {
   mqa: { layers: 3, embd: 256, heads: 4, kvHeads: 1, ff: 768, vocab: 517 },
 }
 
-const CASES: Array<[shape: keyof typeof SHAPES, type: LlamaWeightType]> = [
+const CASES: Array<[shape: keyof typeof SHAPES, type: ModelWeightType]> = [
   ['gqa', 'F32'],
   ['gqa', 'F16'],
   ['gqa', 'Q8_0'],
@@ -99,7 +99,7 @@ function argmax(row: Float32Array): number {
 describe.each(CASES)('%s model, %s weights', (shapeName, type) => {
   let llama: LlamaCppEngine
   let meshnet: MeshnetEngine
-  const tolerance = TOLERANCE[type]
+  const tolerance = TOLERANCE[type]!
 
   beforeAll(async () => {
     const path = await models.model(`${shapeName}-${type}`, { ...SHAPES[shapeName]!, type })

@@ -1,9 +1,9 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type GenerateLlamaModelOptions, generateLlamaModel } from '@meshnet/gguf'
+import { type GenerateModelOptions, generateModel } from '@meshnet/gguf'
 
-export type ModelShape = Omit<GenerateLlamaModelOptions, 'out'>
+export type ModelShape = Omit<GenerateModelOptions, 'out'>
 
 /** A temp dir of generated test models, removed by `cleanup()`. */
 export async function modelDir(): Promise<{
@@ -14,7 +14,7 @@ export async function modelDir(): Promise<{
   return {
     async model(name, shape) {
       const out = join(dir, `${name}.gguf`)
-      await generateLlamaModel({ context: 512, seed: 11, ...shape, out })
+      await generateModel({ context: 512, seed: 11, ...shape, out })
       return out
     },
     cleanup: () => rm(dir, { recursive: true, force: true }),

@@ -4,7 +4,7 @@ import { access, mkdir, mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { InvalidArgumentError, MeshError, printJson } from '@meshnet/core'
-import { generateLlamaModel } from '@meshnet/gguf'
+import { generateModel } from '@meshnet/gguf'
 import { dataDirLayout } from '@meshnet/identity'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
 import type { JobResult, JobToken } from '@meshnet/protocols'
@@ -107,7 +107,7 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
           mark(
             `writing the built-in model (llama, ${DEMO_MODEL.layers} layers, embd ${DEMO_MODEL.embd}, F32)`,
           )
-          await generateLlamaModel({ ...DEMO_MODEL, out: model, name: 'meshnet-demo' })
+          await generateModel({ ...DEMO_MODEL, out: model, name: 'meshnet-demo' })
         } else {
           await access(model).catch(() => {
             throw new InvalidArgumentError(`--model ${model}: no such file`)

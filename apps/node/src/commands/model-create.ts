@@ -1,7 +1,7 @@
 import { stat } from 'node:fs/promises'
 import { resolve } from 'node:path'
 import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/core'
-import { generateLlamaModel, LLAMA_WEIGHT_TYPES, llamaModelOptionsSchema } from '@meshnet/gguf'
+import { generateModel, MODEL_ARCHITECTURES, MODEL_WEIGHT_TYPES, modelOptionsSchema } from '@meshnet/gguf'
 import type { Command } from 'commander'
 import { z } from 'zod'
 import { parseFlag } from '../config.ts'
@@ -9,6 +9,9 @@ import type { CommandContext } from '../context.ts'
 
 interface ModelCreateFlags {
   out: string
+  arch: string
+  headDim?: string
+  slidingWindow?: string
   layers: string
   embd: string
   heads: string
@@ -18,12 +21,13 @@ interface ModelCreateFlags {
   type: string
   seed: string
   context: string
-  ropeBase: string
+  ropeBase?: string
   name?: string
   force?: boolean
 }
 
 const DEFAULTS = {
+  arch: 'llama',
   layers: '4',
   embd: '512',
   heads: '8',
@@ -31,12 +35,14 @@ const DEFAULTS = {
   type: 'Q8_0',
   seed: '0',
   context: '2048',
-  ropeBase: '10000',
 } as const
 
 /** The flag each generator option comes from, so an error names what the user typed. */
 const FLAG_OF: Record<string, string> = {
   out: '--out',
+  arch: '--arch',
+  headDim: '--head-dim',
+  slidingWindow: '--sliding-window',
   layers: '--layers',
   embd: '--embd',
   heads: '--heads',
@@ -59,10 +65,13 @@ const decimal = z
   .string()
   .regex(/^\d+(\.\d+)?([eE][+-]?\d+)?$/, 'must be a positive number')
   .transform((s) => Number(s))
+const architecture = z
+  .string()
+  .pipe(z.enum(MODEL_ARCHITECTURES, { message: `must be one of ${MODEL_ARCHITECTURES.join(', ')}` }))
 const weightType = z
   .string()
   .transform((s) => s.toUpperCase())
-  .pipe(z.enum(LLAMA_WEIGHT_TYPES, { message: `must be one of ${LLAMA_WEIGHT_TYPES.join(', ')}` }))
+  .pipe(z.enum(MODEL_WEIGHT_TYPES, { message: `must be one of ${MODEL_WEIGHT_TYPES.join(', ')}` }))
 
 /** Llama's feed-forward width, about 8/3 of the embedding, rounded up to a whole K-quant block. */
 function defaultFeedForward(embd: number): number {
@@ -86,18 +95,28 @@ function formatBytes(n: number): string {
 export function registerModelCreate(program: Command, context: (cmd: Command) => CommandContext): void {
   program
     .command('model-create')
-    .description('write a deterministic llama-family test model (GGUF) that llama.cpp and Meshnet load')
+    .description('write a deterministic test model (GGUF, random weights) that llama.cpp and Meshnet load')
     .requiredOption('--out <file>', 'where to write the .gguf file')
+    .option('--arch <name>', `architecture: ${MODEL_ARCHITECTURES.join(', ')}`, DEFAULTS.arch)
     .option('--layers <n>', 'transformer blocks', DEFAULTS.layers)
     .option('--embd <n>', 'embedding width', DEFAULTS.embd)
     .option('--heads <n>', 'attention heads', DEFAULTS.heads)
     .option('--kv-heads <n>', 'key/value heads (grouped-query attention; default: --heads)')
+    .option('--head-dim <n>', 'head size (default: --embd / --heads; Qwen 3 and Gemma set their own)')
     .option('--ff <n>', 'feed-forward width (default: 8/3 of --embd, rounded up to 256)')
     .option('--vocab <n>', 'vocabulary size, at least 259', DEFAULTS.vocab)
-    .option('--type <type>', `weight type: ${LLAMA_WEIGHT_TYPES.join(', ')}`, DEFAULTS.type)
+    .option(
+      '--type <type>',
+      `weight type, or a llama-quantize mix (*_K_S, *_K_M): ${MODEL_WEIGHT_TYPES.join(', ')}`,
+      DEFAULTS.type,
+    )
     .option('--seed <n>', 'weights seed (same flags and seed give the same file)', DEFAULTS.seed)
     .option('--context <n>', 'context length written to the model', DEFAULTS.context)
-    .option('--rope-base <x>', 'RoPE frequency base', DEFAULTS.ropeBase)
+    .option('--rope-base <x>', "RoPE frequency base (default: the architecture's usual one)")
+    .option(
+      '--sliding-window <n>',
+      'Gemma: sliding window of the local layers (default 4096 for gemma2, 512 for gemma3)',
+    )
     .option('--name <name>', 'general.name written to the model')
     .option('--force', 'replace --out if it exists')
     .action(async (flags: ModelCreateFlags, cmd: Command) => {
@@ -105,21 +124,28 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
       const embd = parseFlag('--embd', integer, flags.embd)
       const options = {
         out: resolve(flags.out),
+        arch: parseFlag('--arch', architecture, flags.arch),
         layers: parseFlag('--layers', integer, flags.layers),
         embd,
         heads: parseFlag('--heads', integer, flags.heads),
         ...(flags.kvHeads === undefined ? {} : { kvHeads: parseFlag('--kv-heads', integer, flags.kvHeads) }),
+        ...(flags.headDim === undefined ? {} : { headDim: parseFlag('--head-dim', integer, flags.headDim) }),
+        ...(flags.slidingWindow === undefined
+          ? {}
+          : { slidingWindow: parseFlag('--sliding-window', integer, flags.slidingWindow) }),
         ff: flags.ff === undefined ? defaultFeedForward(embd) : parseFlag('--ff', integer, flags.ff),
         vocab: parseFlag('--vocab', integer, flags.vocab),
         type: parseFlag('--type', weightType, flags.type),
         seed: parseFlag('--seed', integer, flags.seed),
         context: parseFlag('--context', integer, flags.context),
-        ropeBase: parseFlag('--rope-base', decimal, flags.ropeBase),
+        ...(flags.ropeBase === undefined
+          ? {}
+          : { ropeBase: parseFlag('--rope-base', decimal, flags.ropeBase) }),
         ...(flags.name === undefined ? {} : { name: flags.name }),
         sha256: true,
       }
       // The generator's own schema checks the combination (heads divide embd, block sizes, ...).
-      const checked = llamaModelOptionsSchema.safeParse(options)
+      const checked = modelOptionsSchema.safeParse(options)
       if (!checked.success) {
         const issue = checked.error.issues[0]!
         const key = String(issue.path[0] ?? 'out')
@@ -143,9 +169,9 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
       process.once('SIGTERM', interrupt)
       const started = performance.now()
       ctx.logger.debug({ ...options }, 'generating test model')
-      let made: Awaited<ReturnType<typeof generateLlamaModel>>
+      let made: Awaited<ReturnType<typeof generateModel>>
       try {
-        made = await generateLlamaModel({ ...options, signal: controller.signal })
+        made = await generateModel({ ...options, signal: controller.signal })
       } finally {
         process.off('SIGINT', interrupt)
         process.off('SIGTERM', interrupt)
@@ -158,7 +184,9 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
           path: made.path,
           bytes: made.bytes,
           parameters: made.parameters,
+          arch: made.arch,
           type: made.type,
+          tensorTypes: made.tensorTypes,
           sha256: made.sha256,
           seed: made.seed,
           layers: options.layers,
@@ -168,7 +196,8 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
           ff: options.ff,
           vocab: options.vocab,
           context: options.context,
-          ropeBase: options.ropeBase,
+          ...(options.headDim === undefined ? {} : { headDim: options.headDim }),
+          ...(options.ropeBase === undefined ? {} : { ropeBase: options.ropeBase }),
           tensors: made.tensors,
           seconds: Number(seconds.toFixed(3)),
         })
@@ -177,11 +206,17 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
       ctx.io.stdout.write(`Wrote ${made.path}\n`)
       printFields(ctx.io, [
         ['Parameters', `${formatCount(made.parameters)} (${made.parameters})`],
-        ['Type', made.type],
+        ['Architecture', made.arch],
+        [
+          'Type',
+          `${made.type} (${Object.entries(made.tensorTypes)
+            .map(([type, n]) => `${n} ${type}`)
+            .join(', ')} matrices)`,
+        ],
         ['Size', `${formatBytes(made.bytes)} (${made.bytes} bytes)`],
         [
           'Shape',
-          `${options.layers} layers, embd ${options.embd}, ${options.heads} heads (${kvHeads} KV), ff ${options.ff}, vocab ${options.vocab}, context ${options.context}`,
+          `${options.layers} layers, embd ${options.embd}, ${options.heads} heads (${kvHeads} KV${options.headDim === undefined ? '' : `, size ${options.headDim}`}), ff ${options.ff}, vocab ${options.vocab}, context ${options.context}`,
         ],
         ['Seed', made.seed],
         ['SHA-256', made.sha256],

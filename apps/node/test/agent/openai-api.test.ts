@@ -5,7 +5,7 @@ import { silentLogger } from '@meshnet/core'
 import {
   type GGUFTensorInput,
   type GGUFValueInput,
-  generateLlamaModel,
+  generateModel,
   openGGUF,
   writeGGUF,
 } from '@meshnet/gguf'
@@ -40,7 +40,7 @@ let base: string
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'meshnet-openai-'))
   const plain = join(dir, 'tiny.gguf')
-  await generateLlamaModel({
+  await generateModel({
     out: plain,
     layers: 2,
     embd: 256,
