@@ -30,6 +30,7 @@ it('exports exactly the public surface', async () => {
       "quantizeRow",
       "readLlamaHyperparameters",
       "rowByteLength",
+      "splitGGUF",
       "writeGGUF",
     ]
   `)
