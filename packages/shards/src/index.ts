@@ -31,6 +31,8 @@ export type {
   ServedModel,
   SingleEngine,
 } from './jobs/types.ts'
+export type { ModelHash } from './model-hash.ts'
+export { fileSha256, modelSha256 } from './model-hash.ts'
 export type { ShardGate } from './peers.ts'
 export type { ShardedModeChoice, ShardedPlan, ShardModelFacts } from './plan.ts'
 export { chooseShardedMode, readShardModelFacts, shardedPlanSchema } from './plan.ts'

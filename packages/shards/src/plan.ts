@@ -1,6 +1,11 @@
 import { InvalidArgumentError, parseWith } from '@meshnet/core'
-import { readLlamaConfig } from '@meshnet/engine'
-import { findGGMLType, openGGUF } from '@meshnet/gguf'
+import {
+  type LlamaConfig,
+  readLlamaConfig,
+  SUPPORTED_WEIGHT_TYPES,
+  UnsupportedModelError,
+} from '@meshnet/engine'
+import { findGGMLType, openGGUF, readLlamaHyperparameters } from '@meshnet/gguf'
 import { z } from 'zod'
 
 const index = z
@@ -108,12 +113,42 @@ export interface ShardModelFacts {
   ffnUnit: number
   /** KV cache bytes per position of context, every layer, f16 (llama.cpp's default). */
   kvBytesPerPosition: number
+  /**
+   * Why the Meshnet engine cannot run this model (an architecture or weight type it does not have),
+   * so the ring cannot split it; absent when it can. Such a model runs on one member's llama.cpp.
+   */
+  unsplittable?: string
 }
 
 export async function readShardModelFacts(path: string): Promise<ShardModelFacts> {
   const file = await openGGUF(path)
   try {
-    const config = readLlamaConfig(file)
+    let config: Pick<
+      LlamaConfig,
+      'layers' | 'heads' | 'kvHeads' | 'ff' | 'embd' | 'vocab' | 'headDim' | 'trainContext'
+    >
+    let unsplittable: string | undefined
+    try {
+      config = readLlamaConfig(file)
+      const odd = file.tensors.find((t) => t.dims.length > 1 && !SUPPORTED_WEIGHT_TYPES.has(t.typeName))
+      if (odd)
+        unsplittable = `tensor '${odd.name}' is ${odd.typeName}, which the Meshnet engine does not compute with`
+    } catch (err) {
+      if (!(err instanceof UnsupportedModelError)) throw err
+      // What llama.cpp reads of any architecture, for planning a whole-model run on one member.
+      const h = readLlamaHyperparameters(file)
+      config = {
+        layers: h.blockCount,
+        heads: h.headCount,
+        kvHeads: h.headCountKv,
+        ff: h.feedForwardLength,
+        embd: h.embeddingLength,
+        vocab: h.vocabSize,
+        headDim: file.getNumber(`${h.architecture}.attention.key_length`) ?? h.headDim,
+        trainContext: h.contextLength,
+      }
+      unsplittable = err.shortMessage
+    }
     const perLayer = new Map<number, number>()
     let outside = 0
     let total = 0
@@ -141,6 +176,7 @@ export async function readShardModelFacts(path: string): Promise<ShardModelFacts
       headUnit: outBlock / gcd(outBlock, config.headDim),
       ffnUnit: block('blk.0.ffn_down.weight'),
       kvBytesPerPosition: config.kvHeads * config.headDim * config.layers * 2 * 2,
+      ...(unsplittable === undefined ? {} : { unsplittable }),
     }
   } finally {
     await file.close()
@@ -150,6 +186,8 @@ export async function readShardModelFacts(path: string): Promise<ShardModelFacts
 export type ShardedModeChoice =
   | { mode: 'single'; nodeId: string; reason: string }
   | { mode: 'pipeline' | 'tensor'; reason: string }
+  /** The model cannot be split (`unsplittable`) and no member can hold it whole, or a split was asked for. */
+  | { mode: 'none'; reason: string }
 
 /**
  * Where a model should run: on one member when one can hold it whole (weights, KV cache for
@@ -166,7 +204,11 @@ export function chooseShardedMode(input: {
   preferNodeId?: string
 }): ShardedModeChoice {
   const mode = input.mode ?? 'auto'
-  if (mode !== 'auto') return { mode, reason: `${mode} asked for` }
+  const unsplittable = input.model.unsplittable
+  if (mode !== 'auto') {
+    if (unsplittable !== undefined) return { mode: 'none', reason: `cannot run ${mode}: ${unsplittable}` }
+    return { mode, reason: `${mode} asked for` }
+  }
   const need = Math.ceil((input.model.totalBytes + input.model.kvBytesPerPosition * input.contextSize) * 1.1)
   const fits = input.members.filter((m) => m.capacityBytes >= need)
   const preferred = fits.find((m) => m.nodeId === input.preferNodeId)
@@ -176,6 +218,12 @@ export function chooseShardedMode(input: {
       mode: 'single',
       nodeId: best.nodeId,
       reason: `${best.nodeId} offers ${mib(best.capacityBytes)}, enough for the whole model (${mib(need)})`,
+    }
+  }
+  if (unsplittable !== undefined) {
+    return {
+      mode: 'none',
+      reason: `no single member offers the ${mib(need)} the whole model needs, and it cannot be split: ${unsplittable}`,
     }
   }
   return {

@@ -208,6 +208,24 @@ describe('plans and modes', () => {
     ).toBe('tensor')
   })
 
+  it('runs a model the Meshnet engine cannot split on one member only, and says why otherwise', () => {
+    const big = { nodeId: 'big', capacityBytes: 2 ** 30 }
+    const small = { nodeId: 'small', capacityBytes: 300 * 2 ** 20 }
+    const moe = { ...facts, unsplittable: "'qwen3moe' is not an architecture the Meshnet engine runs" }
+    expect(chooseShardedMode({ members: [small, big], model: moe, contextSize: 2048 })).toMatchObject({
+      mode: 'single',
+      nodeId: 'big',
+    })
+    expect(chooseShardedMode({ members: [small, small], model: moe, contextSize: 2048 })).toEqual({
+      mode: 'none',
+      reason: `no single member offers the 619 MiB the whole model needs, and it cannot be split: ${moe.unsplittable}`,
+    })
+    expect(chooseShardedMode({ members: [big], model: moe, contextSize: 2048, mode: 'pipeline' })).toEqual({
+      mode: 'none',
+      reason: `cannot run pipeline: ${moe.unsplittable}`,
+    })
+  })
+
   it('refuses plans with gaps, overlaps or a member twice', () => {
     expect(() =>
       parseShardedPlan({

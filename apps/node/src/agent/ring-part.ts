@@ -1,5 +1,3 @@
-import { createHash } from 'node:crypto'
-import { createReadStream } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
 import { basename, resolve } from 'node:path'
@@ -22,7 +20,7 @@ import {
   topologyOf,
   writeTopologyFile,
 } from '@meshnet/ring'
-import { readShardModelFacts, type ServedModel } from '@meshnet/shards'
+import { modelSha256, readShardModelFacts, type ServedModel } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
 
@@ -322,18 +320,15 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
   }
 }
 
-/** Reads what planning needs from the served GGUF and hashes the file (same hash across the ring). */
+/** Reads what planning needs from the served GGUF and hashes it (same hash across the ring). */
 async function describeModel(path: string): Promise<ServedModel> {
-  const bytes = (
-    await stat(path).catch(() => {
-      throw new InvalidArgumentError(`--model ${path}: no such file`)
-    })
-  ).size
+  await stat(path).catch(() => {
+    throw new InvalidArgumentError(`--model ${path}: no such file`)
+  })
   // What the planners and the job runner need: layers, heads, FFN width, bytes per layer, ...
   const plan = await readShardModelFacts(path)
-  const hash = createHash('sha256')
-  for await (const chunk of createReadStream(path)) hash.update(chunk as Buffer)
-  return { path, info: { name: basename(path), sha256: hash.digest('hex'), bytes }, plan }
+  const { sha256, bytes } = await modelSha256(path)
+  return { path, info: { name: basename(path), sha256, bytes }, plan }
 }
 
 /** A rough compute score: billions of float multiply-adds per second in a short JS loop. */

@@ -162,6 +162,11 @@ export class JobServiceImpl implements JobService {
       mode: request.mode,
       preferNodeId: nodeId,
     })
+    if (choice.mode === 'none') {
+      throw new JobRefusedError('ERR_NO_PLAN', choice.reason, {
+        hint: 'run it on a member that can hold it whole (mode auto, more --memory), or use a model the Meshnet engine runs (see the engine README)',
+      })
+    }
     if (choice.mode !== 'single' && poolId === undefined) {
       throw new JobRefusedError(
         'ERR_NO_PLAN',
