@@ -4,16 +4,28 @@
 // engine runs them, and in their ggml layout. The weights are the matrices of a ~100M-parameter
 // llama (12 layers of 768×768 ×4 and 2048×768 ×3, 85M weights), more than the caches hold, so a
 // pass over them is what one decode step costs. With --llama it also measures node-llama-cpp's
-// decode tokens/s on generated 134M-parameter Q8_0 and Q4_0 models, as weight GB/s.
+// decode tokens/s on generated 134M-parameter models of the --llama-types (a type or a mix such as
+// Q4_K_M, as `generateModel` writes them), as weight GB/s, next to these kernels' matvecs over the
+// same file's matrices (an upper bound of the Meshnet engine's decode: no attention, no norms).
 //
-//   node --conditions=meshnet-source bench/kernels.bench.ts [--llama] [--types Q8_0,Q4_0] [--seconds 1]
+//   node --conditions=meshnet-source bench/kernels.bench.ts [--llama] [--llama-types Q4_K_M,Q5_K_M]
+//     [--types Q8_0,Q4_0] [--threads 1,2] [--seconds 1]
 import { existsSync } from 'node:fs'
 import { mkdir } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createJsKernels, createWasmKernels, type KernelBuffer, type Kernels } from '@meshnet/engine'
-import { GGML_TYPE, generateModel, quantizeRow, rowByteLength } from '@meshnet/gguf'
+import {
+  GGML_TYPE,
+  generateModel,
+  MODEL_WEIGHT_TYPES,
+  type ModelWeightType,
+  openGGUF,
+  QUANTIZABLE_TYPES,
+  quantizeRow,
+  rowByteLength,
+} from '@meshnet/gguf'
 import { acquireLlama } from '@meshnet/llama-cpp'
 import { type KernelsExports, kernelsModule } from '../packages/engine/src/kernels/wasm.ts'
 import { wasmApi } from '../packages/engine/src/kernels/webassembly.ts'
@@ -22,7 +34,11 @@ import { table } from './lib.ts'
 const { values: flags } = parseArgs({
   options: {
     llama: { type: 'boolean', default: false },
-    types: { type: 'string', default: 'F32,F16,Q8_0,Q4_0,Q4_K,Q6_K' },
+    'llama-types': { type: 'string', default: 'Q8_0,Q4_0,Q4_K_M,Q5_K_M' },
+    types: {
+      type: 'string',
+      default: 'F32,F16,BF16,Q8_0,Q4_0,Q4_1,Q5_0,Q5_1,IQ4_NL,Q2_K,Q3_K,Q4_K,Q5_K,Q6_K,IQ4_XS',
+    },
     seconds: { type: 'string', default: '1' },
     threads: { type: 'string', default: '1,2' },
   },
@@ -170,17 +186,69 @@ function measure(k: Kernels, type: number, layers: number, prompt: boolean, ggml
   return { decode, prompt: promptRate }
 }
 
-/** node-llama-cpp decode tokens/s on a generated 134M-parameter model, at `threads` threads. */
-async function llamaCppDecode(
-  type: 'Q8_0' | 'Q4_0',
-  threads: number,
-): Promise<{ tps: number; gbps: number }> {
+/** A generated 134M-parameter llama of `type` (a ggml type or a llama-quantize mix), cached. */
+async function benchModel(type: ModelWeightType): Promise<string> {
   const dir = join(tmpdir(), 'meshnet-bench-models')
   await mkdir(dir, { recursive: true })
   const path = join(dir, `llama-134m-${type}.gguf`)
   if (!existsSync(path)) {
     await generateModel({ out: path, layers: LAYERS, embd: EMBD, heads: 12, ff: FF, vocab: 32000, type })
   }
+  return path
+}
+
+/**
+ * The weight matrices a decode step reads from a model file: every 2-D tensor but the token
+ * embedding (a lookup), which is read as the output matrix when the file has none.
+ */
+async function decodeMatrices(
+  path: string,
+): Promise<Array<{ name: string; type: number; rows: number; cols: number; bytes: number }>> {
+  const file = await openGGUF(path)
+  try {
+    const tied = file.tensor('output.weight') === undefined
+    return file.tensors
+      .filter((t) => t.dims.length === 2 && (tied || t.name !== 'token_embd.weight'))
+      .map((t) => ({ name: t.name, type: t.type, rows: t.rows, cols: t.dims[0]!, bytes: t.byteLength }))
+  } finally {
+    await file.close()
+  }
+}
+
+/** These kernels' weight GB/s over one decode step's matvecs of the model file at `path`. */
+async function meshnetFileDecode(path: string, threads: number): Promise<number> {
+  const matrices = await decodeMatrices(path)
+  const file = await openGGUF(path)
+  const k = await createWasmKernels({ threads })
+  try {
+    const loaded: Matrix[] = []
+    let bytes = 0
+    for (const m of matrices) {
+      const w = k.alloc(m.bytes)
+      w.bytes().set(await file.readTensor(m.name))
+      loaded.push({ w, type: k.pack?.(m.type, w, m.rows, m.cols) ?? m.type, rows: m.rows, cols: m.cols })
+      bytes += m.bytes
+    }
+    const x = k.alloc(32000 * 4)
+    x.f32().forEach((_, i, a) => {
+      a[i] = Math.cos(i * 0.11)
+    })
+    const out = k.alloc(32000 * 4)
+    return (
+      bytes /
+      time(() => {
+        for (const m of loaded) k.matvec(m.type, m.w, m.rows, m.cols, x, out)
+      }) /
+      GB
+    )
+  } finally {
+    await k.dispose()
+    await file.close()
+  }
+}
+
+/** node-llama-cpp decode tokens/s on the model file at `path`, at `threads` threads. */
+async function llamaCppDecode(path: string, threads: number): Promise<{ tps: number; gbps: number }> {
   const runtime = await acquireLlama()
   const { llama } = runtime
   const model = await llama.loadModel({ modelPath: path, gpuLayers: 0 })
@@ -201,10 +269,7 @@ async function llamaCppDecode(
   await model.dispose()
   await runtime.release()
   const tps = Math.max(...best)
-  // Bytes a decode step reads: every layer matrix and the output matrix (the embedding is a lookup).
-  const rowBytes = (cols: number) => rowByteLength(type, cols)
-  const perToken =
-    LAYERS * LAYER.reduce((s, [rows, cols]) => s + rows * rowBytes(cols), 0) + 32000 * rowBytes(EMBD)
+  const perToken = (await decodeMatrices(path)).reduce((s, m) => s + m.bytes, 0)
   return { tps, gbps: (tps * perToken) / GB }
 }
 
@@ -219,6 +284,10 @@ console.log(
 const rows: Array<Record<string, string | number>> = []
 for (const name of TYPES) {
   const type = GGML_TYPE[name]
+  if (!QUANTIZABLE_TYPES.includes(name)) {
+    console.log(`${name}: @meshnet/gguf cannot quantize it yet; skipped`)
+    continue
+  }
   const js = createJsKernels()
   const jsRate = measure(js, type, 1, false)
   await js.dispose()
@@ -245,10 +314,24 @@ table(rows)
 if (flags.llama) {
   console.log('\nnode-llama-cpp decode (134M-parameter generated llama, 64 tokens, best of 3)')
   const ref: Array<Record<string, string | number>> = []
-  for (const type of ['Q8_0', 'Q4_0'] as const) {
+  for (const type of flags['llama-types'].split(',') as ModelWeightType[]) {
+    if (!MODEL_WEIGHT_TYPES.includes(type)) {
+      console.log(`${type}: generateModel does not write it; skipped`)
+      continue
+    }
+    const path = await benchModel(type)
     for (const threads of THREADS) {
-      const { tps, gbps } = await llamaCppDecode(type, threads)
-      ref.push({ type, threads, 'tokens/s': tps, 'weight GB/s': gbps, '/ mem bw': gbps / bandwidth.wasm })
+      const { tps, gbps } = await llamaCppDecode(path, threads)
+      const meshnet = await meshnetFileDecode(path, threads)
+      ref.push({
+        type,
+        threads,
+        'tokens/s': tps,
+        'weight GB/s': gbps,
+        '/ mem bw': gbps / bandwidth.wasm,
+        'meshnet matvecs GB/s': meshnet,
+        'meshnet / llama.cpp': meshnet / gbps,
+      })
     }
   }
   table(ref)

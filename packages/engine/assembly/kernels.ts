@@ -8,23 +8,61 @@
 // One job is `out[i * rows + r] = dot(W row r, x_i)` for r in [0, rows), i in [0, n). As ggml's
 // CPU backend does, the activations are first rounded to the weight type's `vec_dot_type`, with
 // ggml's rounding, so the results are ggml's up to the order of f32 additions:
-// - Q8_0, Q4_0: q8_0, blocks of 32 with a half scale each (plus |x|, sign(x), 8·d·Σq per block);
-// - Q4_K, Q6_K: q8_K, blocks of 256 with one f32 scale and i16 sums per 16 and per 32 values;
-// - F16: halves; F32: as they are.
+// - Q8_0, Q4_0, Q5_0, IQ4_NL: q8_0, blocks of 32 with a half scale each (plus |x| and sign(x) for
+//   Q8_0 and IQ4_NL, 8·d·Σq per block for Q4_0, 16·d·Σq for Q5_0);
+// - Q4_1, Q5_1: q8_1, the same values with s = d·Σq rounded to a half per block;
+// - Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS: q8_K, blocks of 256 with one f32 scale and i16 sums per
+//   16 and per 32 values (plus |x| and sign(x) for IQ4_XS);
+// - F16: halves; BF16: bf16s; F32: as they are.
 // The inner loops of the quantized types are integer dot products (relaxed i8×i7 dot, then i16×i16
 // pairs), with the per-block scales applied once per block.
+//
+// This file holds the types of the first kernels, the activation rounding and the dispatch; the
+// other weight types are in bf16.ts, legacy.ts (32-value blocks) and kquants.ts, the shared helpers
+// in common.ts.
 
-// ggml type ids.
-const F32: i32 = 0
-const F16: i32 = 1
-const Q4_0: i32 = 2
-const Q8_0: i32 = 8
-const Q4_K: i32 = 12
-const Q6_K: i32 = 14
-// Meshnet's packed layouts (see `pack`): four rows interleaved, ids 256 + the ggml type.
-const PACKED: i32 = 256
-const Q4_0X4: i32 = PACKED + Q4_0
-// (PACKED + Q8_0 is the packed Q8_0 layout: every packed type other than Q4_0X4.)
+import { dot4BF16, roundToBF16, roundToBF16x4, rowsBF16 } from './bf16'
+import {
+  BF16,
+  F16,
+  F32,
+  f16,
+  f16x4Fast,
+  hsum,
+  hsum4,
+  IQ4_NL,
+  IQ4_XS,
+  K_BITS45,
+  K_F16_MASK,
+  K_F16_SCALE,
+  K_F32_EXP,
+  K_LOW4,
+  K_M127,
+  K_ONES16,
+  K_PACK_SCALE,
+  PACKED,
+  Q2_K,
+  Q3_K,
+  Q4_0,
+  Q4_0X4,
+  Q4_1,
+  Q4_K,
+  Q5_0,
+  Q5_1,
+  Q5_K,
+  Q6_K,
+  Q8_0,
+  q4_KQuad,
+  scales4,
+  scales256x4,
+  scalesMinsK4,
+  splatB,
+  splatW,
+  writeConstants,
+  ZERO,
+} from './common'
+import { dot4KQuant, rowsKQuant } from './kquants'
+import { rowsLegacy } from './legacy'
 
 // Control block, at byte offsets (mirrored in src/kernels/wasm.ts). A job is split into chunks of
 // rows that threads claim one at a time from CLAIM, an i64 of (job id << 32 | next chunk): a thread
@@ -55,49 +93,21 @@ const C_ROW_STRIDE: usize = 252 // i32, bytes from one weight row to the next
 // Weight rows per tile in a matmul: a tile stays in L1/L2 while every activation row passes over it.
 const ROW_TILE: usize = 16
 
-// Vector constants live in the control block and are loaded once per row range: V8 re-creates a
-// v128 constant at each use inside a loop (three instructions), while a loaded one stays in a
-// register. `init` writes them.
-const K_LOW4: usize = 256
-const K_BITS45: usize = 272
-const K_ONES16: usize = 288
-const K_F16_MASK: usize = 304
-const K_F16_SCALE: usize = 320
-const K_M127: usize = 336
-const K_H_EM: usize = 352
-const K_H_BIAS: usize = 368
-const K_H_TINY: usize = 384
-const K_H_NORMAL: usize = 400
-const K_F32_EXP: usize = 416
-const K_PACK_SCALE: usize = 432
-
-const ZERO: v128 = i32x4.splat(0)
-
 /** Writes the vector constants into the control block; the main thread calls it once. */
 export function init(ctrl: usize): void {
-  v128.store(ctrl, i8x16.splat(0x0f), K_LOW4)
-  v128.store(ctrl, i8x16.splat(0x30), K_BITS45)
-  v128.store(ctrl, i16x8.splat(1), K_ONES16)
-  v128.store(ctrl, i32x4.splat(0x8fffe000), K_F16_MASK)
-  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x77800000)), K_F16_SCALE) // 2^112
-  v128.store(ctrl, i8x16.splat(-127), K_M127)
-  v128.store(ctrl, i32x4.splat(0x7fff), K_H_EM)
-  v128.store(ctrl, i32x4.splat(0x38000000), K_H_BIAS)
-  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x33800000)), K_H_TINY) // 2^-24
-  v128.store(ctrl, i32x4.splat(0x400), K_H_NORMAL)
-  v128.store(ctrl, i32x4.splat(0x7f800000), K_F32_EXP)
-  v128.store(ctrl, f32x4.splat(reinterpret<f32>(0x72800000)), K_PACK_SCALE) // 2^102
+  writeConstants(ctrl)
 }
 
 // ---------------------------------------------------------------------------------------------
 // Quantized-activation layout, per activation row of `cols` values, `4 * cols` bytes in all (F16
 // weights take the rounded f32 activations there instead):
 //   [0, cols)            q: i8 values
-//   [cols, 2 cols)       |q| (Q8_0 only)
-//   [2 cols, 3 cols)     sign mask of q, 0xff where q < 0 (Q8_0 only)
-//   3 cols               f32 scale per 32 (Q8_0, Q4_0: a half's value) or per 256 (Q4_K, Q6_K)
-//   3 cols + cols / 8    f32 8·d·Σq per 32 (Q4_0), or i16 Σq per 16 (Q4_K, Q6_K)
-//   3 cols + cols / 4    i16 Σq per 32 (Q4_K)
+//   [cols, 2 cols)       |q| (Q8_0, IQ4_NL, IQ4_XS only)
+//   [2 cols, 3 cols)     sign mask of q, 0xff where q < 0 (Q8_0, IQ4_NL, IQ4_XS only)
+//   3 cols               f32 scale per 32 (q8_0, q8_1: a half's value) or per 256 (q8_K)
+//   3 cols + cols / 8    f32 8·d·Σq per 32 (Q4_0), 16·d·Σq (Q5_0) or s, a half's value (q8_1);
+//                        or i16 Σq per 16 (q8_K)
+//   3 cols + cols / 4    i16 Σq per 32 (q8_K)
 // and after the n rows, for Q8_0 and Q4_0 with n >= 4, `cols` bytes per group of four rows: per
 // block of 32, the four rows' f32 scales, then their four f32 8·d·Σq (see dot4Q8_0).
 
@@ -157,8 +167,9 @@ function sum16(v: v128): i32 {
 }
 
 // As ggml's quantize_row_q8_0 on x86: q = round-half-even(x · 127 / max|x|), and the block scale
-// max|x| / 127 rounded to a half (ggml stores it as one).
-function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool): void {
+// max|x| / 127 rounded to a half (ggml stores it as one). The per-block sum is `sum`·d·Σq, or for
+// `sum` 0 the s of ggml's quantize_row_q8_1: (max|x| / 127)·Σq rounded to a half.
+function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool, sum: f32): void {
   const nb = cols >> 5
   const scales = xq + 3 * cols
   const sums = scales + (cols >> 3)
@@ -179,11 +190,12 @@ function quantizeBlocks32(x: usize, cols: usize, xq: usize, withSign: bool): voi
       v128.store(q + 2 * cols, i8x16.lt_s(q1, ZERO), 16)
     }
     store<f32>(scales + (b << 2), d)
-    store<f32>(sums + (b << 2), <f32>8 * d * <f32>(sum16(q0) + sum16(q1)))
+    const qsum = <f32>(sum16(q0) + sum16(q1))
+    store<f32>(sums + (b << 2), sum !== 0 ? sum * d * qsum : roundToHalf((amax / 127) * qsum))
   }
 }
 
-function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
+function quantizeBlocks256(x: usize, cols: usize, xq: usize, withSign: bool): void {
   const nb = cols >> 8
   const scales = xq + 3 * cols
   const sums16 = scales + (cols >> 3)
@@ -219,65 +231,15 @@ function quantizeBlocks256(x: usize, cols: usize, xq: usize): void {
       store<i16>(sums16 + (b << 5) + (j << 1) + 2, <i16>s1)
       store<i16>(sums32 + (b << 4) + j, <i16>(s0 + s1))
     }
+    if (withSign) {
+      for (let j: usize = 0; j < 256; j += 16) {
+        const v = v128.load(q + j)
+        v128.store(q + cols + j, i8x16.abs(v))
+        v128.store(q + 2 * cols + j, i8x16.lt_s(v, ZERO))
+      }
+    }
     store<f32>(scales + (b << 2), d)
   }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers
-
-// IEEE half -> float, exact for every half and without arithmetic on float subnormals, which costs
-// x86 a microcode assist per operation (and block scales are often half subnormals: a Q6_K d of a
-// layer with weights below 0.25 is): a normal half by re-biasing its exponent in the integer bits,
-// a subnormal one as its integer mantissa × 2^-24.
-function f16(h: u32): f32 {
-  const em = h & 0x7fff
-  const sign = (h & 0x8000) << 16
-  if (em - 0x400 < 0x7800) return reinterpret<f32>(sign | ((em << 13) + 0x38000000)) // normal
-  if (em < 0x400) return reinterpret<f32>(sign | reinterpret<u32>(<f32>em * reinterpret<f32>(0x33800000)))
-  return reinterpret<f32>(sign | (em << 13) | 0x7f800000) // infinity, NaN
-}
-
-// The same for the four (finite) halves in the low 16 bits of each i32 lane of h.
-function f16x4(h: v128, ctrl: usize): v128 {
-  const em = v128.and(h, v128.load(ctrl, K_H_EM))
-  const normal = i32x4.add(i32x4.shl(em, 13), v128.load(ctrl, K_H_BIAS))
-  const tiny = f32x4.mul(f32x4.convert_i32x4_s(em), v128.load(ctrl, K_H_TINY))
-  const v = v128.bitselect(tiny, normal, i32x4.lt_s(em, v128.load(ctrl, K_H_NORMAL)))
-  return v128.or(v, i32x4.shl(v128.xor(h, em), 16))
-}
-
-// IEEE half -> float for four halves in the top 16 bits of each i32 lane of h, in three operations
-// for F16 weights: an arithmetic shift right by 3 puts sign, exponent and mantissa where a float has
-// them (the exponent still biased by 15; copies of the sign in bits 28-30 are masked off), and
-// × 2^112 re-biases the exponent. Exact for finite halves, but a subnormal half is a float
-// subnormal in that product (slow, and rare in weights); infinities and NaNs come out finite.
-function f16x4Fast(h: v128, mask: v128, scale: v128): v128 {
-  return f32x4.mul(v128.and(i32x4.shr_s(h, 3), mask), scale)
-}
-
-function hsum(v: v128): f32 {
-  const s = f32x4.add(v, v128.shuffle<f32>(v, v, 2, 3, 0, 1))
-  return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)
-}
-
-// [Σ a, Σ b, Σ c, Σ d] of four i32x4 vectors.
-function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
-  const ab = i32x4.add(v128.shuffle<i32>(a, b, 0, 4, 1, 5), v128.shuffle<i32>(a, b, 2, 6, 3, 7))
-  const cd = i32x4.add(v128.shuffle<i32>(c, d, 0, 4, 1, 5), v128.shuffle<i32>(c, d, 2, 6, 3, 7))
-  return i32x4.add(v128.shuffle<i32>(ab, cd, 0, 1, 4, 5), v128.shuffle<i32>(ab, cd, 2, 3, 6, 7))
-}
-
-// The f16 scales at the start of four consecutive blocks of `size` bytes, as floats: the fast
-// conversion unless a scale is zero or subnormal.
-function scales4(p: usize, size: usize, ctrl: usize, mask: v128, expBits: v128, scale: v128): v128 {
-  let h = v128.load16_lane(p, ZERO, 1)
-  h = v128.load16_lane(p + size, h, 3)
-  h = v128.load16_lane(p + 2 * size, h, 5)
-  h = v128.load16_lane(p + 3 * size, h, 7)
-  const t = v128.and(i32x4.shr_s(h, 3), mask)
-  if (v128.any_true(i32x4.eq(v128.and(t, expBits), ZERO))) return f16x4(i32x4.shr_u(h, 16), ctrl)
-  return f32x4.mul(t, scale)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -533,7 +495,7 @@ function q4_KChunk(qp: usize, xp: usize, sLo: v128, sHi: v128, low4: v128): v128
   return i32x4.add(i32x4.dot_i16x8_s(lo, sLo), i32x4.dot_i16x8_s(hi, sHi))
 }
 
-function dotQ4_K(w: usize, xq: usize, cols: usize, low4: v128): f32 {
+function dotQ4_K(w: usize, xq: usize, cols: usize, low4: v128, ctrl: usize): f32 {
   const nb = cols >> 8
   const xd = xq + 3 * cols
   const xs32 = xd + (cols >> 2)
@@ -541,56 +503,14 @@ function dotQ4_K(w: usize, xq: usize, cols: usize, low4: v128): f32 {
   for (let b: usize = 0; b < nb; b++) {
     const bp = w + b * 144
     const xp = xq + (b << 8)
-    const dx = load<f32>(xd + (b << 2))
-    // Unpack the 6-bit scales and mins: bytes 0-3 hold scales 0-3 (+ high bits of scales 4-7),
-    // bytes 4-7 mins 0-3 (+ high bits of mins 4-7), bytes 8-11 the low nibbles of scales/mins 4-7.
-    const a = load<u32>(bp, 4)
-    const m = load<u32>(bp, 8)
-    const c = load<u32>(bp, 12)
-    let sm = i32x4.splat(a & 0x3f3f3f3f)
-    sm = i32x4.replace_lane(sm, 1, (c & 0x0f0f0f0f) | (((a >> 6) & 0x03030303) << 4))
-    sm = i32x4.replace_lane(sm, 2, m & 0x3f3f3f3f)
-    sm = i32x4.replace_lane(sm, 3, ((c >> 4) & 0x0f0f0f0f) | (((m >> 6) & 0x03030303) << 4))
-    const sc = i16x8.extend_low_i8x16_u(sm)
+    const sm = scalesMinsK4(bp + 4, ctrl)
     const mn = i16x8.extend_high_i8x16_u(sm)
-    let isum = q4_KChunk(
-      bp + 16,
-      xp,
-      v128.shuffle<i16>(sc, sc, 0, 0, 0, 0, 0, 0, 0, 0),
-      v128.shuffle<i16>(sc, sc, 1, 1, 1, 1, 1, 1, 1, 1),
-      low4,
-    )
-    isum = i32x4.add(
-      isum,
-      q4_KChunk(
-        bp + 48,
-        xp + 64,
-        v128.shuffle<i16>(sc, sc, 2, 2, 2, 2, 2, 2, 2, 2),
-        v128.shuffle<i16>(sc, sc, 3, 3, 3, 3, 3, 3, 3, 3),
-        low4,
-      ),
-    )
-    isum = i32x4.add(
-      isum,
-      q4_KChunk(
-        bp + 80,
-        xp + 128,
-        v128.shuffle<i16>(sc, sc, 4, 4, 4, 4, 4, 4, 4, 4),
-        v128.shuffle<i16>(sc, sc, 5, 5, 5, 5, 5, 5, 5, 5),
-        low4,
-      ),
-    )
-    isum = i32x4.add(
-      isum,
-      q4_KChunk(
-        bp + 112,
-        xp + 192,
-        v128.shuffle<i16>(sc, sc, 6, 6, 6, 6, 6, 6, 6, 6),
-        v128.shuffle<i16>(sc, sc, 7, 7, 7, 7, 7, 7, 7, 7),
-        low4,
-      ),
-    )
+    let isum = q4_KChunk(bp + 16, xp, splatB(sm, ctrl, 0), splatB(sm, ctrl, 1), low4)
+    isum = i32x4.add(isum, q4_KChunk(bp + 48, xp + 64, splatB(sm, ctrl, 2), splatB(sm, ctrl, 3), low4))
+    isum = i32x4.add(isum, q4_KChunk(bp + 80, xp + 128, splatB(sm, ctrl, 4), splatB(sm, ctrl, 5), low4))
+    isum = i32x4.add(isum, q4_KChunk(bp + 112, xp + 192, splatB(sm, ctrl, 6), splatB(sm, ctrl, 7), low4))
     const mins = i32x4.dot_i16x8_s(mn, v128.load(xs32 + (b << 4)))
+    const dx = load<f32>(xd + (b << 2))
     const dh = load<u32>(bp)
     const d = f16(dh & 0xffff) * dx
     const dmin = f16(dh >> 16) * dx
@@ -632,15 +552,15 @@ function q6_KRun(
   return i32x4.add(i32x4.add(p0, p1), i32x4.add(p2, p3))
 }
 
-function q6_KHalf(ql: usize, qh: usize, xp: usize, s: v128, low4: v128, bits45: v128): v128 {
+function q6_KHalf(ql: usize, qh: usize, xp: usize, s: v128, low4: v128, bits45: v128, ctrl: usize): v128 {
   const r0 = q6_KRun(
     ql,
     qh,
     xp,
-    v128.shuffle<i16>(s, s, 0, 0, 0, 0, 0, 0, 0, 0),
-    v128.shuffle<i16>(s, s, 2, 2, 2, 2, 2, 2, 2, 2),
-    v128.shuffle<i16>(s, s, 4, 4, 4, 4, 4, 4, 4, 4),
-    v128.shuffle<i16>(s, s, 6, 6, 6, 6, 6, 6, 6, 6),
+    splatW(s, ctrl, 0),
+    splatW(s, ctrl, 2),
+    splatW(s, ctrl, 4),
+    splatW(s, ctrl, 6),
     low4,
     bits45,
   )
@@ -648,17 +568,17 @@ function q6_KHalf(ql: usize, qh: usize, xp: usize, s: v128, low4: v128, bits45: 
     ql + 16,
     qh + 16,
     xp + 16,
-    v128.shuffle<i16>(s, s, 1, 1, 1, 1, 1, 1, 1, 1),
-    v128.shuffle<i16>(s, s, 3, 3, 3, 3, 3, 3, 3, 3),
-    v128.shuffle<i16>(s, s, 5, 5, 5, 5, 5, 5, 5, 5),
-    v128.shuffle<i16>(s, s, 7, 7, 7, 7, 7, 7, 7, 7),
+    splatW(s, ctrl, 1),
+    splatW(s, ctrl, 3),
+    splatW(s, ctrl, 5),
+    splatW(s, ctrl, 7),
     low4,
     bits45,
   )
   return i32x4.add(r0, r1)
 }
 
-function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128): f32 {
+function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128, ctrl: usize): f32 {
   const nb = cols >> 8
   const xd = xq + 3 * cols
   const xs16 = xd + (cols >> 3)
@@ -670,8 +590,8 @@ function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128): f3
     const s0 = i16x8.extend_low_i8x16_s(scv)
     const s1 = i16x8.extend_high_i8x16_s(scv)
     let isum = i32x4.add(
-      q6_KHalf(bp, bp + 128, xp, s0, low4, bits45),
-      q6_KHalf(bp + 64, bp + 160, xp + 128, s1, low4, bits45),
+      q6_KHalf(bp, bp + 128, xp, s0, low4, bits45, ctrl),
+      q6_KHalf(bp + 64, bp + 160, xp + 128, s1, low4, bits45, ctrl),
     )
     const bs = xs16 + (b << 5)
     const offset = i32x4.add(i32x4.dot_i16x8_s(s0, v128.load(bs)), i32x4.dot_i16x8_s(s1, v128.load(bs, 16)))
@@ -1100,28 +1020,6 @@ function dot4Q4_0(w: usize, x: usize, xStride: usize, g: usize, cols: usize, low
   return acc
 }
 
-// The four rows' f32 scales of super-block b (K-quant layout: one scale per 256 at 3·cols).
-function scales256x4(x: usize, xStride: usize, cols: usize, b: usize): v128 {
-  const p = x + 3 * cols + (b << 2)
-  let v = f32x4.splat(load<f32>(p))
-  v = f32x4.replace_lane(v, 1, load<f32>(p + xStride))
-  v = f32x4.replace_lane(v, 2, load<f32>(p + 2 * xStride))
-  return f32x4.replace_lane(v, 3, load<f32>(p + 3 * xStride))
-}
-
-// Σ over 64 values of one Q4_K chunk (low nibbles × x[0..32) × sLo, high × x[32..64) × sHi).
-function q4_KQuad(xp: usize, l0: v128, l1: v128, h0: v128, h1: v128, sLo: v128, sHi: v128): v128 {
-  const lo = i16x8.add(
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), l0),
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), l1),
-  )
-  const hi = i16x8.add(
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 32), h0),
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 48), h1),
-  )
-  return i32x4.add(i32x4.dot_i16x8_s(lo, sLo), i32x4.dot_i16x8_s(hi, sHi))
-}
-
 function dot4Q4_K(w: usize, x: usize, xStride: usize, cols: usize, low4: v128): v128 {
   const nb = cols >> 8
   const xs32 = cols * 3 + (cols >> 2)
@@ -1284,7 +1182,8 @@ function rowRange4(
     if (type === Q8_0) v = dot4Q8_0(w + r * rb, x, xStride, g, cols, ones, m127)
     else if (type === Q4_0) v = dot4Q4_0(w + r * rb, x, xStride, g, cols, low4, ones)
     else if (type === Q4_K) v = dot4Q4_K(w + r * rb, x, xStride, cols, low4)
-    else v = dot4Q6_K(w + r * rb, x, xStride, cols, low4, bits45)
+    else if (type === Q6_K) v = dot4Q6_K(w + r * rb, x, xStride, cols, low4, bits45)
+    else v = dot4KQuant(ctrl, w + r * rb, x, xStride, cols)
     const o = out + (r << 2)
     v128.store_lane<f32>(o, v, 0)
     v128.store_lane<f32>(o + outStride, v, 1)
@@ -1296,8 +1195,8 @@ function rowRange4(
 // ---------------------------------------------------------------------------------------------
 // Rows
 
-// out[r] = dot(W row r, x) for r in [r0, r1), W rows `rb` bytes apart; x is f32 (F32, F16) or
-// quantized.
+// The dispatch: out[r] = dot(W row r, x) for r in [r0, r1), W rows `rb` bytes apart; x is f32 (F32,
+// F16, BF16) or quantized.
 function rowRange(
   ctrl: usize,
   type: i32,
@@ -1326,10 +1225,21 @@ function rowRange(
     for (let r = r0; r < r1; r++)
       store<f32>(out + (r << 2), dotQ4_0(w + r * rb, x, cols, low4, ones, ctrl, mask, expBits, scale))
   } else if (type === Q4_K) {
-    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ4_K(w + r * rb, x, cols, low4))
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ4_K(w + r * rb, x, cols, low4, ctrl))
   } else if (type === Q6_K) {
-    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ6_K(w + r * rb, x, cols, low4, bits45))
+    for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotQ6_K(w + r * rb, x, cols, low4, bits45, ctrl))
+  } else if (type === Q5_K || type === Q3_K || type === Q2_K || type === IQ4_XS) {
+    rowsKQuant(ctrl, type, w, rb, x, out, r0, r1, cols)
+  } else if (type === Q4_1 || type === Q5_0 || type === Q5_1 || type === IQ4_NL) {
+    rowsLegacy(ctrl, type, w, rb, x, out, r0, r1, cols)
+  } else if (type === BF16) {
+    rowsBF16(w, rb, x, out, r0, r1, cols)
   }
+}
+
+// Whether rowRange4 multiplies weights of `type` with four activation rows at once.
+function hasQuad(type: i32): bool {
+  return type === Q8_0 || type === Q4_0 || type === Q4_K || type === Q6_K || type === Q5_K
 }
 
 // Claims and runs chunks of job `job` until none is left (or the job is no longer current).
@@ -1348,7 +1258,7 @@ function runChunks(ctrl: usize, job: i32): void {
   const xStride = cols << 2
   const outStride = rows << 2
   // Quantized activations go four rows at a time; Q8_0 and Q4_0 then read interleaved scales.
-  const quad = type !== F32 && type !== F16 && type < PACKED
+  const quad = hasQuad(type)
   const groups = x + n * xStride
   while (true) {
     const claim = atomic.load<i64>(ctrl, C_CLAIM)
@@ -1371,7 +1281,7 @@ function runChunks(ctrl: usize, job: i32): void {
         continue
       }
       let i: usize = 0
-      if (type === F16 && n > 1) {
+      if ((type === F16 || type === BF16) && n > 1) {
         const mask = v128.load(ctrl, K_F16_MASK)
         const scale = v128.load(ctrl, K_F16_SCALE)
         for (; i + 1 < n; i += 4) {
@@ -1382,7 +1292,10 @@ function runChunks(ctrl: usize, job: i32): void {
           const x2 = m > 2 ? x1 + xStride : x1
           const x3 = m > 3 ? x2 + xStride : x2
           for (let r = t; r < te; r++) {
-            const v = dot4F16(w + r * rb, x0, x1, x2, x3, cols, mask, scale)
+            const v =
+              type === F16
+                ? dot4F16(w + r * rb, x0, x1, x2, x3, cols, mask, scale)
+                : dot4BF16(w + r * rb, x0, x1, x2, x3, cols)
             const o = out + i * outStride + (r << 2)
             v128.store_lane<f32>(o, v, 0)
             v128.store_lane<f32>(o + outStride, v, 1)
@@ -1428,7 +1341,7 @@ function prepare(ctrl: usize): void {
     const x = <usize>load<i32>(ctrl, C_X)
     const xq = <usize>load<i32>(ctrl, C_XQ)
     for (let i: usize = 0; i < n; i++) {
-      quantizeBlocks32(x + i * (cols << 2), cols, xq + i * (cols << 2), type === Q8_0)
+      quantizeBlocks32(x + i * (cols << 2), cols, xq + i * (cols << 2), type === Q8_0, 8)
     }
     return
   }
@@ -1446,10 +1359,22 @@ function prepare(ctrl: usize): void {
     for (; o < bytes; o += 4) store<f32>(xq + o, roundToHalf(load<f32>(x + o)))
     return
   }
+  if (type === BF16) {
+    // And BF16 weights with activations converted to BF16.
+    const bytes = n * stride
+    let o: usize = 0
+    for (; o + 16 <= bytes; o += 16) v128.store(xq + o, roundToBF16x4(v128.load(x + o)))
+    for (; o < bytes; o += 4) store<f32>(xq + o, roundToBF16(load<f32>(x + o)))
+    return
+  }
   for (let i: usize = 0; i < n; i++) {
-    if (type === Q8_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, true)
-    else if (type === Q4_0) quantizeBlocks32(x + i * stride, cols, xq + i * stride, false)
-    else quantizeBlocks256(x + i * stride, cols, xq + i * stride)
+    const xi = x + i * stride
+    const qi = xq + i * stride
+    if (type === Q8_0 || type === IQ4_NL) quantizeBlocks32(xi, cols, qi, true, 8)
+    else if (type === Q4_0) quantizeBlocks32(xi, cols, qi, false, 8)
+    else if (type === Q5_0) quantizeBlocks32(xi, cols, qi, false, 16)
+    else if (type === Q4_1 || type === Q5_1) quantizeBlocks32(xi, cols, qi, false, 0)
+    else quantizeBlocks256(xi, cols, qi, type === IQ4_XS)
   }
   if (type !== Q8_0 && type !== Q4_0) return
   // For each group of four rows, per block of 32: their four scales, then their four 8·d·Σq.

@@ -22,8 +22,9 @@ export interface KernelBuffer {
 
 /**
  * Matrix kernels over ggml-typed weights. `w` holds `rows` rows of `cols` elements of ggml type
- * `type` (F32 0, F16 1, Q4_0 2, Q8_0 8, Q4_K 12, Q6_K 14; see `KERNEL_TYPES`), each row stored as
- * consecutive ggml blocks exactly as in a GGUF file (`ne[0] = cols`). `x` holds f32 activations.
+ * `type` (F32 0, F16 1, BF16 30, Q4_0 2, Q4_1 3, Q5_0 6, Q5_1 7, Q8_0 8, IQ4_NL 20, Q2_K 10, Q3_K 11,
+ * Q4_K 12, Q5_K 13, Q6_K 14, IQ4_XS 23; see `KERNEL_TYPES`), each row stored as consecutive ggml
+ * blocks exactly as in a GGUF file (`ne[0] = cols`). `x` holds f32 activations.
  *
  * - `matvec`: `out[r] = dot(W row r, x)` for r < rows.
  * - `matmul`: `x` is `n` rows of `cols` floats, `out[i * rows + r] = dot(W row r, x_i)`.
@@ -36,11 +37,14 @@ export interface KernelBuffer {
  * `w` or `x`.
  *
  * The WebAssembly kernels first round the activations as ggml's CPU backend does for the weight
- * type (q8_0 blocks of 32 for Q8_0/Q4_0, q8_K blocks of 256 for Q4_K/Q6_K, halves for F16, nothing
- * for F32) and take integer dot products, so they give llama.cpp's results up to the order of f32
- * additions (activations already rounded that way stay as they are). Against the exact f32 reference
- * (`createJsKernels`) they differ by at most Σ over blocks of 1.07 · (max|x| / 254) · Σ|w|, or
- * 2^-11 · Σ|w·x| for F16, plus f32 rounding.
+ * type (its `vec_dot_type`: q8_0 blocks of 32 for Q4_0/Q5_0/Q8_0/IQ4_NL, q8_1 for Q4_1/Q5_1 — the
+ * same values, plus each block's d·Σq rounded to a half for the min term —, q8_K blocks of 256 for
+ * the K-quants and IQ4_XS, halves for F16, bf16s for BF16, nothing for F32) and take integer dot
+ * products (f32 ones of exact products for F16 and BF16), so they give llama.cpp's results up to the
+ * order of f32 additions (activations already rounded that way stay as they are). Against the exact
+ * f32 reference (`createJsKernels`) they differ by at most Σ over blocks of
+ * 1.07 · (max|x| / 254) · Σ|w| (plus 2^-10 · |m| · Σ|x| for Q4_1/Q5_1 blocks with min m), or
+ * 2^-11 · Σ|w·x| for F16 and 2^-8 · Σ|w·x| for BF16, plus f32 rounding.
  */
 export interface Kernels {
   /** 'wasm-simd' or 'js'. */
@@ -74,7 +78,7 @@ export interface Kernels {
    * Rearranges a `rows × cols` matrix of ggml `type`, rows packed as in GGUF, in place into a layout
    * these kernels multiply faster, and returns the type id to pass to `matvec`/`matmul` from then
    * on (the same `type` when there is none: only the WebAssembly kernels pack, and only Q4_0 and
-   * Q8_0 with four rows or more). A packed matrix keeps its byte length, but its rows are no
+   * Q8_0 with four rows or more; every other type multiplies in the ggml layout). A packed matrix keeps its byte length, but its rows are no
    * longer ggml rows: take no row views of it and do not dequantize it.
    */
   pack?(type: number, w: KernelBuffer, rows: number, cols: number): number

@@ -10,9 +10,10 @@ const PAGE = 65536
 const WASM32_PAGES = 65536
 
 /**
- * The reference kernels, in plain TypeScript on the calling thread: each weight row is dequantized
- * with @meshnet/gguf (bit-exact with ggml's `dequantize_row_*`) and dotted with the f32 activations
- * in f64. The WebAssembly kernels are tested against these; they also run where WebAssembly SIMD
+ * The reference kernels, in plain TypeScript on the calling thread: each weight row of any
+ * `KERNEL_TYPES` type is dequantized with @meshnet/gguf (bit-exact with ggml's `dequantize_row_*`)
+ * and dotted with the f32 activations in f64. They take the activations as they are: the model
+ * rounds them as ggml does first (`roundActivations` in src/model/activations.ts). The WebAssembly kernels are tested against these; they also run where WebAssembly SIMD
  * does not. Their memory is a (non-shared) WebAssembly memory, so buffers behave the same way.
  */
 export function createJsKernels(): Kernels {

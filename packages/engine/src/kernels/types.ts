@@ -3,14 +3,26 @@ import { findGGMLType, GGML_TYPE, rowByteLength } from '@meshnet/gguf'
 import { UnsupportedTensorTypeError } from '../errors.ts'
 import type { KernelBuffer } from './api.ts'
 
-/** The ggml types the kernels multiply: F32, F16, Q4_0, Q8_0, Q4_K, Q6_K. */
+/**
+ * The ggml types the kernels multiply: F32, F16, BF16, the 32-value blocks Q4_0, Q4_1, Q5_0, Q5_1,
+ * Q8_0 and IQ4_NL, and the 256-value super-blocks Q2_K, Q3_K, Q4_K, Q5_K, Q6_K and IQ4_XS.
+ */
 export const KERNEL_TYPES: readonly number[] = Object.freeze([
   GGML_TYPE.F32,
   GGML_TYPE.F16,
+  GGML_TYPE.BF16,
   GGML_TYPE.Q4_0,
+  GGML_TYPE.Q4_1,
+  GGML_TYPE.Q5_0,
+  GGML_TYPE.Q5_1,
   GGML_TYPE.Q8_0,
+  GGML_TYPE.IQ4_NL,
+  GGML_TYPE.Q2_K,
+  GGML_TYPE.Q3_K,
   GGML_TYPE.Q4_K,
+  GGML_TYPE.Q5_K,
   GGML_TYPE.Q6_K,
+  GGML_TYPE.IQ4_XS,
 ])
 
 /**
@@ -51,7 +63,7 @@ export function checkJob(
   if (!KERNEL_TYPES.includes(ggmlType)) {
     const name = findGGMLType(ggmlType)?.name ?? `ggml type ${type}`
     throw new UnsupportedTensorTypeError(`the kernels cannot multiply ${name} weights`, {
-      hint: 'use F32, F16, Q4_0, Q8_0, Q4_K or Q6_K, or dequantize the tensor to F32 when loading it',
+      hint: 'use F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K or IQ4_XS, or dequantize the tensor to F32 when loading it',
     })
   }
   if (!Number.isSafeInteger(rows) || rows < 0 || !Number.isSafeInteger(cols) || cols <= 0) {

@@ -5,14 +5,19 @@ import { createJsKernels } from '../../src/kernels/js.ts'
 import { KERNEL_TYPES, PACKED_TYPE_BASE } from '../../src/kernels/types.ts'
 import { createWasmKernels, liveKernelWorkers } from '../../src/kernels/wasm.ts'
 
-const { F32, F16, Q4_0, Q8_0, Q4_K, Q6_K } = GGML_TYPE
-const NAMES: Record<number, string> = {
-  [F32]: 'F32',
-  [F16]: 'F16',
-  [Q4_0]: 'Q4_0',
-  [Q8_0]: 'Q8_0',
-  [Q4_K]: 'Q4_K',
-  [Q6_K]: 'Q6_K',
+const { F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, IQ4_NL, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS } =
+  GGML_TYPE
+const NAMES: Record<number, string> = Object.fromEntries(
+  Object.entries(GGML_TYPE).map(([name, id]) => [id, name]),
+)
+
+/** How ggml's CPU backend rounds the activations for each weight type (its `vec_dot_type`). */
+function activationClass(type: number): 'f32' | 'f16' | 'bf16' | 'q8_0' | 'q8_1' | 'q8_K' {
+  if (type === F32 || type === F16 || type === BF16)
+    return type === F32 ? 'f32' : type === F16 ? 'f16' : 'bf16'
+  if (type === Q4_1 || type === Q5_1) return 'q8_1'
+  if (type === Q4_0 || type === Q5_0 || type === Q8_0 || type === IQ4_NL) return 'q8_0'
+  return 'q8_K'
 }
 
 /** Deterministic values in [-1, 1) (a 32-bit LCG), so failures reproduce. */
@@ -51,27 +56,54 @@ function roundHalfEven(v: number): number {
   return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r
 }
 
+const halfOf = (v: number) => fp16ToFp32(fp32ToFp16(v))
+
+/** v rounded to the nearest bf16, ties to even (ggml's GGML_FP32_TO_BF16, for finite v). */
+function bf16Of(v: number): number {
+  const u = new Uint32Array(new Float32Array([v]).buffer)
+  u[0] = (u[0]! + 0x7fff + ((u[0]! >>> 16) & 1)) & 0xffff0000
+  return new Float32Array(u.buffer)[0]!
+}
+
+/** q8_0 / q8_1 blocks of 32 as ggml's x86 quantize_row_q8_0/q8_1 make them: q, d and q8_1's s. */
+function q8Blocks(x: Float32Array): { q: Int8Array; d: Float32Array; s: Float32Array } {
+  const nb = x.length / 32
+  const q = new Int8Array(x.length)
+  const d = new Float32Array(nb)
+  const s = new Float32Array(nb)
+  for (let b = 0; b < nb; b++) {
+    let amax = 0
+    for (let i = b * 32; i < b * 32 + 32; i++) amax = Math.max(amax, Math.abs(x[i]!))
+    const id = amax === 0 ? 0 : f(127 / amax)
+    let sum = 0
+    for (let i = b * 32; i < b * 32 + 32; i++) {
+      q[i] = roundHalfEven(f(x[i]! * id))
+      sum += q[i]!
+    }
+    d[b] = halfOf(f(amax / 127))
+    s[b] = halfOf(f(f(amax / 127) * sum))
+  }
+  return { q, d, s }
+}
+
 /**
  * The activations the WebAssembly kernels multiply with, given back as floats: x rounded as ggml's
- * CPU backend rounds it for the weight type (f32 arithmetic, ties to even). Q8_0, Q4_0: q8_0 on x86,
- * blocks of 32 as round(x · 127 / max|x|) times the half nearest max|x| / 127. Q4_K, Q6_K: q8_K,
- * blocks of 256 with iscale = -127 / (the value of largest magnitude). F16: the nearest halves.
+ * CPU backend rounds it for the weight type (f32 arithmetic, ties to even). q8_0 (Q8_0, Q4_0, Q5_0,
+ * IQ4_NL) and q8_1 (Q4_1, Q5_1) on x86: blocks of 32 as round(x · 127 / max|x|) times the half
+ * nearest max|x| / 127. q8_K (the K-quants, IQ4_XS): blocks of 256 with iscale = -127 / (the value
+ * of largest magnitude). F16, BF16: the nearest halves or bf16s.
  */
 function wasmActivations(type: number, x: Float32Array): Float32Array {
-  if (type === F32) return x
+  const kind = activationClass(type)
+  if (kind === 'f32') return x
   const out = new Float32Array(x.length)
-  if (type === F16) {
-    for (let i = 0; i < x.length; i++) out[i] = fp16ToFp32(fp32ToFp16(x[i]!))
+  if (kind === 'f16' || kind === 'bf16') {
+    for (let i = 0; i < x.length; i++) out[i] = kind === 'f16' ? halfOf(x[i]!) : bf16Of(x[i]!)
     return out
   }
-  if (type === Q8_0 || type === Q4_0) {
-    for (let b = 0; b < x.length; b += 32) {
-      let amax = 0
-      for (let i = b; i < b + 32; i++) amax = Math.max(amax, Math.abs(x[i]!))
-      const id = amax === 0 ? 0 : f(127 / amax)
-      const d = fp16ToFp32(fp32ToFp16(f(amax / 127)))
-      for (let i = b; i < b + 32; i++) out[i] = roundHalfEven(f(x[i]! * id)) * d
-    }
+  if (kind === 'q8_0' || kind === 'q8_1') {
+    const { q, d } = q8Blocks(x)
+    for (let i = 0; i < x.length; i++) out[i] = q[i]! * d[i >> 5]!
     return out
   }
   for (let b = 0; b < x.length; b += 256) {
@@ -85,18 +117,24 @@ function wasmActivations(type: number, x: Float32Array): Float32Array {
 }
 
 interface Expected {
-  /** Σ w·x' with the activations the kernel uses, in f64. */
+  /** ggml's dot product: Σ w·x' with the activations the kernel uses (and q8_1's s), in f64. */
   value: Float64Array
   /** Σ |w·x'|: the scale of f32 rounding in the kernel's sum. */
   mass: Float64Array
   /**
-   * The worst case of rounding x as the kernels do: Σ over x blocks of 1.07·(max|x| / 254)·Σ|w|
-   * (half a step, and the step rounded to a half for q8_0), or 2^-11·Σ|w·x| for halves.
+   * The worst case of rounding x as the kernels do (the bound documented in src/kernels/api.ts):
+   * Σ over x blocks of 1.07·(max|x| / 254)·Σ|w| (half a step, and the step rounded to a half for
+   * q8_0 and q8_1), plus 2^-10·|m|·Σ|x| per block for q8_1's s (Q4_1, Q5_1, whose blocks add m);
+   * 2^-11·Σ|w·x| for halves, 2^-8·Σ|w·x| for bf16s.
    */
   roundingBound: Float64Array
 }
 
-/** Dequantize-then-dot with @meshnet/gguf's dequantizeRow (bit-exact with ggml), in f64. */
+/**
+ * ggml's dot products as dequantize-then-dot with @meshnet/gguf's dequantizeRow (bit-exact with
+ * ggml) and the rounded activations, in f64. For Q4_1 and Q5_1 ggml adds m·s per block, where s
+ * is d_x·Σq rounded to a half, not Σ of the rounded activations: that difference is added.
+ */
 function expected(
   type: number,
   w: Uint8Array,
@@ -106,32 +144,47 @@ function expected(
   n: number,
 ): Expected {
   const rowBytes = rowByteLength(type, cols)
-  const block = type === Q8_0 || type === Q4_0 ? 32 : 256
+  const kind = activationClass(type)
+  const block = kind === 'q8_K' ? 256 : 32
   const value = new Float64Array(n * rows)
   const mass = new Float64Array(n * rows)
   const roundingBound = new Float64Array(n * rows)
+  const blockBytes = rowBytes / (cols / 32)
   for (let i = 0; i < n; i++) {
     const xi = x.subarray(i * cols, (i + 1) * cols)
     const xq = wasmActivations(type, xi)
+    const q8 = kind === 'q8_1' ? q8Blocks(xi) : undefined
     for (let r = 0; r < rows; r++) {
-      const wr = dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols)
+      const row = w.subarray(r * rowBytes, (r + 1) * rowBytes)
+      const wr = dequantizeRow(type, row, cols)
       let v = 0
       let m = 0
       let bound = 0
       for (let c = 0; c < cols; c += block) {
         let amax = 0
         let wsum = 0
+        let xsum = 0
         for (let j = c; j < Math.min(c + block, cols); j++) {
           v += wr[j]! * xq[j]!
           m += Math.abs(wr[j]! * xq[j]!)
           amax = Math.max(amax, Math.abs(xi[j]!))
           wsum += Math.abs(wr[j]!)
+          xsum += Math.abs(xi[j]!)
         }
         bound += 1.07 * (amax / 254) * wsum
+        if (q8 !== undefined) {
+          const b = c / 32
+          const min = fp16ToFp32(row[b * blockBytes + 2]! | (row[b * blockBytes + 3]! << 8))
+          let qsum = 0
+          for (let j = c; j < c + 32; j++) qsum += q8.q[j]!
+          v += min * (q8.s[b]! - q8.d[b]! * qsum)
+          bound += 2 ** -10 * 1.01 * Math.abs(min) * xsum
+        }
       }
       value[i * rows + r] = v
       mass[i * rows + r] = m
-      roundingBound[i * rows + r] = type === F32 ? 0 : type === F16 ? 2 ** -11 * m : bound
+      roundingBound[i * rows + r] =
+        kind === 'f32' ? 0 : kind === 'f16' ? 2 ** -11 * m : kind === 'bf16' ? 2 ** -8 * m : bound
     }
   }
   return { value, mass, roundingBound }
@@ -144,14 +197,33 @@ const SHAPES: ReadonlyArray<readonly [type: number, rows: number, cols: number]>
   [F32, 301, 768],
   [F16, 67, 77],
   [F16, 301, 512],
+  [BF16, 67, 77],
+  [BF16, 301, 512],
   [Q8_0, 67, 416],
   [Q8_0, 301, 768],
   [Q4_0, 67, 224],
   [Q4_0, 301, 768],
+  [Q4_1, 67, 224],
+  [Q4_1, 301, 768],
+  [Q5_0, 67, 96],
+  [Q5_0, 301, 800],
+  [Q5_1, 67, 224],
+  [Q5_1, 301, 768],
+  [IQ4_NL, 67, 160],
+  [IQ4_NL, 301, 768],
+  [Q2_K, 67, 256],
+  [Q2_K, 301, 768],
+  [Q3_K, 67, 512],
+  [Q3_K, 301, 768],
   [Q4_K, 67, 256],
   [Q4_K, 301, 768],
+  [Q5_K, 67, 256],
+  [Q5_K, 301, 1024],
+  [Q5_K, 33, 768],
   [Q6_K, 67, 512],
   [Q6_K, 301, 768],
+  [IQ4_XS, 67, 256],
+  [IQ4_XS, 301, 768],
 ]
 
 /** Relative f32 rounding allowed in a kernel sum, times Σ|w·x|. */
@@ -203,11 +275,12 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
     },
   )
 
-  it.each(SHAPES.filter(([type]) => type !== F32 && type !== F16))(
-    'matvec of ggml type %i (%i×%i) rounds activations that are already 8-bit values losslessly',
+  it.each(SHAPES.filter(([type]) => type !== F32))(
+    'matvec of ggml type %i (%i×%i) rounds activations that are already rounded losslessly',
     (type, rows, cols) => {
       const w = weights(type, rows, cols, 2 * rows + cols)
       const x = wasmActivations(type, values(3 * cols, cols, 4))
+      expect(wasmActivations(type, x)).toEqual(x)
       const out = wasm.alloc(rows * 4)
       wasm.matvec(type, upload(wasm, w), rows, cols, upload(wasm, x), out)
       const want = expected(type, w, rows, cols, x, 1)
@@ -217,6 +290,8 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
         const wr = dequantizeRow(type, w.subarray(r * rowBytes, (r + 1) * rowBytes), cols)
         let exact = 0
         for (let c = 0; c < cols; c++) exact += wr[c]! * x[c]!
+        // Q4_1, Q5_1: ggml's m·s term, s = d·Σq rounded to a half, is not m·Σ of the values.
+        if (activationClass(type) === 'q8_1') exact = want.value[r]!
         expect(Math.abs(got[r]! - exact), `${NAMES[type]} row ${r}`).toBeLessThanOrEqual(
           F32_TOLERANCE * want.mass[r]! + 1e-6,
         )
@@ -304,9 +379,12 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
   )
 
   it('reads weight rows rowStride bytes apart, as one head of a KV cache', () => {
-    // A cache of 200 positions × 4 heads × 64; head 2's keys are every 4th run of 64.
-    const [positions, heads, d] = [200, 4, 64]
-    for (const type of [F32, F16, Q8_0]) {
+    // A cache of 200 positions × 4 heads × 64 (K-quants: 60 × 4 × 256); head 2's keys are every
+    // 4th row.
+    const heads = 4
+    for (const type of KERNEL_TYPES) {
+      const d = activationClass(type) === 'q8_K' ? 256 : 64
+      const positions = d === 256 ? 60 : 200
       const rowBytes = rowByteLength(type, d)
       const cache = weights(type, positions * heads, d, 8)
       const head = new Uint8Array(positions * rowBytes)
@@ -325,8 +403,25 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
         heads * rowBytes,
       )
       const packed = wasm.alloc(positions * 4)
-      wasm.matvec(type, upload(wasm, head), positions, d, q, packed)
-      expect(Array.from(strided.f32())).toEqual(Array.from(packed.f32()))
+      const hb = upload(wasm, head)
+      wasm.matvec(type, hb, positions, d, q, packed)
+      expect(Array.from(strided.f32()), NAMES[type]).toEqual(Array.from(packed.f32()))
+      // A matmul of five activation rows reads the same strided rows.
+      const xs = upload(wasm, values(6, 5 * d))
+      const mStrided = wasm.alloc(5 * positions * 4)
+      wasm.matmul(
+        type,
+        wasm.view(kc, 2 * rowBytes, kc.byteLength - 2 * rowBytes),
+        positions,
+        d,
+        xs,
+        5,
+        mStrided,
+        heads * rowBytes,
+      )
+      const mPacked = wasm.alloc(5 * positions * 4)
+      wasm.matmul(type, hb, positions, d, xs, 5, mPacked)
+      expect(Array.from(mStrided.f32()), NAMES[type]).toEqual(Array.from(mPacked.f32()))
       const ref = js.alloc(positions * 4)
       const jc = upload(js, cache)
       js.matvec(
@@ -455,7 +550,22 @@ describe('WebAssembly kernels', () => {
     const four = await createWasmKernels({ threads: 4, spinIterations: 2000 })
     try {
       const cols = 512
-      const shapes = [Q8_0, Q4_0, Q4_K, Q6_K, F16].map((type) => {
+      const shapes = [
+        Q8_0,
+        Q4_0,
+        Q4_K,
+        Q6_K,
+        F16,
+        BF16,
+        Q4_1,
+        Q5_0,
+        Q5_1,
+        IQ4_NL,
+        Q2_K,
+        Q3_K,
+        Q5_K,
+        IQ4_XS,
+      ].map((type) => {
         const w = weights(type, 300, cols, type)
         return { type, w1: upload(one, w), w4: upload(four, w) }
       })
@@ -463,7 +573,7 @@ describe('WebAssembly kernels', () => {
       const [x1, x4] = [upload(one, x), upload(four, x)]
       const [o1, o4] = [one.alloc(8 * 300 * 4), four.alloc(8 * 300 * 4)]
       for (let call = 0; call < 300; call++) {
-        const { type, w1, w4 } = shapes[call % shapes.length]!
+        const { type, w1, w4 } = shapes[Math.floor(call / 4) % shapes.length]!
         const rows = [300, 17, 160, 33][call % 4]!
         const n = [1, 1, 5, 2][call % 4]!
         one.matmul(type, w1, rows, cols, x1, n, o1)
@@ -518,7 +628,7 @@ describe('WebAssembly kernels', () => {
       const w = wasm.alloc(34 * 4)
       const x = wasm.alloc(32 * 4)
       const out = wasm.alloc(4 * 4)
-      expect(() => wasm.matvec(GGML_TYPE.Q5_K, w, 4, 256, x, out)).toThrow(
+      expect(() => wasm.matvec(GGML_TYPE.IQ2_XXS, w, 4, 256, x, out)).toThrow(
         expect.objectContaining({ name: 'UnsupportedTensorTypeError' }),
       )
       expect(() => wasm.matvec(Q8_0, w, 5, 32, x, out)).toThrow(
@@ -570,7 +680,7 @@ describe('WebAssembly kernels', () => {
     const wasm = await createWasmKernels()
     const js = createJsKernels()
     try {
-      for (const type of [F32, F16, Q4_K, Q6_K]) {
+      for (const type of KERNEL_TYPES.filter((t) => t !== Q4_0 && t !== Q8_0)) {
         const w = upload(wasm, weights(type, 8, 256, 1))
         expect(wasm.pack!(type, w, 8, 256), NAMES[type]).toBe(type)
       }
@@ -669,6 +779,256 @@ describe('JS reference kernels', () => {
         js.matvec(type, w, 1, cols, x, out)
         expect(out.f32()[0], `${NAMES[type]} value ${i}`).toBe(value(i))
       }
+    }
+  })
+})
+
+/** A deterministic byte pattern. */
+const pattern = (i: number, mul: number) => (i * mul + 11) & 0xff
+
+/** ggml's kvalues_iq4nl. */
+const KVALUES = [-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113]
+
+/**
+ * One hand-built block per new type, with its values computed straight from the block layout of
+ * ggml-common.h and ggml's dequantize_row_* (not through @meshnet/gguf): d = 1 (and dmin or m =
+ * 0.25 or -0.5), so every value is exact in f32.
+ */
+function handBuiltBlocks(): Array<
+  [type: number, block: Uint8Array, cols: number, value: (i: number) => number]
+> {
+  const half = (b: Uint8Array, at: number, v: number) =>
+    new DataView(b.buffer).setUint16(at, fp32ToFp16(v), true)
+  const cases: Array<[number, Uint8Array, number, (i: number) => number]> = []
+
+  // BF16: the top half of a float.
+  const bf = new Uint8Array(64)
+  for (let i = 0; i < 32; i++) new DataView(bf.buffer).setUint16(2 * i, 0x3f80 + 17 * i - 200 * (i & 1), true)
+  cases.push([
+    BF16,
+    bf,
+    32,
+    (i) => new Float32Array(new Uint32Array([(0x3f80 + 17 * i - 200 * (i & 1)) << 16]).buffer)[0]!,
+  ])
+
+  // Q4_1: d = 1, m = -0.5; value j = (qs[j] & 15) - 0.5, j + 16 = (qs[j] >> 4) - 0.5.
+  const q41 = new Uint8Array(20)
+  half(q41, 0, 1)
+  half(q41, 2, -0.5)
+  for (let j = 0; j < 16; j++) q41[4 + j] = pattern(j, 37)
+  cases.push([Q4_1, q41, 32, (i) => (i < 16 ? q41[4 + i]! & 15 : q41[4 + i - 16]! >> 4) - 0.5])
+
+  // Q5_0: d = 1, qh a u32 of fifth bits; value j = (nibble | bit j << 4) - 16.
+  const q50 = new Uint8Array(22)
+  half(q50, 0, 1)
+  new DataView(q50.buffer).setUint32(2, 0x9e3779b9, true)
+  for (let j = 0; j < 16; j++) q50[6 + j] = pattern(j, 53)
+  const qh50 = 0x9e3779b9
+  cases.push([
+    Q5_0,
+    q50,
+    32,
+    (i) => ((i < 16 ? q50[6 + i]! & 15 : q50[6 + i - 16]! >> 4) | (((qh50 >>> i) & 1) << 4)) - 16,
+  ])
+
+  // Q5_1: d = 1, m = 0.25; value j = (nibble | bit j << 4) + 0.25.
+  const q51 = new Uint8Array(24)
+  half(q51, 0, 1)
+  half(q51, 2, 0.25)
+  new DataView(q51.buffer).setUint32(4, 0x7f4a7c15, true)
+  for (let j = 0; j < 16; j++) q51[8 + j] = pattern(j, 29)
+  cases.push([
+    Q5_1,
+    q51,
+    32,
+    (i) => ((i < 16 ? q51[8 + i]! & 15 : q51[8 + i - 16]! >> 4) | (((0x7f4a7c15 >>> i) & 1) << 4)) + 0.25,
+  ])
+
+  // IQ4_NL: d = 1; value j = kvalues[nibble].
+  const nl = new Uint8Array(18)
+  half(nl, 0, 1)
+  for (let j = 0; j < 16; j++) nl[2 + j] = pattern(j, 71)
+  cases.push([IQ4_NL, nl, 32, (i) => KVALUES[i < 16 ? nl[2 + i]! & 15 : nl[2 + i - 16]! >> 4]!])
+
+  // Q2_K: scales[16] (scale | min << 4), qs[64], d = 1, dmin = 0.25. In half k, value 32j + l is
+  // bits 2j, 2j + 1 of qs[32k + l], with the scale and min of its 16-value group.
+  const q2 = new Uint8Array(84)
+  for (let s = 0; s < 16; s++) q2[s] = ((3 * s + 1) & 15) | (((15 - s) & 15) << 4)
+  for (let j = 0; j < 64; j++) q2[16 + j] = pattern(j, 97)
+  half(q2, 80, 1)
+  half(q2, 82, 0.25)
+  cases.push([
+    Q2_K,
+    q2,
+    256,
+    (i) => {
+      const q = (q2[16 + 32 * (i >> 7) + (i & 31)]! >> (2 * ((i >> 5) & 3))) & 3
+      const s = i >> 4
+      return (q2[s]! & 15) * q - 0.25 * (q2[s]! >> 4)
+    },
+  ])
+
+  // Q3_K: hmask[32], qs[64], scales[12] (sixteen 6-bit scales: low nibbles in bytes 0-7, low then
+  // high nibbles; top two bits in bytes 8-11, field j >> 2 of byte 8 + (j & 3)), d = 1. Value:
+  // q2 - 4 unless bit 4k + j of hmask[l] is set, times its group's scale - 32.
+  const q3 = new Uint8Array(110)
+  const ls3 = (s: number) => (s * 13 + 5) & 63
+  for (let l = 0; l < 32; l++) q3[l] = pattern(l, 151)
+  for (let j = 0; j < 64; j++) q3[32 + j] = pattern(j, 43)
+  for (let s = 0; s < 16; s++) {
+    q3[96 + (s & 7)]! |= (ls3(s) & 15) << (s < 8 ? 0 : 4)
+    q3[104 + (s & 3)]! |= (ls3(s) >> 4) << (2 * (s >> 2))
+  }
+  half(q3, 108, 1)
+  cases.push([
+    Q3_K,
+    q3,
+    256,
+    (i) => {
+      const [k, j, l] = [i >> 7, (i >> 5) & 3, i & 31]
+      const q2bits = (q3[32 + 32 * k + l]! >> (2 * j)) & 3
+      const high = (q3[l]! >> (4 * k + j)) & 1
+      return (ls3(i >> 4) - 32) * (q2bits - (high ? 0 : 4))
+    },
+  ])
+
+  // Q5_K: d = 1, dmin = 0.25, scales as Q4_K (scale 7s + 9, min 63 - 5s), qh[32], qs[128]. Value
+  // 64j + l: the low nibble of qs[32j + l] with bit 2j of qh[l] as fifth bit; 64j + 32 + l: the high
+  // nibble with bit 2j + 1.
+  const q5 = new Uint8Array(176)
+  half(q5, 0, 1)
+  half(q5, 2, 0.25)
+  const sc = (s: number) => 7 * s + 9
+  const mn = (s: number) => 63 - 5 * s
+  for (let s = 0; s < 4; s++) {
+    q5[4 + s] = sc(s) | ((sc(s + 4) >> 4) << 6)
+    q5[8 + s] = mn(s) | ((mn(s + 4) >> 4) << 6)
+    q5[12 + s] = (sc(s + 4) & 15) | ((mn(s + 4) & 15) << 4)
+  }
+  for (let l = 0; l < 32; l++) q5[16 + l] = pattern(l, 89)
+  for (let j = 0; j < 128; j++) q5[48 + j] = pattern(j, 61)
+  cases.push([
+    Q5_K,
+    q5,
+    256,
+    (i) => {
+      const [j, hi, l] = [i >> 6, (i >> 5) & 1, i & 31]
+      const byte = q5[48 + 32 * j + l]!
+      const q = (hi ? byte >> 4 : byte & 15) | (((q5[16 + l]! >> (2 * j + hi)) & 1) << 4)
+      return sc(i >> 5) * q - 0.25 * mn(i >> 5)
+    },
+  ])
+
+  // IQ4_XS: d = 1, scales_h (bits 2i, 2i + 1: the top of sub-block i's scale), scales_l[4] (nibble i),
+  // qs[128]; value 32i + j is (ls - 32)·kvalues[low nibble of qs[16i + j]], 32i + 16 + j the high.
+  const xs = new Uint8Array(136)
+  half(xs, 0, 1)
+  new DataView(xs.buffer).setUint16(2, 0xb38d, true)
+  for (let b = 0; b < 4; b++) xs[4 + b] = pattern(b, 113)
+  for (let j = 0; j < 128; j++) xs[8 + j] = pattern(j, 19)
+  cases.push([
+    IQ4_XS,
+    xs,
+    256,
+    (i) => {
+      const [ib, j] = [i >> 5, i & 31]
+      const ls = ((xs[4 + (ib >> 1)]! >> (4 * (ib & 1))) & 15) | (((0xb38d >> (2 * ib)) & 3) << 4)
+      const byte = xs[8 + 16 * ib + (j & 15)]!
+      return (ls - 32) * KVALUES[j < 16 ? byte & 15 : byte >> 4]!
+    },
+  ])
+  return cases
+}
+
+describe('hand-built blocks of the other types', () => {
+  it.each(handBuiltBlocks())(
+    'ggml type %i: both kernels read each value as ggml-common.h lays it out',
+    async (type, block, cols, value) => {
+      const js = createJsKernels()
+      const wasm = await createWasmKernels()
+      try {
+        const wj = upload(js, block)
+        const xj = js.alloc(cols * 4)
+        const oj = js.alloc(4)
+        for (let i = 0; i < cols; i++) {
+          xj.f32().fill(0)
+          xj.f32()[i] = 1
+          js.matvec(type, wj, 1, cols, xj, oj)
+          // (+ 0: a zero scale times a negative value is -0 in the formula.)
+          expect(oj.f32()[0]! + 0, `${NAMES[type]} value ${i}`).toBe(value(i) + 0)
+        }
+        const want = Float32Array.from({ length: cols }, (_, i) => value(i))
+        const largest = want.reduce((m, v) => Math.max(m, Math.abs(v)), 0)
+        const ww = upload(wasm, block)
+        const xw = wasm.alloc(cols * 4)
+        const ow = wasm.alloc(4)
+        for (let i = 0; i < cols; i++) {
+          xw.f32().fill(0)
+          xw.f32()[i] = ONE_HOT
+          wasm.matvec(type, ww, 1, cols, xw, ow)
+          expect(
+            Math.abs(ow.f32()[0]! / ONE_HOT - want[i]!),
+            `${NAMES[type]} value ${i}`,
+          ).toBeLessThanOrEqual(largest * 1e-6)
+        }
+      } finally {
+        await wasm.dispose()
+        await js.dispose()
+      }
+    },
+  )
+})
+
+describe('integer sums at the extremes', () => {
+  // Every quantized field at its largest (all bytes 0xff) but the f16 scales, which are set to 1:
+  // the largest unsigned values meet the largest activations, q = ±127, over 16 super-blocks.
+  const SCALES: Record<number, number[]> = {
+    [Q4_0]: [0],
+    [Q4_1]: [0, 2],
+    [Q5_0]: [0],
+    [Q5_1]: [0, 2],
+    [Q8_0]: [0],
+    [IQ4_NL]: [0],
+    [Q2_K]: [80, 82],
+    [Q3_K]: [108],
+    [Q4_K]: [0, 2],
+    [Q5_K]: [0, 2],
+    [Q6_K]: [208],
+    [IQ4_XS]: [0],
+  }
+  it.each(Object.keys(SCALES).map(Number))('ggml type %i', async (type) => {
+    const cols = 4096
+    const rowBytes = rowByteLength(type, cols)
+    const blockBytes = (rowBytes * (activationClass(type) === 'q8_K' ? 256 : 32)) / cols
+    const rows = 3
+    const w = new Uint8Array(rows * rowBytes).fill(0xff)
+    for (let b = 0; b < w.length; b += blockBytes) {
+      for (const at of SCALES[type]!) new DataView(w.buffer).setUint16(b + at, fp32ToFp16(1), true)
+    }
+    const wasm = await createWasmKernels({ threads: 1 })
+    try {
+      const wb = upload(wasm, w)
+      // All +1 (q = 127, or -127 for q8_K's sign convention), then alternating ±1.
+      for (const x of [
+        new Float32Array(cols).fill(1),
+        Float32Array.from({ length: cols }, (_, i) => (i & 1 ? -1 : 1)),
+      ]) {
+        for (const n of [1, 4]) {
+          const xs = new Float32Array(n * cols)
+          for (let i = 0; i < n; i++) xs.set(x, i * cols)
+          const out = wasm.alloc(n * rows * 4)
+          wasm.matmul(type, wb, rows, cols, upload(wasm, xs), n, out)
+          const want = expected(type, w, rows, cols, xs, n)
+          for (let j = 0; j < n * rows; j++) {
+            expect(
+              Math.abs(out.f32()[j]! - want.value[j]!),
+              `${NAMES[type]} n ${n} [${j}]`,
+            ).toBeLessThanOrEqual(F32_TOLERANCE * want.mass[j]! + 1e-6)
+          }
+        }
+      }
+    } finally {
+      await wasm.dispose()
     }
   })
 })
