@@ -23,7 +23,7 @@ import {
 } from './types.ts'
 
 export const meshnetEngineOptionsSchema = z.strictObject({
-  /** A llama-architecture GGUF file. */
+  /** A GGUF file of an architecture the engine runs (see the README's supported models). */
   modelPath: z.string().min(1),
   /** Threads of the WebAssembly kernels. Default: the machine's cores (`os.availableParallelism()`). */
   threads: z.number().int().min(1).max(256).optional(),

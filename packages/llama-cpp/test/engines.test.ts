@@ -40,6 +40,8 @@ async function rewrite(
   change: {
     metadata?: Record<string, GGUFValueInput>
     tensor?: { name: string; type: GGMLTypeName; bytes: number }
+    /** An extra F32 vector tensor. */
+    add?: { name: string; length: number }
   },
 ): Promise<string> {
   const file = await openGGUF(src)
@@ -54,6 +56,14 @@ async function rewrite(
         dims: t.dims,
         type: retyped ? retyped.type : t.type,
         data: retyped ? new Uint8Array(retyped.bytes) : await file.readTensor(t.name),
+      })
+    }
+    if (change.add) {
+      tensors.push({
+        name: change.add.name,
+        dims: [change.add.length],
+        type: 'F32',
+        data: new Uint8Array(change.add.length * 4),
       })
     }
     const out = join(src, '..', `${name}.gguf`)
@@ -218,17 +228,42 @@ describe('unsupported models', () => {
     })
   })
 
-  it('names a tensor type it has no kernel for', async () => {
-    // Q5_K: 176 bytes per 256 weights; attn_q is 256 rows of 256.
-    const q5k = await rewrite(path, 'q5k', {
-      tensor: { name: 'blk.1.attn_q.weight', type: 'Q5_K', bytes: 176 * 256 },
+  it('says mixture-of-experts and LongRoPE are not run, and what runs them', async () => {
+    const moe = await rewrite(path, 'qwen3moe', {
+      metadata: { 'general.architecture': { type: 'string', value: 'qwen3moe' } },
     })
-    await expect(createMeshnetEngine({ modelPath: q5k, threads: 1 })).rejects.toMatchObject({
+    await expect(loadShard({ path: moe, kernels: createJsKernels() })).rejects.toMatchObject({
+      name: 'UnsupportedModelError',
+      message: expect.stringMatching(
+        /'qwen3moe' model; the Meshnet engine runs llama, qwen2, qwen3, gemma2, gemma3, phi3 \(not mixture-of-experts\); use --engine llama-cpp \(or auto/,
+      ),
+    })
+    const longRope = await rewrite(path, 'long-rope', {
+      add: { name: 'rope_factors_long.weight', length: 16 },
+    })
+    await expect(loadShard({ path: longRope, kernels: createJsKernels() })).rejects.toMatchObject({
+      name: 'UnsupportedModelError',
+      message: expect.stringContaining("LongRoPE ('rope_factors_long.weight') is not supported"),
+    })
+    const experts = await rewrite(path, 'experts', {
+      add: { name: 'blk.0.ffn_gate_inp.weight', length: 256 },
+    })
+    await expect(loadShard({ path: experts, kernels: createJsKernels() })).rejects.toMatchObject({
+      message: expect.stringContaining("mixture-of-experts (tensor 'blk.0.ffn_gate_inp.weight')"),
+    })
+  })
+
+  it('names a tensor type it has no kernel for', async () => {
+    // IQ2_XXS: 66 bytes per 256 weights; attn_q is 256 rows of 256.
+    const iq2 = await rewrite(path, 'iq2', {
+      tensor: { name: 'blk.1.attn_q.weight', type: 'IQ2_XXS', bytes: 66 * 256 },
+    })
+    await expect(createMeshnetEngine({ modelPath: iq2, threads: 1 })).rejects.toMatchObject({
       name: 'UnsupportedTensorTypeError',
-      message: expect.stringContaining("'blk.1.attn_q.weight' is Q5_K"),
+      message: expect.stringMatching(/'blk\.1\.attn_q\.weight' is IQ2_XXS;.*use --engine llama-cpp/),
     })
     // A shard whose layers do not include that tensor loads fine.
-    const shard = await loadShard({ path: q5k, layers: [0, 1], kernels: createJsKernels() })
+    const shard = await loadShard({ path: iq2, layers: [0, 1], kernels: createJsKernels() })
     expect(shard.layers).toEqual([0, 1])
     await shard.dispose()
   })

@@ -2,13 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { silentLogger } from '@meshnet/core'
-import {
-  type GGUFTensorInput,
-  type GGUFValueInput,
-  generateModel,
-  openGGUF,
-  writeGGUF,
-} from '@meshnet/gguf'
+import { type GGUFTensorInput, type GGUFValueInput, generateModel, openGGUF, writeGGUF } from '@meshnet/gguf'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startOpenAiApi } from '../../src/agent/openai-api.ts'

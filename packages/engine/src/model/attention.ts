@@ -17,14 +17,18 @@ export interface AttentionContext {
   readonly queryHeads: number
   readonly f16: boolean
   readonly scale: number
+  /** tanh soft-capping of the scores (Gemma 2), 0 for none. */
+  readonly softcap: number
 }
 
 /**
  * Attention of positions `[pos, pos + n)` over the layer's cache into `attn`, per KV head and
  * its query heads: scores = K·q and out = Vᵀ·p are kernel products over the cache (with an F16
- * cache the kernels round q and p to halves, as ggml does), the softmax is here.
+ * cache the kernels round q and p to halves, as ggml does), the softmax is here. With a sliding
+ * `window` a position attends to the last `window` positions only (the rest is masked, as in
+ * llama.cpp's SWA layers); the scores of the masked ones are computed and dropped.
  */
-export function attend(ctx: AttentionContext, L: LayerState, n: number, pos: number): void {
+export function attend(ctx: AttentionContext, L: LayerState, n: number, pos: number, window = 0): void {
   const s = ctx.scratch
   const d = ctx.headDim
   const nq = ctx.queryHeads
@@ -64,7 +68,7 @@ export function attend(ctx: AttentionContext, L: LayerState, n: number, pos: num
       if (!ctx.kernelsRound && f16) halfRound(xq.f32(), rows * d)
       ctx.kernels.matmul(type, L.kHead[h]!, width, d, xq, rows, s.scores, kStride)
       const scores = s.scores.f32()
-      softmaxRows(scores, rows, width, scale, (r) => pos + i0 + Math.floor(r / gh) + 1)
+      softmaxRows(scores, rows, width, scale, (r) => pos + i0 + Math.floor(r / gh) + 1, window, ctx.softcap)
       if (!ctx.kernelsRound && f16) halfRound(scores, rows * width)
       ctx.kernels.matmul(type, L.vHead[h]!, d, width, s.scores, rows, out, vStride)
       if (out === s.oHead) {

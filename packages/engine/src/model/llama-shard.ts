@@ -6,7 +6,7 @@ import { KernelUnavailableError } from '../kernels/errors.ts'
 import { roundActivations } from './activations.ts'
 import { type AttentionContext, attend } from './attention.ts'
 import type { LlamaConfig } from './config.ts'
-import { addInto, applyRope, rmsNorm, ropeCache, swiglu } from './ops.ts'
+import { addInto, applyRope, geglu, rmsNorm, ropeCache, softcap, swiglu } from './ops.ts'
 import {
   allocateScratch,
   f,
@@ -23,6 +23,19 @@ import {
 } from './shard-layout.ts'
 import type { ForwardOptions, LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
 import type { Matrix } from './weights.ts'
+
+/** cos/sin of `count` positions from `from`, `headDim` floats each. */
+interface RopeTable {
+  from: number
+  count: number
+  values: Float32Array
+}
+
+/** Adds a bias of `bias.length` floats to each of `n` rows. */
+function addBias(x: Float32Array, bias: Float32Array, n: number): void {
+  const w = bias.length
+  for (let i = 0; i < n; i++) for (let j = 0; j < w; j++) x[i * w + j] = x[i * w + j]! + bias[j]!
+}
 
 export class LlamaShardImpl implements LlamaShard {
   readonly config: Readonly<LlamaConfig>
@@ -57,10 +70,8 @@ export class LlamaShardImpl implements LlamaShard {
   readonly #chunk: number
   /** e^-gate values of `ffn`. */
   readonly #expScratch: Float32Array
-  /** cos/sin of `#ropeCount` positions from `#ropeFrom`. */
-  readonly #rope: Float32Array
-  #ropeFrom = -1
-  #ropeCount = 0
+  /** cos/sin of the positions the last forward pass used, for global and sliding-window layers. */
+  readonly #rope: { global: RopeTable; local: RopeTable }
   /** Length of the shard when it has no layers (embedding/head only). */
   #length = 0
   #disposed = false
@@ -92,7 +103,8 @@ export class LlamaShardImpl implements LlamaShard {
     this.#buffers = [...parts.buffers]
     const n = parts.maxBatch
     const d = config.headDim
-    this.#rope = new Float32Array(n * d)
+    const table = (): RopeTable => ({ from: -1, count: 0, values: new Float32Array(n * d) })
+    this.#rope = { global: table(), local: table() }
     this.#expScratch = new Float32Array(n * (plan.ffn[1] - plan.ffn[0]))
     const nkv = plan.kvHeads[1] - plan.kvHeads[0]
     const group = config.heads / config.kvHeads
@@ -156,6 +168,7 @@ export class LlamaShardImpl implements LlamaShard {
         queryHeads: plan.heads[1] - plan.heads[0],
         f16: parts.kvCacheType === 'f16',
         scale: f(config.attentionScale),
+        softcap: config.attnSoftcap,
       }
     } catch (err) {
       // The caller frees the weights; the scratch and KV cache allocated so far are ours to free.
@@ -220,10 +233,10 @@ export class LlamaShardImpl implements LlamaShard {
         options.signal?.throwIfAborted()
         let sum = this.attention(l, x, count, pos + start)
         if (this.partial) sum = await options.allReduce!(sum, { layer: l, kind: 'attention' })
-        addInto(x, sum, count * embd)
+        this.#residual(this.#layer(l).w.attnPostNorm, x, sum, count)
         sum = this.ffn(l, x, count)
         if (this.partial) sum = await options.allReduce!(sum, { layer: l, kind: 'ffn' })
-        addInto(x, sum, count * embd)
+        this.#residual(this.#layer(l).w.ffnPostNorm, x, sum, count)
       }
       if (this.hasHead && wantAll) logitRows.push(this.logits(x, count))
     }
@@ -262,6 +275,10 @@ export class LlamaShardImpl implements LlamaShard {
       const row = bytes.subarray(token * rowBytes, (token + 1) * rowBytes)
       dequantizeRow(table.type, row, embd, out.subarray(i * embd, (i + 1) * embd))
     })
+    if (this.config.embedScale !== 1) {
+      const scale = f(this.config.embedScale)
+      for (let i = 0; i < out.length; i++) out[i] = out[i]! * scale
+    }
     return out
   }
 
@@ -292,16 +309,31 @@ export class LlamaShardImpl implements LlamaShard {
     const q = s.q.f32()
     const k = s.k.f32()
     const v = s.v.f32()
-    const rope = this.#ropeTable(pos, n)
+    if (L.w.bq) {
+      addBias(q, L.w.bq, n)
+      addBias(k, L.w.bk!, n)
+      addBias(v, L.w.bv!, n)
+    }
+    if (L.w.qNorm) {
+      for (let h = 0; h < n * nq; h++) rmsNorm(q, h * d, d, L.w.qNorm, normEps, q, h * d)
+      for (let h = 0; h < n * nkv; h++) rmsNorm(k, h * d, d, L.w.kNorm!, normEps, k, h * d)
+    }
+    const local = this.config.swaLayers[layer] === true
+    const rope = this.#ropeTable(pos, n, local)
     const ropeType = this.config.ropeType
     for (let i = 0; i < n; i++) {
-      const at = (pos + i - this.#ropeFrom) * d
-      applyRope(q, i * qRows, nq, d, rope, ropeType, at)
-      applyRope(k, i * kvRows, nkv, d, rope, ropeType, at)
+      const at = (pos + i - rope.from) * d
+      applyRope(q, i * qRows, nq, d, rope.values, ropeType, at)
+      applyRope(k, i * kvRows, nkv, d, rope.values, ropeType, at)
+    }
+    const queryScale = this.config.queryScale
+    if (queryScale !== 1) {
+      const scale = f(queryScale)
+      for (let i = 0; i < n * qRows; i++) q[i] = q[i]! * scale
     }
     this.#storeKV(L, k, v, n, pos)
     L.length = pos + n
-    attend(this.#attention, L, n, pos)
+    attend(this.#attention, L, n, pos, local ? this.config.slidingWindow : 0)
     this.#matmul(L.w.wo, s.attn, n, s.out)
     return s.out.f32().slice(0, n * embd)
   }
@@ -317,7 +349,8 @@ export class LlamaShardImpl implements LlamaShard {
     for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.ffnNorm, normEps, xn, i * embd)
     this.#matmul(L.w.gate, s.x, n, s.gate)
     this.#matmul(L.w.up, s.x, n, s.up)
-    swiglu(s.gate.f32(), s.up.f32(), n * width, this.#expScratch)
+    if (this.config.activation === 'gelu') geglu(s.gate.f32(), s.up.f32(), n * width)
+    else swiglu(s.gate.f32(), s.up.f32(), n * width, this.#expScratch)
     this.#matmul(L.w.down, s.gate, n, s.out)
     return s.out.f32().slice(0, n * embd)
   }
@@ -340,6 +373,7 @@ export class LlamaShardImpl implements LlamaShard {
         rmsNorm(hidden, (start + i) * embd, embd, head.norm, normEps, xn, i * embd)
       const logits = this.#logitsScratch(count)
       this.#matmul(head.output, s.x, count, logits)
+      if (this.config.finalSoftcap > 0) softcap(logits.f32(), 0, count * vocab, this.config.finalSoftcap)
       if (out === undefined) return logits.f32().slice(0, n * vocab)
       out.set(logits.f32().subarray(0, count * vocab), start * vocab)
     }
@@ -403,18 +437,30 @@ export class LlamaShardImpl implements LlamaShard {
     }
   }
 
-  /** cos/sin for positions `[pos, pos + n)`, computed once per position range (every layer uses it). */
-  #ropeTable(pos: number, n: number): Float32Array {
-    if (pos < this.#ropeFrom || pos + n > this.#ropeFrom + this.#ropeCount) {
+  /**
+   * cos/sin for positions `[pos, pos + n)`, computed once per position range (every layer uses
+   * it); sliding-window layers have their own base and scale (Gemma).
+   */
+  #ropeTable(pos: number, n: number, local: boolean): RopeTable {
+    const table = local ? this.#rope.local : this.#rope.global
+    if (pos < table.from || pos + n > table.from + table.count) {
       const d = this.config.headDim
-      const { ropeBase, ropeFreqScale } = this.config
+      const base = local ? this.config.ropeBaseSwa : this.config.ropeBase
+      const scale = local ? this.config.ropeFreqScaleSwa : this.config.ropeFreqScale
       for (let i = 0; i < n; i++) {
-        ropeCache(pos + i, d, ropeBase, ropeFreqScale, this.#freqFactors, this.#rope, i * d)
+        ropeCache(pos + i, d, base, scale, this.#freqFactors, table.values, i * d)
       }
-      this.#ropeFrom = pos
-      this.#ropeCount = n
+      table.from = pos
+      table.count = n
     }
-    return this.#rope
+    return table
+  }
+
+  /** `x += sum`, or `x += norm(sum)` with the architecture's post-attention or post-FFN norm. */
+  #residual(norm: Float32Array | undefined, x: Float32Array, sum: Float32Array, n: number): void {
+    const { embd, normEps } = this.config
+    if (norm) for (let i = 0; i < n; i++) rmsNorm(sum, i * embd, embd, norm, normEps, sum, i * embd)
+    addInto(x, sum, n * embd)
   }
 
   /**

@@ -1,3 +1,4 @@
+import { fp16ToFp32, fp32ToFp16 } from '@meshnet/gguf'
 import type { RopeType } from './config.ts'
 
 // The element-wise parts of the llama forward pass, written to round like ggml's CPU ops: f32
@@ -116,6 +117,40 @@ export function swiglu(gate: Float32Array, up: Float32Array, n: number, scratch:
   }
 }
 
+/**
+ * `x[i] = cap · tanh(x[i] / cap)` for i in `[from, to)`: Gemma's soft-capping, as ggml computes it
+ * (scale by 1/cap, tanh, scale by cap, each rounded to f32).
+ */
+export function softcap(x: Float32Array, from: number, to: number, cap: number): void {
+  const inv = f(1 / cap)
+  for (let i = from; i < to; i++) x[i] = f(cap * f(Math.tanh(f(x[i]! * inv))))
+}
+
+/** ggml's tanh-approximated GELU in f32 (`ggml_gelu_f32`). */
+function geluF32(x: number): number {
+  const inner = f(f(SQRT_2_OVER_PI * x) * f(1 + f(f(GELU_COEF_A * x) * x)))
+  return f(f(f(0.5 * x) * f(1 + f(Math.tanh(inner)))))
+}
+const GELU_COEF_A = f(0.044715)
+const SQRT_2_OVER_PI = f(0.7978845608028654)
+let geluTable: Float32Array | undefined
+
+/**
+ * `gate[i] = gelu(gate[i]) * up[i]` for `n` values, as ggml's CPU GeGLU computes it: the input
+ * rounded to a half and looked up in a table of halves (`ggml_table_gelu_f16`), 0 below -10 and the
+ * identity above 10.
+ */
+export function geglu(gate: Float32Array, up: Float32Array, n: number): void {
+  geluTable ??= Float32Array.from({ length: 65536 }, (_, h) => fp16ToFp32(fp32ToFp16(geluF32(fp16ToFp32(h)))))
+  const table = geluTable
+  for (let i = 0; i < n; i++) {
+    const x = gate[i]!
+    if (x <= -10) gate[i] = 0
+    else if (x >= 10) gate[i] = x * up[i]!
+    else gate[i] = table[fp32ToFp16(x)]! * up[i]!
+  }
+}
+
 /** Adds `n` values of `b` into `a`. */
 export function addInto(a: Float32Array, b: Float32Array, n: number): void {
   for (let i = 0; i < n; i++) a[i] = a[i]! + b[i]!
@@ -123,8 +158,10 @@ export function addInto(a: Float32Array, b: Float32Array, n: number): void {
 
 /**
  * Attention weights from raw scores, in place, as ggml's soft_max_ext with llama.cpp's causal mask
- * computes them: `rows` rows of `width` scores q·k, row r may see its first `visible(r)` positions;
- * each becomes `softmax(scale · q·k)` (sum in f64), and the masked tail 0.
+ * computes them: `rows` rows of `width` scores q·k, row r may see its first `visible(r)` positions
+ * (and with a sliding `window` > 0 only the last `window` of those); each becomes
+ * `softmax(scale · q·k)` (sum in f64), and the masked positions 0. A `softcapping` > 0 first caps
+ * every score to `c · tanh(q·k / c)` (Gemma 2).
  */
 export function softmaxRows(
   scores: Float32Array,
@@ -132,22 +169,28 @@ export function softmaxRows(
   width: number,
   scale: number,
   visible: (row: number) => number,
+  window = 0,
+  softcapping = 0,
 ): void {
   for (let r = 0; r < rows; r++) {
     const base = r * width
-    const end = base + visible(r)
+    const seen = visible(r)
+    const end = base + seen
+    const start = window > 0 && seen > window ? end - window : base
+    if (softcapping > 0) softcap(scores, start, end, softcapping)
     let max = Number.NEGATIVE_INFINITY
-    for (let t = base; t < end; t++) {
+    for (let t = start; t < end; t++) {
       const s = f(scores[t]! * scale)
       scores[t] = s
       if (s > max) max = s
     }
-    for (let t = base; t < end; t++) scores[t] = scores[t]! - max
-    expInPlace(scores, base, end)
+    for (let t = start; t < end; t++) scores[t] = scores[t]! - max
+    expInPlace(scores, start, end)
     let sum = 0
-    for (let t = base; t < end; t++) sum += scores[t]!
+    for (let t = start; t < end; t++) sum += scores[t]!
     const inv = f(1 / sum)
-    for (let t = base; t < end; t++) scores[t] = scores[t]! * inv
+    for (let t = start; t < end; t++) scores[t] = scores[t]! * inv
+    scores.fill(0, base, start)
     scores.fill(0, end, base + width)
   }
 }

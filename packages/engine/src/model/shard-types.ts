@@ -67,17 +67,28 @@ export interface LlamaShard {
   dispose(): Promise<void>
 }
 
-/** One layer's weights (internal). */
+/** One layer's weights (internal); the optional ones as the architecture has them. */
 export interface LayerWeights {
   attnNorm: Float32Array
   wq: Matrix
   wk: Matrix
   wv: Matrix
+  /** The shard's rows of the Q/K/V biases (Qwen 2). */
+  bq?: Float32Array | undefined
+  bk?: Float32Array | undefined
+  bv?: Float32Array | undefined
+  /** Per-head Q and K norms, `headDim` floats (Qwen 3, Gemma 3). */
+  qNorm?: Float32Array | undefined
+  kNorm?: Float32Array | undefined
   wo: Matrix
+  /** Norm of the attention output before the residual add (Gemma). */
+  attnPostNorm?: Float32Array | undefined
   ffnNorm: Float32Array
   gate: Matrix
   up: Matrix
   down: Matrix
+  /** Norm of the FFN output before the residual add (Gemma). */
+  ffnPostNorm?: Float32Array | undefined
 }
 
 export interface ShardPlan {

@@ -1,12 +1,11 @@
-import { open } from 'node:fs/promises'
 import { findGGMLType, type GGUFReader, openGGUF, rowByteLength } from '@meshnet/gguf'
 import { InvalidShardError } from '../errors.ts'
 import type { KernelBuffer, Kernels } from '../kernels/api.ts'
 import { roundActivations } from './activations.ts'
 import { type LlamaConfig, readLlamaConfig } from './config.ts'
 import { LlamaShardImpl } from './llama-shard.ts'
-import { rmsNorm } from './ops.ts'
-import { loadShardTensors, resolveSpec } from './shard.ts'
+import { rmsNorm, softcap } from './ops.ts'
+import { layerSources, loadShardTensors, resolveSpec } from './shard.ts'
 import type { LayerWeights, LlamaShard, ShardPlan, ShardRanges } from './shard-types.ts'
 import { type Matrix, WeightLoader } from './weights.ts'
 
@@ -51,12 +50,13 @@ export function estimateWeightBytes(
   let bytes = 0
   for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
     const b = `blk.${l}`
-    bytes += rows(`${b}.attn_q.weight`, h0 * d, h1 * d)
-    bytes += rows(`${b}.attn_k.weight`, kv0 * d, kv1 * d)
-    bytes += rows(`${b}.attn_v.weight`, kv0 * d, kv1 * d)
+    const src = layerSources(config, l)
+    bytes += rows(src.q.name, h0 * d, h1 * d)
+    bytes += rows(src.k.name, kv0 * d, kv1 * d)
+    bytes += rows(src.v.name, kv0 * d, kv1 * d)
     bytes += columns(`${b}.attn_output.weight`, config.heads * d, embd, h0 * d, h1 * d)
-    bytes += rows(`${b}.ffn_gate.weight`, f0, f1)
-    bytes += rows(`${b}.ffn_up.weight`, f0, f1)
+    bytes += rows(src.gate.name, f0, f1)
+    bytes += rows(src.up.name, f0, f1)
     bytes += columns(`${b}.ffn_down.weight`, ff, embd, f0, f1)
   }
   if (plan.embed) bytes += rows('token_embd.weight', 0, vocab)
@@ -156,15 +156,11 @@ export class ShardWeights {
     signal?: AbortSignal,
   ): Promise<ShardWeights> {
     const file = await openGGUF(path)
-    const handle = await open(path, 'r').catch(async (err: unknown) => {
-      await file.close()
-      throw err
-    })
     let loader: WeightLoader | undefined
     try {
       const config = readLlamaConfig(file)
       const plan = resolveSpec(config, spec)
-      loader = new WeightLoader(file, handle, kernels, signal)
+      loader = new WeightLoader(file, kernels, signal)
       const { layers, embedding, head, freqFactors } = await loadShardTensors(file, loader, config, plan)
       const { embd, vocab } = config
       let vocabHead: { range: [number, number]; norm: Float32Array; output: Matrix } | undefined
@@ -202,7 +198,6 @@ export class ShardWeights {
       for (const buf of loader?.allocated ?? []) kernels.free(buf)
       throw err
     } finally {
-      await handle.close()
       await file.close()
     }
   }
@@ -320,7 +315,9 @@ export class VocabHead {
       input = this.#rounded
     }
     this.#kernels.matvec(w.type, w.buf, w.rows, w.cols, input, this.#out)
-    return this.#out.f32().slice(0, w.rows)
+    const logits = this.#out.f32().slice(0, w.rows)
+    if (this.#config.finalSoftcap > 0) softcap(logits, 0, logits.length, this.#config.finalSoftcap)
+    return logits
   }
 
   dispose(): void {

@@ -1,4 +1,3 @@
-import { open } from 'node:fs/promises'
 import { parseWith } from '@meshnet/core'
 import { type GGUFReader, openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
@@ -74,16 +73,12 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
   const parsed = parseWith(loadShardOptionsSchema, rest, 'loadShard option')
   const opts = parsed
   const file = await openGGUF(opts.path)
-  const handle = await open(opts.path, 'r').catch(async (err: unknown) => {
-    await file.close()
-    throw err
-  })
   let loader: WeightLoader | undefined
   try {
     const config = readLlamaConfig(file)
     if (opts.ropeType) config.ropeType = opts.ropeType
     const plan = planShard(config, opts)
-    loader = new WeightLoader(file, handle, kernels, signal)
+    loader = new WeightLoader(file, kernels, signal)
     const { layers, embedding, head, freqFactors } = await loadShardTensors(file, loader, config, plan)
     return new LlamaShardImpl({
       config,
@@ -102,12 +97,53 @@ export async function loadShard(options: LoadShardOptions): Promise<LlamaShard> 
     for (const buf of loader?.allocated ?? []) kernels.free(buf)
     throw err
   } finally {
-    await handle.close()
     await file.close()
   }
 }
 
-/** A shard's resolved ranges. */
+/** Where a projection's rows are: `total` rows of tensor `name`, this projection's from row `at`. */
+export interface RowSource {
+  name: string
+  total: number
+  at: number
+}
+
+/**
+ * The tensors and row offsets of a layer's Q, K, V, gate and up projections: separate tensors, or
+ * row ranges of Phi-3's fused `attn_qkv` (Q, K, V) and `ffn_up` (gate, up). A column slice of a
+ * fused tensor is the same slice of each part, so a tensor-parallel shard reads its heads' rows of
+ * Q, K and V and its FFN columns of gate and up.
+ */
+export function layerSources(
+  config: LlamaConfig,
+  layer: number,
+): Record<'q' | 'k' | 'v' | 'gate' | 'up', RowSource> {
+  const b = `blk.${layer}`
+  const q = config.heads * config.headDim
+  const kv = config.kvHeads * config.headDim
+  const attention = config.fusedQkv
+    ? {
+        q: { name: `${b}.attn_qkv.weight`, total: q + 2 * kv, at: 0 },
+        k: { name: `${b}.attn_qkv.weight`, total: q + 2 * kv, at: q },
+        v: { name: `${b}.attn_qkv.weight`, total: q + 2 * kv, at: q + kv },
+      }
+    : {
+        q: { name: `${b}.attn_q.weight`, total: q, at: 0 },
+        k: { name: `${b}.attn_k.weight`, total: kv, at: 0 },
+        v: { name: `${b}.attn_v.weight`, total: kv, at: 0 },
+      }
+  const ffn = config.fusedGateUp
+    ? {
+        gate: { name: `${b}.ffn_up.weight`, total: 2 * config.ff, at: 0 },
+        up: { name: `${b}.ffn_up.weight`, total: 2 * config.ff, at: config.ff },
+      }
+    : {
+        gate: { name: `${b}.ffn_gate.weight`, total: config.ff, at: 0 },
+        up: { name: `${b}.ffn_up.weight`, total: config.ff, at: 0 },
+      }
+  return { ...attention, ...ffn }
+}
+
 /** Weights of a shard's layers, head and embedding, read through `loader` (only the rows and columns the plan names). */
 export async function loadShardTensors(
   file: GGUFReader,
@@ -120,27 +156,42 @@ export async function loadShardTensors(
   head: { norm: Float32Array; output: Matrix } | undefined
   freqFactors: Float32Array | undefined
 }> {
-  const { embd, headDim: d, vocab } = config
-  const qRows = config.heads * d
-  const kvRows = config.kvHeads * d
+  const { embd, headDim: d } = config
   const layers: LayerWeights[] = []
   for (let l = plan.layers[0]; l < plan.layers[1]; l++) {
     const b = `blk.${l}`
+    const src = layerSources(config, l)
     const [h0, h1] = plan.heads
     const [kv0, kv1] = plan.kvHeads
     const [f0, f1] = plan.ffn
+    const part = async (s: RowSource, start: number, end: number) =>
+      loader.packed(await loader.rows(s.name, embd, s.total, s.at + start, s.at + end))
+    const bias = async (name: string, total: number, start: number, end: number) =>
+      config.qkvBias ? (await loader.vector(`${b}.${name}`, total)).slice(start, end) : undefined
+    const norm = async (name: string, present: boolean, length = embd) =>
+      present ? await loader.vector(`${b}.${name}`, length) : undefined
     layers.push({
       attnNorm: await loader.vector(`${b}.attn_norm.weight`, embd),
-      wq: loader.packed(await loader.rows(`${b}.attn_q.weight`, embd, qRows, h0 * d, h1 * d)),
-      wk: loader.packed(await loader.rows(`${b}.attn_k.weight`, embd, kvRows, kv0 * d, kv1 * d)),
-      wv: loader.packed(await loader.rows(`${b}.attn_v.weight`, embd, kvRows, kv0 * d, kv1 * d)),
-      wo: loader.packed(await loader.columns(`${b}.attn_output.weight`, qRows, embd, h0 * d, h1 * d)),
+      wq: await part(src.q, h0 * d, h1 * d),
+      wk: await part(src.k, kv0 * d, kv1 * d),
+      wv: await part(src.v, kv0 * d, kv1 * d),
+      bq: await bias('attn_q.bias', config.heads * d, h0 * d, h1 * d),
+      bk: await bias('attn_k.bias', config.kvHeads * d, kv0 * d, kv1 * d),
+      bv: await bias('attn_v.bias', config.kvHeads * d, kv0 * d, kv1 * d),
+      qNorm: await norm('attn_q_norm.weight', config.qkNorm, d),
+      kNorm: await norm('attn_k_norm.weight', config.qkNorm, d),
+      wo: loader.packed(
+        await loader.columns(`${b}.attn_output.weight`, config.heads * d, embd, h0 * d, h1 * d),
+      ),
+      attnPostNorm: await norm('post_attention_norm.weight', config.postNorms),
       ffnNorm: await loader.vector(`${b}.ffn_norm.weight`, embd),
-      gate: loader.packed(await loader.rows(`${b}.ffn_gate.weight`, embd, config.ff, f0, f1)),
-      up: loader.packed(await loader.rows(`${b}.ffn_up.weight`, embd, config.ff, f0, f1)),
+      gate: await part(src.gate, f0, f1),
+      up: await part(src.up, f0, f1),
       down: loader.packed(await loader.columns(`${b}.ffn_down.weight`, config.ff, embd, f0, f1)),
+      ffnPostNorm: await norm('post_ffw_norm.weight', config.postNorms),
     })
   }
+  const { vocab } = config
   const embedding = plan.embed ? await loader.rows('token_embd.weight', embd, vocab, 0, vocab) : undefined
   let head: { norm: Float32Array; output: Matrix } | undefined
   if (plan.head) {

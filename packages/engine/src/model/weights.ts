@@ -1,18 +1,12 @@
-import type { FileHandle } from 'node:fs/promises'
-import { CorruptFileError } from '@meshnet/core'
 import { findGGMLType, type GGUFReader, type GGUFTensorInfo, rowByteLength } from '@meshnet/gguf'
 import { UnsupportedModelError, UnsupportedTensorTypeError } from '../errors.ts'
 import type { KernelBuffer, Kernels } from '../kernels/api.ts'
+import { KERNEL_TYPES } from '../kernels/types.ts'
 
 /** ggml types the engine can multiply (the kernels' and `dequantizeRow`'s set). */
-export const SUPPORTED_WEIGHT_TYPES: ReadonlySet<string> = new Set([
-  'F32',
-  'F16',
-  'Q8_0',
-  'Q4_0',
-  'Q4_K',
-  'Q6_K',
-])
+export const SUPPORTED_WEIGHT_TYPES: ReadonlySet<string> = new Set(
+  KERNEL_TYPES.map((type) => findGGMLType(type)!.name),
+)
 
 const F32 = 0
 /** Rows read per batch of positioned reads when loading a column slice. */
@@ -31,16 +25,14 @@ export interface Matrix {
 /** Loads tensors (or the parts of them a shard needs) straight from the file into kernel memory. */
 export class WeightLoader {
   readonly #file: GGUFReader
-  readonly #handle: FileHandle
   readonly #kernels: Kernels
   readonly #signal: AbortSignal | undefined
   /** Everything allocated, so a failed load can free it. */
   readonly allocated: KernelBuffer[] = []
   bytes = 0
 
-  constructor(file: GGUFReader, handle: FileHandle, kernels: Kernels, signal?: AbortSignal) {
+  constructor(file: GGUFReader, kernels: Kernels, signal?: AbortSignal) {
     this.#file = file
-    this.#handle = handle
     this.#kernels = kernels
     this.#signal = signal
   }
@@ -50,7 +42,7 @@ export class WeightLoader {
     const t = this.#file.tensor(name)
     if (t === undefined) {
       throw new UnsupportedModelError(
-        `${this.#file.path} has no tensor '${name}'; it is not a complete llama model`,
+        `${this.#file.path} has no tensor '${name}'; it is not a complete model`,
       )
     }
     const shape = [...t.dims]
@@ -63,7 +55,9 @@ export class WeightLoader {
     if (!SUPPORTED_WEIGHT_TYPES.has(t.typeName)) {
       throw new UnsupportedTensorTypeError(
         `${this.#file.path}: tensor '${name}' is ${t.typeName}; the Meshnet engine computes with ${[...SUPPORTED_WEIGHT_TYPES].join(', ')}`,
-        { hint: 'requantize the model to one of those types, or use --engine llama-cpp' },
+        {
+          hint: 'use --engine llama-cpp (auto runs a model that fits on one member on llama.cpp), or requantize the model to one of those types',
+        },
       )
     }
     return t
@@ -107,8 +101,10 @@ export class WeightLoader {
         const target = buf.bytes()
         const reads: Array<Promise<unknown>> = []
         for (let r = r0; r < Math.min(rows, r0 + ROW_BATCH); r++) {
-          const position = t.offset + r * t.rowByteLength + offset
-          reads.push(this.#readFully(target.subarray(r * sliceBytes, (r + 1) * sliceBytes), position))
+          const at = r * t.rowByteLength + offset
+          reads.push(
+            this.#file.readTensorBytesInto(name, target.subarray(r * sliceBytes, (r + 1) * sliceBytes), at),
+          )
         }
         await Promise.all(reads)
       }
@@ -142,18 +138,5 @@ export class WeightLoader {
     this.allocated.push(buf)
     this.bytes += byteLength
     return buf
-  }
-
-  async #readFully(target: Uint8Array, position: number): Promise<void> {
-    let done = 0
-    while (done < target.length) {
-      const { bytesRead } = await this.#handle.read(target, done, target.length - done, position + done)
-      if (bytesRead === 0) {
-        throw new CorruptFileError(`${this.#file.path} ended at byte ${position + done}, inside a tensor`, {
-          hint: 'the file was truncated or replaced after it was opened',
-        })
-      }
-      done += bytesRead
-    }
   }
 }
