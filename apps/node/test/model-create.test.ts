@@ -57,7 +57,7 @@ describe('mesh model-create', () => {
     expect(JSON.parse(again.stdout).sha256).toBe(report.sha256)
   })
 
-  it('names the flag when a K-quant shape does not fit', async () => {
+  it('names the flag when a shape does not fit whole blocks', async () => {
     const result = await runMesh([
       'model-create',
       '--out',
@@ -65,10 +65,57 @@ describe('mesh model-create', () => {
       '--type',
       'Q4_K',
       '--embd',
-      '320',
+      '48',
     ])
     expect(result.code).toBe(1)
-    expect(result.stderr).toContain('--embd')
+    expect(result.stderr).toContain('--embd 48: must be a multiple of 32 for Q4_K')
+    const arch = await runMesh(['model-create', '--out', join(dir, 'a.gguf'), '--arch', 'mamba'])
+    expect(arch.code).toBe(1)
+    expect(arch.stderr).toContain('--arch')
+    expect(arch.stderr).toContain('llama, qwen2, qwen3, gemma2, gemma3, phi3')
+  })
+
+  it('writes another architecture in a llama-quantize mix (--arch qwen3 --type Q4_K_M --head-dim 64)', async () => {
+    const out = join(dir, 'qwen3.gguf')
+    const result = await runMesh([
+      '--json',
+      'model-create',
+      '--out',
+      out,
+      '--arch',
+      'qwen3',
+      '--type',
+      'q4_k_m',
+      '--head-dim',
+      '64',
+      '--layers',
+      '8',
+      '--embd',
+      '256',
+      '--heads',
+      '8',
+      '--kv-heads',
+      '2',
+      '--vocab',
+      '500',
+    ])
+    expect(result.code, result.stderr).toBe(0)
+    const report = JSON.parse(result.stdout)
+    // llama-quantize's Q4_K_M: Q6_K for the output and for attn_v / ffn_down of 4 of the 8 layers.
+    expect(report).toMatchObject({
+      arch: 'qwen3',
+      type: 'Q4_K_M',
+      headDim: 64,
+      tensorTypes: { Q4_K: 49, Q6_K: 9 },
+    })
+    const gguf = await openGGUF(out)
+    try {
+      expect(gguf.getString('general.architecture')).toBe('qwen3')
+      expect(gguf.getNumber('qwen3.attention.key_length')).toBe(64)
+      expect(gguf.tensor('blk.0.attn_q_norm.weight')?.dims).toEqual([64])
+    } finally {
+      await gguf.close()
+    }
   })
 
   it('refuses to overwrite an existing file without --force', async () => {
