@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { z } from 'zod'
-import { GGML_TYPE, type GGMLTypeName, ggmlTypeInfo, rowByteLength } from './ggml-types.ts'
+import { GGML_TYPE, type GGMLTypeName, ggmlTypeInfo, QUANTIZABLE_TYPES, rowByteLength } from './ggml-types.ts'
 import type { GGUFValueInput } from './metadata.ts'
 import { fillTriangular, seededUint32 } from './prng.ts'
 import { quantizeRow } from './quants.ts'
@@ -12,23 +12,7 @@ export const MODEL_ARCHITECTURES = ['llama', 'qwen2', 'qwen3', 'gemma2', 'gemma3
 export type ModelArchitecture = (typeof MODEL_ARCHITECTURES)[number]
 
 /** Single weight types: every weight matrix of the file in that type (norms and biases F32). */
-export const MODEL_TENSOR_TYPES = [
-  'F32',
-  'F16',
-  'BF16',
-  'Q8_0',
-  'Q4_0',
-  'Q4_1',
-  'Q5_0',
-  'Q5_1',
-  'Q2_K',
-  'Q3_K',
-  'Q4_K',
-  'Q5_K',
-  'Q6_K',
-  'IQ4_NL',
-  'IQ4_XS',
-] as const satisfies readonly GGMLTypeName[]
+export const MODEL_TENSOR_TYPES = QUANTIZABLE_TYPES
 
 /** `llama-quantize` mixes: a base type with more bits where llama.cpp gives them (see `tensorType`). */
 export const MODEL_MIXES = ['Q3_K_M', 'Q4_K_S', 'Q4_K_M', 'Q5_K_S', 'Q5_K_M'] as const

@@ -101,7 +101,7 @@ const TABLE: ReadonlyArray<readonly [GGMLTypeName, number, number]> = [
 ]
 
 /** The types `quantizeRow` and `dequantizeRow` handle, bit-exact with ggml's reference code. */
-export const QUANTIZABLE_TYPES: readonly GGMLTypeName[] = [
+export const QUANTIZABLE_TYPES = [
   'F32',
   'F16',
   'BF16',
@@ -117,9 +117,9 @@ export const QUANTIZABLE_TYPES: readonly GGMLTypeName[] = [
   'Q6_K',
   'IQ4_NL',
   'IQ4_XS',
-]
+] as const satisfies readonly GGMLTypeName[]
 
-const QUANTIZABLE: ReadonlySet<GGMLTypeName> = new Set(QUANTIZABLE_TYPES)
+const QUANTIZABLE: ReadonlySet<string> = new Set(QUANTIZABLE_TYPES)
 
 const INFO = new Map<number, GGMLTypeInfo>(
   TABLE.map(([name, blockSize, typeSize]) => [

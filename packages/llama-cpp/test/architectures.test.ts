@@ -1,4 +1,5 @@
 import {
+  argmax,
   createLocalAllReduce,
   createMeshnetEngine,
   createWasmKernels,
@@ -11,6 +12,7 @@ import { type ModelArchitecture, type ModelWeightType, splitGGUF } from '@meshne
 import { type ModelShape, modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLlamaCppEngine, type LlamaCppEngine } from '../src/engine.ts'
+import { topGap } from './logits.ts'
 
 // Every architecture the Meshnet engine runs, in a spread of weight types and llama-quantize mixes,
 // against llama.cpp (node-llama-cpp, CPU, F16 KV cache) on generated models: teacher-forced logits
@@ -88,24 +90,6 @@ afterAll(async () => {
   await kernels?.dispose()
   await models?.cleanup()
 })
-
-function topGap(row: Float32Array): number {
-  let a = Number.NEGATIVE_INFINITY
-  let b = Number.NEGATIVE_INFINITY
-  for (const v of row) {
-    if (v > a) {
-      b = a
-      a = v
-    } else if (v > b) b = v
-  }
-  return a - b
-}
-
-function argmax(row: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i
-  return best
-}
 
 function maxDifference(a: Float32Array[], b: Float32Array[]): number {
   expect(b).toHaveLength(a.length)

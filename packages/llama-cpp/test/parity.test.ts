@@ -1,8 +1,9 @@
-import { createMeshnetEngine, createSampler, type MeshnetEngine } from '@meshnet/engine'
+import { argmax, createMeshnetEngine, createSampler, type MeshnetEngine } from '@meshnet/engine'
 import type { ModelWeightType } from '@meshnet/gguf'
 import { type ModelShape, modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { createLlamaCppEngine, type LlamaCppEngine } from '../src/engine.ts'
+import { topGap } from './logits.ts'
 
 // The Meshnet engine against llama.cpp (node-llama-cpp, CPU, classic attention, F16 KV cache) on
 // generated llama models: the same tokens, the same greedy continuation, the same logits at every
@@ -76,24 +77,6 @@ async function engines(path: string): Promise<[LlamaCppEngine, MeshnetEngine]> {
     await llama.dispose()
     throw err
   }
-}
-
-function topGap(row: Float32Array): number {
-  let a = Number.NEGATIVE_INFINITY
-  let b = Number.NEGATIVE_INFINITY
-  for (const v of row) {
-    if (v > a) {
-      b = a
-      a = v
-    } else if (v > b) b = v
-  }
-  return a - b
-}
-
-function argmax(row: Float32Array): number {
-  let best = 0
-  for (let i = 1; i < row.length; i++) if (row[i]! > row[best]!) best = i
-  return best
 }
 
 describe.each(CASES)('%s model, %s weights', (shapeName, type) => {
