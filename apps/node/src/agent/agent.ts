@@ -16,7 +16,8 @@ export interface AgentContext {
 
 /**
  * One subsystem of the agent (beacons, pools, the libp2p node, rings). Parts start in order and stop
- * in reverse; each may add control routes and a status section.
+ * in reverse; each may add control routes and a status section. A part whose start() throws is
+ * stopped too, so stop() must undo whatever a partial start opened.
  */
 export interface AgentPart {
   readonly name: string
@@ -73,8 +74,10 @@ export async function startAgent(options: {
 
   try {
     for (const part of options.parts(context)) {
-      await part.start()
+      // A part whose start fails half way (the libp2p node listening, then its pool gate throwing)
+      // is stopped with the others, so that nothing it opened keeps the process alive.
       started.push(part)
+      await part.start()
       logger.debug({ part: part.name }, 'started')
     }
     const status = () => ({
