@@ -5,6 +5,11 @@ import type { DataDirLock } from './lock.ts'
 import { MIGRATIONS } from './migrations.ts'
 import { type OpenReport, openSqlite } from './sqlite.ts'
 
+// SQLite's primary result codes for a disk that cannot take a write.
+const SQLITE_READONLY = 8
+const SQLITE_IOERR = 10
+const SQLITE_FULL = 13
+
 /** Score a peer starts with, on a 0..1 scale. */
 export const INITIAL_TRUST = 0.5
 
@@ -58,15 +63,56 @@ export class MeshStore {
   readonly #db: DatabaseSync
   readonly #lock: DataDirLock
   readonly #now: () => number
+  readonly #logger: Logger | undefined
+  /** Disk errors already logged, by what was being written and SQLite's error code. */
+  readonly #reported = new Set<string>()
+  #writeFailures = 0
   #closed = false
 
   /** Use {@link openStore}. */
-  constructor(db: DatabaseSync, lock: DataDirLock, path: string, report: OpenReport, now: () => number) {
+  constructor(
+    db: DatabaseSync,
+    lock: DataDirLock,
+    path: string,
+    report: OpenReport,
+    now: () => number,
+    logger?: Logger,
+  ) {
     this.#db = db
     this.#lock = lock
     this.path = path
     this.report = report
     this.#now = now
+    this.#logger = logger
+  }
+
+  /** Writes that failed on a disk error (full, read-only, I/O) and were dropped. */
+  get writeFailures(): number {
+    return this.#writeFailures
+  }
+
+  /**
+   * Runs a write whose loss the node survives (a cache row): on a disk error (SQLite FULL, IOERR,
+   * READONLY) it is dropped, counted and logged once per kind, instead of throwing into the event
+   * handler that made it, which would end the process.
+   */
+  #bestEffort(what: string, write: () => void): void {
+    try {
+      write()
+    } catch (err) {
+      const code = (err as { errcode?: number }).errcode
+      const primary = code === undefined ? -1 : code & 0xff
+      if (primary !== SQLITE_FULL && primary !== SQLITE_IOERR && primary !== SQLITE_READONLY) throw err
+      this.#writeFailures++
+      const key = `${what}:${primary}`
+      if (!this.#reported.has(key)) {
+        this.#reported.add(key)
+        this.#logger?.warn(
+          { err: (err as Error).message, path: this.path },
+          `could not write ${what} to the state database; carrying on without it (further failures are counted, not logged)`,
+        )
+      }
+    }
   }
 
   /** Records that a peer was seen now, merging its addresses and replacing its capabilities if given. */
@@ -78,14 +124,18 @@ export class MeshStore {
     const existing = this.getPeer(peerId)
     const addresses = [...new Set([...(update.addresses ?? []), ...(existing?.addresses ?? [])])].slice(0, 32)
     const capabilities = update.capabilities ?? existing?.capabilities ?? {}
-    this.#db
-      .prepare(
-        `INSERT INTO peers (peer_id, addresses, capabilities, first_seen, last_seen)
-         VALUES (?, ?, ?, ?, ?)
-         ON CONFLICT (peer_id) DO UPDATE SET addresses = excluded.addresses,
-           capabilities = excluded.capabilities, last_seen = excluded.last_seen`,
-      )
-      .run(peerId, JSON.stringify(addresses), JSON.stringify(capabilities), now, now)
+    // Peer rows are a cache of what discovery and the ring report: losing one to a full disk costs
+    // nothing the next report does not bring back.
+    this.#bestEffort('a peer', () =>
+      this.#db
+        .prepare(
+          `INSERT INTO peers (peer_id, addresses, capabilities, first_seen, last_seen)
+           VALUES (?, ?, ?, ?, ?)
+           ON CONFLICT (peer_id) DO UPDATE SET addresses = excluded.addresses,
+             capabilities = excluded.capabilities, last_seen = excluded.last_seen`,
+        )
+        .run(peerId, JSON.stringify(addresses), JSON.stringify(capabilities), now, now),
+    )
     return { peerId, addresses, capabilities, firstSeen: existing?.firstSeen ?? now, lastSeen: now }
   }
 
@@ -246,5 +296,5 @@ export function openStore(options: OpenStoreOptions): MeshStore {
     ...(options.logger ? { logger: options.logger } : {}),
     now,
   })
-  return new MeshStore(db, lock, layout.stateDb, report, now)
+  return new MeshStore(db, lock, layout.stateDb, report, now, options.logger)
 }
