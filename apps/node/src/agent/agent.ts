@@ -88,6 +88,8 @@ export async function startAgent(options: {
       pid: process.pid,
       dataDir: layout.root,
       startedAt: startedAt.toISOString(),
+      // Writes lost to a full or failing disk (peer rows, which the node carries on without).
+      store: { writeFailures: store.writeFailures },
       ...Object.fromEntries(started.filter((p) => p.status).map((p) => [p.name, p.status!()])),
     })
     const routes: ControlRoutes = { 'GET /status': () => status() }
