@@ -12,13 +12,12 @@ import {
   f,
   HalfArrayCtor,
   type HeadViews,
-  halves,
   type LayerState,
   type LlamaShardParts,
   reserveV,
   type Scratch,
   sessionLayout,
-  storeKeys,
+  storeKV,
   V_FIRST_CAPACITY,
 } from './shard-layout.ts'
 import type { ForwardOptions, LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
@@ -331,7 +330,15 @@ export class LlamaShardImpl implements LlamaShard {
       const scale = f(queryScale)
       for (let i = 0; i < n * qRows; i++) q[i] = q[i]! * scale
     }
-    this.#storeKV(L, k, v, n, pos)
+    storeKV(this.#kernels, L, this.kvCacheType, {
+      headDim: d,
+      kvHeads: nkv,
+      contextSize: this.contextSize,
+      k,
+      v,
+      n,
+      pos,
+    })
     L.length = pos + n
     attend(this.#attention, L, n, pos, local ? this.config.slidingWindow : 0)
     this.#matmul(L.w.wo, s.attn, n, s.out)
@@ -385,56 +392,6 @@ export class LlamaShardImpl implements LlamaShard {
     this.#disposed = true
     for (const buf of this.#buffers) this.#kernels.free(buf)
     this.#buffers.length = 0
-  }
-
-  /** Writes the keys and values of positions `[pos, pos + n)` into the layer's cache. */
-  #storeKV(L: LayerState, k: Float32Array, v: Float32Array, n: number, pos: number): void {
-    const kvRows = (this.columns.kvHeads[1] - this.columns.kvHeads[0]) * this.config.headDim
-    let capacity = L.vCapacity
-    while (capacity < pos + n) capacity *= 2
-    reserveV(
-      this.#kernels,
-      L,
-      this.kvCacheType,
-      this.config.headDim,
-      this.columns.kvHeads[1] - this.columns.kvHeads[0],
-      Math.min(capacity, this.contextSize),
-    )
-    const context = L.vCapacity
-    if (this.kvCacheType === 'f16') {
-      // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
-      const kc = halves(L.k)
-      const vc = halves(L.v)
-      storeKeys(
-        kc,
-        k,
-        n,
-        pos,
-        this.config.headDim,
-        this.columns.kvHeads[1] - this.columns.kvHeads[0],
-        this.contextSize,
-      )
-      for (let i = 0; i < n; i++) {
-        const row = i * kvRows
-        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
-      }
-    } else {
-      const kc = L.k.f32()
-      const vc = L.v.f32()
-      storeKeys(
-        kc,
-        k,
-        n,
-        pos,
-        this.config.headDim,
-        this.columns.kvHeads[1] - this.columns.kvHeads[0],
-        this.contextSize,
-      )
-      for (let i = 0; i < n; i++) {
-        const row = i * kvRows
-        for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
-      }
-    }
   }
 
   /**

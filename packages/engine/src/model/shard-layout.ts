@@ -239,3 +239,46 @@ export function allocateScratch(
     rounded: kernelsRound ? undefined : alloc(b.rounded),
   }
 }
+
+/**
+ * Writes the keys and values of positions `[pos, pos + n)` (`kvHeads · headDim` floats each) into a
+ * layer's cache, first making room in the transposed V cache. The f16 and f32 caches have a loop
+ * each, so that each loop sees one array type.
+ */
+export function storeKV(
+  kernels: Kernels,
+  L: LayerState,
+  kvCacheType: 'f16' | 'f32',
+  o: {
+    headDim: number
+    kvHeads: number
+    contextSize: number
+    k: Float32Array
+    v: Float32Array
+    n: number
+    pos: number
+  },
+): void {
+  const { headDim, kvHeads, contextSize, k, v, n, pos } = o
+  const kvRows = kvHeads * headDim
+  let capacity = L.vCapacity
+  while (capacity < pos + n) capacity *= 2
+  reserveV(kernels, L, kvCacheType, headDim, kvHeads, Math.min(capacity, contextSize))
+  const context = L.vCapacity
+  if (kvCacheType === 'f16') {
+    // Float16Array stores round to nearest even, as ggml's fp32 -> fp16 conversion does.
+    const vc = halves(L.v)
+    storeKeys(halves(L.k), k, n, pos, headDim, kvHeads, contextSize)
+    for (let i = 0; i < n; i++) {
+      const row = i * kvRows
+      for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+    }
+  } else {
+    const vc = L.v.f32()
+    storeKeys(L.k.f32(), k, n, pos, headDim, kvHeads, contextSize)
+    for (let i = 0; i < n; i++) {
+      const row = i * kvRows
+      for (let j = 0; j < kvRows; j++) vc[j * context + pos + i] = v[row + j]!
+    }
+  }
+}
