@@ -12,6 +12,7 @@ import {
 } from '@meshnet/http'
 import { type DataDirLayout, writeFileAtomic } from '@meshnet/identity'
 import { Hono } from 'hono'
+import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import { z } from 'zod'
 
 /** Largest request body the control API reads. */
@@ -129,8 +130,13 @@ function controlApp(routes: ControlRoutes, token: string, logger: Logger): Hono<
     ),
   )
   app.onError((err, c) => {
-    if (isMeshError(err))
-      return c.json({ error: { name: err.name, code: err.code, message: err.message } }, 400)
+    if (isMeshError(err)) {
+      const status = err instanceof ControlRequestError ? err.status : 400
+      return c.json(
+        { error: { name: err.name, code: err.code, message: err.message } },
+        status as ContentfulStatusCode,
+      )
+    }
     logger.error({ err }, 'control request failed')
     return c.json({ error: { code: 'ERR_INTERNAL', message: err.message } }, 500)
   })
