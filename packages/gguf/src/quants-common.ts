@@ -15,6 +15,23 @@ export const GROUP_MAX_EPS = f(1e-15)
 export const TENTH = f(0.1)
 export const FLT_MAX = 3.4028234663852886e38
 
+/**
+ * The value of largest magnitude among `n` values from `x[from]`, sign kept (the first of equals; 0
+ * for all zeros): the `max` ggml's quantizers scale by.
+ */
+export function maxByMagnitude(x: Float32Array, from: number, n: number): number {
+  let amax = 0
+  let max = 0
+  for (let i = from; i < from + n; i++) {
+    const v = x[i]!
+    if (amax < Math.abs(v)) {
+      amax = Math.abs(v)
+      max = v
+    }
+  }
+  return max
+}
+
 /** ggml's nearest_int: round half to even via the float32 magic-number trick, for any input. */
 export function nearestInt(v: number): number {
   const r = f(v + 12582912) - 12582912

@@ -5,6 +5,7 @@ import {
   f,
   GROUP_MAX_EPS,
   makeQkx2Quants,
+  maxByMagnitude,
   nearestInt,
   packScalesMinsK4,
   qkx2Min,
@@ -133,16 +134,8 @@ function makeQ3Quants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0
-  let amax = 0
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]!)
-    if (ax > amax) {
-      amax = ax
-      max = x[xo + i]!
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = maxByMagnitude(x, xo, n)
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     for (let i = 0; i < n; i++) L[lo + i] = 0
     return 0
   }

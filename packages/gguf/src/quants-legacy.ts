@@ -1,5 +1,5 @@
 import { fp16Table } from './f16.ts'
-import { FLT_MAX, f, readF16, truncInt8, writeF16 } from './quants-common.ts'
+import { FLT_MAX, f, maxByMagnitude, readF16, truncInt8, writeF16 } from './quants-common.ts'
 
 // ggml's "legacy" 32-element quants with a min or a fifth bit: Q4_1, Q5_0 and Q5_1, bit-exact with
 // quantize_row_q{4_1,5_0,5_1}_ref and dequantize_row_q{4_1,5_0,5_1} (see quants.ts).
@@ -77,15 +77,7 @@ export function quantizeQ5_0(x: Float32Array, y: Uint8Array, yo: number): void {
   for (let i = 0; i < nb; i++) {
     const xb = i * 32
     const o = yo + i * 22
-    let amax = 0
-    let max = 0
-    for (let j = 0; j < 32; j++) {
-      const v = x[xb + j]!
-      if (amax < Math.abs(v)) {
-        amax = Math.abs(v)
-        max = v
-      }
-    }
+    const max = maxByMagnitude(x, xb, 32)
     const d = f(max / -16)
     const id = d !== 0 ? f(1 / d) : 0
     writeF16(y, o, d)

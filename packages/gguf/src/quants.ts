@@ -8,6 +8,7 @@ import {
   f,
   GROUP_MAX_EPS,
   makeQkx2Quants,
+  maxByMagnitude,
   nearestInt,
   packScalesMinsK4,
   type Quantizer,
@@ -140,15 +141,7 @@ function quantizeQ4_0(x: Float32Array, y: Uint8Array, yo: number): void {
   for (let i = 0; i < nb; i++) {
     const xb = i * 32
     const o = yo + i * 18
-    let amax = 0
-    let max = 0
-    for (let j = 0; j < 32; j++) {
-      const v = x[xb + j]!
-      if (amax < Math.abs(v)) {
-        amax = Math.abs(v)
-        max = v
-      }
-    }
+    const max = maxByMagnitude(x, xb, 32)
     const d = f(max / -8)
     const id = d !== 0 ? f(1 / d) : 0
     writeF16(y, o, d)
@@ -261,16 +254,8 @@ function makeQxQuants(
   L: Int8Array,
   lo: number,
 ): number {
-  let max = 0
-  let amax = 0
-  for (let i = 0; i < n; i++) {
-    const ax = Math.abs(x[xo + i]!)
-    if (ax > amax) {
-      amax = ax
-      max = x[xo + i]!
-    }
-  }
-  if (amax < GROUP_MAX_EPS) {
+  const max = maxByMagnitude(x, xo, n)
+  if (Math.abs(max) < GROUP_MAX_EPS) {
     for (let i = 0; i < n; i++) L[lo + i] = 0
     return 0
   }
