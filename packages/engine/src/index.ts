@@ -30,6 +30,8 @@ export { createMeshnetEngine, meshnetEngineOptionsSchema, openSpmTokenizer } fro
 export { createLocalAllReduce } from './model/all-reduce.ts'
 export type { LlamaConfig, RopeType } from './model/config.ts'
 export { readLlamaConfig } from './model/config.ts'
+export type { KernelFactory } from './model/segments.ts'
+export { ChainedShard, chainSessions, DEFAULT_SEGMENT_BYTES, planSegments } from './model/segments.ts'
 export type { LoadShardOptions } from './model/shard.ts'
 export { loadShard, loadShardOptionsSchema, resolveSpec } from './model/shard.ts'
 export type {
@@ -40,7 +42,7 @@ export type {
   ShardOutput,
   ShardRanges,
 } from './model/shard-types.ts'
-export type { ShardSpec } from './model/shard-weights.ts'
+export type { ShardLoadOptions, ShardSpec } from './model/shard-weights.ts'
 export {
   estimateWeightBytes,
   ShardWeights,

@@ -3,7 +3,9 @@ import { expect, it } from 'vitest'
 it('exports exactly the public surface', async () => {
   expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
     [
+      "ChainedShard",
       "ContextOverflowError",
+      "DEFAULT_SEGMENT_BYTES",
       "EngineDisposedError",
       "InvalidShardError",
       "KERNEL_TYPES",
@@ -19,6 +21,7 @@ it('exports exactly the public surface', async () => {
       "UnsupportedTensorTypeError",
       "VocabHead",
       "argmax",
+      "chainSessions",
       "createJsKernels",
       "createLocalAllReduce",
       "createMeshnetEngine",
@@ -31,6 +34,7 @@ it('exports exactly the public surface', async () => {
       "meshnetEngineOptionsSchema",
       "openSpmTokenizer",
       "parseGenerateOptions",
+      "planSegments",
       "readLlamaConfig",
       "resolveSpec",
       "samplingOptionsSchema",

@@ -18,6 +18,14 @@ export interface ShardSpec extends ShardRanges {
   vocab?: readonly [number, number] | undefined
 }
 
+export interface ShardLoadOptions {
+  signal?: AbortSignal | undefined
+  /** Hears the bytes loaded so far, after each tensor (or slice of one). */
+  onProgress?: ((bytes: number) => void) | undefined
+  /** The weights own the kernels: disposing the weights disposes them (and frees their memory). */
+  ownsKernels?: boolean
+}
+
 /** The vocabulary rows a tensor-parallel member projects: its share of FFN columns, scaled. */
 export function vocabSlice(config: LlamaConfig, ffn: readonly [number, number]): [number, number] {
   return [Math.floor((ffn[0] * config.vocab) / config.ff), Math.floor((ffn[1] * config.vocab) / config.ff)]
@@ -123,6 +131,7 @@ export class ShardWeights {
   readonly #freqFactors: Float32Array | undefined
   readonly #vocabHead: { range: [number, number]; norm: Float32Array; output: Matrix } | undefined
   readonly #buffers: WeightLoader['allocated']
+  readonly #ownsKernels: boolean
   #disposed = false
 
   private constructor(parts: {
@@ -135,6 +144,7 @@ export class ShardWeights {
     freqFactors: Float32Array | undefined
     vocabHead: { range: [number, number]; norm: Float32Array; output: Matrix } | undefined
     loader: WeightLoader
+    ownsKernels: boolean
   }) {
     this.config = parts.config
     this.plan = parts.plan
@@ -146,21 +156,27 @@ export class ShardWeights {
     this.#vocabHead = parts.vocabHead
     this.#buffers = parts.loader.allocated
     this.weightBytes = parts.loader.bytes
+    this.#ownsKernels = parts.ownsKernels
   }
 
-  /** Reads the shard's tensors (only its rows and columns) from the GGUF file into kernel memory. */
+  /**
+   * Reads the shard's tensors (only its rows and columns) from the GGUF file into kernel memory.
+   * With `ownsKernels`, the weights take `kernels` over: `dispose()` (or a failed load) disposes them
+   * too, and with them their memory (one kernel memory per weight segment, see `loadSegments`).
+   */
   static async load(
     path: string,
     spec: ShardSpec,
     kernels: Kernels,
-    signal?: AbortSignal,
+    options: ShardLoadOptions = {},
   ): Promise<ShardWeights> {
+    const { signal, onProgress, ownsKernels = false } = options
     const file = await openGGUF(path)
     let loader: WeightLoader | undefined
     try {
       const config = readLlamaConfig(file)
       const plan = resolveSpec(config, spec)
-      loader = new WeightLoader(file, kernels, signal)
+      loader = new WeightLoader(file, kernels, signal, onProgress)
       const { layers, embedding, head, freqFactors } = await loadShardTensors(file, loader, config, plan)
       const { embd, vocab } = config
       let vocabHead: { range: [number, number]; norm: Float32Array; output: Matrix } | undefined
@@ -193,9 +209,11 @@ export class ShardWeights {
         freqFactors,
         vocabHead,
         loader,
+        ownsKernels,
       })
     } catch (err) {
-      for (const buf of loader?.allocated ?? []) kernels.free(buf)
+      if (ownsKernels) await kernels.dispose()
+      else for (const buf of loader?.allocated ?? []) kernels.free(buf)
       throw err
     } finally {
       await file.close()
@@ -255,7 +273,8 @@ export class ShardWeights {
   dispose(): void {
     if (this.#disposed) return
     this.#disposed = true
-    for (const buf of this.#buffers) this.#kernels.free(buf)
+    if (this.#ownsKernels) void this.#kernels.dispose()
+    else for (const buf of this.#buffers) this.#kernels.free(buf)
     this.#buffers.length = 0
   }
 }

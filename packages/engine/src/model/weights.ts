@@ -27,14 +27,22 @@ export class WeightLoader {
   readonly #file: GGUFReader
   readonly #kernels: Kernels
   readonly #signal: AbortSignal | undefined
+  readonly #onProgress: ((bytes: number) => void) | undefined
   /** Everything allocated, so a failed load can free it. */
   readonly allocated: KernelBuffer[] = []
   bytes = 0
 
-  constructor(file: GGUFReader, kernels: Kernels, signal?: AbortSignal) {
+  /** `onProgress` hears the bytes loaded so far after each tensor (or slice of one) is read. */
+  constructor(
+    file: GGUFReader,
+    kernels: Kernels,
+    signal?: AbortSignal,
+    onProgress?: (bytes: number) => void,
+  ) {
     this.#file = file
     this.#kernels = kernels
     this.#signal = signal
+    this.#onProgress = onProgress
   }
 
   /** The tensor, checked to have `dims` (ggml order) and a type the engine computes with. */
@@ -79,6 +87,7 @@ export class WeightLoader {
       this.#signal?.throwIfAborted()
       await this.#file.readTensorInto(name, buf.bytes(), { rowStart: start, rowEnd: end })
     }
+    this.#onProgress?.(this.bytes)
     return { buf, type: t.type, rows, cols }
   }
 
@@ -108,6 +117,7 @@ export class WeightLoader {
         }
         await Promise.all(reads)
       }
+      this.#onProgress?.(this.bytes)
       return { buf, type: t.type, rows, cols: width }
     }
     const buf = this.#alloc(rows * width * 4)
@@ -121,6 +131,7 @@ export class WeightLoader {
         out.set(values.subarray(from, from + width), r * width)
       }
     }
+    this.#onProgress?.(this.bytes)
     return { buf, type: F32, rows, cols: width }
   }
 
