@@ -25,6 +25,19 @@ export interface PlanModel {
   bytesPerLayer: number
   /** Bytes outside the blocks (embeddings, output) held by the first and last pipeline member. */
   bytesOutsideLayers?: number
+  /** Bytes of the token embedding, which the first pipeline member holds. Default: half the outside bytes. */
+  embedBytes?: number
+  /** Bytes of the output norm and projection, which the last pipeline member holds. Default: half the outside bytes. */
+  headBytes?: number
+  /** KV cache bytes of one layer for the context plans are made for. Default 0. */
+  kvBytesPerLayer?: number
+  /** Context (positions) `kvBytesPerLayer` is for, named in messages. */
+  contextSize?: number
+  /**
+   * Bytes every member keeps out of what it offers: the process itself (runtime, libp2p) and the
+   * forward pass's scratch. Default 0.
+   */
+  reserveBytes?: number
   /** Heads per tensor-parallel unit: slices of attention must stay whole quant blocks. Default 1. */
   headUnit?: number
   /** FFN columns per tensor-parallel unit (the weight type's block size, 32 or 256). Default 32. */
@@ -87,31 +100,96 @@ function toRanges(shares: number[]): Range[] {
 }
 
 /**
- * Pipeline plan: contiguous layer ranges in ring order, sized by each member's capacity. Members
- * that would get no layer (more members than layers) are left out of the plan.
+ * Pipeline plan: contiguous layer ranges in ring order, weighted by what each member can hold —
+ * its offered memory net of `reserveBytes`, of the embedding (first member) or the output head
+ * (last member), with every layer costing its weights plus its KV cache — and never more layers
+ * than that. Members that can hold no layer, and members beyond the number of layers, are left
+ * out. A ring that cannot hold the model is refused with what it needs and what each member offers.
  */
 export function planPipeline(members: readonly PlanMember[], model: PlanModel): PipelineShard[] {
   if (members.length === 0) throw new ShardPlanError('no live member to plan on')
-  const used = members.slice(0, Math.min(members.length, model.layers))
-  const shares = apportion(
-    model.layers,
-    used.map((m) => m.capacityBytes),
-  )
-  const plan = used.map((m, i) => ({ nodeId: m.nodeId, layers: toRanges(shares)[i]! }))
-  for (const [i, shard] of plan.entries()) {
-    const outside =
-      i === 0 || i === plan.length - 1 ? (model.bytesOutsideLayers ?? 0) / (plan.length === 1 ? 1 : 2) : 0
-    const need = (shard.layers[1] - shard.layers[0]) * model.bytesPerLayer + outside
-    if (need > used[i]!.capacityBytes) {
-      const total = model.layers * model.bytesPerLayer + (model.bytesOutsideLayers ?? 0)
-      const offered = used.reduce((sum, m) => sum + m.capacityBytes, 0)
-      throw new ShardPlanError(
-        `the model needs about ${mib(total)} but the ring offers ${mib(offered)}: ${shard.nodeId} would need ${mib(need)} and offers ${mib(used[i]!.capacityBytes)}`,
-        'add members, give members more memory, or use a smaller or more quantized model',
-      )
+  const perLayer = model.bytesPerLayer + (model.kvBytesPerLayer ?? 0)
+  const outside = model.bytesOutsideLayers ?? 0
+  const embed = model.embedBytes ?? outside / 2
+  const head = model.headBytes ?? outside / 2
+  const reserve = model.reserveBytes ?? 0
+  /** Layers `m` can hold when it is first and/or last of the plan. */
+  const room = (m: PlanMember, first: boolean, last: boolean) =>
+    Math.max(0, Math.floor((m.capacityBytes - reserve - (first ? embed : 0) - (last ? head : 0)) / perLayer))
+  // Leave out members that cannot hold a layer in the middle of the ring; then the ends take their
+  // extra tensors, and an end member that cannot take them is left out too.
+  let used = members.filter((m) => room(m, false, false) > 0)
+  for (let changed = true; changed && used.length > 0; ) {
+    changed = false
+    const n = used.length
+    const keep = used.filter((m, i) => room(m, i === 0, i === n - 1) > 0)
+    if (keep.length < n) {
+      used = keep
+      changed = true
     }
   }
-  return plan
+  used = used.slice(0, Math.min(used.length, model.layers))
+  const caps = used.map((m, i) => room(m, i === 0, i === used.length - 1))
+  const total = caps.reduce((a, b) => a + b, 0)
+  if (used.length === 0 || total < model.layers) throw shortfall(members, model)
+  const shares = cappedApportion(model.layers, caps)
+  const ranges = toRanges(shares)
+  return used
+    .map((m, i) => ({ nodeId: m.nodeId, layers: ranges[i]! }))
+    .filter((s) => s.layers[1] > s.layers[0])
+}
+
+/**
+ * Splits `total` units in proportion to `caps`, no share above its cap (the caps sum to at least
+ * `total`): shares over their cap are cut to it and the rest goes to the others, as `apportion` does.
+ */
+function cappedApportion(total: number, caps: readonly number[]): number[] {
+  const shares = caps.map(() => 0)
+  let open = caps.map((_, i) => i)
+  let left = total
+  while (left > 0 && open.length > 0) {
+    const trial = apportion(
+      left,
+      open.map((i) => caps[i]! - shares[i]!),
+    )
+    const over = open.filter((i, k) => shares[i]! + trial[k]! > caps[i]!)
+    if (over.length === 0) {
+      open.forEach((i, k) => {
+        shares[i]! += trial[k]!
+      })
+      break
+    }
+    for (const i of over) {
+      left -= caps[i]! - shares[i]!
+      shares[i] = caps[i]!
+    }
+    open = open.filter((i) => !over.includes(i))
+  }
+  return shares
+}
+
+/** The refusal of a ring too small for the model: what it needs, what each member offers and holds. */
+function shortfall(members: readonly PlanMember[], model: PlanModel): ShardPlanError {
+  const kv = (model.kvBytesPerLayer ?? 0) * model.layers
+  const weights = model.layers * model.bytesPerLayer + (model.bytesOutsideLayers ?? 0)
+  const reserve = model.reserveBytes ?? 0
+  const need = weights + kv + reserve * Math.min(members.length, model.layers)
+  const offered = members.reduce((sum, m) => sum + m.capacityBytes, 0)
+  const perLayer = model.bytesPerLayer + (model.kvBytesPerLayer ?? 0)
+  const each = members
+    .map((m) => {
+      const layers = Math.max(0, Math.floor((m.capacityBytes - reserve) / perLayer))
+      return `${m.nodeId} offers ${mib(m.capacityBytes)} (room for about ${layers} of ${model.layers} layers)`
+    })
+    .join('; ')
+  const context = model.contextSize === undefined ? '' : ` for ${model.contextSize} positions`
+  const parts = [`weights ${mib(weights)}`]
+  if (kv > 0) parts.push(`KV cache ${mib(kv)}${context}`)
+  if (reserve > 0) parts.push(`${mib(reserve)} per member for the process`)
+  return new ShardPlanError(
+    `the model needs about ${mib(need)} (${parts.join(', ')}) but the ring offers ${mib(offered)}, ${mib(Math.max(0, need - offered))} short: ${each}`,
+    'add members, give members more memory (mesh start --memory), or use a smaller or more quantized model',
+  )
 }
 
 /**

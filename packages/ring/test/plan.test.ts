@@ -40,7 +40,67 @@ describe('planPipeline', () => {
 
   it('says how much memory is missing when the ring is too small', () => {
     expect(() => planPipeline([{ nodeId: 'a', capacityBytes: 100 * 2 ** 20 }], model)).toThrow(
-      /needs about 880 MiB but the ring offers 100 MiB/,
+      /needs about 880 MiB \(weights 880 MiB\) but the ring offers 100 MiB, 780 MiB short: a offers 100 MiB \(room for about 2 of 22 layers\)/,
+    )
+  })
+
+  it('gives no member more layers than its memory holds with their KV cache, net of its reserve', () => {
+    const MiB = 2 ** 20
+    const sized = {
+      ...model,
+      kvBytesPerLayer: 10 * MiB,
+      reserveBytes: 100 * MiB,
+      embedBytes: 50 * MiB,
+      headBytes: 50 * MiB,
+    }
+    // 50 MiB a layer: a holds (600 - 100 - 50) / 50 = 9, b (2000 - 100) / 50 = 38, c (400 - 100 - 50) / 50 = 5.
+    const plan = planPipeline(
+      [
+        { nodeId: 'a', capacityBytes: 600 * MiB },
+        { nodeId: 'b', capacityBytes: 2000 * MiB },
+        { nodeId: 'c', capacityBytes: 400 * MiB },
+      ],
+      sized,
+    )
+    const counts = plan.map((s) => s.layers[1] - s.layers[0])
+    expect(counts.reduce((a, b) => a + b)).toBe(22)
+    expect(counts[0]).toBeLessThanOrEqual(9)
+    expect(counts[2]).toBeLessThanOrEqual(5)
+    // Weighted by room: b, with the most, takes the most.
+    expect(counts[1]).toBeGreaterThan(counts[0]!)
+    expect(plan.map((s) => s.layers)).toEqual([
+      [0, 4],
+      [4, 19],
+      [19, 22],
+    ])
+  })
+
+  it('leaves out a member that cannot hold a single layer', () => {
+    const MiB = 2 ** 20
+    const plan = planPipeline(
+      [
+        { nodeId: 'a', capacityBytes: 2 * GiB },
+        { nodeId: 'tiny', capacityBytes: 30 * MiB },
+        { nodeId: 'c', capacityBytes: 2 * GiB },
+      ],
+      model,
+    )
+    expect(plan.map((s) => s.nodeId)).toEqual(['a', 'c'])
+  })
+
+  it('refuses a ring whose members together cannot hold the model and KV cache, naming each', () => {
+    const MiB = 2 ** 20
+    const sized = { ...model, kvBytesPerLayer: 20 * MiB, contextSize: 4096, reserveBytes: 64 * MiB }
+    expect(() =>
+      planPipeline(
+        [
+          { nodeId: 'a', capacityBytes: 500 * MiB },
+          { nodeId: 'b', capacityBytes: 600 * MiB },
+        ],
+        sized,
+      ),
+    ).toThrow(
+      /needs about 1448 MiB \(weights 880 MiB, KV cache 440 MiB for 4096 positions, 64 MiB per member for the process\) but the ring offers 1100 MiB, 348 MiB short: a offers 500 MiB \(room for about 7 of 22 layers\); b offers 600 MiB \(room for about 8 of 22 layers\)/,
     )
   })
 })
