@@ -29,13 +29,20 @@ export type {
   JobServiceInit,
   JobStore,
   ServedModel,
+  ShardAssignment,
+  ShardLoadState,
   SingleEngine,
 } from './jobs/types.ts'
 export type { ModelHash } from './model-hash.ts'
 export { fileSha256, modelSha256 } from './model-hash.ts'
 export type { ShardGate } from './peers.ts'
 export type { ShardedModeChoice, ShardedPlan, ShardModelFacts } from './plan.ts'
-export { chooseShardedMode, readShardModelFacts, shardedPlanSchema } from './plan.ts'
+export {
+  chooseShardedMode,
+  PROCESS_RESERVE_BYTES,
+  readShardModelFacts,
+  shardedPlanSchema,
+} from './plan.ts'
 export type {
   ModelResolver,
   ShardChannel,
@@ -45,3 +52,4 @@ export type {
   ShardServerStats,
 } from './server.ts'
 export { shardServer, shardServerOptionsSchema } from './server.ts'
+export type { SegmentReport, SegmentState } from './weight-cache.ts'

@@ -2,7 +2,9 @@ import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import {
   type LlamaConfig,
   readLlamaConfig,
+  resolveSpec,
   SUPPORTED_WEIGHT_TYPES,
+  sessionBytes,
   UnsupportedModelError,
 } from '@meshnet/engine'
 import { findGGMLType, openGGUF, readLlamaHyperparameters } from '@meshnet/gguf'
@@ -113,12 +115,31 @@ export interface ShardModelFacts {
   ffnUnit: number
   /** KV cache bytes per position of context, every layer, f16 (llama.cpp's default). */
   kvBytesPerPosition: number
+  /** The token embedding (held by a pipeline's first member). */
+  embedBytes: number
+  /** The output norm and projection (held by a pipeline's last member; the embedding when tied). */
+  headBytes: number
+  /** The context plans are made for: the training context, at most 4096 (the jobs' default). */
+  contextSize: number
+  /** KV cache bytes of one layer for `contextSize` positions. */
+  kvBytesPerLayer: number
+  /** What every member keeps back from its offer: `PROCESS_RESERVE_BYTES` plus the forward pass's scratch. */
+  reserveBytes: number
   /**
    * Why the Meshnet engine cannot run this model (an architecture or weight type it does not have),
    * so the ring cannot split it; absent when it can. Such a model runs on one member's llama.cpp.
    */
   unsplittable?: string
 }
+
+/**
+ * What a member's own process takes besides shards and KV caches (Node.js, libp2p, the store),
+ * kept out of its offered memory when planning, so that the process stays within its offer.
+ */
+export const PROCESS_RESERVE_BYTES = 256 * 2 ** 20
+
+/** The context plans are made for, at most (the jobs' default context). */
+const PLAN_CONTEXT = 4096
 
 export async function readShardModelFacts(path: string): Promise<ShardModelFacts> {
   const file = await openGGUF(path)
@@ -128,8 +149,15 @@ export async function readShardModelFacts(path: string): Promise<ShardModelFacts
       'layers' | 'heads' | 'kvHeads' | 'ff' | 'embd' | 'vocab' | 'headDim' | 'trainContext'
     >
     let unsplittable: string | undefined
+    let scratch = 0
     try {
-      config = readLlamaConfig(file)
+      const full = readLlamaConfig(file)
+      config = full
+      scratch = sessionBytes(full, resolveSpec(full, { embed: true, head: true }), {
+        contextSize: 1,
+        kvCacheType: 'f16',
+        maxBatch: 64,
+      }).scratchBytes
       const odd = file.tensors.find((t) => t.dims.length > 1 && !SUPPORTED_WEIGHT_TYPES.has(t.typeName))
       if (odd)
         unsplittable = `tensor '${odd.name}' is ${odd.typeName}, which the Meshnet engine does not compute with`
@@ -158,6 +186,12 @@ export async function readShardModelFacts(path: string): Promise<ShardModelFacts
       if (m) perLayer.set(Number(m[1]), (perLayer.get(Number(m[1])) ?? 0) + t.byteLength)
       else outside += t.byteLength
     }
+    const bytesOf = (name: string) => file.tensor(name)?.byteLength ?? 0
+    const embedBytes = bytesOf('token_embd.weight')
+    const headBytes =
+      bytesOf('output_norm.weight') + (file.tensor('output.weight') ? bytesOf('output.weight') : embedBytes)
+    const contextSize = Math.min(config.trainContext, PLAN_CONTEXT)
+    const kvBytesPerPosition = config.kvHeads * config.headDim * config.layers * 2 * 2
     const block = (name: string) => findGGMLType(file.tensor(name)?.type ?? 0)?.blockSize ?? 1
     const outBlock = block('blk.0.attn_output.weight')
     const gcd = (a: number, b: number): number => (b === 0 ? a : gcd(b, a % b))
@@ -175,7 +209,12 @@ export async function readShardModelFacts(path: string): Promise<ShardModelFacts
       totalBytes: total,
       headUnit: outBlock / gcd(outBlock, config.headDim),
       ffnUnit: block('blk.0.ffn_down.weight'),
-      kvBytesPerPosition: config.kvHeads * config.headDim * config.layers * 2 * 2,
+      kvBytesPerPosition,
+      embedBytes,
+      headBytes,
+      contextSize,
+      kvBytesPerLayer: Math.ceil((kvBytesPerPosition * contextSize) / Math.max(1, config.layers)),
+      reserveBytes: PROCESS_RESERVE_BYTES + scratch,
       ...(unsplittable === undefined ? {} : { unsplittable }),
     }
   } finally {
@@ -190,8 +229,8 @@ export type ShardedModeChoice =
   | { mode: 'none'; reason: string }
 
 /**
- * Where a model should run: on one member when one can hold it whole (weights, KV cache for
- * `contextSize` and a margin for scratch) — the caller then runs its local engine there, e.g.
+ * Where a model should run: on one member when one can hold it whole (weights and KV cache for
+ * `contextSize` with a 10% margin, plus what the member keeps for its process: `reserveBytes`) — the caller then runs its local engine there, e.g.
  * node-llama-cpp — otherwise split over the ring, as a pipeline unless `mode: 'tensor'` asks for
  * tensor parallelism. With `mode: 'pipeline' | 'tensor'` the model is split even when it would fit.
  */
@@ -209,7 +248,9 @@ export function chooseShardedMode(input: {
     if (unsplittable !== undefined) return { mode: 'none', reason: `cannot run ${mode}: ${unsplittable}` }
     return { mode, reason: `${mode} asked for` }
   }
-  const need = Math.ceil((input.model.totalBytes + input.model.kvBytesPerPosition * input.contextSize) * 1.1)
+  const need =
+    input.model.reserveBytes +
+    Math.ceil((input.model.totalBytes + input.model.kvBytesPerPosition * input.contextSize) * 1.1)
   const fits = input.members.filter((m) => m.capacityBytes >= need)
   const preferred = fits.find((m) => m.nodeId === input.preferNodeId)
   const best = preferred ?? [...fits].sort((a, b) => b.capacityBytes - a.capacityBytes)[0]

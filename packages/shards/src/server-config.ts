@@ -1,7 +1,8 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { Kernels } from '@meshnet/engine'
+import type { KernelFactory, Kernels } from '@meshnet/engine'
 import type { ShardGate } from './peers.ts'
+import type { SegmentReport } from './weight-cache.ts'
 
 /** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
 export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>
@@ -9,7 +10,10 @@ export type ModelResolver = (sha256: string) => string | undefined | Promise<str
 export interface ShardServerConfig {
   node: MeshNode
   gate: ShardGate
-  kernels: Kernels
+  /** One kernel set for every weight, or a factory: kernels (and memory) of its own per segment. */
+  kernels: Kernels | KernelFactory
+  /** Weight bytes per segment at most, with a factory. */
+  segmentBytes: number
   models: ModelResolver
   logger: Logger
   maxSessions: number
@@ -31,6 +35,8 @@ export interface ShardServerStats {
   /** Distinct shards whose weights are in memory (shared by their sessions). */
   weightSets: number
   weightBytes: number
+  /** The weight segments in memory or loading, with their load progress. */
+  segments: SegmentReport[]
   /** KV caches and scratch of the open sessions. */
   sessionBytes: number
   /** The budget both come out of. */

@@ -1,6 +1,6 @@
 import { type Logger, parseWith, silentLogger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { Kernels } from '@meshnet/engine'
+import { DEFAULT_SEGMENT_BYTES, type KernelFactory, type Kernels, type ShardSpec } from '@meshnet/engine'
 import { z } from 'zod'
 import type { Channel } from './channel.ts'
 import type { ShardGate } from './peers.ts'
@@ -19,6 +19,16 @@ export const shardServerOptionsSchema = z.strictObject({
     .int()
     .min(1 << 20)
     .default(3 * 2 ** 30),
+  /**
+   * With a kernel factory: weight bytes one segment takes at most, each segment in kernel memory
+   * of its own (a wasm32 memory holds at most 4 GiB, KV caches and scratch included).
+   */
+  segmentBytes: z
+    .number()
+    .int()
+    .min(1 << 20)
+    .max(2 ** 32 - 2 ** 28)
+    .default(DEFAULT_SEGMENT_BYTES),
   /** A session with no step for this long is closed (its coordinator gets an ERROR). */
   idleTimeoutMs: z.number().int().min(100).max(86_400_000).default(120_000),
   /** Budget for the first frame of a stream. */
@@ -39,8 +49,12 @@ export interface ShardServerInit extends ShardServerOptions {
   node: MeshNode
   /** Pool membership of peers: `@meshnet/ring`'s PoolGate. */
   gate: ShardGate
-  /** Where shard weights live and are multiplied (shared by every session). */
-  kernels: Kernels
+  /**
+   * Where shard weights live and are multiplied: one kernel set for all (at most 4 GiB: one wasm32
+   * memory), or a factory that gives each weight segment kernels and memory of its own, so that a
+   * member holds as much as its `memoryBytes` allows.
+   */
+  kernels: Kernels | KernelFactory
   /** This member's copy of a model by SHA-256; its hash is checked before a shard is loaded. */
   models: ModelResolver
   logger?: Logger
@@ -61,6 +75,11 @@ export interface ShardServer {
    * `runShardedGeneration({ local })` uses it for the plan entry that is this node.
    */
   connectLocal(): ShardChannel
+  /**
+   * Loads the weights of a shard ahead of its first session (the ring agreed on a plan) and keeps
+   * them while idle; resolves once loaded. Progress shows in `stats().segments`.
+   */
+  preload(sha256: string, spec: ShardSpec): Promise<{ weightBytes: number; loadMs: number; reused: boolean }>
 }
 
 /**
@@ -87,6 +106,7 @@ export function shardServer(init: ShardServerInit): ShardServer {
     logger: (logger ?? silentLogger()).child({ component: 'shard-server' }),
     maxSessions: opts.maxSessions,
     memoryBytes: opts.memoryBytes,
+    segmentBytes: opts.segmentBytes,
     idleTimeoutMs: opts.idleTimeoutMs,
     helloTimeoutMs: opts.helloTimeoutMs,
     linkTimeoutMs: opts.linkTimeoutMs,

@@ -2,11 +2,11 @@ import type { Connection, Stream } from '@libp2p/interface'
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
 import {
-  estimateWeightBytes,
+  chainSessions,
   readLlamaConfig,
   resolveSpec,
   type ShardSpec,
-  ShardWeights,
+  type ShardWeights,
   sessionBytes,
   vocabSlice,
 } from '@meshnet/engine'
@@ -31,19 +31,12 @@ import { fileSha256 } from './model-hash.ts'
 import { MembershipCheck } from './peers.ts'
 import type { ShardServerConfig, ShardServerStats } from './server-config.ts'
 import { MemberSession, type SessionHost } from './session.ts'
+import { WeightCache, type WeightLease } from './weight-cache.ts'
 import { within } from './within.ts'
 
-interface WeightEntry {
-  key: string
-  bytes: number
-  refs: number
-  lastUsed: number
-  loading: Promise<ShardWeights>
-  weights: ShardWeights | undefined
-}
-
-function mib(bytes: number): string {
-  return `${(bytes / 2 ** 20).toFixed(bytes < 10 * 2 ** 20 ? 1 : 0)} MiB`
+/** `layers [a, b)`, with the column slice when there is one. */
+function describeShard(plan: ReturnType<typeof resolveSpec>): string {
+  return `layers [${plan.layers[0]}, ${plan.layers[1]})${plan.partial ? ` heads [${plan.heads[0]}, ${plan.heads[1]}) FFN [${plan.ffn[0]}, ${plan.ffn[1]})` : ''}`
 }
 
 /** The shard service of one ring member (see `shardServer`). */
@@ -56,10 +49,9 @@ export class ShardServerImpl implements SessionHost {
   readonly counters = { steps: 0, linkBytesSent: 0, direct: 0, libp2p: 0 }
   readonly #config: ShardServerConfig
   readonly #sessions = new Map<string, MemberSession>()
-  readonly #weights = new Map<string, WeightEntry>()
+  readonly #weights: WeightCache
   readonly #refused: Record<string, number> = {}
   #opening = 0
-  #sessionBytes = 0
   #opened = 0
   #expired = 0
   #timer: NodeJS.Timeout | undefined
@@ -72,6 +64,12 @@ export class ShardServerImpl implements SessionHost {
     this.direct = config.directHost === undefined ? undefined : new DirectListener(config.directHost)
     this.linkTimeoutMs = config.linkTimeoutMs
     this.logger = config.logger
+    this.#weights = new WeightCache({
+      kernels: config.kernels,
+      memoryBytes: config.memoryBytes,
+      segmentBytes: config.segmentBytes,
+      logger: config.logger,
+    })
   }
 
   async start(): Promise<void> {
@@ -100,24 +98,19 @@ export class ShardServerImpl implements SessionHost {
       ),
     )
     await this.direct?.close()
-    for (const entry of this.#weights.values()) {
-      await entry.loading.catch(() => {})
-      entry.weights?.dispose()
-    }
-    this.#weights.clear()
+    await this.#weights.dispose()
   }
 
   stats(): ShardServerStats {
-    let weightBytes = 0
-    for (const e of this.#weights.values()) weightBytes += e.bytes
     return {
       sessions: this.#sessions.size,
       sessionsOpened: this.#opened,
       sessionsExpired: this.#expired,
       refused: { ...this.#refused },
       weightSets: this.#weights.size,
-      weightBytes,
-      sessionBytes: this.#sessionBytes,
+      weightBytes: this.#weights.weightBytes,
+      segments: this.#weights.segments(),
+      sessionBytes: this.#weights.sessionBytes,
       memoryBytes: this.#config.memoryBytes,
       steps: this.counters.steps,
       linkBytesSent: this.counters.linkBytesSent,
@@ -249,9 +242,8 @@ export class ShardServerImpl implements SessionHost {
     await session.run()
   }
 
-  async #createSession(channel: Channel, coordinator: string, open: OpenMessage): Promise<MemberSession> {
-    const started = performance.now()
-    const sha = open.model.sha256
+  /** This member's copy of model `sha`, its hash checked. */
+  async #modelPath(sha: string): Promise<string> {
     const path = await this.#config.models(sha)
     if (path === undefined) {
       throw new ShardModelError(`this member has no copy of model ${sha}`, {
@@ -264,6 +256,57 @@ export class ShardServerImpl implements SessionHost {
         hint: 'the file changed or is another model; replace it with the right one',
       })
     }
+    return path
+  }
+
+  /**
+   * Loads (or finds in memory) the weights of a shard of model `sha` ahead of any session, and keeps
+   * them while idle, so that the first job's session costs a prompt pass, not a load. Weights held
+   * for an earlier `preload` that `keep` does not cover may be evicted again. Resolves when loaded.
+   */
+  async preload(
+    sha: string,
+    spec: ShardSpec,
+  ): Promise<{ weightBytes: number; loadMs: number; reused: boolean }> {
+    const started = performance.now()
+    const path = await this.#modelPath(sha)
+    const file = await openGGUF(path)
+    let lease: WeightLease
+    try {
+      const config = readLlamaConfig(file)
+      const plan = resolveSpec(config, spec)
+      this.#weights.repin(
+        (s) => s.sha === sha && s.layers[0] >= plan.layers[0] && s.layers[1] <= plan.layers[1],
+      )
+      lease = this.#weights.lease({
+        sha,
+        path,
+        file,
+        config,
+        spec,
+        sessionBytes: 0,
+        describe: `shard ${describeShard(plan)} of model ${sha.slice(0, 12)}…`,
+        pin: true,
+      })
+    } finally {
+      await file.close()
+    }
+    try {
+      const weights = await lease.weights
+      return {
+        weightBytes: weights.reduce((sum, w) => sum + w.weightBytes, 0),
+        loadMs: performance.now() - started,
+        reused: lease.reused,
+      }
+    } finally {
+      lease.release()
+    }
+  }
+
+  async #createSession(channel: Channel, coordinator: string, open: OpenMessage): Promise<MemberSession> {
+    const started = performance.now()
+    const sha = open.model.sha256
+    const path = await this.#modelPath(sha)
     const spec: ShardSpec = {
       layers: open.shard.layers,
       heads: open.shard.heads,
@@ -272,54 +315,39 @@ export class ShardServerImpl implements SessionHost {
       // Tensor parallel: every member projects its share of the vocabulary (see VocabHead).
       head: open.mode === 'tensor' ? false : open.shard.head,
     }
+    const options = { contextSize: open.contextSize, kvCacheType: open.kvCacheType, maxBatch: open.maxBatch }
     const file = await openGGUF(path)
-    let inspected: {
-      config: ReturnType<typeof readLlamaConfig>
-      estimate: number
-      plan: ReturnType<typeof resolveSpec>
-    }
+    let config: ReturnType<typeof readLlamaConfig>
+    let describe: string
+    let lease: WeightLease
+    let bytes: { kvBytes: number; scratchBytes: number }
     try {
-      const config = readLlamaConfig(file)
+      config = readLlamaConfig(file)
       const plan = resolveSpec(config, spec)
       if (open.mode === 'tensor') spec.vocab = vocabSlice(config, plan.ffn)
-      inspected = { config, plan, estimate: estimateWeightBytes(file, config, plan, spec.vocab) }
+      describe = describeShard(plan)
+      bytes = sessionBytes(config, plan, { ...options, vocab: spec.vocab })
+      // Every weight segment has scratch of its own.
+      const segments = this.#weights.segmentCount(sha, file, config, spec)
+      lease = this.#weights.lease({
+        sha,
+        path,
+        file,
+        config,
+        spec,
+        sessionBytes: bytes.kvBytes + bytes.scratchBytes * segments,
+        describe: `shard ${describe} of model ${sha.slice(0, 12)}… for ${open.contextSize} positions`,
+      })
     } finally {
       await file.close()
     }
-    const { config, plan, estimate } = inspected
-    const options = { contextSize: open.contextSize, kvCacheType: open.kvCacheType, maxBatch: open.maxBatch }
-    const { kvBytes, scratchBytes } = sessionBytes(config, plan, { ...options, vocab: spec.vocab })
-    const wkey = JSON.stringify([
-      sha,
-      plan.layers,
-      plan.heads,
-      plan.ffn,
-      plan.embed,
-      plan.head,
-      spec.vocab ?? null,
-    ])
-    const describe = `layers [${plan.layers[0]}, ${plan.layers[1]})${plan.partial ? ` heads [${plan.heads[0]}, ${plan.heads[1]}) FFN [${plan.ffn[0]}, ${plan.ffn[1]})` : ''}`
-    const reused = this.#weights.has(wkey)
-    const entry = this.#reserve(wkey, estimate, kvBytes + scratchBytes, () => ({
-      text: `shard ${describe} of model ${sha.slice(0, 12)}… needs ${mib(kvBytes + scratchBytes + (reused ? 0 : estimate))} (weights ${mib(estimate)}${reused ? ', already loaded' : ''}, KV cache ${mib(kvBytes)} for ${open.contextSize} positions, scratch ${mib(scratchBytes)})`,
-      load: () => ShardWeights.load(path, spec, this.#config.kernels),
-    }))
-    const bytes = kvBytes + scratchBytes
-    let released = false
-    const release = () => {
-      if (released) return
-      released = true
-      this.#sessionBytes -= bytes
-      entry.refs--
-      entry.lastUsed = Date.now()
-    }
     try {
-      const weights = await entry.loading.catch((err: unknown) => {
+      const weights = await lease.weights.catch((err: unknown) => {
         throw capacity(err, describe)
       })
       let parts: ReturnType<ShardWeights['createSession']>
       try {
-        parts = weights.createSession(options)
+        parts = chainSessions(weights, options)
       } catch (err) {
         throw capacity(err, describe)
       }
@@ -330,16 +358,16 @@ export class ShardServerImpl implements SessionHost {
         control: channel,
         shard: parts.shard,
         head: parts.head,
-        bytes,
-        release,
+        bytes: bytes.kvBytes + bytes.scratchBytes,
+        release: () => lease.release(),
       })
       channel.setMaxFrameBytes(session.dataCap)
       this.#sessions.set(session.key, session)
       const ready: ReadyMessage = {
-        weightBytes: weights.weightBytes,
-        kvBytes,
+        weightBytes: parts.shard.weightBytes,
+        kvBytes: bytes.kvBytes,
         loadMs: performance.now() - started,
-        reused,
+        reused: lease.reused,
         config: {
           layers: config.layers,
           embd: config.embd,
@@ -358,73 +386,9 @@ export class ShardServerImpl implements SessionHost {
       this.#opened++
       return session
     } catch (err) {
-      release()
+      lease.release()
       throw err
     }
-  }
-
-  /** Takes memory for a session (and its shard's weights unless loaded), evicting unused weights. */
-  #reserve(
-    key: string,
-    estimate: number,
-    sessionBytes: number,
-    what: () => { text: string; load: () => Promise<ShardWeights> },
-  ): WeightEntry {
-    const budget = this.#config.memoryBytes
-    let entry = this.#weights.get(key)
-    const need = sessionBytes + (entry ? 0 : estimate)
-    const used = () => {
-      let sum = this.#sessionBytes
-      for (const e of this.#weights.values()) sum += e.bytes
-      return sum
-    }
-    if (used() + need > budget) {
-      const idle = [...this.#weights.values()].filter((e) => e.refs === 0 && e.key !== key)
-      idle.sort((a, b) => a.lastUsed - b.lastUsed)
-      for (const e of idle) {
-        if (used() + need <= budget) break
-        this.#weights.delete(e.key)
-        void e.loading.then((w) => w.dispose()).catch(() => {})
-      }
-    }
-    if (used() + need > budget) {
-      const free = Math.max(0, budget - used())
-      throw new ShardCapacityError(
-        `${what().text}; this member has ${mib(free)} free of its ${mib(budget)} shard budget (${this.#sessions.size} sessions open)`,
-        {
-          hint: 'give the member a larger memory budget, use a smaller context, or spread the model over more members',
-        },
-      )
-    }
-    if (entry === undefined) {
-      const created: WeightEntry = {
-        key,
-        bytes: estimate,
-        refs: 0,
-        lastUsed: Date.now(),
-        loading: Promise.resolve(undefined as never),
-        weights: undefined,
-      }
-      created.loading = what()
-        .load()
-        .then((w) => {
-          created.weights = w
-          created.bytes = w.weightBytes
-          if (this.#weights.get(key) !== created) w.dispose()
-          return w
-        })
-        .catch((err: unknown) => {
-          if (this.#weights.get(key) === created) this.#weights.delete(key)
-          throw err
-        })
-      created.loading.catch(() => {})
-      this.#weights.set(key, created)
-      entry = created
-    }
-    entry.refs++
-    entry.lastUsed = Date.now()
-    this.#sessionBytes += sessionBytes
-    return entry
   }
 
   #sweep(): void {
@@ -440,12 +404,7 @@ export class ShardServerImpl implements SessionHost {
         )
       }
     }
-    for (const entry of [...this.#weights.values()]) {
-      if (entry.refs === 0 && entry.weights !== undefined && now - entry.lastUsed > idle) {
-        this.#weights.delete(entry.key)
-        entry.weights.dispose()
-      }
-    }
+    this.#weights.sweep(idle)
   }
 
   #refuse(reason: string): void {
@@ -462,7 +421,7 @@ export function capacity(err: unknown, describe: string): Error {
   if ((err as Error)?.name === 'KernelMemoryError') {
     return new ShardCapacityError(`kernel memory cannot hold shard ${describe}: ${(err as Error).message}`, {
       cause: err,
-      hint: 'kernel memory is wasm32 (at most 4 GiB per process); spread the model over more members',
+      hint: 'the system is out of memory, or one layer is larger than a kernel memory holds (4 GiB); give the member less to hold, or spread the model over more members',
     })
   }
   return err as Error

@@ -124,8 +124,9 @@ describe('jobService', () => {
   it('splits a job over the members that hold the model, with the same tokens, and credits them', async () => {
     const single = await withService()
     const alone = await drain(single.service.run(REQUEST, { origin: 'cli' }))
-    // Two members that each offer less than the model needs whole: the job must be split.
-    const small = 4 * 1024 * 1024
+    // Two members that each offer less than the model needs whole (past what every member keeps
+    // for its own process): the job must be split.
+    const small = served.plan.reserveBytes + 4 * 1024 * 1024
     const a = await withService({}, { members: [], capacityBytes: small })
     const b = await withService({}, { members: [], capacityBytes: small })
     const ring = [ringEntry(a.member, small), ringEntry(b.member, small)]

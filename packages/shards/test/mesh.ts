@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode, type MeshNode } from '@meshnet/discovery'
-import type { Kernels } from '@meshnet/engine'
+import type { KernelFactory, Kernels } from '@meshnet/engine'
 import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
 import {
   createJoinRequest,
@@ -70,7 +70,7 @@ export class TestMesh {
    */
   async member(options: {
     pools: TestPool[]
-    kernels?: Kernels
+    kernels?: Kernels | KernelFactory
     models?: (sha256: string) => string | undefined
     server?: Partial<Parameters<typeof shardServer>[0]>
   }): Promise<TestMember> {

@@ -191,6 +191,11 @@ describe('plans and modes', () => {
     headUnit: 1,
     ffnUnit: 32,
     kvBytesPerPosition: 4 * 64 * 24 * 4,
+    embedBytes: 41 * 2 ** 20,
+    headBytes: 42 * 2 ** 20,
+    contextSize: 2048,
+    kvBytesPerLayer: 4 * 64 * 4 * 2048,
+    reserveBytes: 64 * 2 ** 20,
   }
 
   it('runs on one member when one holds the whole model, else splits by layers (tensor when asked)', () => {
@@ -218,7 +223,7 @@ describe('plans and modes', () => {
     })
     expect(chooseShardedMode({ members: [small, small], model: moe, contextSize: 2048 })).toEqual({
       mode: 'none',
-      reason: `no single member offers the 619 MiB the whole model needs, and it cannot be split: ${moe.unsplittable}`,
+      reason: `no single member offers the 683 MiB the whole model needs, and it cannot be split: ${moe.unsplittable}`,
     })
     expect(chooseShardedMode({ members: [big], model: moe, contextSize: 2048, mode: 'pipeline' })).toEqual({
       mode: 'none',

@@ -224,6 +224,65 @@ describe('sharded generation over loopback libp2p', () => {
     },
   )
 
+  it('a survivor that gains layers loads only those, keeping the segments it holds (never two copies)', async () => {
+    // Kernels of their own per weight segment, segments of at most two layers' weights.
+    const perLayer = facts.bytesPerLayer
+    const own = (maxMemoryBytes: number) => createWasmKernels({ threads: 1, maxMemoryBytes })
+    const group: TestMember[] = []
+    for (let i = 0; i < 3; i++) {
+      group.push(
+        await mesh.member({
+          pools: [pool],
+          kernels: own,
+          models: (sha) => held.get(sha),
+          server: { segmentBytes: 2 * perLayer + facts.embedBytes + facts.headBytes },
+        }),
+      )
+    }
+    const before = planOf('pipeline', group)
+    // The ring agreed on the plan: every member loads its shard ahead of the job.
+    for (const [i, s] of before.shards.entries()) {
+      if (!('layers' in s)) throw new Error('a pipeline plan')
+      const done = await group[i]!.server!.preload(sha256, {
+        layers: s.layers,
+        embed: i === 0,
+        head: i === before.shards.length - 1,
+      })
+      expect(done.reused).toBe(false)
+    }
+    const victim = group[1]!
+    const result = await run(
+      {
+        plan: before,
+        replan: (dead) =>
+          planOf(
+            'pipeline',
+            group.filter((m) => !dead.includes(m.nodeId)),
+          ),
+      },
+      async (index) => {
+        if (index === 3) setTimeout(() => void victim.kill(), 1)
+      },
+    )
+    expect(result.tokens).toEqual(reference)
+    expect(result.stats.failovers).toHaveLength(1)
+    const after = result.plan.shards as Array<{ nodeId: string; layers: readonly [number, number] }>
+    for (const m of [group[0]!, group[2]!]) {
+      const was = before.shards.find((s) => s.nodeId === m.nodeId) as { layers: readonly [number, number] }
+      const now = after.find((s) => s.nodeId === m.nodeId)!
+      const segments = m.server!.stats().segments.filter((s) => s.sha256 === sha256)
+      // What it held before is still there, as it was; each layer is in exactly one segment.
+      expect(segments.some((s) => s.layers[0] === was.layers[0] && s.layers[1] === was.layers[1])).toBe(true)
+      const covered = segments.flatMap((s) =>
+        Array.from({ length: s.layers[1] - s.layers[0] }, (_, k) => s.layers[0] + k),
+      )
+      expect(covered.sort((a, b) => a - b)).toEqual(
+        Array.from({ length: now.layers[1] - now.layers[0] }, (_, k) => now.layers[0] + k),
+      )
+    }
+    for (const m of group) await m.stop()
+  })
+
   it('ends with an error that says why when no plan can hold the model without the dead member', async () => {
     const group = [await member(), await member()]
     const gen = run(

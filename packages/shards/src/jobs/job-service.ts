@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
 import { InvalidArgumentError, type MeshError, parseWith } from '@meshnet/core'
-import { createWasmKernels, type Kernels, type OpenedTokenizer } from '@meshnet/engine'
+import { createWasmKernels, type OpenedTokenizer } from '@meshnet/engine'
 import {
   decodeJobRequest,
   encodeJobFrame,
@@ -16,12 +16,18 @@ import {
   modelProviderKey,
   requestJob,
 } from '@meshnet/protocols'
-import { chooseShardedMode } from '../plan.ts'
+import { chooseShardedMode, PROCESS_RESERVE_BYTES } from '../plan.ts'
 import { type ShardServer, shardServer } from '../server.ts'
 import { JobRefusedError } from './errors.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
-import type { JobService, JobServiceComponents, JobServiceInit } from './types.ts'
+import type {
+  JobService,
+  JobServiceComponents,
+  JobServiceInit,
+  ShardAssignment,
+  ShardLoadState,
+} from './types.ts'
 
 /** How often a public node renews the DHT provider records of its model. */
 const PROVIDE_MS = 60_000
@@ -45,10 +51,12 @@ export class JobServiceImpl implements JobService {
   readonly #engines: SingleEngineQueue
   #opened: OpenedTokenizer | undefined
   #stopTokens: number[] = []
-  #kernels: Kernels | undefined
   #server: ShardServer | undefined
   #provide: NodeJS.Timeout | undefined
   #handling = false
+  #shard: ShardLoadState | undefined
+  /** Counts preloads; a newer one supersedes the state reports of an older one. */
+  #preloads = 0
 
   constructor(init: JobServiceInit, components: JobServiceComponents) {
     this.#init = init
@@ -73,14 +81,17 @@ export class JobServiceImpl implements JobService {
     for (let id = 0; id < tokenizer.vocabSize && this.#stopTokens.length < MAX_STOP_TOKENS; id++) {
       if (tokenizer.isEog(id)) this.#stopTokens.push(id)
     }
-    this.#kernels = await createWasmKernels({ threads: this.#init.threads })
     const { path, info } = served
+    const threads = this.#init.threads
     this.#server = shardServer({
       node,
       gate,
-      kernels: this.#kernels,
+      // Kernels and memory of its own for every weight segment: a member holds what it offers,
+      // past the 4 GiB one wasm32 memory holds.
+      kernels: (maxMemoryBytes) => createWasmKernels({ threads, maxMemoryBytes }),
       models: (wanted) => (wanted === info.sha256 ? path : undefined),
-      memoryBytes: rings.capacityBytes(),
+      // The process itself lives within the offer too (what plans keep back, less scratch).
+      memoryBytes: Math.max(2 ** 20, rings.capacityBytes() - PROCESS_RESERVE_BYTES),
       logger,
     })
     await this.#server.start()
@@ -108,8 +119,80 @@ export class JobServiceImpl implements JobService {
     }
     await this.#server?.stop()
     await this.#engines.dispose()
-    await this.#kernels?.dispose()
     await this.#opened?.dispose()
+  }
+
+  async preload(shard: ShardAssignment, onChange?: (state: ShardLoadState) => void): Promise<ShardLoadState> {
+    const served = this.#init.model
+    const server = this.#server
+    const layers: [number, number] = [shard.layers[0], shard.layers[1]]
+    const facts = served?.plan
+    const estimate =
+      facts === undefined
+        ? 0
+        : (layers[1] - layers[0]) * facts.bytesPerLayer +
+          (shard.embed ? facts.embedBytes : 0) +
+          (shard.head ? facts.headBytes : 0)
+    const id = ++this.#preloads
+    const report = (state: ShardLoadState) => {
+      if (id !== this.#preloads) return state
+      this.#shard = state
+      onChange?.(state)
+      return state
+    }
+    if (served === undefined || server === undefined) {
+      return report({
+        layers,
+        state: 'failed',
+        bytes: 0,
+        loadedBytes: 0,
+        error: 'this agent serves no model',
+      })
+    }
+    report({ layers, state: 'loading', bytes: estimate, loadedBytes: 0 })
+    const progress = setInterval(() => {
+      const loaded = server
+        .stats()
+        .segments.filter(
+          (s) => s.sha256 === served.info.sha256 && s.layers[0] >= layers[0] && s.layers[1] <= layers[1],
+        )
+        .reduce((sum, s) => sum + s.loadedBytes, 0)
+      if (this.#shard?.state === 'loading')
+        report({ layers, state: 'loading', bytes: estimate, loadedBytes: loaded })
+    }, 1_000)
+    progress.unref()
+    const { logger } = this.#components
+    logger.info(
+      { layers, embed: shard.embed, head: shard.head },
+      "loading this member's shard of the ring plan",
+    )
+    try {
+      const done = await server.preload(served.info.sha256, {
+        layers,
+        embed: shard.embed,
+        head: shard.head,
+      })
+      logger.info(
+        { layers, bytes: done.weightBytes, ms: Math.round(done.loadMs), reused: done.reused },
+        'shard ready',
+      )
+      return report({ layers, state: 'ready', bytes: done.weightBytes, loadedBytes: done.weightBytes })
+    } catch (err) {
+      logger.warn({ layers, err: (err as Error).message }, "could not load this member's shard")
+      return report({
+        layers,
+        state: 'failed',
+        bytes: estimate,
+        loadedBytes: 0,
+        error: (err as Error).message.slice(0, 512),
+      })
+    } finally {
+      clearInterval(progress)
+    }
+  }
+
+  shardState(): ShardLoadState | undefined {
+    return this.#shard
   }
 
   status(): Record<string, unknown> {
@@ -120,6 +203,7 @@ export class JobServiceImpl implements JobService {
       running: this.#running.size,
       ...this.#counts,
       shards: this.#server?.stats(),
+      ...(this.#shard ? { shard: this.#shard } : {}),
     }
   }
 

@@ -88,4 +88,29 @@ export interface JobService extends JobRunner {
     | { served: ServedModel; facts: ShardModelFacts; tokenizer: OpenedTokenizer['tokenizer'] }
     | undefined
   status(): Record<string, unknown>
+  /**
+   * Loads this member's shard of the ring's plan ahead of the first job (`layers`, with the
+   * embedding when first and the head when last), replacing an earlier preload; `onChange` hears
+   * every state change and progress step. Resolves when loaded or failed (never throws).
+   */
+  preload(shard: ShardAssignment, onChange?: (state: ShardLoadState) => void): Promise<ShardLoadState>
+  /** The last preload's state, with its progress; undefined before any. */
+  shardState(): ShardLoadState | undefined
+}
+
+/** A member's pipeline shard in the ring's plan. */
+export interface ShardAssignment {
+  layers: readonly [number, number]
+  embed: boolean
+  head: boolean
+}
+
+/** How far a preload went (what ring announcements carry as `capabilities.shard`). */
+export interface ShardLoadState {
+  layers: [number, number]
+  state: 'loading' | 'ready' | 'failed'
+  /** Weight bytes of the shard (estimated until loaded). */
+  bytes: number
+  loadedBytes: number
+  error?: string
 }
