@@ -9,11 +9,21 @@ export interface RingStatus {
   epoch: number
   converged: boolean
   digest: string
+  /** Converged, planned, and every planned member reports its shard loaded. */
+  ready: boolean
+  planProblem?: string
   members: Array<{
     nodeId: string
     position: number
     addresses: string[]
-    shard: { layers: [number, number] } | null
+    capacityBytes: number
+    shard: {
+      layers: [number, number]
+      load: 'pending' | 'loading' | 'ready' | 'failed'
+      bytes?: number
+      loadedBytes?: number
+      error?: string
+    } | null
   }>
 }
 

@@ -10,6 +10,7 @@ import {
   agentRequest,
   beaconPort,
   createModel,
+  eventually,
   MESH_BIN,
   runMesh,
   startAgentProcess,
@@ -82,8 +83,42 @@ afterAll(async () => {
   await rm(root, { recursive: true, force: true })
 })
 
+/** The weight segments an agent's shard server holds (`GET /status`). */
+async function segmentsOf(name: string): Promise<Array<{ layers: [number, number]; pinned: boolean }>> {
+  const status = await agentRequest<{
+    jobs: { shards: { segments: Array<{ layers: [number, number]; pinned: boolean }> } }
+  }>(dir(name), '/status')
+  return status.jobs.shards.segments
+}
+
 describe('jobs on a ring of three agents', () => {
   let reference: number[]
+  it('loads every member’s shard as soon as the ring agrees on a plan, before any job', async () => {
+    const ready = await eventually(
+      'the ring to report every shard loaded',
+      async () => {
+        const status = await ringStatus(dir('A'), poolId)
+        return status.ready ? status : undefined
+      },
+      60_000,
+    )
+    expect(ready.members.map((m) => m.shard?.load)).toEqual(['ready', 'ready', 'ready'])
+    for (const m of ready.members) {
+      expect(m.shard!.bytes).toBeGreaterThan(0)
+      expect(m.shard!.loadedBytes).toBe(m.shard!.bytes)
+    }
+    // `mesh ring-status` prints each member's offer, shard bytes and load state.
+    const shown = await runMesh(['ring-status', '--pool-id', poolId, '--data-dir', dir('B')])
+    expect(shown.code, shown.stderr).toBe(0)
+    expect(shown.stdout).toMatch(/converged, ready/)
+    expect(shown.stdout.match(/offers \d+ MiB {2}layers \d+–\d+, \d+ MiB, ready/g)).toHaveLength(3)
+    for (const name of ['A', 'B', 'C']) {
+      const segments = await segmentsOf(name)
+      expect(segments.length).toBeGreaterThan(0)
+      expect(segments.every((s) => s.pinned)).toBe(true)
+    }
+  }, 90_000)
+
   it('pipeline and tensor parallel give the tokens llama.cpp gives on one node', async () => {
     const local = await runMesh([
       'inference',
@@ -104,8 +139,11 @@ describe('jobs on a ring of three agents', () => {
     reference = (JSON.parse(local.stdout) as { tokens: number[] }).tokens
     expect(reference).toHaveLength(24)
 
+    const held = await Promise.all(['A', 'B', 'C'].map((name) => segmentsOf(name)))
     const pipeline = await infer('--mode', 'pipeline', '--max-tokens', '24')
     expect(pipeline.mode).toBe('pipeline')
+    // The job ran on the preloaded weights: no member loaded anything for it.
+    expect(await Promise.all(['A', 'B', 'C'].map((name) => segmentsOf(name)))).toEqual(held)
     expect(pipeline.tokens).toEqual(reference)
     expect(new Set(pipeline.stats.members).size).toBe(3)
     expect(pipeline.stats.bytesMoved).toBeGreaterThan(0)

@@ -34,6 +34,30 @@ export const capabilitiesSchema = z.strictObject({
   computeScore: z.number().nonnegative().max(1e12),
   engines: z.array(z.string().min(1).max(64)).max(8),
   models: z.array(modelInfoSchema).max(32),
+  /**
+   * The shard this member holds for its ring's plan and how far its weights have loaded, so that
+   * every member sees when the ring is ready. Not a plan input: a change starts no new epoch.
+   */
+  shard: z
+    .strictObject({
+      layers: z.tuple([
+        z
+          .number()
+          .int()
+          .min(0)
+          .max(1 << 24),
+        z
+          .number()
+          .int()
+          .min(0)
+          .max(1 << 24),
+      ]),
+      state: z.enum(['loading', 'ready', 'failed']),
+      bytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+      loadedBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
+      error: z.string().max(512).optional(),
+    })
+    .optional(),
 })
 export type Capabilities = z.infer<typeof capabilitiesSchema>
 

@@ -71,6 +71,20 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
         logger,
       })
       await service.start()
+      const runner = service
+      // Load this member's shard as soon as a ring agrees on a plan, so that the first job costs a
+      // prompt pass, not a load. A newer plan supersedes the load in flight. A ring of one runs
+      // its jobs on llama.cpp, so it loads nothing ahead.
+      ring.onPlan((poolId, plan) => {
+        const at = plan.findIndex((s) => s.nodeId === identity.nodeId)
+        if (at < 0 || plan.length < 2) return
+        const shard = { layers: plan[at]!.layers, embed: at === 0, head: at === plan.length - 1 }
+        logger.info(
+          { poolId, layers: shard.layers },
+          "the ring agreed on a plan; loading this member's shard",
+        )
+        void runner.preload(shard, (state) => ring.setShardState(state))
+      })
     },
     async stop() {
       await service?.stop()

@@ -36,6 +36,13 @@ export interface RingPart extends AgentPart {
   served(): ServedModel | undefined
   /** What this node announces to its rings. */
   capabilities(): Capabilities
+  /**
+   * Hears each new plan of a pool's ring for the served model (the ring converged on a new
+   * membership): the jobs part preloads this member's shard.
+   */
+  onPlan(listener: (poolId: string, plan: PipelineShard[]) => void): void
+  /** Announces how far this member's shard has loaded to every ring (not a plan input). */
+  setShardState(shard: Capabilities['shard']): void
 }
 
 /** What a peer of a pool looks like to `mesh pool-peers`. */
@@ -58,6 +65,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
   /** The last topology-file write of each pool; the next one waits for it. */
   const topologyWrites = new Map<string, Promise<void>>()
   const peers = new Map<string, Map<string, PoolPeer>>()
+  const planListeners: Array<(poolId: string, plan: PipelineShard[]) => void> = []
   let served: ServedModel | undefined
   let capabilities: Capabilities
   let scan: NodeJS.Timeout | undefined
@@ -95,7 +103,14 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
         }
       } else problem = 'not every member holds the same model file'
     }
+    const before = plans.get(poolId)
     plans.set(poolId, { epoch: view.epoch, plan, ...(problem ? { problem } : {}) })
+    if (problem !== undefined && problem !== before?.problem) {
+      logger.warn({ poolId, epoch: view.epoch, problem }, 'the ring cannot hold the served model')
+    }
+    if (plan !== undefined && JSON.stringify(plan) !== JSON.stringify(before?.plan)) {
+      for (const listener of planListeners) listener(poolId, plan)
+    }
     // One write after another per pool: two views in quick succession (changed, then converged)
     // must land in that order, or the file keeps the older one until the next epoch.
     const topology = topologyOf(poolId, view, plan ?? [])
@@ -183,6 +198,15 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
     rings: () => rings,
     served: () => served,
     capabilities: () => capabilities,
+    onPlan: (listener) => {
+      planListeners.push(listener)
+      for (const [poolId, p] of plans) if (p.plan !== undefined) listener(poolId, p.plan)
+    },
+    setShardState(shard) {
+      const { shard: _old, ...rest } = capabilities
+      capabilities = shard === undefined ? rest : { ...rest, shard }
+      for (const ring of rings.values()) ring.updateCapabilities(capabilities)
+    },
     async start() {
       served = config.model === undefined ? undefined : await describeModel(resolve(config.model))
       capabilities = {
@@ -314,9 +338,43 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
         capacityBytes: m.capabilities.capacityBytes,
         /** What this member last reported: converged means every member reports ours. */
         reports: m.view,
-        shard: shards.has(m.nodeId) ? { layers: shards.get(m.nodeId) } : null,
+        shard: shards.has(m.nodeId)
+          ? {
+              layers: shards.get(m.nodeId),
+              ...loadOf(m.capabilities.shard, shards.get(m.nodeId)!),
+            }
+          : null,
       })),
+      /** Converged, planned, and every planned member reports its shard loaded. */
+      ready:
+        view.converged &&
+        (plan?.plan?.every((s) => {
+          const member = view.members.find((m) => m.nodeId === s.nodeId)
+          return loadOf(member?.capabilities.shard, s.layers).load === 'ready'
+        }) ??
+          false),
     }
+  }
+}
+
+/** A member's announced load state, when it is for the layers the plan gives it. */
+function loadOf(
+  shard: Capabilities['shard'],
+  layers: readonly [number, number],
+): {
+  load: 'pending' | 'loading' | 'ready' | 'failed'
+  bytes?: number
+  loadedBytes?: number
+  error?: string
+} {
+  if (shard === undefined || shard.layers[0] !== layers[0] || shard.layers[1] !== layers[1]) {
+    return { load: 'pending' }
+  }
+  return {
+    load: shard.state,
+    bytes: shard.bytes,
+    loadedBytes: shard.loadedBytes,
+    ...(shard.error === undefined ? {} : { error: shard.error }),
   }
 }
 

@@ -10,12 +10,35 @@ interface RingStatus {
   converged: boolean
   model: { name: string; layers: number } | null
   planProblem?: string
+  ready: boolean
   members: Array<{
     nodeId: string
     position: number
     addresses: string[]
-    shard: { layers: [number, number] } | null
+    capacityBytes: number
+    shard: {
+      layers: [number, number]
+      load: 'pending' | 'loading' | 'ready' | 'failed'
+      bytes?: number
+      loadedBytes?: number
+      error?: string
+    } | null
   }>
+}
+
+const mib = (bytes: number) => `${Math.round(bytes / 2 ** 20)} MiB`
+
+/** `layers 0–15, 2101 MiB, ready` (or loading with its percentage, or why it failed). */
+function describeShard(shard: NonNullable<RingStatus['members'][number]['shard']>): string {
+  const layers = `layers ${shard.layers[0]}–${shard.layers[1] - 1}`
+  const bytes = shard.bytes === undefined ? '' : `, ${mib(shard.bytes)}`
+  const state =
+    shard.load === 'loading' && shard.bytes
+      ? `loading ${Math.floor((100 * (shard.loadedBytes ?? 0)) / shard.bytes)}%`
+      : shard.load === 'failed'
+        ? `FAILED: ${shard.error ?? 'unknown error'}`
+        : shard.load
+  return `${layers}${bytes}, ${state}`
 }
 
 interface PoolPeers {
@@ -43,22 +66,31 @@ export function registerRing(program: Command, context: (cmd: Command) => Comman
         poolId: r.poolId,
         epoch: r.epoch,
         converged: r.converged,
-        members: r.members.map((m) => ({ nodeId: m.nodeId, position: m.position, shard: m.shard })),
+        ready: r.ready,
+        ...(r.planProblem ? { planProblem: r.planProblem } : {}),
+        members: r.members.map((m) => ({
+          nodeId: m.nodeId,
+          position: m.position,
+          capacityBytes: m.capacityBytes,
+          shard: m.shard,
+        })),
       }))
       if (ctx.json) return printJson(ctx.io, flags.poolId !== undefined ? shaped[0] : { rings: shaped })
       if (rings.length === 0)
         return void ctx.io.stdout.write('No rings: this node belongs to no pool (mesh pool-list).\n')
       for (const ring of rings) {
         ctx.io.stdout.write(
-          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}\n`,
+          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}${ring.ready ? ', ready' : ''}\n`,
         )
         if (ring.model)
           ctx.io.stdout.write(
             `Model ${ring.model.name} (${ring.model.layers} layers)${ring.planProblem ? `: ${ring.planProblem}` : ''}\n`,
           )
         for (const m of ring.members) {
-          const shard = m.shard ? `layers ${m.shard.layers[0]}–${m.shard.layers[1] - 1}` : 'no shard'
-          ctx.io.stdout.write(`  ${String(m.position).padStart(2)}  ${m.nodeId}  ${shard}\n`)
+          const shard = m.shard ? describeShard(m.shard) : 'no shard'
+          ctx.io.stdout.write(
+            `  ${String(m.position).padStart(2)}  ${m.nodeId}  offers ${mib(m.capacityBytes)}  ${shard}\n`,
+          )
         }
       }
     })
