@@ -27,6 +27,12 @@ describe('mesh demo', () => {
     expect(demo.ok).toBe(true)
     const events = demo.timeline.map((t) => t.event)
     expect(events.some((e) => e.startsWith('ring converged: epoch'))).toBe(true)
+    // The members load their shards when the ring converges, before the first job.
+    const ready = events.findIndex((e) =>
+      /^ring ready: every member loaded its shard \([\d.]+ MiB in all\)$/.test(e),
+    )
+    expect(ready).toBeGreaterThan(events.findIndex((e) => e.startsWith('ring converged')))
+    expect(ready).toBeLessThan(events.findIndex((e) => e.startsWith('job: pipeline')))
     expect(demo.timeline.map((t) => t.atMs)).toEqual(
       [...demo.timeline.map((t) => t.atMs)].sort((a, b) => a - b),
     )

@@ -153,6 +153,9 @@ export function registerDemo(program: Command, context: (cmd: Command) => Comman
         const a = await connectAgent(dataDirLayout(dir('A')))
         const ring = await waitForRing(a, pool.poolId, 3)
         mark(`ring converged: epoch ${ring.epoch}, ${ring.members.length} members, topology files written`)
+        const loaded = await waitForReady(a, pool.poolId)
+        const held = loaded.members.reduce((sum, m) => sum + (m.shard?.bytes ?? 0), 0)
+        mark(`ring ready: every member loaded its shard (${(held / 2 ** 20).toFixed(1)} MiB in all)`)
         const names = new Map<string, string>()
         for (const name of NAMES) names.set((await connectAgent(dataDirLayout(dir(name)))).info.nodeId, name)
         for (const member of ring.members) {
@@ -273,7 +276,31 @@ async function startAgent(dataDir: string, args: string[]): Promise<ChildProcess
 interface RingView {
   epoch: number
   converged: boolean
-  members: Array<{ nodeId: string; position: number; shard: { layers: [number, number] } | null }>
+  /** Every planned member reports its shard loaded. */
+  ready: boolean
+  members: Array<{
+    nodeId: string
+    position: number
+    shard: {
+      layers: [number, number]
+      load: 'pending' | 'loading' | 'ready' | 'failed'
+      bytes?: number
+      error?: string
+    } | null
+  }>
+}
+
+/** Waits until every planned member reports its shard loaded (they load when the ring converges). */
+async function waitForReady(agent: AgentClient, poolId: string): Promise<RingView> {
+  const deadline = Date.now() + 600_000
+  while (Date.now() < deadline) {
+    const ring = await agent.request<RingView>('GET', `/rings/${poolId}`).catch(() => undefined)
+    if (ring?.ready) return ring
+    const failed = ring?.members.find((m) => m.shard?.load === 'failed')
+    if (failed) throw new DemoError(`${failed.nodeId} could not load its shard: ${failed.shard?.error}`)
+    await new Promise((r) => setTimeout(r, 200))
+  }
+  throw new DemoError('the members did not load their shards within 10 minutes')
 }
 
 async function waitForRing(agent: AgentClient, poolId: string, size: number): Promise<RingView> {
