@@ -121,6 +121,9 @@ export async function* runShardedGeneration(
           tokens.push(token)
           first ??= last
           yield { id: token, index: tokens.length - 1 }
+          // When every shard runs in this process (a plan of this node alone) the steps resolve
+          // without I/O: give the event loop a turn so the token reaches the caller's socket now.
+          await new Promise<void>((resolve) => setImmediate(resolve))
           if (tokens.length >= opts.maxTokens) {
             stopReason = 'maxTokens'
             break

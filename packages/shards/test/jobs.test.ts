@@ -140,6 +140,23 @@ describe('jobService', () => {
     expect(a.store.getJob(result.jobId)?.stats).toMatchObject({ mode: 'pipeline', failovers: 0 })
   })
 
+  it('streams a job whose every shard runs in this process: the event loop turns between tokens', async () => {
+    const { member, service, ring } = await withService()
+    ring.members.push(ringEntry(member, 1 << 30))
+    const job = service.run({ ...REQUEST, mode: 'pipeline' }, { origin: 'cli' })
+    let turns = 0
+    const tick = setInterval(() => turns++, 0)
+    const seen: number[] = []
+    try {
+      for (let step = await job.next(); !step.done; step = await job.next()) seen.push(turns)
+    } finally {
+      clearInterval(tick)
+    }
+    expect(seen).toHaveLength(REQUEST.maxTokens)
+    // Timers ran while tokens came (a socket write would have been flushed), not only at the end.
+    expect(seen.at(-1)!).toBeGreaterThan(seen[0]!)
+  })
+
   it('refuses what it cannot run, naming why, and records failed jobs', async () => {
     const { service } = await withService()
     await expect(
