@@ -136,7 +136,7 @@ export interface ShardModelFacts {
  * What a member's own process takes besides shards and KV caches (Node.js, libp2p, the store),
  * kept out of its offered memory when planning, so that the process stays within its offer.
  */
-export const PROCESS_RESERVE_BYTES = 256 * 2 ** 20
+export const PROCESS_RESERVE_BYTES = 384 * 2 ** 20
 
 /** The context plans are made for, at most (the jobs' default context). */
 const PLAN_CONTEXT = 4096
