@@ -118,6 +118,39 @@ describe('mesh model-create', () => {
     }
   })
 
+  it('writes a tiled model (--fill tiled) with the tensor table of a random one, and names a bad --fill', async () => {
+    const args = [
+      '--json',
+      'model-create',
+      '--layers',
+      '2',
+      '--embd',
+      '256',
+      '--heads',
+      '4',
+      '--vocab',
+      '300',
+    ]
+    const random = await runMesh([...args, '--out', join(dir, 'random.gguf')])
+    const tiled = await runMesh([...args, '--out', join(dir, 'tiled.gguf'), '--fill', 'tiled'])
+    expect(tiled.code, tiled.stderr).toBe(0)
+    const [r, t] = [JSON.parse(random.stdout), JSON.parse(tiled.stdout)]
+    expect([r.fill, t.fill]).toEqual(['random', 'tiled'])
+    expect(t.sha256).not.toBe(r.sha256)
+    expect(t.tensorTypes).toEqual(r.tensorTypes)
+    const [fr, ft] = await Promise.all([openGGUF(r.path), openGGUF(t.path)])
+    try {
+      const table = (f: typeof fr) => f.tensors.map((x) => [x.name, x.typeName, ...x.dims])
+      expect(table(ft)).toEqual(table(fr))
+      expect(ft.getString('meshnet.test_model.fill')).toBe('tiled')
+    } finally {
+      await Promise.all([fr.close(), ft.close()])
+    }
+    const bad = await runMesh([...args.slice(1), '--out', join(dir, 'bad.gguf'), '--fill', 'zeros'])
+    expect(bad.code).toBe(1)
+    expect(bad.stderr).toContain('--fill "zeros": must be random or tiled')
+  })
+
   it('refuses to overwrite an existing file without --force', async () => {
     const out = join(dir, 'exists.gguf')
     await writeFile(out, 'keep me')

@@ -71,6 +71,12 @@ export const modelOptionsSchema = z
     /** Gemma: the sliding window of the local layers (default 4096 for Gemma 2, 512 for Gemma 3). */
     slidingWindow: count(1 << 20).optional(),
     type: z.enum(MODEL_WEIGHT_TYPES).default('Q8_0'),
+    /**
+     * How weight matrices are filled. `random`: every row drawn and quantized on its own (slow for
+     * multi-GB models). `tiled`: rows assembled from a small pool of rows drawn and quantized the same
+     * way (see `TILE_POOL_ROWS`), so writing is disk-bound. Norms and biases are drawn either way.
+     */
+    fill: z.enum(['random', 'tiled']).default('random'),
     seed: z.number().int().min(0).max(0xffffffff).default(0),
     name: z.string().min(1).max(256).optional(),
     /** Also compute the file's SHA-256 while writing it. */
@@ -135,6 +141,7 @@ export interface GeneratedModel {
   parameters: number
   arch: ModelArchitecture
   type: ModelWeightType
+  fill: 'random' | 'tiled'
   /** Tensors per ggml type (a mix has several). */
   tensorTypes: Partial<Record<GGMLTypeName, number>>
   tensors: number
@@ -365,6 +372,70 @@ function* tensorChunks(t: TensorPlan, seed: number): Generator<Uint8Array> {
   }
 }
 
+/** Rows in each pool of a `tiled` fill. */
+export const TILE_POOL_ROWS = 64
+/** Elements per tile: one K-quant super-block, a whole number of blocks of every type. */
+const TILE_ELEMENTS = 256
+
+/** A pool of quantized rows, cut into tiles: `tiles[p * perRow + s]` is tile `s` of pool row `p`. */
+interface TilePool {
+  tiles: Uint8Array[]
+  perRow: number
+}
+
+/**
+ * The pool of a (type, row width, distribution): `TILE_POOL_ROWS` rows drawn and quantized as
+ * `tensorChunks` does, from a stream of their own.
+ */
+function tilePool(t: TensorPlan, seed: number): TilePool {
+  const n = t.dims[0]
+  const next = seededUint32(seed, `tile-pool\0${t.type}\0${n}\0${t.mean}\0${t.std}`)
+  const rowBytes = rowByteLength(t.type, n)
+  const bytes = new Uint8Array(TILE_POOL_ROWS * rowBytes)
+  const values = new Float32Array(n)
+  const perRow = Math.ceil(n / TILE_ELEMENTS)
+  const tiles: Uint8Array[] = []
+  for (let p = 0; p < TILE_POOL_ROWS; p++) {
+    const row = bytes.subarray(p * rowBytes, (p + 1) * rowBytes)
+    fillTriangular(next, values, t.mean, t.std)
+    quantizeRow(t.type, values, row)
+    for (let s = 0, at = 0; s < perRow; s++) {
+      // Tiles are whole blocks: the width and TILE_ELEMENTS are both multiples of the block size.
+      const length = rowByteLength(t.type, Math.min(TILE_ELEMENTS, n - s * TILE_ELEMENTS))
+      tiles.push(row.subarray(at, at + length))
+      at += length
+    }
+  }
+  return { tiles, perRow }
+}
+
+/**
+ * Streams one tensor's rows for a `tiled` fill: tile `s` of each row is tile `s` of a pool row that
+ * the tensor's own stream picks. Blocks are quantized independently, so every tile is a row segment
+ * drawn as `random` draws it, and rows of many tiles are all but never equal (an output matrix of
+ * repeated rows would tie logits).
+ */
+function* tiledChunks(t: TensorPlan, seed: number, pool: TilePool): Generator<Uint8Array> {
+  const next = seededUint32(seed, `tiled\0${t.name}`)
+  const rows = t.dims[1] ?? 1
+  const rowBytes = rowByteLength(t.type, t.dims[0])
+  const rowsPerChunk = Math.max(1, Math.floor(CHUNK_BYTES / rowBytes))
+  const chunk = new Uint8Array(rowsPerChunk * rowBytes)
+  const { tiles, perRow } = pool
+  for (let r = 0; r < rows; r += rowsPerChunk) {
+    const count = Math.min(rowsPerChunk, rows - r)
+    let at = 0
+    for (let k = 0; k < count; k++) {
+      for (let s = 0; s < perRow; s++) {
+        const tile = tiles[(next() % TILE_POOL_ROWS) * perRow + s]!
+        chunk.set(tile, at)
+        at += tile.length
+      }
+    }
+    yield chunk.subarray(0, at)
+  }
+}
+
 function parseOptions(options: GenerateModelOptions): Options {
   const parsed = modelOptionsSchema.safeParse(options)
   if (!parsed.success) {
@@ -383,9 +454,10 @@ function parseOptions(options: GenerateModelOptions): Options {
 /**
  * Writes a deterministic GGUF of one of the engine's architectures that llama.cpp loads: the
  * hyperparameters, a SentencePiece vocabulary with byte fallback, and weights drawn from a PRNG
- * seeded by (seed, tensor name), quantized as `type` says. Tensors are generated and written one
- * chunk of rows at a time, so memory stays small whatever the model size. The same options always
- * give the same bytes.
+ * seeded by (seed, tensor name), quantized as `type` says; with `fill: 'tiled'`, weight matrices
+ * are assembled from small pools of such rows instead, which writes a multi-GB model at disk speed.
+ * Tensors are generated and written one chunk of rows at a time, so memory stays small whatever the
+ * model size. The same options always give the same bytes.
  */
 export async function generateModel(options: GenerateModelOptions): Promise<GeneratedModel> {
   const o = parseOptions(options)
@@ -417,8 +489,23 @@ export async function generateModel(options: GenerateModelOptions): Promise<Gene
     ['tokenizer.ggml.add_eos_token', { type: 'bool', value: false }],
     ['tokenizer.ggml.add_space_prefix', { type: 'bool', value: true }],
     ['meshnet.test_model.seed', u32(o.seed)],
+    // Only a tiled file says so: a random one keeps the bytes it always had.
+    ...(o.fill === 'tiled'
+      ? ([['meshnet.test_model.fill', { type: 'string', value: 'tiled' }]] as const)
+      : []),
   ])
   const tensors = plan(o)
+  const pools = new Map<string, TilePool>()
+  const data = (t: TensorPlan): Iterable<Uint8Array> => {
+    if (o.fill === 'random' || t.dims.length === 1) return tensorChunks(t, o.seed)
+    const key = `${t.type}\0${t.dims[0]}\0${t.mean}\0${t.std}`
+    let pool = pools.get(key)
+    if (pool === undefined) {
+      pool = tilePool(t, o.seed)
+      pools.set(key, pool)
+    }
+    return tiledChunks(t, o.seed, pool)
+  }
   const written = await writeGGUF(o.out, {
     metadata,
     tensors: tensors.map(
@@ -426,7 +513,7 @@ export async function generateModel(options: GenerateModelOptions): Promise<Gene
         name: t.name,
         dims: t.dims,
         type: GGML_TYPE[t.type],
-        data: () => tensorChunks(t, o.seed),
+        data: () => data(t),
       }),
     ),
     sha256: o.sha256,
@@ -440,6 +527,7 @@ export async function generateModel(options: GenerateModelOptions): Promise<Gene
     parameters: tensors.reduce((sum, t) => sum + t.dims[0] * (t.dims[1] ?? 1), 0),
     arch: o.arch,
     type: o.type,
+    fill: o.fill,
     tensorTypes,
     tensors: tensors.length,
     vocab: o.vocab,

@@ -2,6 +2,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { TILE_POOL_ROWS } from '../src/generator.ts'
 import { generateModel, readLlamaHyperparameters } from '../src/index.ts'
 import { openGGUF } from '../src/reader.ts'
 
@@ -122,6 +123,79 @@ describe('generateModel', () => {
     const fd = await openGGUF(deeper.path)
     expect(await fd.readTensor('blk.1.ffn_up.weight')).toEqual(await fa.readTensor('blk.1.ffn_up.weight'))
     await Promise.all([fa.close(), fd.close()])
+  })
+
+  it('fills tiled weights deterministically, apart from random ones, with the same tensor table', async () => {
+    const options = { ...SMALL, layers: 8, type: 'Q4_K_M', sha256: true } as const
+    const random = await generateModel({ ...options, out: join(dir, 'random.gguf') })
+    const tiled = await generateModel({ ...options, out: join(dir, 'tiled.gguf'), fill: 'tiled' })
+    const again = await generateModel({ ...options, out: join(dir, 'tiled-again.gguf'), fill: 'tiled' })
+    const other = await generateModel({
+      ...options,
+      out: join(dir, 'tiled-43.gguf'),
+      fill: 'tiled',
+      seed: 43,
+    })
+    expect(again.sha256).toBe(tiled.sha256)
+    expect(tiled.sha256).not.toBe(random.sha256)
+    expect(other.sha256).not.toBe(tiled.sha256)
+    expect(await generateModel({ ...options, out: join(dir, 'r2.gguf'), fill: 'random' })).toMatchObject({
+      sha256: random.sha256,
+    })
+    // Same report but for the fill (and the header's one more key, meshnet.test_model.fill).
+    const report = ({ path, sha256, bytes, fill, ...rest }: typeof tiled) => rest
+    expect(report(tiled)).toEqual(report(random))
+    expect([tiled.fill, random.fill]).toEqual(['tiled', 'random'])
+    const [fr, ft] = await Promise.all([openGGUF(random.path), openGGUF(tiled.path)])
+    try {
+      const table = (f: typeof fr) => f.tensors.map((t) => [t.name, t.typeName, ...t.dims])
+      expect(table(ft)).toEqual(table(fr))
+      expect(ft.getString('meshnet.test_model.fill')).toBe('tiled')
+      expect(fr.metadata.has('meshnet.test_model.fill')).toBe(false)
+      // Norms are drawn as in a random file; weight matrices are not.
+      expect(await ft.readTensor('blk.3.ffn_norm.weight')).toEqual(
+        await fr.readTensor('blk.3.ffn_norm.weight'),
+      )
+      expect(await ft.readTensor('blk.3.ffn_up.weight')).not.toEqual(
+        await fr.readTensor('blk.3.ffn_up.weight'),
+      )
+    } finally {
+      await Promise.all([fr.close(), ft.close()])
+    }
+  })
+
+  it('builds tiled rows from tiles of at most TILE_POOL_ROWS pool rows, yet all distinct, with random statistics', async () => {
+    // Output rows of 1024 F32 weights are 4 tiles of 256: each tile position takes one of the
+    // pool's rows, so it holds at most TILE_POOL_ROWS distinct tiles, but no two rows are equal
+    // (equal output rows would tie logits).
+    const out = join(dir, 'tiled-pool.gguf')
+    await generateModel({ ...SMALL, embd: 1024, vocab: 4000, out, fill: 'tiled', type: 'F32', layers: 1 })
+    const file = await openGGUF(out)
+    try {
+      const distinct = (rows: Uint8Array, rowBytes: number, from: number, to: number) => {
+        const seen = new Set<string>()
+        for (let at = 0; at < rows.length; at += rowBytes) {
+          seen.add(Buffer.from(rows.subarray(at + from, at + to)).toString('base64'))
+        }
+        return seen.size
+      }
+      const output = await file.readTensor('output.weight')
+      const rowBytes = 1024 * 4
+      expect(output.length).toBe(4000 * rowBytes)
+      for (let s = 0; s < 4; s++) {
+        const tiles = distinct(output, rowBytes, s * 1024, (s + 1) * 1024)
+        expect(tiles).toBeLessThanOrEqual(TILE_POOL_ROWS)
+        expect(tiles).toBeGreaterThan(TILE_POOL_ROWS / 2)
+      }
+      expect(distinct(output, rowBytes, 0, rowBytes)).toBe(4000)
+      const x = await file.readTensorRowsF32('blk.0.attn_q.weight', 0, 1024)
+      const mean = x.reduce((a, b) => a + b, 0) / x.length
+      const std = Math.sqrt(x.reduce((a, b) => a + (b - mean) ** 2, 0) / x.length)
+      expect(Math.abs(mean)).toBeLessThan(0.01)
+      expect(std).toBeCloseTo(1 / 32, 2)
+    } finally {
+      await file.close()
+    }
   })
 
   it.each([

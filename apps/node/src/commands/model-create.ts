@@ -20,6 +20,7 @@ interface ModelCreateFlags {
   vocab: string
   type: string
   seed: string
+  fill: string
   context: string
   ropeBase?: string
   name?: string
@@ -34,6 +35,7 @@ const DEFAULTS = {
   vocab: '32000',
   type: 'Q8_0',
   seed: '0',
+  fill: 'random',
   context: '2048',
 } as const
 
@@ -51,6 +53,7 @@ const FLAG_OF: Record<string, string> = {
   vocab: '--vocab',
   type: '--type',
   seed: '--seed',
+  fill: '--fill',
   context: '--context',
   ropeBase: '--rope-base',
   name: '--name',
@@ -72,6 +75,7 @@ const weightType = z
   .string()
   .transform((s) => s.toUpperCase())
   .pipe(z.enum(MODEL_WEIGHT_TYPES, { message: `must be one of ${MODEL_WEIGHT_TYPES.join(', ')}` }))
+const fillMode = z.enum(['random', 'tiled'], { message: 'must be random or tiled' })
 
 /** Llama's feed-forward width, about 8/3 of the embedding, rounded up to a whole K-quant block. */
 function defaultFeedForward(embd: number): number {
@@ -111,6 +115,11 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
       DEFAULTS.type,
     )
     .option('--seed <n>', 'weights seed (same flags and seed give the same file)', DEFAULTS.seed)
+    .option(
+      '--fill <mode>',
+      'random: every weight row drawn and quantized (slow past a few GB); tiled: rows assembled from small pools of such rows, at disk speed',
+      DEFAULTS.fill,
+    )
     .option('--context <n>', 'context length written to the model', DEFAULTS.context)
     .option('--rope-base <x>', "RoPE frequency base (default: the architecture's usual one)")
     .option(
@@ -137,6 +146,7 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
         vocab: parseFlag('--vocab', integer, flags.vocab),
         type: parseFlag('--type', weightType, flags.type),
         seed: parseFlag('--seed', integer, flags.seed),
+        fill: parseFlag('--fill', fillMode, flags.fill),
         context: parseFlag('--context', integer, flags.context),
         ...(flags.ropeBase === undefined
           ? {}
@@ -189,6 +199,7 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
           tensorTypes: made.tensorTypes,
           sha256: made.sha256,
           seed: made.seed,
+          fill: made.fill,
           layers: options.layers,
           embd: options.embd,
           heads: options.heads,
@@ -218,7 +229,7 @@ export function registerModelCreate(program: Command, context: (cmd: Command) =>
           'Shape',
           `${options.layers} layers, embd ${options.embd}, ${options.heads} heads (${kvHeads} KV${options.headDim === undefined ? '' : `, size ${options.headDim}`}), ff ${options.ff}, vocab ${options.vocab}, context ${options.context}`,
         ],
-        ['Seed', made.seed],
+        ['Seed', `${made.seed}${made.fill === 'tiled' ? ' (tiled fill)' : ''}`],
         ['SHA-256', made.sha256],
         ['Took', `${seconds.toFixed(1)} s (${(made.bytes / 1024 ** 2 / seconds).toFixed(0)} MiB/s)`],
       ])
