@@ -194,7 +194,9 @@ function shortfall(members: readonly PlanMember[], model: PlanModel): ShardPlanE
 
 /**
  * Tensor-parallel plan: every member computes a share of the query heads (in whole `headUnit`s)
- * and of the FFN columns (in whole `ffnUnit`s) of every layer; partial outputs are summed.
+ * and of the FFN columns (in whole `ffnUnit`s) of every layer; partial outputs are summed. Shares
+ * are weighted by what each member offers past its reserve and the embedding (which every member
+ * holds); a ring whose members cannot hold their shares is refused as `planPipeline` refuses it.
  */
 export function planTensor(members: readonly PlanMember[], model: PlanModel): TensorShard[] {
   if (members.length === 0) throw new ShardPlanError('no live member to plan on')
@@ -207,11 +209,24 @@ export function planTensor(members: readonly PlanMember[], model: PlanModel): Te
     throw new ShardPlanError(`FFN width ${model.ff} is not a multiple of ${ffnUnit}`)
   const headUnits = model.heads / headUnit
   const ffnUnits = model.ff / ffnUnit
-  const count = Math.min(members.length, headUnits, ffnUnits)
-  const used = members.slice(0, count)
-  const weights = used.map((m) => m.capacityBytes)
-  const headRanges = toRanges(apportion(headUnits, weights))
-  const ffnRanges = toRanges(apportion(ffnUnits, weights))
+  // Every member embeds; the layers, their KV cache and the output head are shared out.
+  const fixed = (model.reserveBytes ?? 0) + (model.embedBytes ?? (model.bytesOutsideLayers ?? 0) / 2)
+  const shared =
+    model.layers * (model.bytesPerLayer + (model.kvBytesPerLayer ?? 0)) +
+    (model.headBytes ?? (model.bytesOutsideLayers ?? 0) / 2)
+  const able = members.filter((m) => m.capacityBytes > fixed)
+  const count = Math.min(able.length, headUnits, ffnUnits)
+  const used = able.slice(0, count)
+  if (used.length === 0) throw shortfall(members, model)
+  const weights = used.map((m) => m.capacityBytes - fixed)
+  const headShares = apportion(headUnits, weights)
+  const ffnShares = apportion(ffnUnits, weights)
+  // A member's part of the layers follows its share of the FFN columns (most of a layer's bytes).
+  if (used.some((m, i) => fixed + (shared * ffnShares[i]!) / ffnUnits > m.capacityBytes)) {
+    throw shortfall(members, model)
+  }
+  const headRanges = toRanges(headShares)
+  const ffnRanges = toRanges(ffnShares)
   const group = model.heads / model.kvHeads
   return used.map((m, i) => {
     const heads = [headRanges[i]![0] * headUnit, headRanges[i]![1] * headUnit] as const

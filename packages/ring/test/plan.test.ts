@@ -106,6 +106,30 @@ describe('planPipeline', () => {
 })
 
 describe('planTensor', () => {
+  it('weights shares by memory past the reserve and embedding, and refuses a ring too small', () => {
+    const MiB = 2 ** 20
+    const sized = { ...model, reserveBytes: 100 * MiB, embedBytes: 100 * MiB, headBytes: 100 * MiB }
+    const plan = planTensor(
+      [
+        { nodeId: 'a', capacityBytes: 600 * MiB },
+        { nodeId: 'b', capacityBytes: 1000 * MiB },
+      ],
+      sized,
+    )
+    // 400 and 800 MiB past the fixed 200: b computes twice as many FFN columns.
+    const width = (r: readonly [number, number]) => r[1] - r[0]
+    expect(width(plan[1]!.ffn) / width(plan[0]!.ffn)).toBeCloseTo(2, 1)
+    expect(() =>
+      planTensor(
+        [
+          { nodeId: 'a', capacityBytes: 400 * MiB },
+          { nodeId: 'b', capacityBytes: 400 * MiB },
+        ],
+        sized,
+      ),
+    ).toThrow(/the model needs about \d+ MiB .* but the ring offers 800 MiB, \d+ MiB short/)
+  })
+
   it('splits heads and FFN columns in whole units with the KV heads each shard needs', () => {
     const plan = planTensor(
       [
