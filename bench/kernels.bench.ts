@@ -284,7 +284,7 @@ console.log(
 const rows: Array<Record<string, string | number>> = []
 for (const name of TYPES) {
   const type = GGML_TYPE[name]
-  if (!QUANTIZABLE_TYPES.includes(name)) {
+  if (!(QUANTIZABLE_TYPES as readonly string[]).includes(name)) {
     console.log(`${name}: @meshnet/gguf cannot quantize it yet; skipped`)
     continue
   }
