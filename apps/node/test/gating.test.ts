@@ -16,6 +16,7 @@ import { type AgentProcess, agentRequest, beaconPort, eventually } from '@meshne
 import { multiaddr } from '@multiformats/multiaddr'
 import { encode } from 'cborg'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { revocationTopic } from '../src/agent/ring-part.ts'
 import { poolOf, ringStatus } from './mesh-fixture.ts'
 
 let root: string
@@ -117,6 +118,38 @@ describe('a peer without a valid certificate is refused on every pool protocol',
       rings: Record<string, { gossip: { dropped: Record<string, number> } }>
     }>(dirA, '/status')
     expect(rings[poolId]!.gossip.dropped.untrusted).toBeGreaterThanOrEqual(1)
+  })
+
+  it('drops garbage on the revocation topic where it arrived: not delivered, not forwarded, counted', async () => {
+    const { identity: adminIdentity } = await loadIdentity(join(dirA, 'identity.key'))
+    const pool = await openPoolAdmin(dirA, poolId, adminIdentity)
+    // A real member subscribed to the topic, and an outsider that floods it through A.
+    const member = await outsider()
+    const cert = await pool.issueCertificate({ devicePublicKey: member.identity.publicKey, role: 'member' })
+    await member.present([cert])
+    const topic = revocationTopic(poolId)
+    const received: unknown[] = []
+    member.node.libp2p.services.pubsub.subscribe(topic)
+    member.node.libp2p.services.pubsub.addEventListener('message', (e) => {
+      if (e.detail.topic === topic) received.push(e.detail)
+    })
+    const flooder = await outsider()
+    flooder.node.libp2p.services.pubsub.subscribe(topic)
+    await new Promise((resolve) => setTimeout(resolve, 1_500)) // subscriptions and meshes form
+    for (let i = 0; i < 50; i++) {
+      const garbage = new Uint8Array(8_000).map(() => Math.floor(Math.random() * 256))
+      await flooder.node.libp2p.services.pubsub.publish(topic, garbage).catch(() => {})
+    }
+    const drops = await eventually('A to count the garbage', async () => {
+      const { rings } = await agentRequest<{
+        rings: Record<string, { revocationDrops: Record<string, number> }>
+      }>(dirA, '/status')
+      const counted = rings[poolId]!.revocationDrops
+      return (counted.malformed ?? 0) >= 1 ? counted : undefined
+    })
+    expect(drops.malformed).toBeGreaterThanOrEqual(1)
+    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    expect(received).toEqual([])
   })
 
   it('refuses a certificate signed by another pool’s root, an expired one and a revoked one', async () => {

@@ -3,7 +3,13 @@ import { type Logger, MeshError, silentLogger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
 import { decode, encode } from 'cborg'
 import { z } from 'zod'
-import { type Certificate, decodeCertificate, encodeCertificate, verifyCertificate } from './certificate.ts'
+import {
+  type Certificate,
+  decodeCertificate,
+  encodeCertificate,
+  type PoolRole,
+  verifyCertificate,
+} from './certificate.ts'
 import { CLOCK_SKEW_MS } from './encoding.ts'
 import { CertificateError } from './errors.ts'
 import type { RevocationList } from './revocation.ts'
@@ -18,6 +24,18 @@ const exchangeSchema = z.strictObject({
   v: z.literal(1),
   certs: z.array(z.custom<Uint8Array>((v) => v instanceof Uint8Array)).max(16),
 })
+
+/** Roles that take part in a pool's ring, shards and weights. `client` certificates run jobs only. */
+export const MEMBER_ROLES: readonly PoolRole[] = ['admin', 'member']
+/** Every role: what the job protocol accepts. */
+export const ANY_ROLE: readonly PoolRole[] = ['admin', 'member', 'client']
+
+/** What the gate tells listeners of `revoked` when a peer loses a pool (revocation, expiry). */
+export interface MembershipLost {
+  nodeId: string
+  poolId: string
+  reason: string
+}
 
 /** A peer asked for a pool protocol without a valid certificate for that pool. */
 export class PoolAccessError extends MeshError {
@@ -40,6 +58,9 @@ export interface PoolGateStats {
   exchanges: number
   verified: number
   refused: Record<string, number>
+  /** Peers that lost a pool while connected (revocation or expiry), and connections closed for it. */
+  lost: number
+  connectionsClosed: number
 }
 
 /**
@@ -54,8 +75,12 @@ export class PoolGate extends EventTarget {
   readonly #logger: Logger
   #local = new Map<string, LocalPool>()
   readonly #peers = new Map<string, Map<string, Certificate>>()
+  /** Why a peer's certificate of a pool was refused (expired, revoked, …), for its PoolAccessError. */
+  readonly #rejected = new Map<string, Map<string, string>>()
   readonly #verdicts = new Map<string, { cert?: Certificate; reason?: string }>()
-  readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {} }
+  readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {}, lost: 0, connectionsClosed: 0 }
+  /** Fires when the earliest certificate held expires, to take it away from its peer. */
+  #expiryTimer: NodeJS.Timeout | undefined
   readonly #onConnection = (event: CustomEvent<Connection>) => {
     if (event.detail.direction !== 'outbound') return
     const peer = event.detail.remotePeer
@@ -65,6 +90,7 @@ export class PoolGate extends EventTarget {
   }
   readonly #onDisconnect = (event: CustomEvent<PeerId>) => {
     this.#peers.delete(event.detail.toString())
+    this.#rejected.delete(event.detail.toString())
   }
 
   constructor(init: { node: MeshNode; dataDir: string; logger?: Logger }) {
@@ -92,8 +118,9 @@ export class PoolGate extends EventTarget {
     await this.#node.handleRequests(
       POOL_CERT_PROTOCOL,
       (request, context) => {
-        this.#accept(context.peerId, request)
-        return this.#ourMessage()
+        // Our certificates go only to a peer that proved it is in the same pools: an outsider
+        // learns nothing about this node's pools, roles or keys.
+        return this.#ourMessage(this.#accept(context.peerId, request))
       },
       {
         maxRequestBytes: MAX_CERT_EXCHANGE_BYTES,
@@ -113,6 +140,8 @@ export class PoolGate extends EventTarget {
   }
 
   async stop(): Promise<void> {
+    clearTimeout(this.#expiryTimer)
+    this.#expiryTimer = undefined
     this.#node.libp2p.removeEventListener('connection:open', this.#onConnection)
     this.#node.libp2p.removeEventListener('peer:disconnect', this.#onDisconnect)
     await this.#node.libp2p.unhandle(POOL_CERT_PROTOCOL).catch(() => {})
@@ -139,12 +168,13 @@ export class PoolGate extends EventTarget {
     }
     this.#local = local
     this.#verdicts.clear()
+    this.#revalidate()
   }
 
   /** Sends our certificates to a peer and takes in theirs. */
   async exchange(peer: PeerId): Promise<string[]> {
     if (this.#local.size === 0) return []
-    const response = await this.#node.request(peer, POOL_CERT_PROTOCOL, this.#ourMessage(), {
+    const response = await this.#node.request(peer, POOL_CERT_PROTOCOL, this.#ourMessage(undefined), {
       timeoutMs: 10_000,
       maxResponseBytes: MAX_CERT_EXCHANGE_BYTES,
       runOnLimitedConnection: true,
@@ -152,14 +182,17 @@ export class PoolGate extends EventTarget {
     return this.#accept(peer, response)
   }
 
-  /** True when `peer` holds a certificate of `poolId` that is valid now (expiry and revocation). */
-  isMember(peer: PeerId | string, poolId: string): boolean {
-    return this.#check(peer.toString(), poolId) === undefined
+  /**
+   * True when `peer` holds a certificate of `poolId` that is valid now (expiry and revocation), of
+   * one of `roles` (default: member or admin; pass `ANY_ROLE` where a client may come too).
+   */
+  isMember(peer: PeerId | string, poolId: string, roles: readonly PoolRole[] = MEMBER_ROLES): boolean {
+    return this.#check(peer.toString(), poolId, roles) === undefined
   }
 
-  /** Throws PoolAccessError saying why when `peer` may not use `poolId`'s protocols. */
-  requireMember(peer: PeerId | string, poolId: string): void {
-    const why = this.#check(peer.toString(), poolId)
+  /** Throws PoolAccessError saying why when `peer` may not use `poolId`'s protocols (see `isMember`). */
+  requireMember(peer: PeerId | string, poolId: string, roles: readonly PoolRole[] = MEMBER_ROLES): void {
+    const why = this.#check(peer.toString(), poolId, roles)
     if (why !== undefined) throw new PoolAccessError(peer.toString(), poolId, why)
   }
 
@@ -167,7 +200,12 @@ export class PoolGate extends EventTarget {
    * Checks certificate bytes some message carries (a ring announcement) for `poolId` and `nodeId`.
    * Returns why it is refused, or undefined when it is valid now.
    */
-  verifyCertificateBytes(poolId: string, bytes: Uint8Array, nodeId: string): string | undefined {
+  verifyCertificateBytes(
+    poolId: string,
+    bytes: Uint8Array,
+    nodeId: string,
+    roles: readonly PoolRole[] = MEMBER_ROLES,
+  ): string | undefined {
     const local = this.#local.get(poolId)
     if (local === undefined) return 'this node is not a member of that pool'
     // Every announcement of a member carries the same certificate: verify it once (until the next
@@ -190,7 +228,8 @@ export class PoolGate extends EventTarget {
     }
     if (verdict.cert === undefined) return verdict.reason
     if (Date.now() > verdict.cert.expiresAt + CLOCK_SKEW_MS) return 'expired'
-    return verdict.cert.nodeId === nodeId ? undefined : 'node-id-mismatch'
+    if (verdict.cert.nodeId !== nodeId) return 'node-id-mismatch'
+    return roles.includes(verdict.cert.role) ? undefined : `role-${verdict.cert.role}`
   }
 
   /** The current revocation list of one of our pools. */
@@ -208,25 +247,97 @@ export class PoolGate extends EventTarget {
     return [...this.#local.keys()].some((poolId) => this.isMember(peer, poolId))
   }
 
-  #check(peer: string, poolId: string): string | undefined {
+  #check(peer: string, poolId: string, roles: readonly PoolRole[]): string | undefined {
     const local = this.#local.get(poolId)
     if (local === undefined) return 'this node is not a member of that pool'
     const cert = this.#peers.get(peer)?.get(poolId)
-    if (cert === undefined) return 'no certificate presented'
+    if (cert === undefined) return this.#rejected.get(peer)?.get(poolId) ?? 'no certificate presented'
     try {
       verifyCertificate(cert, {
         poolId,
         rootPublicKey: local.pool.rootPublicKey,
         revocations: local.revocations,
       })
-      return undefined
     } catch (err) {
-      return err instanceof CertificateError ? err.reason : 'invalid certificate'
+      return err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
+    }
+    return roles.includes(cert.role)
+      ? undefined
+      : `its certificate is for the ${cert.role} role, which may not use this (${roles.join(' or ')} only)`
+  }
+
+  /**
+   * Re-checks every certificate peers hold against our current pools and revocation lists, and the
+   * clock: a peer whose certificate was revoked or expired loses that pool (its PoolAccessError says
+   * why), listeners of `revoked` end what it had open, and a peer left in none of our pools is
+   * disconnected. Runs after every `reload` and when the earliest certificate held expires.
+   */
+  #revalidate(): void {
+    clearTimeout(this.#expiryTimer)
+    this.#expiryTimer = undefined
+    const lost: MembershipLost[] = []
+    let nextExpiry = Number.POSITIVE_INFINITY
+    for (const [peer, held] of this.#peers) {
+      for (const [poolId, cert] of held) {
+        const local = this.#local.get(poolId)
+        let reason: string | undefined
+        if (local === undefined) reason = 'this node left the pool'
+        else {
+          try {
+            verifyCertificate(cert, {
+              poolId,
+              rootPublicKey: local.pool.rootPublicKey,
+              revocations: local.revocations,
+            })
+          } catch (err) {
+            reason = err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
+          }
+        }
+        if (reason === undefined) {
+          nextExpiry = Math.min(nextExpiry, cert.expiresAt + CLOCK_SKEW_MS)
+          continue
+        }
+        held.delete(poolId)
+        this.#rejectedOf(peer).set(poolId, reason)
+        if (local !== undefined) lost.push({ nodeId: peer, poolId, reason })
+      }
+    }
+    if (Number.isFinite(nextExpiry)) {
+      // setTimeout holds at most ~24.8 days; a later expiry is looked at again then.
+      const wait = Math.min(Math.max(0, nextExpiry - Date.now()) + 1, 2 ** 31 - 1)
+      this.#expiryTimer = setTimeout(() => this.#revalidate(), wait)
+      this.#expiryTimer.unref()
+    }
+    for (const event of lost) {
+      this.#stats.lost++
+      this.#logger.warn(event, 'a peer lost its pool certificate; ending what it had open')
+      this.dispatchEvent(new CustomEvent<MembershipLost>('revoked', { detail: event }))
+    }
+    for (const nodeId of new Set(lost.map((l) => l.nodeId))) {
+      if ((this.#peers.get(nodeId)?.size ?? 0) > 0) continue
+      const peer = this.#node.libp2p
+        .getConnections()
+        .find((c) => c.remotePeer.toString() === nodeId)?.remotePeer
+      if (peer === undefined) continue
+      this.#stats.connectionsClosed++
+      void this.#node.libp2p.hangUp(peer).catch(() => {})
     }
   }
 
-  #ourMessage(): Uint8Array {
-    return encode({ v: 1, certs: [...this.#local.values()].map((l) => l.certificateBytes) })
+  #rejectedOf(peer: string): Map<string, string> {
+    let map = this.#rejected.get(peer)
+    if (map === undefined) {
+      if (this.#rejected.size >= 4096) this.#rejected.delete(this.#rejected.keys().next().value!)
+      map = new Map()
+      this.#rejected.set(peer, map)
+    }
+    return map
+  }
+
+  /** Our certificates: all of them (we dialled), or only those of `pools` (the peer proved them). */
+  #ourMessage(pools: readonly string[] | undefined): Uint8Array {
+    const shown = [...this.#local.values()].filter((l) => pools === undefined || pools.includes(l.pool.id))
+    return encode({ v: 1, certs: shown.map((l) => l.certificateBytes) })
   }
 
   /** Verifies a peer's exchange message; returns the pools it proved. Never throws on bad input. */
@@ -256,6 +367,7 @@ export class PoolGate extends EventTarget {
             break
           }
           held.set(local.pool.id, cert)
+          this.#rejected.get(peer.toString())?.delete(local.pool.id)
           proved.push(local.pool.id)
           this.#stats.verified++
           break
@@ -263,6 +375,12 @@ export class PoolGate extends EventTarget {
           const reason = err instanceof CertificateError ? err.reason : 'malformed'
           if (reason !== 'wrong-pool') {
             this.#refuse(reason)
+            // Kept so that the peer's PoolAccessError says why (expired, revoked, not yet valid).
+            this.#rejectedOf(peer.toString()).set(
+              local.pool.id,
+              err instanceof CertificateError ? err.shortMessage : 'malformed certificate',
+            )
+            held.delete(local.pool.id)
             matched = true
             break
           }
@@ -272,8 +390,10 @@ export class PoolGate extends EventTarget {
       if (!matched) this.#refuse('not-our-pool')
     }
     this.#peers.set(peer.toString(), held)
-    if (proved.length > 0)
+    if (proved.length > 0) {
       this.dispatchEvent(new CustomEvent('member', { detail: { nodeId: peer.toString(), pools: proved } }))
+      this.#revalidate()
+    }
     return proved
   }
 

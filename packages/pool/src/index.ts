@@ -52,8 +52,15 @@ export {
   PoolNotFoundError,
   RevocationListError,
 } from './errors.ts'
-export type { PoolGateStats } from './gate.ts'
-export { MAX_CERT_EXCHANGE_BYTES, POOL_CERT_PROTOCOL, PoolAccessError, PoolGate } from './gate.ts'
+export type { MembershipLost, PoolGateStats } from './gate.ts'
+export {
+  ANY_ROLE,
+  MAX_CERT_EXCHANGE_BYTES,
+  MEMBER_ROLES,
+  POOL_CERT_PROTOCOL,
+  PoolAccessError,
+  PoolGate,
+} from './gate.ts'
 export type {
   CreateJoinRequestOptions,
   DecodeJoinResponseOptions,

@@ -3,6 +3,7 @@ import { expect, it } from 'vitest'
 it('exports exactly the public surface', async () => {
   expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
     [
+      "ANY_ROLE",
       "CERTIFICATE_REJECT_REASONS",
       "CLOCK_SKEW_MS",
       "CertificateError",
@@ -15,6 +16,7 @@ it('exports exactly the public surface', async () => {
       "JoinResponseError",
       "MAX_CERT_EXCHANGE_BYTES",
       "MAX_PENDING_JOIN_REQUESTS",
+      "MEMBER_ROLES",
       "NotPoolAdminError",
       "POOL_CERT_PROTOCOL",
       "POOL_FILES",

@@ -155,6 +155,19 @@ export class RingGossip extends EventTarget {
     )
   }
 
+  /**
+   * Drops a member at once because it may no longer take part (its certificate was revoked or
+   * expired); its later announcements are refused by `verifyMember`.
+   */
+  evict(nodeId: string, reason: string): void {
+    clearTimeout(this.#suspects.get(nodeId))
+    this.#suspects.delete(nodeId)
+    if (this.#membership.remove(nodeId)) {
+      this.#logger.info({ nodeId, reason }, 'ring member lost the pool; dropped')
+      this.#afterChange()
+    }
+  }
+
   /** The peer connected again: it is no longer suspected. */
   peerConnected(nodeId: string): void {
     clearTimeout(this.#suspects.get(nodeId))

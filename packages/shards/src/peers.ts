@@ -9,9 +9,22 @@ import { PoolAccessError } from './errors.ts'
  * every connection) fits as it is. `exchange` is called once when a peer has not presented a
  * certificate yet (the exchange of a fresh connection may still be in flight).
  */
+/** Certificate roles (`@meshnet/pool`'s `PoolRole`). */
+export type GateRole = 'admin' | 'member' | 'client'
+
 export interface ShardGate {
-  requireMember(peer: string, poolId: string): void
+  /**
+   * Throws unless `peer` holds a valid certificate of `poolId` of one of `roles` (default: member or
+   * admin; a `client` certificate runs jobs only, so only the job protocol passes every role).
+   */
+  requireMember(peer: string, poolId: string, roles?: readonly GateRole[]): void
   exchange?(peer: PeerId): Promise<unknown>
+  /**
+   * `revoked` events (`detail: { nodeId, poolId, reason }`) when a connected peer loses a pool:
+   * the shard server ends the sessions it takes part in.
+   */
+  addEventListener?(type: 'revoked', listener: (event: Event) => void): void
+  removeEventListener?(type: 'revoked', listener: (event: Event) => void): void
 }
 
 /** Peers we asked for a certificate lately (so a stranger cannot make us dial it in a loop). */

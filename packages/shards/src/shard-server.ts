@@ -26,7 +26,7 @@ import {
 } from '@meshnet/protocols'
 import { type Channel, libp2pChannel, memoryChannelPair } from './channel.ts'
 import { DirectListener } from './direct.ts'
-import { ShardCapacityError, ShardModelError, ShardSessionError } from './errors.ts'
+import { PoolAccessError, ShardCapacityError, ShardModelError, ShardSessionError } from './errors.ts'
 import { fileSha256 } from './model-hash.ts'
 import { MembershipCheck } from './peers.ts'
 import type { ShardServerConfig, ShardServerStats } from './server-config.ts'
@@ -72,8 +72,26 @@ export class ShardServerImpl implements SessionHost {
     })
   }
 
+  /** A peer lost the pool (revoked, expired): the sessions it coordinates or links to end now. */
+  readonly #onRevoked = (event: Event) => {
+    const { nodeId, poolId, reason } = (
+      event as CustomEvent<{ nodeId: string; poolId: string; reason: string }>
+    ).detail
+    for (const session of [...this.#sessions.values()]) {
+      if (session.open.poolId !== poolId) continue
+      if (session.coordinator !== nodeId && !session.open.members.some((m) => m.nodeId === nodeId)) continue
+      this.#refuse('revoked')
+      this.logger.info(
+        { session: session.open.session, nodeId, poolId, reason },
+        'ending a session: a member lost the pool',
+      )
+      void session.fail(new PoolAccessError(`peer ${nodeId} may not use pool ${poolId}: ${reason}`), nodeId)
+    }
+  }
+
   async start(): Promise<void> {
     if (this.#started) return
+    this.#config.gate.addEventListener?.('revoked', this.#onRevoked)
     await this.node.libp2p.handle(
       SHARD_PROTOCOL,
       (stream, connection) => {
@@ -88,6 +106,7 @@ export class ShardServerImpl implements SessionHost {
   }
 
   async stop(): Promise<void> {
+    this.#config.gate.removeEventListener?.('revoked', this.#onRevoked)
     if (this.#timer) clearInterval(this.#timer)
     this.#timer = undefined
     if (this.#started) await this.node.libp2p.unhandle(SHARD_PROTOCOL).catch(() => {})

@@ -7,10 +7,12 @@ import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
 import {
   createJoinRequest,
   createPool,
+  loadPool,
   openPoolAdmin,
   type PoolAdmin,
   PoolGate,
   saveJoinedPool,
+  saveRevocationList,
 } from '@meshnet/pool'
 import { type ShardServer, shardServer } from '../src/server.ts'
 
@@ -18,12 +20,15 @@ import { type ShardServer, shardServer } from '../src/server.ts'
 export interface TestPool {
   readonly id: string
   admin: PoolAdmin
-  /** A data dir holding this pool's certificate for `identity`. */
-  enrol(identity: NodeIdentity, dataDir: string): Promise<void>
+  /** A data dir holding this pool's certificate for `identity` (a `member` one unless `role` says). */
+  enrol(identity: NodeIdentity, dataDir: string, role?: 'member' | 'client'): Promise<void>
+  /** Revokes `nodeId` and puts the new revocation list in `dataDirs` (their gates reload it). */
+  revoke(nodeId: string, members: readonly TestMember[]): Promise<void>
 }
 
 export interface TestMember {
   identity: NodeIdentity
+  dataDir: string
   node: MeshNode
   gate: PoolGate
   server: ShardServer | undefined
@@ -51,15 +56,26 @@ export class TestMesh {
     const { pool } = await createPool(adminDir, { name }, adminIdentity)
     const admin = await openPoolAdmin(adminDir, pool.id, adminIdentity)
     const token = await admin.createJoinToken({ singleUse: false })
+    const clientToken = await admin.createJoinToken({ singleUse: false, role: 'client' })
     return {
       id: pool.id,
       admin,
-      async enrol(identity, dataDir) {
+      async enrol(identity, dataDir, role = 'member') {
         // The join an agent makes over beacons, without the beacons.
-        const { bytes } = createJoinRequest(identity, { token: token.token, deviceName: 'test' })
+        const { bytes } = createJoinRequest(identity, {
+          token: (role === 'client' ? clientToken : token).token,
+          deviceName: 'test',
+        })
         const decision = await admin.handleJoinRequest(bytes)
         if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
         await saveJoinedPool(dataDir, decision.response)
+      },
+      async revoke(nodeId, members) {
+        const { list } = await admin.revoke({ nodeIds: [nodeId] })
+        for (const m of members) {
+          await saveRevocationList(await loadPool(m.dataDir, pool.id), list)
+          await m.gate.reload()
+        }
       },
     }
   }
@@ -70,13 +86,15 @@ export class TestMesh {
    */
   async member(options: {
     pools: TestPool[]
+    /** The certificate's role (default member). */
+    role?: 'member' | 'client'
     kernels?: Kernels | KernelFactory
     models?: (sha256: string) => string | undefined
     server?: Partial<Parameters<typeof shardServer>[0]>
   }): Promise<TestMember> {
     const identity = generateIdentity()
     const dataDir = await this.dir('node')
-    for (const pool of options.pools) await pool.enrol(identity, dataDir)
+    for (const pool of options.pools) await pool.enrol(identity, dataDir, options.role)
     const node = await createMeshNode({
       identity,
       localOnly: true,
@@ -100,6 +118,7 @@ export class TestMesh {
     let stopped = false
     const member: TestMember = {
       identity,
+      dataDir,
       node,
       gate,
       server,

@@ -1,9 +1,17 @@
 import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
 import { basename, resolve } from 'node:path'
-import type { Message } from '@libp2p/gossipsub'
+import { type Message, TopicValidatorResult } from '@libp2p/gossipsub'
 import { InvalidArgumentError } from '@meshnet/core'
-import { decodeRevocationList, encodeRevocationList, loadPool, saveRevocationList } from '@meshnet/pool'
+import {
+  ANY_ROLE,
+  decodeRevocationList,
+  encodeRevocationList,
+  loadPool,
+  type MembershipLost,
+  POOL_LIMITS,
+  saveRevocationList,
+} from '@meshnet/pool'
 import {
   MAX_RING_REQUEST_BYTES,
   MAX_RING_STATUS_BYTES,
@@ -146,9 +154,38 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
     )
     ring.addEventListener('view', (event) => onView(poolId, (event as CustomEvent<RingView>).detail))
     rings.set(poolId, ring)
+    // Only a revocation list the pool root signed, and newer than ours, is delivered and forwarded:
+    // an outsider's garbage goes no further than the member it reached (and gossipsub scores it).
+    node.libp2p.services.pubsub.topicValidators.set(revocationTopic(poolId), (_peer, message) =>
+      validateRevocation(poolId, message.data),
+    )
     node.libp2p.services.pubsub.subscribe(revocationTopic(poolId))
     ring.start()
     onView(poolId, ring.view())
+  }
+
+  /** Revocation-topic messages refused, by reason. */
+  const revocationDrops: Record<string, number> = {}
+  const validateRevocation = (poolId: string, data: Uint8Array): TopicValidatorResult => {
+    const drop = (reason: string) => {
+      revocationDrops[reason] = (revocationDrops[reason] ?? 0) + 1
+      return reason === 'not-newer' ? TopicValidatorResult.Ignore : TopicValidatorResult.Reject
+    }
+    if (data.length > POOL_LIMITS.revocationListBytes) return drop('oversized')
+    const pool = mesh
+      .gate()
+      .pools()
+      .find((p) => p.id === poolId)
+    if (pool === undefined) return drop('not-our-pool')
+    let list: ReturnType<typeof decodeRevocationList>
+    try {
+      list = decodeRevocationList(data, { poolId, rootPublicKey: pool.rootPublicKey })
+    } catch (err) {
+      return drop((err as { reason?: string }).reason ?? 'malformed')
+    }
+    // Equal or older lists are what we have (repeats every few seconds): not forwarded again.
+    if (list.version <= (mesh.gate().revocations(poolId)?.version ?? 0)) return drop('not-newer')
+    return TopicValidatorResult.Accept
   }
 
   const onRevocationMessage = (event: CustomEvent<Message>) => {
@@ -228,6 +265,11 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
         for (const poolId of (event as CustomEvent<{ pools: string[] }>).detail.pools)
           rings.get(poolId)?.nudge()
       })
+      // A member whose certificate was revoked or expired leaves the ring now, not at its timeout.
+      mesh.gate().addEventListener('revoked', (event) => {
+        const { nodeId, poolId, reason } = (event as CustomEvent<MembershipLost>).detail
+        rings.get(poolId)?.evict(nodeId, reason)
+      })
       node.libp2p.services.pubsub.addEventListener('subscription-change', (event) => {
         for (const { topic, subscribe } of event.detail.subscriptions) {
           if (subscribe) for (const ring of rings.values()) if (ring.topic === topic) ring.nudge()
@@ -246,7 +288,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
             })
           }
           try {
-            mesh.gate().requireMember(nodeId, poolId)
+            // Client apps (SDK) may read the ring; only members and admins take part in it.
+            mesh.gate().requireMember(nodeId, poolId, ANY_ROLE)
             return reply(ringStatus(poolId))
           } catch (err) {
             logger.info({ nodeId, poolId }, 'refused a pool-ring request from a non-member')
@@ -287,6 +330,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
               converged: view.converged,
               members: view.members.length,
               gossip: ring.stats(),
+              revocationDrops: { ...revocationDrops },
             },
           ]
         }),

@@ -46,6 +46,14 @@ export class JobServiceImpl implements JobService {
   readonly #init: JobServiceInit
   readonly #components: JobServiceComponents
   readonly #running = new Map<string, AbortController>()
+  /** Job streams from pool members, so that a requester who loses the pool loses its jobs. */
+  readonly #streams = new Map<AbortController, { peer: string; poolId: string }>()
+  readonly #onRevoked = (event: Event) => {
+    const { nodeId, poolId } = (event as CustomEvent<{ nodeId: string; poolId: string }>).detail
+    for (const [controller, from] of this.#streams) {
+      if (from.peer === nodeId && from.poolId === poolId) controller.abort()
+    }
+  }
   readonly #publicStarts = new Map<string, number[]>()
   readonly #counts = { jobs: 0, failed: 0, refusedPublic: 0, refusedPool: 0, badRequests: 0 }
   readonly #engines: SingleEngineQueue
@@ -103,6 +111,7 @@ export class JobServiceImpl implements JobService {
       { maxInboundStreams: 64, runOnLimitedConnection: false },
     )
     this.#handling = true
+    gate.addEventListener?.('revoked', this.#onRevoked)
     if (this.#init.public === true) {
       logger.warn('public node: anyone may run jobs on this node (rate-limited per peer)')
       void this.#provideModel()
@@ -111,6 +120,7 @@ export class JobServiceImpl implements JobService {
   }
 
   async stop(): Promise<void> {
+    this.#components.gate.removeEventListener?.('revoked', this.#onRevoked)
     clearInterval(this.#provide)
     for (const controller of this.#running.values()) controller.abort()
     if (this.#handling) {
@@ -375,6 +385,7 @@ export class JobServiceImpl implements JobService {
     const controller = new AbortController()
     const send = (value: unknown) => frames.write(encodeJobFrame(value), { signal: controller.signal })
     stream.addEventListener('close', () => controller.abort(), { once: true })
+    controller.signal.addEventListener('abort', () => this.#streams.delete(controller), { once: true })
     try {
       const first = await frames.read({ signal: AbortSignal.timeout(10_000) })
       if (first === undefined) return
@@ -387,7 +398,9 @@ export class JobServiceImpl implements JobService {
       }
       if (request.poolId !== undefined) {
         try {
-          this.#components.gate.requireMember(peer, request.poolId)
+          // A client certificate runs jobs (and nothing else of a pool's).
+          this.#components.gate.requireMember(peer, request.poolId, ['admin', 'member', 'client'])
+          this.#streams.set(controller, { peer, poolId: request.poolId })
         } catch (err) {
           this.#counts.refusedPool++
           throw err
