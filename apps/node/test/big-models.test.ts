@@ -39,14 +39,26 @@ interface Ring {
   poolId: string
   dir: (name: string) => string
   byName: Map<string, AgentProcess>
+  /** What every agent of the ring is started with, but `--memory`. */
+  args: string[]
 }
 
 /** Agents named by `memory`'s keys, each offering that many MiB, in one pool, converged. */
-async function ringOf(root: string, model: string, memory: Record<string, number>): Promise<Ring> {
+async function ringOf(
+  root: string,
+  model: string,
+  memory: Record<string, number>,
+  /** Data dirs that join the pool too, to be started by the test later. */
+  spare: readonly string[] = [],
+): Promise<Ring> {
   const port = beaconPort()
   const common = ['--beacon-interval', '300', '--model', model, '--threads', '1']
   const names = Object.keys(memory)
-  const made = await poolOf(root, names, port, [...common, '--memory', String(memory[names[0]!])])
+  const made = await poolOf(root, [...names, ...spare], port, [
+    ...common,
+    '--memory',
+    String(memory[names[0]!]),
+  ])
   agents.push(made.admin)
   const byName = new Map([[names[0]!, made.admin]])
   for (const name of names.slice(1)) {
@@ -62,7 +74,12 @@ async function ringOf(root: string, model: string, memory: Record<string, number
     byName.set(name, agent)
   }
   await converged(names.map(made.dir), made.pool.poolId, names.length, 60_000)
-  return { poolId: made.pool.poolId, dir: made.dir, byName }
+  return {
+    poolId: made.pool.poolId,
+    dir: made.dir,
+    byName,
+    args: ['--local-only', '--beacon-port', port, ...common],
+  }
 }
 
 /** Peak resident memory of a process so far (VmHWM), in bytes. */
@@ -231,7 +248,16 @@ describe('big models over a ring of agents', () => {
     const facts = await readShardModelFacts(model)
     // Room for six layers each: three members take four each; two survivors must take six each.
     const offer = offerFor(facts, 6)
-    const ring = await ringOf(root, model, { A: offer, B: offer, C: offer })
+    // A and B first: six layers each. Then C joins and the plan changes to four each, so every
+    // member's peak below covers a change of plan (its old shard freed, not held beside the new).
+    const ring = await ringOf(root, model, { A: offer, B: offer }, ['C'])
+    expect((await ready(ring, 'A')).members.map((m) => m.shard!.layers[1] - m.shard!.layers[0])).toEqual([
+      6, 6,
+    ])
+    const c = await startAgentProcess(ring.dir('C'), [...ring.args, '--memory', String(offer)])
+    agents.push(c)
+    ring.byName.set('C', c)
+    await converged(['A', 'B', 'C'].map(ring.dir), ring.poolId, 3, 60_000)
     const planned = await ready(ring, 'A')
     expect(planned.members.map((m) => m.shard!.layers[1] - m.shard!.layers[0])).toEqual([4, 4, 4])
     const uninterrupted = await infer(ring, 'A', '--max-tokens', '24')

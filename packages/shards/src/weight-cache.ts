@@ -14,6 +14,8 @@ import { ShardCapacityError } from './errors.ts'
 
 /** A wasm32 kernel memory holds at most 4 GiB. */
 const KERNEL_MEMORY_BYTES = 2 ** 32
+/** Kernel memories of dropped segments kept for reuse. */
+const MAX_SPARE_MEMORIES = 8
 
 /** The ranges of one weight segment, resolved against the model. */
 interface SegmentSpec {
@@ -100,6 +102,12 @@ export class WeightCache {
   readonly #budget: number
   readonly #logger: Logger
   readonly #segments = new Map<string, Segment>()
+  /**
+   * Kernel sets of dropped segments, memory and all, for the next segments to load into: a
+   * WebAssembly memory is freed only when garbage-collected, so a member whose shard changes would
+   * otherwise hold its old and new weights at once.
+   */
+  readonly #spare: Kernels[] = []
   #sessionBytes = 0
 
   constructor(init: {
@@ -243,9 +251,15 @@ export class WeightCache {
   /** Frees idle, unpinned segments unused for `idleMs`. */
   sweep(idleMs: number): void {
     const now = Date.now()
+    let dropped = false
     for (const s of [...this.#segments.values()]) {
-      if (s.refs === 0 && !s.pinned && s.weights !== undefined && now - s.lastUsed > idleMs) this.#drop(s)
+      if (s.refs === 0 && !s.pinned && s.weights !== undefined && now - s.lastUsed > idleMs) {
+        this.#drop(s)
+        dropped = true
+      }
     }
+    // Spare memories kept through a quiet sweep go back to the system.
+    if (!dropped) for (const kernels of this.#spare.splice(0)) void kernels.dispose()
   }
 
   async dispose(): Promise<void> {
@@ -254,6 +268,7 @@ export class WeightCache {
       s.weights?.dispose()
     }
     this.#segments.clear()
+    await Promise.all(this.#spare.splice(0).map((k) => k.dispose()))
   }
 
   /**
@@ -342,11 +357,24 @@ export class WeightCache {
   #drop(s: Segment): void {
     if (this.#segments.get(s.key) !== s) return
     this.#segments.delete(s.key)
-    void s.loading.then((w) => w.dispose()).catch(() => {})
+    // Freed now when loaded (a load that follows takes its memory); a segment still loading is
+    // freed when its load ends (it is no longer in the map).
+    if (s.weights !== undefined) this.#free(s.weights)
     this.#logger.info(
       { layers: s.spec.layers, bytes: s.bytes, sha256: s.sha.slice(0, 12) },
       'released shard weights',
     )
+  }
+
+  /** Frees a dropped segment's weights, keeping its kernel memory for the next load (a few at most). */
+  #free(weights: ShardWeights): void {
+    if (typeof this.#kernels !== 'function') {
+      weights.dispose()
+      return
+    }
+    const kernels = weights.releaseKernels()
+    if (this.#spare.length < MAX_SPARE_MEMORIES) this.#spare.push(kernels)
+    else void kernels.dispose()
   }
 
   #load(sha: string, path: string, piece: Piece): Segment {
@@ -390,7 +418,7 @@ export class WeightCache {
     segment.loading = (async () => {
       const factory = this.#kernels
       if (typeof factory !== 'function') return ShardWeights.load(path, shardSpec, factory, { onProgress })
-      const kernels = await factory(KERNEL_MEMORY_BYTES)
+      const kernels = this.#spare.pop() ?? (await factory(KERNEL_MEMORY_BYTES))
       return ShardWeights.load(path, shardSpec, kernels, { onProgress, ownsKernels: true })
     })()
       .then((w) => {
@@ -402,7 +430,7 @@ export class WeightCache {
           { layers: spec.layers, bytes: w.weightBytes, ms: Math.round(performance.now() - started) },
           'shard weights loaded',
         )
-        if (this.#segments.get(key) !== segment) w.dispose()
+        if (this.#segments.get(key) !== segment) this.#free(w)
         return w
       })
       .catch((err: unknown) => {

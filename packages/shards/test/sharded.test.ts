@@ -283,6 +283,22 @@ describe('sharded generation over loopback libp2p', () => {
     for (const m of group) await m.stop()
   })
 
+  it('a member whose plan changes loads its new shard into the kernel memory its old one freed', async () => {
+    let created = 0
+    const counted = (maxMemoryBytes: number) => {
+      created++
+      return createWasmKernels({ threads: 1, maxMemoryBytes })
+    }
+    const m = await mesh.member({ pools: [pool], kernels: counted, models: (sha) => held.get(sha) })
+    await m.server!.preload(sha256, { layers: [0, 2], embed: true, head: false })
+    expect(created).toBe(1)
+    // The ring re-planned: layers [2, 4) now. The old segment goes, its memory takes the new one.
+    await m.server!.preload(sha256, { layers: [2, 4], embed: false, head: true })
+    expect(created).toBe(1)
+    expect(m.server!.stats().segments.map((s) => s.layers)).toEqual([[2, 4]])
+    await m.stop()
+  })
+
   it('ends with an error that says why when no plan can hold the model without the dead member', async () => {
     const group = [await member(), await member()]
     const gen = run(

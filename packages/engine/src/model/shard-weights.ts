@@ -277,6 +277,22 @@ export class ShardWeights {
     else for (const buf of this.#buffers) this.#kernels.free(buf)
     this.#buffers.length = 0
   }
+
+  /**
+   * Frees the weights and hands back the kernels they own, with their memory, for other weights
+   * to load into (`ShardWeights.load(…, { ownsKernels: true })` again). A WebAssembly memory never
+   * shrinks and is returned to the system only when garbage-collected, so reusing it is what keeps
+   * a process's resident memory at what it holds when its shard changes. Only for weights that own
+   * their kernels, and only once every session over them is disposed.
+   */
+  releaseKernels(): Kernels {
+    if (!this.#ownsKernels) throw new InvalidShardError('these weights do not own their kernels')
+    if (this.#disposed) throw new InvalidShardError('the shard weights were released')
+    this.#disposed = true
+    for (const buf of this.#buffers) this.#kernels.free(buf)
+    this.#buffers.length = 0
+    return this.#kernels
+  }
 }
 
 /**
