@@ -16,26 +16,59 @@ import { ShardSessionError } from './errors.ts'
 // authenticated with keys agreed over the (noise-encrypted, pool-gated) libp2p link stream. The
 // callee draws a 32-byte secret and a 16-byte channel id and sends both over libp2p; the caller
 // connects, sends the id in clear and a sealed hello, the callee answers with a sealed accept.
-// Each direction has its own HKDF-derived keys and is sealed like SSH's aes256-ctr with
+// The keys are bound to the link they were offered for: HKDF's salt is a hash of the wire version,
+// the channel id, the pool, the coordinator, the session and both ends' node ids and ranks, so a
+// caller and callee that disagree on any of them fail the hello, and nothing sealed for one link
+// opens on another. Each direction has its own keys and is sealed like SSH's aes256-ctr with
 // hmac-sha2-256-etm: one AES-256-CTR keystream for the life of the channel (no cipher set-up per
 // frame, which costs more than the frame itself at these sizes), and an HMAC-SHA256 over the
-// frame's sequence number, length and ciphertext, checked before anything is decrypted. So a frame
-// cannot be forged, replayed, reordered, truncated or moved to the other direction. See
-// docs/protocols.md ("Direct channel").
+// frame's sequence number, kind, length and ciphertext, checked before anything is decrypted. So a
+// frame cannot be forged, replayed, reordered or moved to the other direction; and the stream ends
+// only with a sealed close frame, so a cut (a FIN or reset without it) is an error, not an end.
+// See docs/protocols.md ("Direct channel").
 
-const HELLO = new TextEncoder().encode('meshnet-shard-direct/1 hello')
-const ACCEPT = new TextEncoder().encode('meshnet-shard-direct/1 accept')
+/** The direct channel's wire version: in the hello, the accept and the key derivation. */
+const VERSION = 'meshnet-shard-direct/2'
+const HELLO = new TextEncoder().encode(`${VERSION} hello`)
+const ACCEPT = new TextEncoder().encode(`${VERSION} accept`)
+/** Bytes before each frame's ciphertext: `u32 LE` ciphertext-and-tag length, `u8` kind. */
+const HEADER = 5
+const DATA = 0
+/** The last frame of a direction: empty, sealed like any other. */
+const CLOSE = 1
 /** Bytes of the (truncated) HMAC-SHA256 tag after each frame's ciphertext. */
 const TAG = 16
 const ID_BYTES = 16
 /** Bytes of socket read-ahead after which we stop reading (the sender then waits). */
 const MIN_READ_AHEAD = 1 << 20
 const HANDSHAKE_TIMEOUT_MS = 5_000
+const EMPTY = new Uint8Array(0)
 
 export interface DirectOffer {
   port: number
   id: string
   key: string
+}
+
+/** One end of a direct channel: a member's node id and its rank in the session. */
+export interface DirectEnd {
+  nodeId: string
+  rank: number
+}
+
+/**
+ * The link a direct channel's keys are bound to. Both ends build it from what they know (their
+ * own node id, the noise-proven id of the other end, the session's `OPEN`); if they disagree on any
+ * field the hello fails authentication.
+ */
+export interface DirectBinding {
+  poolId: string
+  coordinator: string
+  session: string
+  /** The member that dials (and connects to the offered port). */
+  caller: DirectEnd
+  /** The member that accepts the link and offers the channel. */
+  callee: DirectEnd
 }
 
 /** One direction's keys: AES-256-CTR key and initial counter block, HMAC key. */
@@ -45,13 +78,34 @@ interface DirectionKeys {
   mac: Buffer
 }
 
+/** SHA-256 of the channel id, version and binding; each string length-prefixed (so unambiguous). */
+function transcript(id: Buffer, binding: DirectBinding): Buffer {
+  const { poolId, coordinator, session, caller, callee } = binding
+  const fields = [VERSION, poolId, coordinator, session, caller.nodeId, callee.nodeId].map((f) =>
+    Buffer.from(f, 'utf8'),
+  )
+  const parts: Buffer[] = [id]
+  for (const field of fields) {
+    const length = Buffer.alloc(4)
+    length.writeUInt32BE(field.byteLength)
+    parts.push(length, field)
+  }
+  const ranks = Buffer.alloc(8)
+  ranks.writeUInt32BE(caller.rank, 0)
+  ranks.writeUInt32BE(callee.rank, 4)
+  parts.push(ranks)
+  return hash('sha256', Buffer.concat(parts), 'buffer')
+}
+
 function deriveKeys(
   secret: Buffer,
   id: Buffer,
+  binding: DirectBinding,
   side: 'caller' | 'callee',
 ): { send: Sealer; receive: Opener } {
+  const salt = transcript(id, binding)
   const keys = (label: string): DirectionKeys => {
-    const okm = Buffer.from(hkdfSync('sha256', secret, id, `meshnet-shard-direct/1 ${label}`, 80))
+    const okm = Buffer.from(hkdfSync('sha256', secret, salt, `${VERSION} ${label}`, 80))
     return { enc: okm.subarray(0, 32), mac: okm.subarray(32, 64), iv: okm.subarray(64, 80) }
   }
   const c2s = keys('caller-to-callee')
@@ -73,16 +127,17 @@ class Mac {
     this.#outer = Buffer.from(block.map((b) => b ^ 0x5c))
   }
 
-  tag(seq: bigint, ciphertext: Uint8Array): Buffer {
-    const head = Buffer.alloc(12)
+  tag(seq: bigint, kind: number, ciphertext: Uint8Array): Buffer {
+    const head = Buffer.alloc(13)
     head.writeBigUInt64BE(seq, 0)
-    head.writeUInt32BE(ciphertext.byteLength, 8)
+    head.writeUInt8(kind, 8)
+    head.writeUInt32BE(ciphertext.byteLength, 9)
     const inner = hash('sha256', Buffer.concat([this.#inner, head, ciphertext]), 'buffer')
     return hash('sha256', Buffer.concat([this.#outer, inner]), 'buffer').subarray(0, TAG)
   }
 }
 
-/** Seals one direction's frames: `u32 LE length`, ciphertext, tag. */
+/** Seals one direction's frames: `u32 LE length`, `u8 kind`, ciphertext, tag. */
 class Sealer {
   readonly #cipher: Cipheriv
   readonly #mac: Mac
@@ -93,11 +148,12 @@ class Sealer {
     this.#mac = new Mac(keys.mac)
   }
 
-  seal(plain: Uint8Array): Buffer {
+  seal(plain: Uint8Array, kind = DATA): Buffer {
     const ciphertext = this.#cipher.update(plain)
-    const head = Buffer.alloc(4)
-    head.writeUInt32LE(plain.byteLength + TAG)
-    return Buffer.concat([head, ciphertext, this.#mac.tag(this.#seq++, ciphertext)])
+    const head = Buffer.alloc(HEADER)
+    head.writeUInt32LE(plain.byteLength + TAG, 0)
+    head.writeUInt8(kind, 4)
+    return Buffer.concat([head, ciphertext, this.#mac.tag(this.#seq++, kind, ciphertext)])
   }
 }
 
@@ -112,13 +168,13 @@ class Opener {
     this.#mac = new Mac(keys.mac)
   }
 
-  /** `sealed` is the ciphertext and tag of one frame (without the length). */
-  open(sealed: Buffer): Uint8Array {
+  /** `sealed` is the ciphertext and tag of one frame (without the header), `kind` its kind. */
+  open(kind: number, sealed: Buffer): Uint8Array {
     const ciphertext = sealed.subarray(0, sealed.byteLength - TAG)
-    const expected = this.#mac.tag(this.#seq++, ciphertext)
+    const expected = this.#mac.tag(this.#seq++, kind, ciphertext)
     if (!timingSafeEqual(expected, sealed.subarray(sealed.byteLength - TAG))) {
       throw new ShardSessionError(
-        'a direct-channel frame failed authentication (forged, replayed or reordered)',
+        'a direct-channel frame failed authentication (forged, replayed, reordered, or sealed for another link)',
       )
     }
     const plain = this.#decipher.update(ciphertext)
@@ -126,7 +182,11 @@ class Opener {
   }
 }
 
-/** A framed, sealed channel over a connected socket. */
+/**
+ * A framed, sealed channel over a connected socket. `close()` sends a sealed close frame, and a
+ * channel that receives one answers with its own, so both ends see a clean end; an end of the TCP
+ * stream (or an error) without a close frame is a broken channel.
+ */
 class DirectChannel implements Channel {
   readonly remote: string
   readonly transport = 'direct' as const
@@ -142,6 +202,10 @@ class DirectChannel implements Channel {
   #waiter: FrameWaiter | undefined
   #ended = false
   #error: Error | undefined
+  /** We sent our close frame (and the FIN after it): nothing more is written. */
+  #closeSent = false
+  /** The other end's close frame arrived: its direction ended cleanly. */
+  #closeReceived = false
 
   constructor(
     socket: net.Socket,
@@ -157,9 +221,9 @@ class DirectChannel implements Channel {
     this.#maxFrameBytes = maxFrameBytes
     socket.setNoDelay(true)
     socket.on('data', (chunk: Buffer) => this.#onData(chunk))
-    socket.on('end', () => this.#finish(undefined))
+    socket.on('end', () => this.#finish(this.#cut('ended')))
     socket.on('error', (err) => this.#finish(err))
-    socket.on('close', () => this.#finish(new ShardSessionError(`direct channel to ${remote} closed`)))
+    socket.on('close', () => this.#finish(this.#cut('closed')))
     if (leftover.byteLength > 0) this.#onData(leftover)
   }
 
@@ -178,7 +242,7 @@ class DirectChannel implements Channel {
 
   async write(frame: Uint8Array): Promise<void> {
     if (this.#error) throw this.#error
-    if (this.#ended || this.#socket.destroyed)
+    if (this.#ended || this.#closeSent || this.#socket.destroyed)
       throw new ShardSessionError(`direct channel to ${this.remote} is closed`)
     if (frame.byteLength > this.#maxFrameBytes) {
       throw new ShardSessionError(
@@ -209,7 +273,7 @@ class DirectChannel implements Channel {
   }
 
   async close(): Promise<void> {
-    this.#socket.end()
+    this.#sendClose()
   }
 
   abort(err: Error): void {
@@ -217,25 +281,53 @@ class DirectChannel implements Channel {
     this.#socket.destroy()
   }
 
+  #sendClose(): void {
+    if (this.#closeSent || this.#socket.destroyed) return
+    this.#closeSent = true
+    this.#socket.end(this.#sealer.seal(EMPTY, CLOSE))
+  }
+
+  /** The error for a TCP end or close: none after the close frame, else the stream was cut. */
+  #cut(how: 'ended' | 'closed'): Error | undefined {
+    if (this.#closeReceived) return undefined
+    return new ShardSessionError(
+      `direct channel to ${this.remote} ${how} without a close frame: the connection was cut or the member failed`,
+    )
+  }
+
   #readAhead(): number {
     return Math.max(MIN_READ_AHEAD, 2 * this.#maxFrameBytes)
   }
 
   #onData(chunk: Buffer): void {
+    if (this.#closeReceived) return // nothing follows a close frame; what does is ignored
     this.#pending = this.#pending.byteLength === 0 ? chunk : Buffer.concat([this.#pending, chunk])
     try {
       for (;;) {
-        if (this.#pending.byteLength < 4) break
+        if (this.#pending.byteLength < HEADER) break
         const length = this.#pending.readUInt32LE(0)
-        if (length < TAG || length - TAG > this.#maxFrameBytes) {
+        const kind = this.#pending[4]!
+        if (kind !== DATA && kind !== CLOSE) {
+          throw new ShardSessionError(`direct frame of unknown kind ${kind} from ${this.remote}`)
+        }
+        if (length < TAG || length - TAG > (kind === CLOSE ? 0 : this.#maxFrameBytes)) {
           throw new ShardSessionError(
-            `direct frame of ${length - TAG} bytes from ${this.remote} is over the ${this.#maxFrameBytes}-byte cap`,
+            kind === CLOSE
+              ? `direct close frame from ${this.remote} has a body`
+              : `direct frame of ${length - TAG} bytes from ${this.remote} is over the ${this.#maxFrameBytes}-byte cap`,
           )
         }
-        if (this.#pending.byteLength < 4 + length) break
-        const sealed = this.#pending.subarray(4, 4 + length)
-        this.#pending = this.#pending.subarray(4 + length)
-        const frame = this.#opener.open(sealed)
+        if (this.#pending.byteLength < HEADER + length) break
+        const sealed = this.#pending.subarray(HEADER, HEADER + length)
+        this.#pending = this.#pending.subarray(HEADER + length)
+        const frame = this.#opener.open(kind, sealed)
+        if (kind === CLOSE) {
+          this.#closeReceived = true
+          this.#pending = Buffer.alloc(0)
+          this.#sendClose()
+          this.#finish(undefined)
+          return
+        }
         this.bytesRead += frame.byteLength
         const waiter = this.#waiter
         if (waiter) {
@@ -267,7 +359,7 @@ class DirectChannel implements Channel {
 
 interface PendingOffer {
   secret: Buffer
-  remote: string
+  binding: DirectBinding
   maxFrameBytes: number
   resolve: (channel: Channel) => void
   reject: (err: Error) => void
@@ -276,8 +368,8 @@ interface PendingOffer {
 
 /**
  * The TCP listener of one shard server: accepts the direct channels it offered over libp2p. A
- * connection that does not open with a known id and a hello sealed under that offer's key is
- * dropped before anything else is read.
+ * connection that does not open with a known id and a hello sealed under that offer's keys (its
+ * secret and its binding) is dropped before anything else is read.
  */
 export class DirectListener {
   readonly #host: string
@@ -290,11 +382,15 @@ export class DirectListener {
     this.#host = host
   }
 
-  /** Offers a channel to `remote`; `accepted` resolves when it connects and proves the key. */
+  /**
+   * Offers a channel for one link (we are `binding.callee`); `accepted` resolves when the caller
+   * connects and proves the keys.
+   */
   async offer(
-    remote: string,
+    binding: DirectBinding,
     maxFrameBytes: number,
   ): Promise<{ offer: DirectOffer; accepted: Promise<Channel> }> {
+    const remote = binding.caller.nodeId
     const port = await this.#listen()
     const id = randomBytes(ID_BYTES)
     const secret = randomBytes(32)
@@ -304,7 +400,7 @@ export class DirectListener {
         this.#offers.delete(hex)
         reject(new ShardSessionError(`${remote} did not open the offered direct channel in time`))
       }, HANDSHAKE_TIMEOUT_MS * 2)
-      this.#offers.set(hex, { secret, remote, maxFrameBytes, resolve, reject, timer })
+      this.#offers.set(hex, { secret, binding, maxFrameBytes, resolve, reject, timer })
     })
     accepted.catch(() => {})
     return { offer: { port, id: hex, key: secret.toString('hex') }, accepted }
@@ -354,7 +450,7 @@ export class DirectListener {
     socket.on('error', () => {})
     const timer = setTimeout(() => socket.destroy(), HANDSHAKE_TIMEOUT_MS)
     let buffered = Buffer.alloc(0)
-    const helloBytes = ID_BYTES + 4 + HELLO.byteLength + TAG
+    const helloBytes = ID_BYTES + HEADER + HELLO.byteLength + TAG
     const onData = (chunk: Buffer) => {
       buffered = Buffer.concat([buffered, chunk])
       if (buffered.byteLength < helloBytes) return
@@ -365,9 +461,10 @@ export class DirectListener {
       try {
         if (offer === undefined) throw new ShardSessionError('unknown direct channel id')
         const length = buffered.readUInt32LE(ID_BYTES)
-        if (length !== HELLO.byteLength + TAG) throw new ShardSessionError('bad direct hello')
-        const keys = deriveKeys(offer.secret, Buffer.from(id, 'hex'), 'callee')
-        const hello = keys.receive.open(buffered.subarray(ID_BYTES + 4, helloBytes))
+        if (length !== HELLO.byteLength + TAG || buffered[ID_BYTES + 4] !== DATA)
+          throw new ShardSessionError('bad direct hello')
+        const keys = deriveKeys(offer.secret, Buffer.from(id, 'hex'), offer.binding, 'callee')
+        const hello = keys.receive.open(DATA, buffered.subarray(ID_BYTES + HEADER, helloBytes))
         if (Buffer.compare(Buffer.from(hello), Buffer.from(HELLO)) !== 0) {
           throw new ShardSessionError('bad direct hello')
         }
@@ -377,7 +474,7 @@ export class DirectListener {
         socket.write(keys.send.seal(ACCEPT))
         const channel = new DirectChannel(
           socket,
-          offer.remote,
+          offer.binding.caller.nodeId,
           keys,
           offer.maxFrameBytes,
           buffered.subarray(helloBytes),
@@ -392,19 +489,23 @@ export class DirectListener {
   }
 }
 
-/** Connects to a member's offered direct channel and proves the key. */
+/**
+ * Connects to a member's offered direct channel for one link (we are `binding.caller`) and proves
+ * the keys.
+ */
 export async function connectDirect(
   host: string,
-  remote: string,
+  binding: DirectBinding,
   offer: DirectOffer,
   maxFrameBytes: number,
   signal?: AbortSignal,
 ): Promise<Channel> {
+  const remote = binding.callee.nodeId
   const id = Buffer.from(offer.id, 'hex')
-  const keys = deriveKeys(Buffer.from(offer.key, 'hex'), id, 'caller')
+  const keys = deriveKeys(Buffer.from(offer.key, 'hex'), id, binding, 'caller')
   const socket = net.connect({ host, port: offer.port })
   socket.on('error', () => {})
-  const acceptBytes = 4 + ACCEPT.byteLength + TAG
+  const acceptBytes = HEADER + ACCEPT.byteLength + TAG
   try {
     return await new Promise<Channel>((resolve, reject) => {
       let buffered = Buffer.alloc(0)
@@ -422,7 +523,11 @@ export async function connectDirect(
       signal?.addEventListener('abort', onAbort, { once: true })
       socket.once('error', (err) => fail(err))
       socket.once('close', () =>
-        fail(new ShardSessionError(`${remote} closed the direct channel during the handshake`)),
+        fail(
+          new ShardSessionError(
+            `${remote} closed the direct channel during the handshake: it refused our hello (a wrong key, or keys for another link, session or member)`,
+          ),
+        ),
       )
       socket.once('connect', () => {
         socket.setNoDelay(true)
@@ -436,9 +541,9 @@ export async function connectDirect(
         clearTimeout(timer)
         signal?.removeEventListener('abort', onAbort)
         try {
-          if (buffered.readUInt32LE(0) !== ACCEPT.byteLength + TAG)
+          if (buffered.readUInt32LE(0) !== ACCEPT.byteLength + TAG || buffered[4] !== DATA)
             throw new ShardSessionError('bad direct accept')
-          const accept = keys.receive.open(buffered.subarray(4, acceptBytes))
+          const accept = keys.receive.open(DATA, buffered.subarray(HEADER, acceptBytes))
           if (Buffer.compare(Buffer.from(accept), Buffer.from(ACCEPT)) !== 0) {
             throw new ShardSessionError('bad direct accept')
           }

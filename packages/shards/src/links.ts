@@ -81,7 +81,14 @@ export async function dialLink(
     stream.setMaxFrameBytes(session.dataCap)
     let data: Channel = stream
     if (accept.direct && ip !== undefined) {
-      data = await connectDirect(ip, ref.nodeId, accept.direct, session.dataCap).catch((err: unknown) => {
+      const binding = {
+        poolId: session.open.poolId,
+        coordinator: session.coordinator,
+        session: session.open.session,
+        caller: { nodeId: host.node.nodeId, rank: session.open.rank },
+        callee: { nodeId: ref.nodeId, rank },
+      }
+      data = await connectDirect(ip, binding, accept.direct, session.dataCap).catch((err: unknown) => {
         host.logger.debug(
           { peer: ref.nodeId, err: (err as Error).message },
           'direct channel failed; using libp2p',

@@ -138,7 +138,14 @@ export class MemberSession {
     if (this.#links.has(hello.rank)) throw new ShardSessionError(`rank ${hello.rank} linked twice`)
     channel.setMaxFrameBytes(this.dataCap)
     const direct = hello.direct && this.open.links === 'direct' ? this.#host.direct : undefined
-    const offer = direct ? await direct.offer(remote, this.dataCap).catch(() => undefined) : undefined
+    const binding = {
+      poolId: this.open.poolId,
+      coordinator: this.coordinator,
+      session: this.open.session,
+      caller: { nodeId: remote, rank: hello.rank },
+      callee: { nodeId: this.#host.node.nodeId, rank: this.open.rank },
+    }
+    const offer = direct ? await direct.offer(binding, this.dataCap).catch(() => undefined) : undefined
     await channel.write(encodeControl(SHARD_FRAME.LINK_ACCEPT, offer ? { direct: offer.offer } : {}))
     this.#host.logger.debug({ session: this.key, from: remote, direct: offer !== undefined }, 'link offered')
     const modeFrame = await within(channel.read(), this.#host.linkTimeoutMs, `link mode from ${remote}`)

@@ -1,4 +1,3 @@
-import net from 'node:net'
 import { createSampler } from '@meshnet/engine'
 import {
   decodeControl,
@@ -17,7 +16,6 @@ import {
 } from '@meshnet/protocols'
 import { describe, expect, it } from 'vitest'
 import { sparseLogits, topCandidates } from '../src/candidates.ts'
-import { connectDirect, DirectListener } from '../src/direct.ts'
 import { chooseShardedMode, parseShardedPlan, type ShardModelFacts } from '../src/plan.ts'
 
 describe('shard frames', () => {
@@ -110,67 +108,6 @@ describe('candidates', () => {
       for (let i = 0; i < 20; i++) {
         expect(sparse.sample(sparseLogits(vocab, top.ids, top.logits))).toBe(full.sample(logits))
       }
-    }
-  })
-})
-
-describe('direct channel', () => {
-  it('carries sealed frames both ways and ends cleanly', async () => {
-    const listener = new DirectListener('127.0.0.1')
-    try {
-      const { offer, accepted } = await listener.offer('caller', 1 << 16)
-      const caller = await connectDirect('127.0.0.1', 'callee', offer, 1 << 16)
-      const callee = await accepted
-      await caller.write(Uint8Array.of(1, 2, 3))
-      expect(await callee.read()).toEqual(Uint8Array.of(1, 2, 3))
-      const big = new Uint8Array(60_000).fill(9)
-      await callee.write(big)
-      expect(await caller.read()).toEqual(big)
-      await expect(caller.write(new Uint8Array(1 << 17))).rejects.toThrow(/cap/)
-      await caller.close()
-      expect(await callee.read()).toBeUndefined()
-    } finally {
-      await listener.close()
-    }
-  })
-
-  it('drops a connection with an unknown id or a key it cannot prove, and ends on a tampered frame', async () => {
-    const listener = new DirectListener('127.0.0.1')
-    // A relay between the two that flips one bit of the first frame after the handshake.
-    let forwarded = 0
-    const relay = net.createServer((inbound) => {
-      const outbound = net.connect({ host: '127.0.0.1', port: offer.port })
-      inbound.on('error', () => {})
-      outbound.on('error', () => {})
-      outbound.pipe(inbound)
-      inbound.on('data', (chunk: Buffer) => {
-        const copy = Buffer.from(chunk)
-        const helloBytes = 16 + 4 + 28 + 16
-        if (forwarded >= helloBytes && copy.length > 6) copy[6]! ^= 1
-        forwarded += copy.length
-        outbound.write(copy)
-      })
-      inbound.on('end', () => outbound.end())
-    })
-    await new Promise<void>((resolve) => relay.listen(0, '127.0.0.1', resolve))
-    const { offer, accepted } = await listener.offer('caller', 1 << 16)
-    try {
-      await expect(
-        connectDirect('127.0.0.1', 'callee', { ...offer, key: '11'.repeat(32) }, 1 << 16),
-      ).rejects.toThrow()
-      await expect(
-        connectDirect('127.0.0.1', 'callee', { ...offer, id: '22'.repeat(16) }, 1 << 16),
-      ).rejects.toThrow()
-      // The offer still stands for the holder of the key.
-      const port = (relay.address() as net.AddressInfo).port
-      const caller = await connectDirect('127.0.0.1', 'callee', { ...offer, port }, 1 << 16)
-      const callee = await accepted
-      await caller.write(Uint8Array.of(5, 6, 7, 8))
-      await expect(callee.read()).rejects.toThrow(/failed authentication/)
-      caller.abort(new Error('done'))
-    } finally {
-      await listener.close()
-      relay.close()
     }
   })
 })
