@@ -34,6 +34,7 @@ const flagsSchema = z.object({
   dataDir: z.string().optional(),
   onlineWindow: whole('--online-window', 1, 86_400_000).default(CONTROL_PLANE_DEFAULTS.onlineWindowMs),
   jobLease: whole('--job-lease', 1, 86_400_000).default(CONTROL_PLANE_DEFAULTS.jobLeaseMs),
+  deviceRate: whole('--device-rate', 1, 1_000_000).default(CONTROL_PLANE_DEFAULTS.deviceRequestsPerMinute),
   json: z.boolean().default(false),
   verbose: z.boolean().default(false),
 })
@@ -63,6 +64,10 @@ export function createProgram(io: CliIo = processIo): Command {
     .option(
       '--job-lease <ms>',
       `a running job with no token for this long goes back to the queue (default ${CONTROL_PLANE_DEFAULTS.jobLeaseMs})`,
+    )
+    .option(
+      '--device-rate <requests>',
+      `requests one device may make per minute; more are answered 429 (default ${CONTROL_PLANE_DEFAULTS.deviceRequestsPerMinute})`,
     )
     .option('--json', 'print {"url","port","tokenFile"} as one JSON line once listening')
     .option('--verbose', 'log every request, and print stack traces on errors')
@@ -99,6 +104,7 @@ async function serve(flags: z.infer<typeof flagsSchema>, io: CliIo): Promise<voi
     port: flags.port,
     onlineWindowMs: flags.onlineWindow,
     jobLeaseMs: flags.jobLease,
+    deviceRequestsPerMinute: flags.deviceRate,
     logger,
   })
   if (flags.json) {

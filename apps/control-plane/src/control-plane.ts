@@ -2,6 +2,7 @@ import type { Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { InvalidArgumentError, type Logger, MeshError, silentLogger } from '@meshnet/core'
 import { ensureDataDir } from '@meshnet/identity'
+import { controlPlaneId } from '@meshnet/protocols'
 import { z } from 'zod'
 import pkg from '../package.json' with { type: 'json' }
 import { openControlPlaneDb } from './db.ts'
@@ -21,6 +22,10 @@ export const CONTROL_PLANE_DEFAULTS = Object.freeze({
   onlineWindowMs: 15_000,
   jobLeaseMs: 60_000,
   maxJobAttempts: 3,
+  /** A device request's timestamp may be this far from the control plane's clock. */
+  requestSkewMs: 300_000,
+  /** Requests one device may make per minute (a streaming job makes about 10 a second). */
+  deviceRequestsPerMinute: 3000,
 })
 
 const optionsSchema = z.object({
@@ -31,6 +36,13 @@ const optionsSchema = z.object({
   onlineWindowMs: z.number().int().min(1).default(CONTROL_PLANE_DEFAULTS.onlineWindowMs),
   jobLeaseMs: z.number().int().min(1).default(CONTROL_PLANE_DEFAULTS.jobLeaseMs),
   maxJobAttempts: z.number().int().min(1).max(100).default(CONTROL_PLANE_DEFAULTS.maxJobAttempts),
+  requestSkewMs: z.number().int().min(1000).max(3_600_000).default(CONTROL_PLANE_DEFAULTS.requestSkewMs),
+  deviceRequestsPerMinute: z
+    .number()
+    .int()
+    .min(1)
+    .max(1_000_000)
+    .default(CONTROL_PLANE_DEFAULTS.deviceRequestsPerMinute),
 })
 
 export interface ControlPlaneOptions {
@@ -48,6 +60,13 @@ export interface ControlPlaneOptions {
   jobLeaseMs?: number
   /** Claims before a lapsed job fails instead of going back to the queue; default 3. */
   maxJobAttempts?: number
+  /**
+   * How far the timestamp of a signed device request may be from this clock; default 300 000
+   * (5 minutes). Nonces are remembered this long.
+   */
+  requestSkewMs?: number
+  /** Requests one device may make per minute (wall clock), more get 429; default 3000. */
+  deviceRequestsPerMinute?: number
   logger?: Logger
   /** Clock in milliseconds; tests pass their own. */
   now?: () => number
@@ -61,6 +80,8 @@ export interface ControlPlane {
   readonly port: number
   /** The bearer token every request but `/health` needs. */
   readonly token: string
+  /** The id device requests are signed for (`controlPlaneId(token)` of @meshnet/protocols). */
+  readonly planeId: string
   readonly tokenFile: string
   readonly dataDir: string
   /** Stops listening, ends open streams, closes the database and releases the data-dir lock. */
@@ -108,7 +129,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       jobLeaseMs: settings.jobLeaseMs,
       maxJobAttempts: settings.maxJobAttempts,
     }
-    server = createControlPlaneServer(ctx, token)
+    server = createControlPlaneServer(ctx, token, settings)
     const port = await listen(server, settings.host, settings.port, settings.portAttempts)
     const sweepMs = Math.min(
       5000,
@@ -134,6 +155,7 @@ export async function startControlPlane(options: ControlPlaneOptions): Promise<C
       host: settings.host,
       port,
       token,
+      planeId: controlPlaneId(token),
       tokenFile: files.token,
       dataDir: layout.root,
       close() {

@@ -107,6 +107,13 @@ export interface Route {
   path: string
   /** Answered without the bearer token (only `/health`). */
   public?: boolean
+  /**
+   * A device request: the node id it acts for (read from the path or the unchecked body). The
+   * request must then be signed with that node's key (`deviceAuth`) before the handler runs. When
+   * it is no valid node id the handler runs unsigned, so it must refuse that first (every device
+   * route parses its node id with `nodeIdSchema` before it does anything).
+   */
+  actsFor?(input: { params: Record<string, string>; body: unknown }): unknown
   /** Returns the reply, or `streaming` after writing the response itself. */
   handler(input: RouteInput): Reply | typeof streaming | Promise<Reply | typeof streaming>
 }

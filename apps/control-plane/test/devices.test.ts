@@ -1,4 +1,3 @@
-import { generateIdentity } from '@meshnet/identity'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { capabilities, startTestPlane, type TestPlane } from './helpers.ts'
 
@@ -11,7 +10,7 @@ afterEach(async () => {
 })
 
 const device = (name = 'laptop') => {
-  const { nodeId } = generateIdentity()
+  const { nodeId } = t.identity()
   return { nodeId, name, addresses: ['/ip4/192.168.1.20/tcp/4001'], capabilities: capabilities() }
 }
 
@@ -66,7 +65,7 @@ describe('devices', () => {
     const d = device()
     await t.api('POST', '/v1/devices', d)
     expect((await t.api('POST', `/v1/devices/${d.nodeId}/heartbeat`)).status).toBe(200)
-    const unknown = await t.api('POST', `/v1/devices/${generateIdentity().nodeId}/heartbeat`, {})
+    const unknown = await t.api('POST', `/v1/devices/${t.identity().nodeId}/heartbeat`, {})
     expect(unknown.status).toBe(404)
     expect(unknown.body).toMatchObject({ error: { code: 'ERR_DEVICE_NOT_FOUND' } })
   })

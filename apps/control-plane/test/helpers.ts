@@ -1,3 +1,4 @@
+import { createHash, randomBytes } from 'node:crypto'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -10,6 +11,7 @@ import {
   type Pool,
   type PoolRole,
 } from '@meshnet/pool'
+import { DEVICE_REQUEST_DOMAIN, DEVICE_SIGNATURE_HEADERS, deviceRequestPayload } from '@meshnet/protocols'
 import { type ControlPlane, type ControlPlaneOptions, startControlPlane } from '../src/index.ts'
 
 /** A clock the test moves by hand. */
@@ -34,18 +36,59 @@ export interface ApiResponse<T = Record<string, unknown>> {
   headers: Headers
 }
 
+export interface ApiOptions {
+  /** Bearer token; default the plane's, `null` for none. */
+  token?: string | null
+  /** The body as sent, instead of `body` as JSON. */
+  raw?: string
+  /**
+   * The node key that signs the request; default the key of the node the request names (the
+   * `:nodeId` of the path, else `nodeId` of the body) when the test made it with `t.identity()`;
+   * `null`: not signed.
+   */
+  as?: NodeIdentity | null
+  /** Signature fields to use instead of fresh ones (a replay, a stale timestamp). */
+  signature?: Partial<SignatureFields>
+  /** More headers; they replace the signature's. */
+  headers?: Record<string, string>
+}
+
+export interface SignatureFields {
+  planeId: string
+  timestamp: number
+  nonce: string
+}
+
 export interface TestPlane {
   plane: ControlPlane
   clock: TestClock
   dataDir: string
-  /** Calls the API with the plane's token (or `token`, `null` for none). */
+  /** A new node identity whose requests `api` signs by default. */
+  identity(): NodeIdentity
+  /** The headers that sign a request for this plane with `as` (see `deviceRequestPayload`). */
+  sign(
+    as: NodeIdentity,
+    method: string,
+    path: string,
+    body: string,
+    fields?: Partial<SignatureFields>,
+  ): Record<string, string>
+  /** Calls the API with the plane's token, signed as `ApiOptions.as` says. */
   api<T = Record<string, unknown>>(
     method: string,
     path: string,
     body?: unknown,
-    options?: { token?: string | null; raw?: string },
+    options?: ApiOptions,
   ): Promise<ApiResponse<T>>
   stop(): Promise<void>
+}
+
+/** The node a request names: the `:nodeId` of `/v1/devices/:nodeId…`, else the body's `nodeId`. */
+function namedNode(path: string, body: unknown): string | undefined {
+  const match = /^\/v1\/devices\/([^/?]+)/.exec(path)
+  if (match !== null) return match[1]
+  const nodeId = (body as { nodeId?: unknown } | undefined)?.nodeId
+  return typeof nodeId === 'string' ? nodeId : undefined
 }
 
 /** Starts an in-process control plane on 127.0.0.1 (a free port) in a fresh temp data dir. */
@@ -53,28 +96,58 @@ export async function startTestPlane(options: Partial<ControlPlaneOptions> = {})
   const dataDir = await mkdtemp(join(tmpdir(), 'meshnet-control-plane-'))
   const clock = testClock()
   const plane = await startControlPlane({ dataDir, port: 0, now: clock.now, ...options })
+  const keys = new Map<string, NodeIdentity>()
+  const sign: TestPlane['sign'] = (as, method, path, body, fields = {}) => {
+    const timestamp = fields.timestamp ?? clock.now()
+    const nonce = fields.nonce ?? randomBytes(16).toString('base64url')
+    const payload = deviceRequestPayload({
+      planeId: fields.planeId ?? plane.planeId,
+      method,
+      path,
+      bodySha256: createHash('sha256').update(body).digest('hex'),
+      timestamp,
+      nonce,
+      nodeId: as.nodeId,
+    })
+    return {
+      [DEVICE_SIGNATURE_HEADERS.nodeId]: as.nodeId,
+      [DEVICE_SIGNATURE_HEADERS.timestamp]: String(timestamp),
+      [DEVICE_SIGNATURE_HEADERS.nonce]: nonce,
+      [DEVICE_SIGNATURE_HEADERS.signature]: Buffer.from(as.sign(DEVICE_REQUEST_DOMAIN, payload)).toString(
+        'base64url',
+      ),
+    }
+  }
   return {
     plane,
     clock,
     dataDir,
+    identity() {
+      const identity = generateIdentity()
+      keys.set(identity.nodeId, identity)
+      return identity
+    },
+    sign,
     async api<T>(
       method: string,
       path: string,
       body?: unknown,
-      opts: { token?: string | null; raw?: string } = {},
+      opts: ApiOptions = {},
     ): Promise<ApiResponse<T>> {
       const token = opts.token === undefined ? plane.token : opts.token
+      const text = opts.raw ?? (body === undefined ? undefined : JSON.stringify(body))
       const headers: Record<string, string> = { 'content-type': 'application/json' }
       if (token !== null) headers.authorization = `Bearer ${token}`
-      const response = await fetch(`${plane.url}${path}`, {
-        method,
-        headers,
-        body: opts.raw ?? (body === undefined ? undefined : JSON.stringify(body)),
-      })
-      const text = await response.text()
+      const named = namedNode(path, body)
+      const as = opts.as === undefined ? (named === undefined ? undefined : keys.get(named)) : opts.as
+      if (as !== undefined && as !== null)
+        Object.assign(headers, sign(as, method, path, text ?? '', opts.signature))
+      Object.assign(headers, opts.headers)
+      const response = await fetch(`${plane.url}${path}`, { method, headers, body: text })
+      const answer = await response.text()
       return {
         status: response.status,
-        body: (text === '' ? {} : JSON.parse(text)) as T,
+        body: (answer === '' ? {} : JSON.parse(answer)) as T,
         headers: response.headers,
       }
     },

@@ -1,5 +1,4 @@
 import { join } from 'node:path'
-import { generateIdentity } from '@meshnet/identity'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   capabilities,
@@ -33,7 +32,7 @@ interface JobBody {
 
 /** Registers a device and returns its node id. */
 async function node(name: string): Promise<string> {
-  const { nodeId } = generateIdentity()
+  const { nodeId } = t.identity()
   await t.api('POST', '/v1/devices', { nodeId, name, addresses: [], capabilities: capabilities() })
   return nodeId
 }
@@ -261,7 +260,7 @@ describe('the job queue', () => {
     expect(noPool.status).toBe(404)
     expect(noPool.body.error.code).toBe('ERR_POOL_NOT_FOUND')
     await registerPool(t, p)
-    const member = generateIdentity()
+    const member = t.identity()
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, {
       nodeId: member.nodeId,
       addresses: [],
@@ -275,7 +274,7 @@ describe('the job queue', () => {
     const refused = await t.api<ErrorBody>('POST', '/v1/jobs/claim', { nodeId: outsider, poolId: p.pool.id })
     expect(refused.status).toBe(403)
     expect(refused.body.error.code).toBe('ERR_NOT_RING_MEMBER')
-    const unknown = await t.api<ErrorBody>('POST', '/v1/jobs/claim', { nodeId: generateIdentity().nodeId })
+    const unknown = await t.api<ErrorBody>('POST', '/v1/jobs/claim', { nodeId: t.identity().nodeId })
     expect(unknown.body.error.code).toBe('ERR_DEVICE_NOT_FOUND')
     const claimed = await t.api<JobBody>('POST', '/v1/jobs/claim', {
       nodeId: member.nodeId,

@@ -1,5 +1,5 @@
 import { join } from 'node:path'
-import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
+import type { NodeIdentity } from '@meshnet/identity'
 import { formatRootPublicKey } from '@meshnet/pool'
 import type { RingTopology } from '@meshnet/ring'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
@@ -73,7 +73,7 @@ describe('HTTP ring join', () => {
   it('admits a node with a real certificate and orders members by node id with positions', async () => {
     const p = await makePool('lab')
     await register(p)
-    const devices = [generateIdentity(), generateIdentity(), generateIdentity()]
+    const devices = [t.identity(), t.identity(), t.identity()]
     for (const [i, device] of devices.entries()) {
       const joined = await t.api<{ role: string; topology: RingTopology }>(
         'POST',
@@ -101,7 +101,7 @@ describe('HTTP ring join', () => {
     const p = await makePool('lab')
     const other = await makePool('other')
     await register(p)
-    const device = generateIdentity()
+    const device = t.identity()
     const refused = await t.api<ErrorBody>(
       'POST',
       `/v1/rings/${p.pool.id}/join`,
@@ -118,8 +118,8 @@ describe('HTTP ring join', () => {
   it('refuses a revoked certificate, and drops a member when its certificate is revoked', async () => {
     const p = await makePool('lab')
     await register(p)
-    const a = generateIdentity()
-    const b = generateIdentity()
+    const a = t.identity()
+    const b = t.identity()
     const certA = await p.certify(a)
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(a, certA))
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(b, await p.certify(b)))
@@ -146,7 +146,7 @@ describe('HTTP ring join', () => {
     const other = await makePool('other')
     await register(p)
     const forged = await t.api<ErrorBody>('POST', `/v1/rings/${p.pool.id}/revocations`, {
-      list: await other.revoke({ nodeIds: [generateIdentity().nodeId] }),
+      list: await other.revoke({ nodeIds: [t.identity().nodeId] }),
     })
     expect(forged.status).toBe(400)
     expect(forged.body.error).toMatchObject({
@@ -158,7 +158,7 @@ describe('HTTP ring join', () => {
   it('refuses an expired certificate', async () => {
     const p = await makePool('lab')
     await register(p)
-    const device = generateIdentity()
+    const device = t.identity()
     const expired = await p.certify(device, { now: Date.now() - 2 * DAY, ttlMs: DAY })
     const refused = await t.api<ErrorBody>('POST', `/v1/rings/${p.pool.id}/join`, joinBody(device, expired))
     expect(refused.status).toBe(403)
@@ -169,8 +169,8 @@ describe('HTTP ring join', () => {
   it('refuses a certificate whose node id is not the one joining', async () => {
     const p = await makePool('lab')
     await register(p)
-    const owner = generateIdentity()
-    const impostor = generateIdentity()
+    const owner = t.identity()
+    const impostor = t.identity()
     const refused = await t.api<ErrorBody>('POST', `/v1/rings/${p.pool.id}/join`, {
       ...joinBody(owner, await p.certify(owner)),
       nodeId: impostor.nodeId,
@@ -182,7 +182,7 @@ describe('HTTP ring join', () => {
 
   it('refuses a client certificate, bytes that are no certificate, and an unregistered pool', async () => {
     const p = await makePool('lab')
-    const device = generateIdentity()
+    const device = t.identity()
     const cert = await p.certify(device, { role: 'client' })
     expect(
       (await t.api<ErrorBody>('POST', `/v1/rings/${p.pool.id}/join`, joinBody(device, cert))).status,
@@ -201,8 +201,8 @@ describe('topology epochs', () => {
   it('starts a new epoch on join, leave, changed addresses and a silent member, and not otherwise', async () => {
     const p = await makePool('lab')
     await register(p)
-    const a = generateIdentity()
-    const b = generateIdentity()
+    const a = t.identity()
+    const b = t.identity()
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(a, await p.certify(a)))
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(b, await p.certify(b)))
     const two = await topology(p.pool.id)
@@ -238,8 +238,8 @@ describe('topology epochs', () => {
   it('adds a pipeline shard plan sized by capacity when asked, and 422 when the model does not fit', async () => {
     const p = await makePool('lab')
     await register(p)
-    const small = generateIdentity()
-    const large = generateIdentity()
+    const small = t.identity()
+    const large = t.identity()
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(small, await p.certify(small), 1000))
     await t.api('POST', `/v1/rings/${p.pool.id}/join`, joinBody(large, await p.certify(large), 4000))
     const planned = await topology(p.pool.id, '?layers=9&bytesPerLayer=100')

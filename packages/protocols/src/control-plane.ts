@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { z } from 'zod'
 
 // The shapes the control plane's REST API and its clients (agents, the SDK) share.
@@ -75,3 +76,80 @@ export const base64Of = (maxBytes: number) =>
     .base64('not base64')
     .max(Math.ceil(maxBytes / 3) * 4, `over ${maxBytes} bytes`)
     .transform((text) => new Uint8Array(Buffer.from(text, 'base64')))
+
+// ---- signed device requests ---------------------------------------------------------------------
+
+/**
+ * The headers of a device request (registration, heartbeat, removal, ring join and leave, job claim
+ * and reports): besides the bearer token, each is signed with the node key of the device it acts
+ * for, so that a token holder cannot act for another device.
+ */
+export const DEVICE_SIGNATURE_HEADERS = Object.freeze({
+  /** The signing node (its libp2p PeerId, which holds its Ed25519 public key). */
+  nodeId: 'mesh-node-id',
+  /** When it was signed: milliseconds since 1970, in decimal. */
+  timestamp: 'mesh-timestamp',
+  /** 16–64 base64url characters, never used twice by one node. */
+  nonce: 'mesh-nonce',
+  /** The Ed25519 signature of {@link deviceRequestPayload}, base64url without padding. */
+  signature: 'mesh-signature',
+})
+
+/** The domain a device request is signed under (`domainSeparated` of @meshnet/identity). */
+export const DEVICE_REQUEST_DOMAIN = 'control-plane-request-v1'
+
+/** The signature headers of a device request, parsed. */
+export const deviceSignatureSchema = z.object({
+  nodeId: nodeIdSchema,
+  timestamp: z
+    .string()
+    .regex(/^(0|[1-9][0-9]{0,14})$/, 'not milliseconds since 1970')
+    .transform(Number),
+  nonce: z.string().regex(/^[A-Za-z0-9_-]{16,64}$/, 'not 16–64 base64url characters'),
+  signature: z.string().regex(/^[A-Za-z0-9_-]{86}$/, 'not an Ed25519 signature in base64url (86 characters)'),
+})
+export type DeviceSignature = z.output<typeof deviceSignatureSchema>
+
+/** What a device request's signature covers. */
+export interface DeviceRequest {
+  /** The control plane it is meant for ({@link controlPlaneId}): not valid at another one. */
+  planeId: string
+  method: string
+  /** The path and query as sent in the request line (`/v1/devices/12D3KooW…/heartbeat`). */
+  path: string
+  /** SHA-256 of the body bytes as sent, in lowercase hex (of zero bytes when there is no body). */
+  bodySha256: string
+  timestamp: number
+  nonce: string
+  nodeId: string
+}
+
+/**
+ * The bytes a device signs for a request: `planeId`, the upper-case method, `path`, `bodySha256`,
+ * `timestamp` (decimal), `nonce` and `nodeId`, in this order, joined by `\n` (no field may hold one).
+ */
+export function deviceRequestPayload(request: DeviceRequest): Uint8Array {
+  const fields = [
+    request.planeId,
+    request.method.toUpperCase(),
+    request.path,
+    request.bodySha256,
+    String(request.timestamp),
+    request.nonce,
+    request.nodeId,
+  ]
+  if (fields.some((field) => field.includes('\n'))) {
+    throw new TypeError('a field of a signed control plane request holds a line break')
+  }
+  return new TextEncoder().encode(fields.join('\n'))
+}
+
+/**
+ * The id of the control plane whose bearer token is `token`, which device requests are signed for:
+ * `cp-` and the first 32 hex characters of SHA-256 of `meshnet:control-plane-id`, a NUL byte and the
+ * token. Both ends derive it from the token they share; it does not reveal the token.
+ */
+export function controlPlaneId(token: string): string {
+  const digest = createHash('sha256').update(`meshnet:control-plane-id\u0000${token}`).digest('hex')
+  return `cp-${digest.slice(0, 32)}`
+}

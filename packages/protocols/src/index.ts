@@ -6,12 +6,17 @@
  * (`/meshnet/pool-ring/1.0.0`), DHT keys, and the control plane's REST shapes. Depends on zod and
  * the framing only: no libp2p node, no inference runtime.
  */
-export type { Capabilities } from './control-plane.ts'
+export type { Capabilities, DeviceRequest, DeviceSignature } from './control-plane.ts'
 export {
   addressesSchema,
   base64Of,
   capabilitiesSchema,
+  controlPlaneId,
+  DEVICE_REQUEST_DOMAIN,
+  DEVICE_SIGNATURE_HEADERS,
   deviceNameSchema,
+  deviceRequestPayload,
+  deviceSignatureSchema,
   jobIdSchema,
   modelInfoSchema,
   nodeIdSchema,

@@ -4,6 +4,8 @@ it('exports exactly the public surface', async () => {
   expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
     [
       "DEFAULT_MAX_FRAME_BYTES",
+      "DEVICE_REQUEST_DOMAIN",
+      "DEVICE_SIGNATURE_HEADERS",
       "FrameTooLargeError",
       "JOB_MODES",
       "JOB_PROTOCOL",
@@ -27,6 +29,7 @@ it('exports exactly the public surface', async () => {
       "addressesSchema",
       "base64Of",
       "capabilitiesSchema",
+      "controlPlaneId",
       "decodeControl",
       "decodeHidden",
       "decodeJobRequest",
@@ -34,6 +37,8 @@ it('exports exactly the public surface', async () => {
       "decodePartial",
       "decodeStep",
       "deviceNameSchema",
+      "deviceRequestPayload",
+      "deviceSignatureSchema",
       "encodeControl",
       "encodeHidden",
       "encodeJobFrame",

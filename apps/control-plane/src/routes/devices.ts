@@ -24,6 +24,11 @@ export function deviceView(ctx: ControlPlaneContext, device: DeviceRecord) {
   return { ...device, online: device.lastSeen >= ctx.now() - ctx.onlineWindowMs }
 }
 
+/** The `nodeId` of a request body not yet checked, for `Route.actsFor`. */
+export function bodyNodeId(body: unknown): unknown {
+  return typeof body === 'object' && body !== null ? (body as { nodeId?: unknown }).nodeId : undefined
+}
+
 export function deviceNotFound(nodeId: string) {
   return notFound(
     'ERR_DEVICE_NOT_FOUND',
@@ -37,6 +42,7 @@ export function deviceRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/devices',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ body }) {
         const input = parseInput(registerSchema, body)
         const result = ctx.db.putDevice({ ...input, lastSeen: ctx.now() })
@@ -49,6 +55,7 @@ export function deviceRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/devices/:nodeId/heartbeat',
+      actsFor: ({ params }) => params.nodeId,
       handler({ params, body }) {
         const { nodeId } = parseInput(nodeParams, params, 'path')
         const input = parseInput(heartbeatSchema, body ?? {})
@@ -87,6 +94,7 @@ export function deviceRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'DELETE',
       path: '/v1/devices/:nodeId',
+      actsFor: ({ params }) => params.nodeId,
       handler({ params }) {
         const { nodeId } = parseInput(nodeParams, params, 'path')
         const running = ctx.db.runningJobsOf(nodeId)

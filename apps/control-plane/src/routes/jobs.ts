@@ -5,7 +5,7 @@ import { z } from 'zod'
 import type { ChunkRecord, JobRecord } from '../db-schema.ts'
 import { conflict, HttpError, noContent, notFound, ok, parseInput, type Route, streaming } from '../http.ts'
 import type { ControlPlaneContext, JobEvent } from '../state.ts'
-import { deviceNotFound } from './devices.ts'
+import { bodyNodeId, deviceNotFound } from './devices.ts'
 
 /** Limits of the job queue. */
 export const JOB_LIMITS = Object.freeze({
@@ -145,6 +145,7 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/jobs/claim',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ body }) {
         const input = parseInput(claimSchema, body)
         if (ctx.db.getDevice(input.nodeId) === undefined) throw deviceNotFound(input.nodeId)
@@ -173,6 +174,7 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/jobs/:id/tokens',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ params, body }) {
         const input = parseInput(tokensSchema, body)
         const job = requireAssigned(params, input.nodeId)
@@ -202,6 +204,7 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/jobs/:id/complete',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ params, body }) {
         const input = parseInput(completeSchema, body)
         const job = requireAssigned(params, input.nodeId)
@@ -211,6 +214,7 @@ export function jobRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/jobs/:id/fail',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ params, body }) {
         const input = parseInput(failSchema, body)
         const job = requireAssigned(params, input.nodeId)

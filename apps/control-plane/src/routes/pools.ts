@@ -22,6 +22,7 @@ import type { PoolRecord } from '../db-schema.ts'
 import { created, HttpError, notFound, ok, parseInput, type Route } from '../http.ts'
 import { refreshRing, ringDigest, ringTopology } from '../rings.ts'
 import type { ControlPlaneContext } from '../state.ts'
+import { bodyNodeId } from './devices.ts'
 
 const rootKeySchema = z.string().transform((text, issue) => {
   try {
@@ -166,6 +167,7 @@ export function poolRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/rings/:poolId/join',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ params, body }) {
         const pool = requirePool(params)
         const input = parseInput(joinSchema, body)
@@ -230,6 +232,7 @@ export function poolRoutes(ctx: ControlPlaneContext): Route[] {
     {
       method: 'POST',
       path: '/v1/rings/:poolId/leave',
+      actsFor: ({ body }) => bodyNodeId(body),
       handler({ params, body }) {
         const pool = requirePool(params)
         const { nodeId } = parseInput(leaveSchema, body)

@@ -1,4 +1,12 @@
+import { createHash, randomBytes } from 'node:crypto'
 import { InvalidArgumentError, type Logger, MeshError, parseWith } from '@meshnet/core'
+import type { NodeIdentity } from '@meshnet/identity'
+import {
+  controlPlaneId,
+  DEVICE_REQUEST_DOMAIN,
+  DEVICE_SIGNATURE_HEADERS,
+  deviceRequestPayload,
+} from '@meshnet/protocols'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { z } from 'zod'
 
@@ -95,9 +103,10 @@ export interface Piece {
 }
 
 /**
- * The agent's HTTP client of the control plane: requests with the bearer token and a size cap,
- * answers checked against the API's shapes, and outages told apart from refusals (an outage is
- * logged once until the next good answer; a refusal once per kind).
+ * The agent's HTTP client of the control plane: requests with the bearer token, signed with the
+ * node key (device requests must be), with a size cap; answers checked against the API's shapes,
+ * and outages told apart from refusals (an outage is logged once until the next good answer; a
+ * refusal once per kind). A 429 counts as an outage, so that the agent backs off.
  */
 export class ControlPlaneClient {
   readonly base: string
@@ -106,13 +115,22 @@ export class ControlPlaneClient {
   failures = 0
   /** The last request went unanswered; true until the next good answer. */
   outage = false
+  readonly #identity: Pick<NodeIdentity, 'nodeId' | 'sign'>
   readonly #logger: Logger
   readonly #signal: () => AbortSignal
   readonly #onOutage: () => void
   readonly #warned = new Set<string>()
 
-  constructor(init: { url: string; logger: Logger; signal: () => AbortSignal; onOutage: () => void }) {
+  constructor(init: {
+    url: string
+    /** The node key that signs every request (the control plane checks it on device requests). */
+    identity: Pick<NodeIdentity, 'nodeId' | 'sign'>
+    logger: Logger
+    signal: () => AbortSignal
+    onOutage: () => void
+  }) {
     this.base = baseUrl(init.url)
+    this.#identity = init.identity
     this.#logger = init.logger
     this.#signal = init.signal
     this.#onOutage = init.onOutage
@@ -171,7 +189,7 @@ export class ControlPlaneClient {
     const { code, message } = this.refusal(answer, what)
     this.failures++
     const hint =
-      answer.status === 401
+      code === 'ERR_UNAUTHORIZED'
         ? `; give the token in control-plane.token of its data dir (--control-plane-token or ${CONTROL_PLANE_TOKEN_ENV})`
         : ''
     this.warnOnce(
@@ -187,9 +205,13 @@ export class ControlPlaneClient {
     body?: unknown,
     signal = AbortSignal.any([this.#signal(), AbortSignal.timeout(CLIENT.requestTimeoutMs)]),
   ): Promise<Answer> {
+    const json = body === undefined ? undefined : JSON.stringify(body)
     const headers: Record<string, string> = {}
-    if (this.token !== undefined) headers.authorization = `Bearer ${this.token}`
-    if (body !== undefined) headers['content-type'] = 'application/json'
+    if (this.token !== undefined) {
+      headers.authorization = `Bearer ${this.token}`
+      Object.assign(headers, this.#signature(this.token, method, path, json ?? ''))
+    }
+    if (json !== undefined) headers['content-type'] = 'application/json'
     const what = `${method} ${path}`
     let response: Response
     let text: string
@@ -198,7 +220,7 @@ export class ControlPlaneClient {
         method,
         headers,
         signal,
-        ...(body === undefined ? {} : { body: JSON.stringify(body) }),
+        ...(json === undefined ? {} : { body: json }),
       })
       text = await readCapped(response, CLIENT.responseBytes)
     } catch (err) {
@@ -206,6 +228,13 @@ export class ControlPlaneClient {
     }
     if (response.status >= 500) {
       throw new ControlPlaneUnavailableError(this.base, `answered ${what} with HTTP ${response.status}`)
+    }
+    if (response.status === 429) {
+      const after = response.headers.get('retry-after')
+      throw new ControlPlaneUnavailableError(
+        this.base,
+        `refused ${what}: too many requests from this node (429${after === null ? '' : `, retry after ${after} s`})`,
+      )
     }
     if (text === '') return { status: response.status, body: undefined }
     try {
@@ -216,6 +245,33 @@ export class ControlPlaneClient {
         `answered ${what} with something that is not JSON (HTTP ${response.status})`,
         err,
       )
+    }
+  }
+
+  /**
+   * The headers that sign a request with the node key for the control plane of `token`
+   * (`deviceRequestPayload` of @meshnet/protocols), with a fresh nonce.
+   */
+  #signature(token: string, method: string, path: string, body: string): Record<string, string> {
+    const timestamp = Date.now()
+    const nonce = randomBytes(16).toString('base64url')
+    const { nodeId } = this.#identity
+    const payload = deviceRequestPayload({
+      planeId: controlPlaneId(token),
+      method,
+      path,
+      bodySha256: createHash('sha256').update(body).digest('hex'),
+      timestamp,
+      nonce,
+      nodeId,
+    })
+    return {
+      [DEVICE_SIGNATURE_HEADERS.nodeId]: nodeId,
+      [DEVICE_SIGNATURE_HEADERS.timestamp]: String(timestamp),
+      [DEVICE_SIGNATURE_HEADERS.nonce]: nonce,
+      [DEVICE_SIGNATURE_HEADERS.signature]: Buffer.from(
+        this.#identity.sign(DEVICE_REQUEST_DOMAIN, payload),
+      ).toString('base64url'),
     }
   }
 

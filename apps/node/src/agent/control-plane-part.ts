@@ -70,6 +70,7 @@ export function controlPlanePart(
   let life = new AbortController()
   const client = new ControlPlaneClient({
     url: deps.url,
+    identity,
     logger,
     signal: () => life.signal,
     onOutage: () => {
