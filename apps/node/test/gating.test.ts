@@ -120,6 +120,56 @@ describe('a peer without a valid certificate is refused on every pool protocol',
     expect(rings[poolId]!.gossip.dropped.untrusted).toBeGreaterThanOrEqual(1)
   })
 
+  it('a client certificate reads the ring but takes no part in it', async () => {
+    const { identity: adminIdentity } = await loadIdentity(join(dirA, 'identity.key'))
+    const pool = await openPoolAdmin(dirA, poolId, adminIdentity)
+    const app = await outsider()
+    const cert = await pool.issueCertificate({ devicePublicKey: app.identity.publicKey, role: 'client' })
+    await app.present([cert])
+    // Reading the ring's status is allowed (SDK apps do it).
+    expect((await app.askRing()).members).toBeDefined()
+    const before =
+      (
+        await agentRequest<{ rings: Record<string, { gossip: { dropped: Record<string, number> } }> }>(
+          dirA,
+          '/status',
+        )
+      ).rings[poolId]!.gossip.dropped.untrusted ?? 0
+    const topic = ringTopic(poolId)
+    app.node.libp2p.services.pubsub.subscribe(topic)
+    await new Promise((resolve) => setTimeout(resolve, 1_000))
+    for (let i = 0; i < 5; i++) {
+      const announce = encodeAnnouncement(app.identity, {
+        v: 1,
+        poolId,
+        nodeId: app.identity.nodeId,
+        publicKey: app.identity.publicKey,
+        addresses: [],
+        certificate: encodeCertificate(cert),
+        capabilities: {
+          capacityBytes: 1 << 30,
+          freeMemoryBytes: 0,
+          computeScore: 1,
+          engines: [],
+          models: [],
+        },
+        seq: Date.now() + i,
+        view: { epoch: 1, digest: 'x' },
+        leaving: false,
+      })
+      await app.node.libp2p.services.pubsub.publish(topic, announce).catch(() => {})
+      await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    await eventually('the client announcement to be refused', async () => {
+      const { rings } = await agentRequest<{
+        rings: Record<string, { gossip: { dropped: Record<string, number> } }>
+      }>(dirA, '/status')
+      return (rings[poolId]!.gossip.dropped.untrusted ?? 0) > before ? true : undefined
+    })
+    const view = await ringStatus(dirA, poolId)
+    expect(view.members.map((m) => m.nodeId)).not.toContain(app.identity.nodeId)
+  })
+
   it('drops garbage on the revocation topic where it arrived: not delivered, not forwarded, counted', async () => {
     const { identity: adminIdentity } = await loadIdentity(join(dirA, 'identity.key'))
     const pool = await openPoolAdmin(dirA, poolId, adminIdentity)
