@@ -1,10 +1,24 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
+import { createSocket } from 'node:dgram'
+import { copyFile, mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { type BeaconMessage, type LanBeacons, lanBeacons } from '@meshnet/discovery'
+import { type BeaconMessage, encodeBeacon, type LanBeacons, lanBeacons } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
-import { createJoinRequest, decodeJoinResponse, type JoinRequest } from '@meshnet/pool'
-import { type AgentProcess, beaconPort, runMesh, startAgentProcess } from '@meshnet/test-harness'
+import {
+  createJoinRequest,
+  decodeJoinResponse,
+  type JoinRequest,
+  MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
+} from '@meshnet/pool'
+import {
+  type AgentProcess,
+  agentRequest,
+  beaconPort,
+  eventually,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 
 let root: string
@@ -181,5 +195,96 @@ describe('the admin agent answers hostile join requests with signed refusals', (
     const fresh = createJoinRequest(identity, { token: pool.joinToken, deviceName: 'ok' })
     expect(await ask(fresh.bytes, fresh.request)).toMatchObject({ outcome: 'accepted' })
     expect(await ask(fresh.bytes, fresh.request)).toMatchObject({ outcome: 'refused', reason: 'replayed' })
+  })
+})
+
+describe('the admin agent keeps its join queue fair under a flood', () => {
+  it('keeps the real requests waiting through 300 join beacons from fresh keys, and counts the ones it turned away', async () => {
+    const pool = await adminWithPool()
+    const socket = createSocket({ type: 'udp4', reuseAddr: true })
+    await new Promise<void>((resolve) => socket.bind(0, '127.0.0.1', resolve))
+    socket.setMulticastInterface('127.0.0.1')
+    socket.setMulticastTTL(0)
+    /** A join request beacon from a fresh device key, signed by a fresh beacon key, as the probe sent. */
+    const ask = (deviceName: string) => {
+      const { request, bytes } = createJoinRequest(generateIdentity(), { poolId: pool.poolId, deviceName })
+      const datagram = encodeBeacon(generateIdentity(), {
+        type: 'pool-join-request',
+        body: bytes,
+        timestamp: Date.now(),
+        nonce: randomBytes(16),
+      })
+      return new Promise<JoinRequest>((resolve, reject) =>
+        socket.send(datagram, Number(port), '239.192.0.1', (err) => (err ? reject(err) : resolve(request))),
+      )
+    }
+    type Joins = { pending: number; notQueued: Record<string, number> }
+    const handled = async () => {
+      const { joins } = (await agentRequest<{ pools: { joins: Joins } }>(dir('A'), '/status')).pools
+      return joins.pending + Object.values(joins.notQueued).reduce((a, b) => a + b, 0)
+    }
+    try {
+      const real = [await ask('real-1'), await ask('real-2'), await ask('real-3')]
+      await eventually('the real requests are handled', async () => (await handled()) === 3)
+      // A batch at a time, so that the kernel drops none from a full socket buffer.
+      for (let sent = 0; sent < 300; ) {
+        for (const end = sent + 25; sent < end; ) await ask(`flood-${sent++}`)
+        await eventually(`${sent} flood requests are handled`, async () => (await handled()) === 3 + sent)
+      }
+
+      const listed = await json('A', 'pool-requests', '--pool-id', pool.poolId)
+      const waiting = listed.requests.map((r: { nodeId: string }) => r.nodeId)
+      expect(waiting).toEqual(expect.arrayContaining(real.map((r) => r.nodeId)))
+      expect(waiting).toHaveLength(MAX_PENDING_JOIN_REQUESTS_PER_SOURCE) // every beacon came from 127.0.0.1
+      const turnedAway = 303 - MAX_PENDING_JOIN_REQUESTS_PER_SOURCE
+      expect(listed.queue.notQueued).toEqual({ 'queue-full': 0, 'source-full': turnedAway })
+      const status = await agentRequest<{ pools: { joins: Joins } }>(dir('A'), '/status')
+      expect(status.pools.joins.notQueued).toEqual({ 'queue-full': 0, 'source-full': turnedAway })
+      const text = await mesh('A', 'pool-requests', '--pool-id', pool.poolId)
+      expect(text.stdout).toContain(`Turned away since the agent started: ${turnedAway} source-full`)
+      expect(text.stdout).toContain('from 127.0.0.1')
+    } finally {
+      socket.close()
+    }
+  })
+})
+
+describe('pool files the agent does not take as they are', () => {
+  it('logs a damaged pool.json once, with its path and the parse error, and starts without that pool', async () => {
+    const pool = await json('A', 'pool-create', '--name', 'damaged')
+    const file = join(dir('A'), 'pools', pool.poolId, 'pool.json')
+    await writeFile(file, '{ damaged')
+    const agent = await startAgentProcess(dir('A'), ['--local-only', '--beacon-port', port])
+    agents.push(agent)
+    const lines = await eventually('the damaged pool is logged', () => {
+      const found = agent
+        .output()
+        .split('\n')
+        .filter((line) => line.includes('pool skipped'))
+      return found.length > 0 && found
+    })
+    expect(lines).toHaveLength(1)
+    expect(lines[0]).toContain(file)
+    expect(lines[0]).toMatch(/not valid JSON \(.+\)/)
+  })
+
+  it("refuses to start with another node's certificate in its data dir, naming the file", async () => {
+    const a = await json('A', 'init')
+    const b = await json('B', 'init')
+    const theirs = await json('B', 'pool-create', '--name', 'theirs')
+    // B's pool folder, without its root key, copied into A's data dir.
+    const from = join(dir('B'), 'pools', theirs.poolId)
+    const to = join(dir('A'), 'pools', theirs.poolId)
+    await mkdir(to, { recursive: true })
+    for (const file of ['pool.json', 'certificate.cbor']) await copyFile(join(from, file), join(to, file))
+
+    const started = await mesh('A', 'start', '--local-only', '--no-beacons')
+    expect(started.code).toBe(1)
+    expect(started.stderr).toContain(
+      `${join(to, 'certificate.cbor')} is the certificate of node ${b.nodeId}, not of this node ${a.nodeId}`,
+    )
+    expect(started.stderr).toContain('mesh pool-join')
+    const listed = await json('A', 'pool-list')
+    expect(listed.pools).toEqual([expect.objectContaining({ certificateStatus: 'node-id-mismatch' })])
   })
 })

@@ -7,12 +7,25 @@ import type { ReplayCache } from './replay-cache.ts'
 
 /** Lifetime of a join token created without `ttlMs`: 24 hours. */
 export const DEFAULT_JOIN_TOKEN_TTL_MS = 24 * 60 * 60_000
-/** Join requests kept waiting for approval at once; the oldest is dropped first. */
+/**
+ * Join requests kept waiting for approval at once. When the queue is full a new request is turned
+ * away (not queued, counted); the requests already waiting stay.
+ */
 export const MAX_PENDING_JOIN_REQUESTS = 100
+/**
+ * Join requests from one source (the sender's address) kept waiting at once, so that fresh keys
+ * sent from one machine cannot take the queue from other devices.
+ */
+export const MAX_PENDING_JOIN_REQUESTS_PER_SOURCE = 8
+/** Why a join request that would have waited for approval was turned away. */
+export const JOIN_QUEUE_DROP_REASONS = ['queue-full', 'source-full'] as const
+export type JoinQueueDropReason = (typeof JOIN_QUEUE_DROP_REASONS)[number]
 /** Pending and denied requests, and expired tokens, are forgotten after 7 days. */
 export const RETENTION_MS = 7 * 24 * 60 * 60_000
 
 export const FILE_VERSION = 1
+/** Longest source recorded with a join request (an IPv6 address with a zone fits). */
+export const SOURCE_CHARS = 64
 const base64 = z.base64()
 
 const tokenRecordSchema = z.strictObject({
@@ -36,6 +49,8 @@ const pendingRecordSchema = z.strictObject({
   status: z.enum(['pending', 'denied']),
   receivedAt: timestampSchema,
   decidedAt: timestampSchema.optional(),
+  /** Where the request came from (the sender's address), when the caller said. */
+  source: z.string().max(SOURCE_CHARS).optional(),
   /** The request's canonical bytes, base64. */
   request: base64,
 })
@@ -68,6 +83,17 @@ export interface PendingJoinRequest {
   status: 'pending' | 'denied'
   receivedAt: number
   decidedAt?: number | undefined
+  /** The sender's address, when the request came over the network. */
+  source?: string | undefined
+}
+
+/** The admin's join queue: requests waiting now, and its limits. */
+export interface JoinQueueStats {
+  waiting: number
+  /** {@link MAX_PENDING_JOIN_REQUESTS} */
+  capacity: number
+  /** {@link MAX_PENDING_JOIN_REQUESTS_PER_SOURCE} */
+  perSource: number
 }
 
 /** A signed answer, ready to send back to the joining device. */
@@ -77,15 +103,17 @@ export interface SignedJoinResponse {
 }
 
 /**
- * What the admin decided about a join request. Every outcome but `dropped` carries a signed
- * response for the device; `dropped` means the bytes were not a join request at all (count it and
- * send nothing). For `wrong-pool`, the agent usually sends nothing either: another pool's admin
- * will answer.
+ * What the admin decided about a join request. Every outcome but `dropped` and `not-queued` carries
+ * a signed response for the device; `dropped` means the bytes were not a join request at all, and
+ * `not-queued` that the request would have waited for approval but the queue (or its source's
+ * share of it) is full: count it and send nothing (the device asks again). For `wrong-pool`, the
+ * agent usually sends nothing either: another pool's admin will answer.
  */
 export type JoinDecision =
   | ({ outcome: 'accepted'; request: JoinRequest; certificate: Certificate } & SignedJoinResponse)
   | ({ outcome: 'pending'; request: JoinRequest } & SignedJoinResponse)
   | ({ outcome: 'refused'; reason: JoinRefusalReason; request: JoinRequest } & SignedJoinResponse)
+  | { outcome: 'not-queued'; reason: JoinQueueDropReason; request: JoinRequest }
   | { outcome: 'dropped'; error: JoinRequestError }
 
 export interface OpenPoolAdminOptions {

@@ -5,13 +5,17 @@ import {
   DEFAULT_JOIN_TOKEN_TTL_MS,
   FILE_VERSION,
   type JoinDecision,
+  type JoinQueueDropReason,
+  type JoinQueueStats,
   type JoinTokenInfo,
   MAX_PENDING_JOIN_REQUESTS,
+  MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
   type PendingJoinRequest,
   type PendingRecord,
   pendingFileSchema,
   RETENTION_MS,
   type SignedJoinResponse,
+  SOURCE_CHARS,
   type TokenRecord,
   tokenState,
   tokensFileSchema,
@@ -151,10 +155,20 @@ export class PoolAdmin {
    * wrong pool, bad signature, stale (older than 5 minutes or more than the clock skew in the
    * future), replayed nonce, revoked device; then a known member is renewed, a valid join token
    * gets a certificate (wrong, expired or used tokens are refused), a denied device is refused, and
-   * anything else waits for approval (`mesh pool-approve`).
+   * anything else waits for approval (`mesh pool-approve`) when the queue has room: at most
+   * {@link MAX_PENDING_JOIN_REQUESTS} wait, at most {@link MAX_PENDING_JOIN_REQUESTS_PER_SOURCE} of
+   * them from one `source` (the sender's address). A new request finding no room is `not-queued`:
+   * the ones waiting stay, and the caller counts it (see also {@link PoolAdmin.joinQueueStats}).
    */
-  async handleJoinRequest(bytes: Uint8Array, options: { now?: number } = {}): Promise<JoinDecision> {
+  async handleJoinRequest(
+    bytes: Uint8Array,
+    options: { now?: number; source?: string } = {},
+  ): Promise<JoinDecision> {
     const now = options.now ?? Date.now()
+    const { source } = options
+    if (source !== undefined && source.length > SOURCE_CHARS) {
+      throw new InvalidArgumentError(`join request source is longer than ${SOURCE_CHARS} characters`)
+    }
     let request: JoinRequest
     try {
       request = parseJoinRequest(bytes)
@@ -205,7 +219,11 @@ export class PoolAdmin {
       }
 
       const pending = await this.#readPending()
-      if (pending.find((p) => p.nodeId === request.nodeId)?.status === 'denied') return refuse('denied')
+      const previous = pending.find((p) => p.nodeId === request.nodeId)
+      if (previous?.status === 'denied') return refuse('denied')
+      // A device asking again keeps its place; a new one needs room.
+      const full = previous === undefined ? queueFull(pending, source, now) : undefined
+      if (full !== undefined) return { outcome: 'not-queued', reason: full, request }
       await this.#updatePending(now, (all) => [
         ...all.filter((p) => p.nodeId !== request.nodeId),
         {
@@ -213,6 +231,7 @@ export class PoolAdmin {
           deviceName: request.deviceName,
           status: 'pending',
           receivedAt: now,
+          ...(source === undefined ? {} : { source }),
           request: Buffer.from(bytes).toString('base64'),
         },
       ])
@@ -223,6 +242,16 @@ export class PoolAdmin {
   /** Join requests waiting for approval, and denied ones, oldest first. */
   async listPendingJoinRequests(): Promise<PendingJoinRequest[]> {
     return (await this.#readPending()).map(({ request: _request, ...rest }) => rest)
+  }
+
+  /** How full the join queue is, and its limits. */
+  async joinQueueStats(options: { now?: number } = {}): Promise<JoinQueueStats> {
+    const now = options.now ?? Date.now()
+    return {
+      waiting: waitingRequests(await this.#readPending(), now).length,
+      capacity: MAX_PENDING_JOIN_REQUESTS,
+      perSource: MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
+    }
   }
 
   /**
@@ -440,10 +469,30 @@ export class PoolAdmin {
       const kept = change(await this.#readPending())
         .filter((p) => (p.decidedAt ?? p.receivedAt) + RETENTION_MS > now)
         .sort((a, b) => a.receivedAt - b.receivedAt)
-      const waiting = kept.filter((p) => p.status === 'pending')
-      const drop = new Set(waiting.slice(0, Math.max(0, waiting.length - MAX_PENDING_JOIN_REQUESTS)))
+      // handleJoinRequest keeps the queue within bounds; should two processes both add, the oldest stay.
+      const drop = new Set(kept.filter((p) => p.status === 'pending').slice(MAX_PENDING_JOIN_REQUESTS))
       const requests = kept.filter((p) => !drop.has(p))
       await writeFileAtomic(path, jsonText({ version: FILE_VERSION, requests }), { mode: 0o600 })
     })
   }
+}
+
+function waitingRequests(pending: readonly PendingRecord[], now: number): PendingRecord[] {
+  return pending.filter((p) => p.status === 'pending' && p.receivedAt + RETENTION_MS > now)
+}
+
+/** Why a new request from `source` finds no room in the join queue, or undefined when it fits. */
+function queueFull(
+  pending: readonly PendingRecord[],
+  source: string | undefined,
+  now: number,
+): JoinQueueDropReason | undefined {
+  const waiting = waitingRequests(pending, now)
+  if (
+    source !== undefined &&
+    waiting.filter((p) => p.source === source).length >= MAX_PENDING_JOIN_REQUESTS_PER_SOURCE
+  ) {
+    return 'source-full'
+  }
+  return waiting.length >= MAX_PENDING_JOIN_REQUESTS ? 'queue-full' : undefined
 }

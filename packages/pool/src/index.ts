@@ -11,12 +11,19 @@ export type { PoolAdmin } from './admin.ts'
 export type {
   CreatedJoinToken,
   JoinDecision,
+  JoinQueueDropReason,
+  JoinQueueStats,
   JoinTokenInfo,
   OpenPoolAdminOptions,
   PendingJoinRequest,
   SignedJoinResponse,
 } from './admin-records.ts'
-export { DEFAULT_JOIN_TOKEN_TTL_MS, MAX_PENDING_JOIN_REQUESTS } from './admin-records.ts'
+export {
+  DEFAULT_JOIN_TOKEN_TTL_MS,
+  JOIN_QUEUE_DROP_REASONS,
+  MAX_PENDING_JOIN_REQUESTS,
+  MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
+} from './admin-records.ts'
 export type { Certificate, PoolRole, PoolSigner, VerifyCertificateOptions } from './certificate.ts'
 export {
   certificateSchema,

@@ -10,7 +10,11 @@ import {
 } from '@meshnet/identity'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import type { PoolAdmin } from '../src/admin.ts'
-import type { JoinDecision } from '../src/admin-records.ts'
+import {
+  type JoinDecision,
+  MAX_PENDING_JOIN_REQUESTS,
+  MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
+} from '../src/admin-records.ts'
 import { DEFAULT_CERTIFICATE_TTL_MS, verifyCertificate } from '../src/certificate.ts'
 import { CLOCK_SKEW_MS, encodeCanonical } from '../src/encoding.ts'
 import { JoinRefusedError } from '../src/errors.ts'
@@ -404,5 +408,71 @@ describe('the root holder', () => {
     expect(() =>
       verifyCertificate(cert, { poolId: pool.id, rootPublicKey: publicKeyOfSeed(seed), now: T0 }),
     ).toThrow(expect.objectContaining({ name: 'InvalidArgumentError' }))
+  })
+})
+
+describe('the join queue under a flood', () => {
+  /** A join request without a token, from `device` (default: a fresh key). */
+  const ask = (pool: Pool, deviceName: string, now = T0, device = generateIdentity()) => ({
+    device,
+    ...createJoinRequest(device, { poolId: pool.id, deviceName, now }),
+  })
+
+  it('keeps the waiting requests when fresh keys from one address flood it, and says why the flood was turned away', async () => {
+    const { pool, admin } = await setup()
+    const real = ['10.0.0.1', '10.0.0.2', '10.0.0.3'].map((source) => ({ source, ...ask(pool, source) }))
+    for (const { bytes, source } of real) {
+      expect((await admin.handleJoinRequest(bytes, { now: T0, source })).outcome).toBe('pending')
+    }
+    const flood: string[] = []
+    for (let i = 0; i < 300; i++) {
+      const { bytes } = ask(pool, `flood-${i}`)
+      const decision = await admin.handleJoinRequest(bytes, { now: T0, source: '10.0.0.66' })
+      flood.push(decision.outcome === 'not-queued' ? decision.reason : decision.outcome)
+    }
+    expect(flood.filter((o) => o === 'pending')).toHaveLength(MAX_PENDING_JOIN_REQUESTS_PER_SOURCE)
+    expect(flood.filter((o) => o === 'source-full')).toHaveLength(300 - MAX_PENDING_JOIN_REQUESTS_PER_SOURCE)
+
+    expect((await admin.listPendingJoinRequests()).slice(0, 3)).toEqual(
+      real.map(({ request, source }) =>
+        expect.objectContaining({ nodeId: request.nodeId, status: 'pending', source }),
+      ),
+    )
+    // The flood took no room from other devices: a new one from another address still waits.
+    const late = ask(pool, 'late')
+    expect((await admin.handleJoinRequest(late.bytes, { now: T0, source: '10.0.0.4' })).outcome).toBe(
+      'pending',
+    )
+    expect(await admin.joinQueueStats({ now: T0 })).toEqual({
+      waiting: 3 + MAX_PENDING_JOIN_REQUESTS_PER_SOURCE + 1,
+      capacity: MAX_PENDING_JOIN_REQUESTS,
+      perSource: MAX_PENDING_JOIN_REQUESTS_PER_SOURCE,
+    })
+  })
+
+  it('turns new requests away when the queue is full and keeps the oldest, which may still ask again', async () => {
+    const { pool, admin } = await setup()
+    const first = ask(pool, 'first')
+    expect((await admin.handleJoinRequest(first.bytes, { now: T0, source: '10.1.0.0' })).outcome).toBe(
+      'pending',
+    )
+    for (let i = 1; i < MAX_PENDING_JOIN_REQUESTS; i++) {
+      const { bytes } = ask(pool, `device-${i}`, T0 + i)
+      const decision = await admin.handleJoinRequest(bytes, { now: T0 + i, source: `10.1.0.${i}` })
+      expect(decision.outcome).toBe('pending')
+    }
+    const extra = ask(pool, 'one too many', T0 + 1000)
+    const turnedAway = await admin.handleJoinRequest(extra.bytes, { now: T0 + 1000, source: '10.2.0.1' })
+    expect(turnedAway.outcome === 'not-queued' && turnedAway.reason).toBe('queue-full')
+    const waiting = await admin.listPendingJoinRequests()
+    expect(waiting).toHaveLength(MAX_PENDING_JOIN_REQUESTS)
+    expect(waiting.map((r) => r.nodeId)).toContain(first.request.nodeId)
+    expect(waiting.map((r) => r.nodeId)).not.toContain(extra.request.nodeId)
+
+    // A device already waiting keeps its place when it asks again (pool-join asks every second).
+    const again = ask(pool, 'first', T0 + 2000, first.device)
+    expect((await admin.handleJoinRequest(again.bytes, { now: T0 + 2000, source: '10.1.0.0' })).outcome).toBe(
+      'pending',
+    )
   })
 })

@@ -3,8 +3,12 @@ import type { BeaconMessage } from '@meshnet/discovery'
 import {
   decodeRevocationList,
   encodeRevocationList,
+  hasPoolRootKey,
+  JOIN_QUEUE_DROP_REASONS,
+  type JoinQueueDropReason,
   listMembers,
   listPools,
+  loadCertificate,
   loadPool,
   loadRevocationList,
   openPoolAdmin,
@@ -34,8 +38,44 @@ const inviteSchema = z.strictObject({
 })
 const revocationBodySchema = z.strictObject({ poolId: z.string().max(128), list: z.instanceof(Uint8Array) })
 
+const noDrops = () =>
+  Object.fromEntries(JOIN_QUEUE_DROP_REASONS.map((reason) => [reason, 0])) as Record<
+    JoinQueueDropReason,
+    number
+  >
+
 function parseBody<T>(schema: z.ZodType<T>, body: unknown): T {
   return parseWith(schema, body ?? {}, 'request body')
+}
+
+/**
+ * Checks this node's pool files before any part uses them: a damaged pool folder is logged, and a
+ * certificate issued to another node id stops the start with a message naming the file. A pool this
+ * node created (it holds the root key) gets a new admin certificate for this node id instead.
+ */
+export function poolFilesPart(context: AgentContext): AgentPart {
+  const { logger, layout, identity } = context
+  return {
+    name: 'pool-files',
+    async start() {
+      const { pools } = await listPools(layout.root, { logger })
+      for (const pool of pools) {
+        try {
+          await loadCertificate(pool, { nodeId: identity.nodeId })
+        } catch (err) {
+          if ((err as { reason?: string }).reason !== 'node-id-mismatch' || !(await hasPoolRootKey(pool))) {
+            throw err
+          }
+          await openPoolAdmin(layout.root, pool.id, identity) // re-issues our admin certificate
+          logger.warn(
+            { poolId: pool.id, found: (err as { details?: unknown }).details },
+            'the certificate in this pool folder was of another node; as the pool root, issued this node a new admin certificate',
+          )
+        }
+      }
+    },
+    async stop() {},
+  }
 }
 
 /**
@@ -56,7 +96,10 @@ export function poolPart(context: AgentContext, beaconsPart: BeaconsPart): Agent
     notOurs: 0,
     autoApproved: 0,
     revocationsTaken: 0,
+    /** Requests that would have waited for approval, turned away because the queue had no room. */
+    notQueued: noDrops(),
   }
+  const notQueuedByPool = new Map<string, Record<JoinQueueDropReason, number>>()
   const unsubscribe: Array<() => void> = []
   let timer: NodeJS.Timeout | undefined
   let memberPools: string[] = []
@@ -105,9 +148,22 @@ export function poolPart(context: AgentContext, beaconsPart: BeaconsPart): Agent
       counts.notOurs++
       return
     }
-    const decision = await admin.handleJoinRequest(message.body)
+    const decision = await admin.handleJoinRequest(message.body, { source: message.address })
     if (decision.outcome === 'dropped') {
       counts.dropped++
+      return
+    }
+    if (decision.outcome === 'not-queued') {
+      const ofPool = notQueuedByPool.get(poolId) ?? noDrops()
+      notQueuedByPool.set(poolId, ofPool)
+      ofPool[decision.reason]++
+      // One line per reason, the first time: a flood must not flood the log too.
+      if (counts.notQueued[decision.reason]++ === 0) {
+        logger.warn(
+          { poolId, source: message.address, reason: decision.reason },
+          'join queue has no room; further requests are turned away and counted (mesh pool-requests)',
+        )
+      }
       return
     }
     const who = { nodeId: decision.request.nodeId, device: decision.request.deviceName, poolId }
@@ -168,8 +224,7 @@ export function poolPart(context: AgentContext, beaconsPart: BeaconsPart): Agent
   }
 
   const refreshPools = async () => {
-    const { pools, problems } = await listPools(layout.root)
-    for (const problem of problems) logger.warn({ err: problem.message }, 'a pool folder could not be read')
+    const { pools } = await listPools(layout.root, { logger })
     memberPools = pools.map((p) => p.id)
     for (const pool of pools) await adminFor(pool.id)
   }
@@ -205,9 +260,13 @@ export function poolPart(context: AgentContext, beaconsPart: BeaconsPart): Agent
       joins: counts,
     }),
     routes: {
-      'GET /pools/:poolId/requests': async (_body, { poolId }) => ({
-        requests: await (await requireAdmin(poolId!)).listPendingJoinRequests(),
-      }),
+      'GET /pools/:poolId/requests': async (_body, { poolId }) => {
+        const admin = await requireAdmin(poolId!)
+        return {
+          requests: await admin.listPendingJoinRequests(),
+          queue: { ...(await admin.joinQueueStats()), notQueued: notQueuedByPool.get(poolId!) ?? noDrops() },
+        }
+      },
       'POST /pools/:poolId/approve': async (body, { poolId }) => {
         const { nodeId, role } = parseBody(approveSchema, body)
         const admin = await requireAdmin(poolId!)

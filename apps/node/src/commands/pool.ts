@@ -1,11 +1,13 @@
 import { InvalidArgumentError, MeshError, printFields, printJson } from '@meshnet/core'
 import { lanBeacons } from '@meshnet/discovery'
-import { dataDirLayout, ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
+import { dataDirLayout, ensureDataDir, loadIdentity, loadNodeIdentity } from '@meshnet/identity'
 import {
+  type Certificate,
   createJoinRequest,
   createPool,
   decodeJoinResponse,
   formatRootPublicKey,
+  type JoinQueueStats,
   JoinRefusedError,
   type JoinRequest,
   listMembers,
@@ -90,7 +92,7 @@ export function registerPool(program: Command, context: Ctx): void {
       const ctx = context(cmd)
       const ttlMs = duration('--token-ttl', flags.tokenTtl)
       const layout = await ensureDataDir(ctx.dataDir)
-      const { identity } = await loadOrCreateIdentity(layout.identityKey)
+      const { identity } = await loadNodeIdentity(layout)
       const { pool, certificate } = await createPool(layout.root, { name: flags.name }, identity)
       const admin = await openPoolAdmin(layout.root, pool.id, identity)
       const token = await admin.createJoinToken({ ttlMs, singleUse: flags.singleUse === true })
@@ -148,7 +150,7 @@ export function registerPool(program: Command, context: Ctx): void {
               options,
             ),
           async () => {
-            const { identity } = await loadOrCreateIdentity(dataDirLayout(ctx.dataDir).identityKey)
+            const { identity } = await loadNodeIdentity(dataDirLayout(ctx.dataDir))
             return (await openPoolAdmin(ctx.dataDir, flags.poolId, identity)).createJoinToken(options)
           },
         )
@@ -201,26 +203,37 @@ export function registerPool(program: Command, context: Ctx): void {
     .requiredOption('--pool-id <id>', 'the pool')
     .action(async (flags: { poolId: string }, cmd: Command) => {
       const ctx = context(cmd)
-      const { requests } = await viaAgentOrDisk(
+      const { requests, queue } = await viaAgentOrDisk<{ requests: PendingView[]; queue: QueueView }>(
         ctx,
-        (agent) => agent.request<{ requests: PendingView[] }>('GET', `/pools/${flags.poolId}/requests`),
+        (agent) =>
+          agent.request<{ requests: PendingView[]; queue: QueueView }>(
+            'GET',
+            `/pools/${flags.poolId}/requests`,
+          ),
         async () => {
-          const { identity } = await loadOrCreateIdentity(dataDirLayout(ctx.dataDir).identityKey)
-          return {
-            requests: await (
-              await openPoolAdmin(ctx.dataDir, flags.poolId, identity)
-            ).listPendingJoinRequests(),
-          }
+          const { identity } = await loadNodeIdentity(dataDirLayout(ctx.dataDir))
+          const admin = await openPoolAdmin(ctx.dataDir, flags.poolId, identity)
+          return { requests: await admin.listPendingJoinRequests(), queue: await admin.joinQueueStats() }
         },
       )
-      if (ctx.json) return printJson(ctx.io, { requests })
-      if (requests.length === 0) return void ctx.io.stdout.write('No join requests.\n')
+      if (ctx.json) return printJson(ctx.io, { requests, queue })
+      if (requests.length === 0) ctx.io.stdout.write('No join requests.\n')
       for (const r of requests) {
         ctx.io.stdout.write(
-          `${r.status.toUpperCase().padEnd(8)} ${r.nodeId}  "${r.deviceName}"  ${new Date(r.receivedAt).toISOString()}\n`,
+          `${r.status.toUpperCase().padEnd(8)} ${r.nodeId}  "${r.deviceName}"  ${new Date(r.receivedAt).toISOString()}${r.source ? `  from ${r.source}` : ''}\n`,
         )
       }
-      ctx.io.stdout.write('\nApprove with: mesh pool-approve <node-id> --pool-id <id>\n')
+      ctx.io.stdout.write(
+        `\n${queue.waiting} of ${queue.capacity} waiting (at most ${queue.perSource} from one address)\n`,
+      )
+      const turnedAway = Object.entries(queue.notQueued ?? {}).filter(([, n]) => n > 0)
+      if (turnedAway.length > 0) {
+        ctx.io.stdout.write(
+          `Turned away since the agent started: ${turnedAway.map(([reason, n]) => `${n} ${reason}`).join(', ')}\n`,
+        )
+      }
+      if (requests.length > 0)
+        ctx.io.stdout.write('\nApprove with: mesh pool-approve <node-id> --pool-id <id>\n')
     })
 
   program
@@ -261,7 +274,7 @@ export function registerPool(program: Command, context: Ctx): void {
             nodeId,
           }),
         async () => {
-          const { identity } = await loadOrCreateIdentity(dataDirLayout(ctx.dataDir).identityKey)
+          const { identity } = await loadNodeIdentity(dataDirLayout(ctx.dataDir))
           const { list } = await (await openPoolAdmin(ctx.dataDir, flags.poolId, identity)).revoke({
             nodeIds: [nodeId],
           })
@@ -280,17 +293,27 @@ export function registerPool(program: Command, context: Ctx): void {
     .action(async (_flags: unknown, cmd: Command) => {
       const ctx = context(cmd)
       const { pools, problems } = await listPools(ctx.dataDir)
+      // Read only: no identity is created here, and without one certificates are not matched to it.
+      const nodeId = await loadIdentity(dataDirLayout(ctx.dataDir).identityKey).then(
+        ({ identity }) => identity.nodeId,
+        () => undefined,
+      )
       const rows = await Promise.all(
         pools.map(async (pool) => {
-          const certificate = await loadCertificate(pool)
           const members = await listMembers(pool)
-          let certificateStatus = certificate === undefined ? 'none' : 'valid'
-          if (certificate !== undefined) {
-            try {
+          let certificate: Certificate | undefined
+          let certificateStatus = 'none'
+          try {
+            certificate = await loadCertificate(pool, nodeId === undefined ? {} : { nodeId })
+            if (certificate !== undefined) {
+              certificateStatus = 'valid'
               await verifyPoolCertificate(pool, certificate)
-            } catch (err) {
-              certificateStatus = (err as { reason?: string }).reason ?? 'invalid'
             }
+          } catch (err) {
+            const reason = (err as { reason?: string }).reason
+            if (reason === undefined) throw err
+            certificateStatus = reason
+            if (reason === 'node-id-mismatch') problems.push(err as Error)
           }
           return {
             poolId: pool.id,
@@ -326,6 +349,12 @@ interface PendingView {
   deviceName: string
   status: string
   receivedAt: number
+  source?: string | undefined
+}
+
+/** Join queue stats; `notQueued` (requests turned away, by reason) only from a running agent. */
+interface QueueView extends JoinQueueStats {
+  notQueued?: Record<string, number>
 }
 
 interface JoinFlags {
@@ -361,7 +390,7 @@ async function poolJoin(ctx: CommandContext, flags: JoinFlags) {
     })
   }
   const layout = await ensureDataDir(ctx.dataDir)
-  const { identity } = await loadOrCreateIdentity(layout.identityKey)
+  const { identity } = await loadNodeIdentity(layout)
   const config = (await readNodeConfig(layout.config)) ?? defaultNodeConfig()
   const port = flags.beaconPort === undefined ? undefined : Number(flags.beaconPort)
   const beacons = lanBeacons({
