@@ -1,4 +1,4 @@
-import { mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { access, mkdtemp, open, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { runMesh } from '@meshnet/test-harness'
@@ -81,6 +81,32 @@ describe('mesh init', () => {
     expect(report.recoveredDatabase.movedTo).toMatch(/mesh_state\.db\.corrupt-/)
     expect((await readdir(dir)).some((f) => f.startsWith('mesh_state.db.corrupt-'))).toBe(true)
     expect(await readFile(join(dir, 'logs', 'cli.log'), 'utf8')).toContain('mesh_state.db was corrupt')
+  })
+
+  it('refuses to become a new node when identity.key is lost, until asked with --new-identity', async () => {
+    const first = JSON.parse((await runMesh(['init', '--data-dir', dir, '--json'])).stdout)
+    const key = join(dir, 'identity.key')
+    await rm(key)
+    for (const args of [
+      ['start', '--local-only', '--no-beacons'],
+      ['pool-create', '--name', 'p'],
+      ['init'],
+    ]) {
+      const refused = await runMesh([...args, '--data-dir', dir])
+      expect(refused.code, `mesh ${args[0]}: ${refused.stderr}`).toBe(1)
+      expect(refused.stderr).toContain(`identity key ${key} is missing, but this data dir has been used`)
+      expect(refused.stderr).toContain('mesh init --new-identity')
+    }
+    await expect(access(key)).rejects.toMatchObject({ code: 'ENOENT' })
+
+    const renewed = await runMesh(['init', '--new-identity', '--data-dir', dir, '--json'])
+    expect(renewed.code, renewed.stderr).toBe(0)
+    const second = JSON.parse(renewed.stdout)
+    expect(second.created).toBe(true)
+    expect(second.nodeId).not.toBe(first.nodeId)
+    const again = await runMesh(['init', '--new-identity', '--data-dir', dir])
+    expect(again.code).toBe(1)
+    expect(again.stderr).toContain(`${key} exists and is never overwritten`)
   })
 
   it('rejects a bad flag value naming the flag', async () => {

@@ -14,14 +14,16 @@ export {
 } from './data-dir.ts'
 export type { WriteFileOptions } from './files.ts'
 export { writeFileAtomic, writeFileExclusive } from './files.ts'
-export type { LoadedIdentity, NodeIdentity } from './keys.ts'
+export type { LoadedIdentity, LoadNodeIdentityOptions, NodeIdentity } from './keys.ts'
 export {
   decodeIdentityFile,
   encodeIdentityFile,
   generateIdentity,
   IDENTITY_FILE_VERSION,
+  IdentityMissingError,
   identityFromSeed,
   loadIdentity,
+  loadNodeIdentity,
   loadOrCreateIdentity,
   nodeIdentitySchema,
 } from './keys.ts'

@@ -1,9 +1,11 @@
-import { readFile, stat } from 'node:fs/promises'
+import { readdir, readFile, stat } from 'node:fs/promises'
+import { relative } from 'node:path'
 import { privateKeyFromRaw } from '@libp2p/crypto/keys'
 import type { Ed25519PrivateKey, PeerId } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { CorruptFileError, FileAccessError } from '@meshnet/core'
+import { CorruptFileError, FileAccessError, MeshError } from '@meshnet/core'
 import { z } from 'zod'
+import type { DataDirLayout } from './data-dir.ts'
 import { writeFileExclusive } from './files.ts'
 import { publicKeyOfSeed, randomSeed, signingKey, signWithSeed } from './signing.ts'
 
@@ -77,7 +79,8 @@ export interface LoadedIdentity {
 
 /**
  * Loads the identity at `path`, creating it (mode 0600) when no file exists. An existing file is
- * never replaced: if it cannot be read or parsed this throws and leaves it untouched.
+ * never replaced: if it cannot be read or parsed this throws and leaves it untouched. For the key
+ * of a node's data dir, use {@link loadNodeIdentity}, which does not silently replace a lost one.
  */
 export async function loadOrCreateIdentity(path: string): Promise<LoadedIdentity> {
   const existing = await loadIdentityIfPresent(path)
@@ -92,6 +95,84 @@ export async function loadOrCreateIdentity(path: string): Promise<LoadedIdentity
     if (raced !== undefined) return { ...raced, created: false }
   }
   return { identity, created: true, warnings: [] }
+}
+
+/**
+ * `identity.key` is missing from a data dir that a node has used. Creating a key there would
+ * silently make it another node (a new node id), which nobody asked for.
+ */
+export class IdentityMissingError extends MeshError {
+  override name = 'IdentityMissingError' as const
+  constructor(path: string, traces: readonly string[]) {
+    super(
+      'ERR_IDENTITY_MISSING',
+      `identity key ${path} is missing, but this data dir has been used by a node (it holds ${traces.join(' and ')})`,
+      {
+        details: { path, traces },
+        hint: 'restore identity.key from a backup to keep the node id; or run `mesh init --new-identity` to go on as a new node, which then joins its pools again (mesh pool-join)',
+      },
+    )
+  }
+}
+
+export interface LoadNodeIdentityOptions {
+  /** Create a new identity even where the data dir shows an earlier one (`mesh init --new-identity`). */
+  allowNew?: boolean
+}
+
+/**
+ * The identity of the node that owns a data dir: its `identity.key`, created (mode 0600) in a data
+ * dir no node has used yet. When the key is missing from a data dir that has been used (it holds
+ * mesh_state.db or pool folders), throws IdentityMissingError instead of becoming a new node id,
+ * unless `allowNew`. An existing key is never replaced.
+ */
+export async function loadNodeIdentity(
+  layout: DataDirLayout,
+  options: LoadNodeIdentityOptions = {},
+): Promise<LoadedIdentity> {
+  const existing = await loadIdentityIfPresent(layout.identityKey)
+  if (existing !== undefined) return { ...existing, created: false }
+  const traces = await tracesOfANode(layout)
+  if (traces.length > 0 && options.allowNew !== true) {
+    throw new IdentityMissingError(layout.identityKey, traces)
+  }
+  const loaded = await loadOrCreateIdentity(layout.identityKey)
+  if (loaded.created && traces.length > 0) {
+    loaded.warnings.push(
+      `created a new identity ${loaded.identity.nodeId} in a data dir that holds ${traces.join(' and ')} of an earlier one; the pool certificates there are for the old node id: join those pools again (mesh pool-join)`,
+    )
+  }
+  return loaded
+}
+
+/** What only a data dir that a node has used holds: the state database and pool folders. */
+async function tracesOfANode(layout: DataDirLayout): Promise<string[]> {
+  const traces: string[] = []
+  if (await exists(layout.stateDb)) traces.push(relative(layout.root, layout.stateDb))
+  const pools = (await readdirIfPresent(layout.poolsDir)).filter((name) => name.startsWith('pool-'))
+  if (pools.length > 0) {
+    traces.push(`${pools.length} pool folder${pools.length === 1 ? '' : 's'} in ${layout.poolsDir}`)
+  }
+  return traces
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path)
+    return true
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false
+    throw new FileAccessError(`cannot check ${path}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+async function readdirIfPresent(path: string): Promise<string[]> {
+  try {
+    return await readdir(path)
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return []
+    throw new FileAccessError(`cannot list ${path}: ${(err as Error).message}`, { cause: err })
+  }
 }
 
 /** Loads the identity at `path`; throws FileAccessError when it does not exist. */

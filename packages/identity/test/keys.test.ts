@@ -1,9 +1,10 @@
-import { chmod, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { access, chmod, mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { loadIdentity, loadOrCreateIdentity } from '../src/keys.ts'
+import { dataDirLayout } from '../src/data-dir.ts'
+import { loadIdentity, loadNodeIdentity, loadOrCreateIdentity } from '../src/keys.ts'
 import { verifySignature } from '../src/signing.ts'
 
 let dir: string
@@ -85,5 +86,37 @@ describe('identity.key', () => {
     const stored = await loadIdentity(path)
     for (const result of results) expect(result.identity.nodeId).toBe(stored.identity.nodeId)
     expect(results.filter((r) => r.created)).toHaveLength(1)
+  })
+})
+
+describe('the identity of a data dir', () => {
+  it('is created in a data dir no node has used, and loaded after', async () => {
+    const layout = dataDirLayout(dir)
+    const first = await loadNodeIdentity(layout)
+    expect(first).toMatchObject({ created: true, warnings: [] })
+    const second = await loadNodeIdentity(layout)
+    expect(second.created).toBe(false)
+    expect(second.identity.nodeId).toBe(first.identity.nodeId)
+  })
+
+  it.each([
+    ['mesh_state.db', async () => writeFile(join(dir, 'mesh_state.db'), '')],
+    ['a pool folder', async () => mkdir(join(dir, 'pools', `pool-${'a'.repeat(26)}`), { recursive: true })],
+  ])('is not silently replaced when identity.key is lost from a data dir holding %s', async (_, leave) => {
+    const layout = dataDirLayout(dir)
+    await leave()
+    await expect(loadNodeIdentity(layout)).rejects.toMatchObject({
+      name: 'IdentityMissingError',
+      code: 'ERR_IDENTITY_MISSING',
+      message: expect.stringMatching(
+        new RegExp(`^identity key ${layout.identityKey} is missing, .*mesh init --new-identity`),
+      ),
+    })
+    await expect(access(layout.identityKey)).rejects.toMatchObject({ code: 'ENOENT' })
+
+    const fresh = await loadNodeIdentity(layout, { allowNew: true })
+    expect(fresh.created).toBe(true)
+    expect(fresh.warnings).toEqual([expect.stringContaining('join those pools again (mesh pool-join)')])
+    expect((await loadNodeIdentity(layout)).identity.nodeId).toBe(fresh.identity.nodeId)
   })
 })

@@ -21,7 +21,10 @@ export function parseJsonFile<T>(path: string, text: string, schema: z.ZodType<T
   try {
     json = JSON.parse(text)
   } catch (err) {
-    throw new CorruptFileError(`${path} is corrupt: not valid JSON`, { cause: err, details: { path } })
+    throw new CorruptFileError(`${path} is corrupt: not valid JSON (${(err as Error).message})`, {
+      cause: err,
+      details: { path },
+    })
   }
   return parseWith(
     schema,

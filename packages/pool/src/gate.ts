@@ -149,13 +149,17 @@ export class PoolGate extends EventTarget {
 
   /** Re-reads this node's pools, certificates and revocation lists from the data dir. */
   async reload(): Promise<void> {
-    const { pools } = await listPools(this.#dataDir)
+    // A damaged pool.json is logged (once) by listPools; a certificate for another node id is
+    // refused by loadCertificate, and that pool skipped with a warning.
+    const { pools } = await listPools(this.#dataDir, { logger: this.#logger })
     const local = new Map<string, LocalPool>()
     for (const pool of pools) {
-      const certificate = await loadCertificate(pool)
-      if (certificate === undefined) continue
-      const revocations = await loadRevocationList(pool)
+      let certificate: Certificate | undefined
+      let revocations: RevocationList | undefined
       try {
+        certificate = await loadCertificate(pool, { nodeId: this.#node.nodeId })
+        if (certificate === undefined) continue
+        revocations = await loadRevocationList(pool)
         verifyCertificate(certificate, { poolId: pool.id, rootPublicKey: pool.rootPublicKey, revocations })
       } catch (err) {
         this.#logger.warn(

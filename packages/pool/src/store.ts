@@ -1,6 +1,6 @@
 import { mkdir, readdir, stat } from 'node:fs/promises'
 import { join } from 'node:path'
-import { CorruptFileError, FileAccessError, InvalidArgumentError } from '@meshnet/core'
+import { CorruptFileError, FileAccessError, InvalidArgumentError, type Logger } from '@meshnet/core'
 import {
   dataDirLayout,
   type NodeIdentity,
@@ -32,7 +32,7 @@ import {
   poolIdSchema,
   timestampSchema,
 } from './encoding.ts'
-import { JoinResponseError, PoolNotFoundError } from './errors.ts'
+import { CertificateError, JoinResponseError, PoolNotFoundError } from './errors.ts'
 import { b64, jsonText, parseJsonFile, readIfPresent, unb64, withFileLock } from './files.ts'
 import type { JoinResponse } from './join.ts'
 import {
@@ -213,8 +213,18 @@ export async function loadPool(dataDir: string, poolId: string): Promise<Pool> {
   return { id: info.id, name: info.name, rootPublicKey, createdAt: info.createdAt, dir }
 }
 
-/** Every pool in the data directory; a pool whose files are damaged is reported, not fatal. */
-export async function listPools(dataDir: string): Promise<{ pools: Pool[]; problems: Error[] }> {
+/** Pool folders whose damage listPools has logged in this process, with the problem it logged. */
+const loggedProblems = new Map<string, string>()
+
+/**
+ * Every pool in the data directory; a pool whose files are damaged is skipped and reported in
+ * `problems`, not fatal. With a `logger`, each damaged pool is also logged, once per process (again
+ * when its problem changes), with the file and what is wrong with it.
+ */
+export async function listPools(
+  dataDir: string,
+  options: { logger?: Logger } = {},
+): Promise<{ pools: Pool[]; problems: Error[] }> {
   let entries: string[]
   try {
     entries = await readdir(dataDirLayout(dataDir).poolsDir)
@@ -225,10 +235,19 @@ export async function listPools(dataDir: string): Promise<{ pools: Pool[]; probl
   const pools: Pool[] = []
   const problems: Error[] = []
   for (const entry of entries.filter(isPoolId).sort()) {
+    const dir = poolDirOf(dataDir, entry)
     try {
       pools.push(await loadPool(dataDir, entry))
+      loggedProblems.delete(dir)
     } catch (err) {
-      if ((err as Error).name !== 'PoolNotFoundError') problems.push(err as Error)
+      if ((err as Error).name === 'PoolNotFoundError') continue
+      const problem = err as Error
+      problems.push(problem)
+      if (options.logger !== undefined && loggedProblems.get(dir) !== problem.message) {
+        loggedProblems.set(dir, problem.message)
+        const path = (problem as { details?: { path?: unknown } }).details?.path ?? dir
+        options.logger.warn({ path, err: problem.message }, 'pool skipped: its files cannot be read')
+      }
     }
   }
   return { pools, problems }
@@ -293,8 +312,15 @@ export async function verifyPoolCertificate(
 
 // ---- this node's certificate --------------------------------------------------------------------
 
-/** This node's certificate for the pool as stored (not re-verified: check it with verifyCertificate). */
-export async function loadCertificate(pool: Pool): Promise<Certificate | undefined> {
+/**
+ * This node's certificate for the pool as stored (not re-verified: check it with verifyCertificate).
+ * Given this node's `nodeId`, a certificate issued to another node is refused (CertificateError
+ * `node-id-mismatch`, naming the file) rather than taken as ours.
+ */
+export async function loadCertificate(
+  pool: Pool,
+  options: { nodeId?: string } = {},
+): Promise<Certificate | undefined> {
   const path = poolFile(pool, 'certificate')
   const data = await readIfPresent(path)
   if (data === undefined) return undefined
@@ -305,7 +331,18 @@ export async function loadCertificate(pool: Pool): Promise<Certificate | undefin
       hint: 'rejoin the pool to get a new certificate (mesh pool-join)',
     })
   }
-  return decoded.value
+  const certificate = decoded.value
+  if (options.nodeId !== undefined && certificate.nodeId !== options.nodeId) {
+    throw new CertificateError(
+      'node-id-mismatch',
+      `${path} is the certificate of node ${certificate.nodeId}, not of this node ${options.nodeId}`,
+      {
+        details: { path, poolId: pool.id, certificateNodeId: certificate.nodeId, nodeId: options.nodeId },
+        hint: 'it was copied from another device, or identity.key was replaced: restore the identity.key this data dir was created with, or move the pool folder away and join the pool again (mesh pool-join)',
+      },
+    )
+  }
+  return certificate
 }
 
 /**

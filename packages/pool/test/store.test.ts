@@ -1,6 +1,7 @@
 import { mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import type { Logger } from '@meshnet/core'
 import { dataDirLayout, generateIdentity, publicKeyOfSeed, randomSeed } from '@meshnet/identity'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
 import { poolIdFromRootKey } from '../src/encoding.ts'
@@ -129,5 +130,39 @@ describe('pool files', () => {
       })
     }
     expect(await listPools(dataDir)).toEqual({ pools: [], problems: [] })
+  })
+
+  it('logs a damaged pool.json once, with its path and the parse error', async () => {
+    const { pool } = await createPool(dataDir, { name: 'a', now: T0 }, generateIdentity())
+    await writeFile(join(pool.dir, 'pool.json'), '{ damaged')
+    const lines: Array<{ fields: Record<string, unknown>; message: string }> = []
+    const logger = {
+      warn: (fields: Record<string, unknown>, message: string) => lines.push({ fields, message }),
+    } as unknown as Logger
+    expect((await listPools(dataDir, { logger })).pools).toEqual([])
+    expect((await listPools(dataDir, { logger })).problems).toHaveLength(1)
+    expect(lines).toEqual([
+      {
+        fields: {
+          path: join(pool.dir, 'pool.json'),
+          err: expect.stringMatching(/pool\.json is corrupt: not valid JSON \(.*JSON.*\)/),
+        },
+        message: 'pool skipped: its files cannot be read',
+      },
+    ])
+  })
+
+  it('refuses a certificate issued to another node as ours, naming the file', async () => {
+    const ours = generateIdentity()
+    const { pool, certificate } = await createPool(dataDir, { name: 'a', now: T0 }, ours)
+    expect(await loadCertificate(pool, { nodeId: ours.nodeId })).toEqual(certificate)
+    const other = generateIdentity()
+    await expect(loadCertificate(pool, { nodeId: other.nodeId })).rejects.toMatchObject({
+      name: 'CertificateError',
+      reason: 'node-id-mismatch',
+      message: expect.stringContaining(
+        `${join(pool.dir, 'certificate.cbor')} is the certificate of node ${ours.nodeId}, not of this node ${other.nodeId}`,
+      ),
+    })
   })
 })

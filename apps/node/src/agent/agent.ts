@@ -1,5 +1,5 @@
 import type { Logger } from '@meshnet/core'
-import { type DataDirLayout, ensureDataDir, loadOrCreateIdentity, type NodeIdentity } from '@meshnet/identity'
+import { type DataDirLayout, ensureDataDir, loadNodeIdentity, type NodeIdentity } from '@meshnet/identity'
 import { type MeshStore, openStore } from '@meshnet/store'
 import pkg from '../../package.json' with { type: 'json' }
 import type { NodeConfig } from '../config.ts'
@@ -49,7 +49,7 @@ export async function startAgent(options: {
 }): Promise<RunningAgent> {
   const { logger } = options
   const layout = await ensureDataDir(options.dataDir)
-  const { identity, warnings } = await loadOrCreateIdentity(layout.identityKey)
+  const { identity, warnings } = await loadNodeIdentity(layout)
   for (const warning of warnings) logger.warn(warning)
   const store = openStore({ dataDir: layout.root, logger })
   const context: AgentContext = { identity, layout, config: options.config, store, logger }

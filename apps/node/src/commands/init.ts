@@ -1,5 +1,5 @@
-import { printFields, printJson } from '@meshnet/core'
-import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
+import { InvalidArgumentError, printFields, printJson } from '@meshnet/core'
+import { ensureDataDir, loadNodeIdentity } from '@meshnet/identity'
 import { openStore } from '@meshnet/store'
 import type { Command } from 'commander'
 import {
@@ -18,7 +18,11 @@ export function registerInit(program: Command, context: (cmd: Command) => Comman
     .description('create this node’s identity and settings in the data dir (safe to run again)')
     .option('--network-id <id>', 'network this node belongs to')
     .option('--name <name>', 'a name for this device, shown to other members')
-    .action(async (flags: { networkId?: string; name?: string }, cmd: Command) => {
+    .option(
+      '--new-identity',
+      'make a new identity (a new node id) where identity.key was lost from a used data dir',
+    )
+    .action(async (flags: { networkId?: string; name?: string; newIdentity?: boolean }, cmd: Command) => {
       const ctx = context(cmd)
       const networkId =
         flags.networkId === undefined
@@ -26,7 +30,15 @@ export function registerInit(program: Command, context: (cmd: Command) => Comman
           : parseFlag('--network-id', networkIdSchema, flags.networkId)
       const name = flags.name === undefined ? undefined : parseFlag('--name', nodeNameSchema, flags.name)
       const layout = await ensureDataDir(ctx.dataDir)
-      const { identity, created, warnings } = await loadOrCreateIdentity(layout.identityKey)
+      const { identity, created, warnings } = await loadNodeIdentity(layout, {
+        allowNew: flags.newIdentity === true,
+      })
+      if (flags.newIdentity === true && !created) {
+        throw new InvalidArgumentError(
+          `--new-identity: ${layout.identityKey} exists and is never overwritten; node id ${identity.nodeId} was kept`,
+          { hint: 'to become a new node, move identity.key out of the data dir first' },
+        )
+      }
       for (const warning of warnings) ctx.logger.warn(warning)
       const previous = await readNodeConfig(layout.config)
       const config = {

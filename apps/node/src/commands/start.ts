@@ -7,7 +7,7 @@ import { beaconsPart } from '../agent/beacons-part.ts'
 import { controlPlanePart } from '../agent/control-plane-part.ts'
 import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
-import { poolPart } from '../agent/pool-part.ts'
+import { poolFilesPart, poolPart } from '../agent/pool-part.ts'
 import { ringPart } from '../agent/ring-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
 import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
@@ -63,7 +63,7 @@ const agentParts: AgentParts = (context) => {
         ]),
     ...(api?.port === undefined ? [] : [apiPart(context, jobs)]),
   ]
-  return [...parts, mesh, ring, jobs, ...extra]
+  return [poolFilesPart(context), ...parts, mesh, ring, jobs, ...extra]
 }
 
 export function registerStart(
