@@ -1,4 +1,5 @@
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises'
+import { spawn } from 'node:child_process'
+import { mkdtemp, readFile, rm, stat, utimes, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { type GGUFTensorInput, generateModel, openGGUF, splitGGUF, writeGGUF } from '@meshnet/gguf'
@@ -57,4 +58,47 @@ it('marks a model the Meshnet engine cannot run as unsplittable, with the reason
     "tensor 'blk.1.ffn_up.weight' is IQ2_XXS, which the Meshnet engine does not compute with",
   )
   expect(facts.layers).toBe(2)
+})
+
+it('remembers a model hash across processes in a cache file, until the file changes', async () => {
+  const model = join(dir, 'cached.gguf')
+  await generateModel({ out: model, layers: 1, embd: 64, heads: 2, ff: 128, vocab: 300, seed: 4 })
+  const cacheFile = join(dir, 'model-hashes.json')
+  const real = (await modelSha256(model, { cacheFile })).sha256
+  const cached = JSON.parse(await readFile(cacheFile, 'utf8')) as Record<string, { sha256: string }>
+  expect(cached[model]!.sha256).toBe(real)
+  // Another process takes the cache's word while size, mtime and inode are the same: put a fake
+  // hash in and it comes back unread.
+  const fake = 'f'.repeat(64)
+  await writeFile(cacheFile, JSON.stringify({ [model]: { ...cached[model]!, sha256: fake } }))
+  const inChild = () =>
+    new Promise<string>((resolve, reject) => {
+      const child = spawn(
+        process.execPath,
+        [
+          '--conditions=meshnet-source',
+          '--input-type=module',
+          '-e',
+          `import { modelSha256 } from ${JSON.stringify(join(import.meta.dirname, '../src/model-hash.ts'))}
+           console.log((await modelSha256(process.argv[1], { cacheFile: process.argv[2] })).sha256)`,
+          model,
+          cacheFile,
+        ],
+        { stdio: ['ignore', 'pipe', 'inherit'] },
+      )
+      let out = ''
+      child.stdout.on('data', (chunk) => (out += chunk))
+      child.on('exit', (code) => (code === 0 ? resolve(out.trim()) : reject(new Error(`exit ${code}`))))
+    })
+  expect(await inChild()).toBe(fake)
+  // A changed file (a new modification time) is hashed again, and the cache corrected.
+  const later = new Date(Date.now() + 5_000)
+  await utimes(model, later, later)
+  expect(await inChild()).toBe(real)
+  expect(
+    (JSON.parse(await readFile(cacheFile, 'utf8')) as Record<string, { sha256: string }>)[model]!.sha256,
+  ).toBe(real)
+  // A damaged cache is no cache.
+  await writeFile(cacheFile, '{not json')
+  expect(await inChild()).toBe(real)
 })

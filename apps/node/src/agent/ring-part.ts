@@ -1,6 +1,6 @@
 import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
-import { basename, resolve } from 'node:path'
+import { basename, join, resolve } from 'node:path'
 import { type Message, TopicValidatorResult } from '@libp2p/gossipsub'
 import { InvalidArgumentError } from '@meshnet/core'
 import {
@@ -245,7 +245,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
       for (const ring of rings.values()) ring.updateCapabilities(capabilities)
     },
     async start() {
-      served = config.model === undefined ? undefined : await describeModel(resolve(config.model))
+      served =
+        config.model === undefined ? undefined : await describeModel(resolve(config.model), layout.root)
       capabilities = {
         capacityBytes:
           config.memoryMb === undefined
@@ -423,13 +424,14 @@ function loadOf(
 }
 
 /** Reads what planning needs from the served GGUF and hashes it (same hash across the ring). */
-async function describeModel(path: string): Promise<ServedModel> {
+async function describeModel(path: string, dataDir: string): Promise<ServedModel> {
   await stat(path).catch(() => {
     throw new InvalidArgumentError(`--model ${path}: no such file`)
   })
   // What the planners and the job runner need: layers, heads, FFN width, bytes per layer, ...
   const plan = await readShardModelFacts(path)
-  const { sha256, bytes } = await modelSha256(path)
+  // Remembered in the data dir: a restarted agent does not read a big model again.
+  const { sha256, bytes } = await modelSha256(path, { cacheFile: join(dataDir, 'model-hashes.json') })
   return { path, info: { name: basename(path), sha256, bytes }, plan }
 }
 
