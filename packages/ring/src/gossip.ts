@@ -216,7 +216,11 @@ export class RingGossip extends EventTarget {
       return TopicValidatorResult.Reject
     }
     const result = this.#membership.apply(announcement)
-    if (result === 'stale') return TopicValidatorResult.Ignore
+    if (result === 'stale') {
+      // An older announcement of a known member: a replay, or one overtaken on another path.
+      this.#drop('stale')
+      return TopicValidatorResult.Ignore
+    }
     this.#stats.received.accepted++
     this.#afterChange()
     return TopicValidatorResult.Accept

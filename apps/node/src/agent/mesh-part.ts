@@ -147,6 +147,8 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
             connections: node.libp2p.getConnections().length,
             peers: node.libp2p.getPeers().map(String),
             gate: gate?.stats(),
+            // Requests reset before an answer (oversized, too slow, broken), by error name.
+            requestDrops: node.requestDrops(),
             discovery: counts,
             connectivity: node.connectivity(),
           },

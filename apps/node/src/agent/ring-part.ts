@@ -166,6 +166,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
 
   /** Revocation-topic messages refused, by reason. */
   const revocationDrops: Record<string, number> = {}
+  /** `/meshnet/pool-ring/1.0.0` requests refused (node-wide, shown with every pool), by reason. */
+  const ringRequestsRefused: Record<string, number> = {}
   const validateRevocation = (poolId: string, data: Uint8Array): TopicValidatorResult => {
     const drop = (reason: string) => {
       revocationDrops[reason] = (revocationDrops[reason] ?? 0) + 1
@@ -284,6 +286,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
           try {
             poolId = ringStatusRequestSchema.parse(JSON.parse(new TextDecoder().decode(request))).poolId
           } catch {
+            ringRequestsRefused['bad-request'] = (ringRequestsRefused['bad-request'] ?? 0) + 1
             return reply({
               error: { code: 'ERR_BAD_REQUEST', message: 'request is not JSON {"poolId": ...}' },
             })
@@ -293,6 +296,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
             mesh.gate().requireMember(nodeId, poolId, ANY_ROLE)
             return reply(ringStatus(poolId))
           } catch (err) {
+            ringRequestsRefused['not-a-member'] = (ringRequestsRefused['not-a-member'] ?? 0) + 1
             logger.info({ nodeId, poolId }, 'refused a pool-ring request from a non-member')
             return reply({
               error: {
@@ -332,6 +336,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
               members: view.members.length,
               gossip: ring.stats(),
               revocationDrops: { ...revocationDrops },
+              ringRequestsRefused: { ...ringRequestsRefused },
             },
           ]
         }),

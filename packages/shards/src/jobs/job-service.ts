@@ -387,7 +387,14 @@ export class JobServiceImpl implements JobService {
     stream.addEventListener('close', () => controller.abort(), { once: true })
     controller.signal.addEventListener('abort', () => this.#streams.delete(controller), { once: true })
     try {
-      const first = await frames.read({ signal: AbortSignal.timeout(10_000) })
+      let first: Uint8Array | undefined
+      try {
+        first = await frames.read({ signal: AbortSignal.timeout(10_000) })
+      } catch (err) {
+        // An oversized first frame resets the stream: a bad request all the same.
+        if ((err as Error).name === 'FrameTooLargeError') this.#counts.badRequests++
+        throw err
+      }
       if (first === undefined) return
       let request: ReturnType<typeof decodeJobRequest>
       try {
