@@ -4,6 +4,8 @@ import { DataDirInUseError, FileAccessError } from '@meshnet/core'
 /** A held lock file; `release()` removes it. */
 export interface DataDirLock {
   readonly path: string
+  /** Pid of the process that held the lock before and ended without releasing it (killed, crashed). */
+  readonly takenOverFrom?: number
   release(): void
 }
 
@@ -13,6 +15,7 @@ export interface DataDirLock {
  * DataDirInUseError naming its pid.
  */
 export function acquireLock(path: string, dataDir: string): DataDirLock {
+  let takenOverFrom: number | undefined
   for (let attempt = 0; attempt < 3; attempt++) {
     try {
       const fd = openSync(path, 'wx', 0o600)
@@ -21,6 +24,7 @@ export function acquireLock(path: string, dataDir: string): DataDirLock {
       let released = false
       return {
         path,
+        ...(takenOverFrom === undefined ? {} : { takenOverFrom }),
         release() {
           if (released) return
           released = true
@@ -48,6 +52,7 @@ export function acquireLock(path: string, dataDir: string): DataDirLock {
       })
     }
     // Stale: the holder is gone (or the file is unreadable). Remove it and try again.
+    takenOverFrom = holder ?? takenOverFrom
     rmSync(path, { force: true })
   }
   throw new DataDirInUseError(`could not lock data dir ${dataDir}: lock file ${path} keeps reappearing`)

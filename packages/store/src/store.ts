@@ -282,7 +282,8 @@ function jobFromRow(row: Row): JobRecord {
  * Opens `<dataDir>/mesh_state.db`, creating or migrating it. Takes the data-dir lock first (a second
  * process gets DataDirInUseError). A database that fails its integrity check is renamed to
  * `mesh_state.db.corrupt-<timestamp>` (with its -wal and -shm files) and a fresh one is created;
- * the identity key is never touched.
+ * the identity key is never touched. Jobs still `queued` or `running` were left so by the process
+ * that held the data dir before (one process at a time holds it): they are marked failed.
  */
 export function openStore(options: OpenStoreOptions): MeshStore {
   const layout = dataDirLayout(options.dataDir)
@@ -296,5 +297,26 @@ export function openStore(options: OpenStoreOptions): MeshStore {
     ...(options.logger ? { logger: options.logger } : {}),
     now,
   })
+  failInterruptedJobs(db, now(), lock.takenOverFrom, options.logger)
   return new MeshStore(db, lock, layout.stateDb, report, now, options.logger)
+}
+
+/**
+ * Marks failed the jobs that a previous process left unfinished, naming its pid when its lock file
+ * said. A database that cannot take the write is opened anyway: the rows stay as they were.
+ */
+function failInterruptedJobs(db: DatabaseSync, at: number, pid: number | undefined, logger?: Logger): void {
+  const error = `the agent stopped while it ran${pid === undefined ? '' : ` (pid ${pid})`}`
+  try {
+    const { changes } = db
+      .prepare(
+        `UPDATE jobs SET status = 'failed', error = ?, finished_at = ? WHERE status IN ('queued', 'running')`,
+      )
+      .run(error, at)
+    if (Number(changes) > 0) {
+      logger?.warn({ jobs: Number(changes), pid }, `marked ${changes} unfinished job(s) failed: ${error}`)
+    }
+  } catch (err) {
+    logger?.warn({ err: (err as Error).message }, 'could not mark the jobs of a stopped agent failed')
+  }
 }

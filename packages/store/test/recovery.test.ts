@@ -89,3 +89,42 @@ describe('one process per data dir', () => {
     openStore({ dataDir: dir }).close()
   })
 })
+
+describe('jobs of a process that died', () => {
+  it('marks the jobs a killed process left running failed when the data dir is next opened', async () => {
+    const runner = `
+      import { openStore } from '@meshnet/store'
+      const store = openStore({ dataDir: process.argv[1] })
+      store.createJob({ id: 'done', model: 'm.gguf', mode: 'single' })
+      store.updateJob('done', { status: 'completed' })
+      store.createJob({ id: 'cut', model: 'm.gguf', mode: 'pipeline' })
+      store.updateJob('cut', { status: 'running', stats: { origin: 'p2p' } })
+      process.stdout.write('running\\n')
+      setInterval(() => {}, 1_000)
+    `
+    child = spawn(
+      process.execPath,
+      ['--conditions=meshnet-source', '--input-type=module', '-e', runner, dir],
+      { cwd: join(import.meta.dirname, '..'), stdio: ['ignore', 'pipe', 'inherit'] },
+    )
+    const [chunk] = await once(child.stdout!, 'data')
+    expect(String(chunk)).toBe('running\n')
+    child.kill('SIGKILL')
+    await once(child, 'exit')
+    const { pid } = child
+    child = undefined
+
+    const store = openStore({ dataDir: dir })
+    try {
+      expect(store.getJob('cut')).toMatchObject({
+        status: 'failed',
+        error: `the agent stopped while it ran (pid ${pid})`,
+        finishedAt: expect.any(Number),
+        stats: { origin: 'p2p' },
+      })
+      expect(store.getJob('done')).toMatchObject({ status: 'completed', error: null })
+    } finally {
+      store.close()
+    }
+  })
+})
