@@ -210,6 +210,11 @@ export async function* requestJob<Peer>(
     ...(options.runOnLimitedConnection ? { runOnLimitedConnection: true } : {}),
   })
   const onAbort = () => stream.abort(new Error('job cancelled'))
+  // Aborted while the stream was being opened: send no request (the listener would never fire).
+  if (options.signal?.aborted) {
+    onAbort()
+    options.signal.throwIfAborted()
+  }
   options.signal?.addEventListener('abort', onAbort, { once: true })
   const frames = frameStream(stream, { maxFrameBytes: MAX_JOB_FRAME_BYTES })
   let finished = false
@@ -217,7 +222,11 @@ export async function* requestJob<Peer>(
     await frames.write(encodeJobFrame({ v: 1, request: checked }))
     for (;;) {
       const frame = await frames.read(options.signal ? { signal: options.signal } : {})
-      if (frame === undefined) throw new JobProtocolError('the node closed the job stream before the end')
+      if (frame === undefined) {
+        // Our own abort ends the stream too: that is the cancellation, not the node's doing.
+        options.signal?.throwIfAborted()
+        throw new JobProtocolError('the node closed the job stream before the end')
+      }
       const reply = decodeReply(frame)
       if (reply.type === 'token')
         yield {

@@ -101,11 +101,31 @@ const sdkOf = (config: Partial<ConstructorParameters<typeof FabstirSDK>[0]> & { 
       dialTimeout: 5_000,
       requestTimeout: 30_000,
       retryDelay: 200,
+      ...rest.p2pConfig,
     },
   })
   sdks.push(sdk)
   return sdk
 }
+
+/** A public job straight to the open node, that would run for seconds. */
+const longJob = () => ({
+  target: 'public' as const,
+  nodeId: open.nodeId,
+  model: 'tiny.gguf',
+  prompt: 'Once upon a time',
+  maxTokens: 4_000,
+  temperature: 0,
+})
+
+type AgentJobs = { jobs: Array<{ id: string; status: string }> }
+const jobIds = async (agent: Agent) =>
+  new Set((await agent.request<AgentJobs>('/jobs')).jobs.map((j) => j.id))
+/** The jobs `agent` took since `before` (its ids then). */
+const jobsSince = async (agent: Agent, before: Set<string>) =>
+  (await agent.request<AgentJobs>('/jobs')).jobs.filter((j) => !before.has(j.id))
+const noneRunningSince = async (agent: Agent, before: Set<string>) =>
+  (await jobsSince(agent, before)).every((j) => j.status !== 'running' && j.status !== 'queued')
 
 describe('FabstirSDK with real agents', () => {
   it('finds a public node by model name and hash and streams a completion from it', async () => {
@@ -210,6 +230,61 @@ describe('FabstirSDK with real agents', () => {
       return jobs.some((j) => j.status === 'cancelled')
     })
   }, 60_000)
+
+  it('ends the job on the agent within a second however soon its stream is aborted', async () => {
+    const sdk = sdkOf({ bootstrap: open.addresses[0]! })
+    await sdk.connect()
+    const before = await jobIds(open)
+    // The first milliseconds race the stream's opening on both sides: around 5 ms the request and
+    // its reset reach the agent together. Each moment is a separate job.
+    for (const ms of [5, 0, 1, 2, 3, 4, 5, 6, 8, 10, 15, 20, 30, 40, 5]) {
+      const controller = new AbortController()
+      const stream = sdk.streamInference({ ...longJob(), signal: controller.signal })
+      setTimeout(() => controller.abort(), ms)
+      await expect(stream.result).rejects.toMatchObject({ name: 'AbortError' })
+      await eventually(
+        `no job left running on the agent after an abort at ${ms} ms`,
+        () => noneRunningSince(open, before),
+        1_000,
+        20,
+      )
+    }
+    const jobs = await jobsSince(open, before)
+    expect(jobs.length).toBeGreaterThan(0)
+    expect(new Set(jobs.map((j) => j.status))).toEqual(new Set(['cancelled']))
+  }, 60_000)
+
+  it('ends the job on the agent within a second wherever maxReceivedData cuts its stream', async () => {
+    const before = await jobIds(open)
+    // connect() receives a few KiB and a whole job some 30 KiB more: each limit cuts a job at
+    // another token.
+    let cuts = 0
+    for (let limit = 6 * 1024; limit <= 22 * 1024; limit += 2 * 1024) {
+      const sdk = sdkOf({
+        bootstrap: open.addresses[0]!,
+        p2pConfig: { connectionManager: { autoDial: false, maxReceivedData: limit } },
+      })
+      await sdk.connect()
+      let tokens = 0
+      const stream = sdk.streamInference(longJob())
+      await expect(
+        (async () => {
+          for await (const _ of stream) tokens++
+        })(),
+      ).rejects.toMatchObject({ name: 'DataLimitExceededError' })
+      expect(tokens).toBeGreaterThan(0)
+      cuts++
+      await eventually(
+        `no job left running on the agent after a cut at ${limit} bytes`,
+        () => noneRunningSince(open, before),
+        1_000,
+        20,
+      )
+      await sdk.disconnect()
+    }
+    const jobs = await jobsSince(open, before)
+    expect(jobs.map((j) => j.status)).toEqual(Array(cuts).fill('cancelled'))
+  }, 90_000)
 
   it('runs a job on its pool with a client certificate, and is refused without one', async () => {
     const sdk = sdkOf({ bootstrap: member.addresses[0]!, dataDir: dir('app') })

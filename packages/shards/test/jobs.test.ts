@@ -1,11 +1,17 @@
 import { silentLogger } from '@meshnet/core'
 import { createLlamaCppEngine, openModelTokenizer } from '@meshnet/llama-cpp'
-import { type JobResult, type JobToken, requestJob } from '@meshnet/protocols'
+import { encodeJobFrame, JOB_PROTOCOL, type JobResult, type JobToken, requestJob } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import { type MeshStore, openStore } from '@meshnet/store'
-import { modelDir } from '@meshnet/test-harness'
+import { eventually, modelDir } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { type JobService, type JobServiceInit, jobService, type ServedModel } from '../src/index.ts'
+import {
+  type JobService,
+  type JobServiceInit,
+  jobService,
+  type ServedModel,
+  type SingleEngine,
+} from '../src/index.ts'
 import { fileSha256 } from '../src/model-hash.ts'
 import { readShardModelFacts } from '../src/plan.ts'
 import { type TestMember, TestMesh, type TestPool } from './mesh.ts'
@@ -108,6 +114,47 @@ async function drain(job: AsyncGenerator<JobToken, JobResult, undefined>) {
 
 const REQUEST = { prompt: 'the quick brown fox', maxTokens: 8, temperature: 0 }
 
+/**
+ * A whole-model engine that gives a token every 10 ms until `maxTokens` or its signal, then, when
+ * cancelled, the text it held back (as llama.cpp does when a generation stops inside a UTF-8
+ * character): one more token to send after the requester has gone.
+ */
+function tickingEngine(): SingleEngine {
+  return {
+    async *stream(_prompt, options) {
+      const tokens: number[] = []
+      const signal = options.signal
+      while (tokens.length < (options.maxTokens ?? 1) && signal?.aborted !== true) {
+        tokens.push(tokens.length)
+        yield { id: tokens.length - 1, text: 'a' }
+        await new Promise((resolve) => setTimeout(resolve, 10))
+      }
+      if (signal?.aborted) yield { id: tokens.at(-1) ?? 0, text: '\u00e9', textOnly: true }
+      return {
+        tokens,
+        text: 'a'.repeat(tokens.length),
+        stopReason: signal?.aborted ? 'abort' : 'maxTokens',
+        timings: {
+          promptTokens: 1,
+          promptMs: 0,
+          generatedTokens: tokens.length,
+          generateMs: 0,
+          tokensPerSecond: 0,
+        },
+      }
+    },
+    async dispose() {},
+  }
+}
+
+/** The node's jobs once there is one and it has ended. */
+function endedJobs(store: MeshStore) {
+  const jobs = store.listJobs()
+  return jobs.length > 0 && jobs.every((j) => j.status !== 'running' && j.status !== 'queued')
+    ? jobs
+    : undefined
+}
+
 describe('jobService', () => {
   it('runs a job whole on this node when it can hold the model, and keeps it in the store', async () => {
     const { service, store } = await withService()
@@ -207,5 +254,45 @@ describe('jobService', () => {
       code: 'ERR_RATE_LIMITED',
     })
     expect(open.service.status()).toMatchObject({ refusedPublic: 1, jobs: 1 })
+  })
+
+  it('ends a job within a second when its stream is reset right behind its request', async () => {
+    const server = await withService({
+      public: true,
+      dht: false,
+      createSingleEngine: async () => tickingEngine(),
+    })
+    const client = await mesh.member({ pools: [] })
+    const stream = await client.node.dialProtocol(server.member.node.multiaddrs()[0]!, JOB_PROTOCOL)
+    // The request frame and the reset in the same tick: they reach the node together.
+    const body = encodeJobFrame({ v: 1, request: { ...REQUEST, maxTokens: 200 } })
+    expect(body.byteLength).toBeLessThan(128)
+    stream.send(Uint8Array.of(body.byteLength, ...body))
+    stream.abort(new Error('the requester went away'))
+    const jobs = await eventually('the job to end', () => endedJobs(server.store), 1_000, 20)
+    expect(jobs.map((j) => j.status)).toEqual(['cancelled'])
+    expect(server.service.status()).toMatchObject({ running: 0 })
+  })
+
+  it('ends a job within a second when its requester goes away while a token is on its way', async () => {
+    const server = await withService({
+      public: true,
+      dht: false,
+      createSingleEngine: async () => tickingEngine(),
+    })
+    const client = await mesh.member({ pools: [] })
+    const controller = new AbortController()
+    const job = requestJob(
+      client.node,
+      server.member.node.multiaddrs()[0]!,
+      { ...REQUEST, maxTokens: 200 },
+      { signal: controller.signal },
+    )
+    expect((await job.next()).value).toMatchObject({ index: 0 })
+    controller.abort()
+    await expect(job.next()).rejects.toMatchObject({ name: 'AbortError' })
+    const jobs = await eventually('the job to end', () => endedJobs(server.store), 1_000, 20)
+    expect(jobs.map((j) => j.status)).toEqual(['cancelled'])
+    expect(server.service.status()).toMatchObject({ running: 0 })
   })
 })

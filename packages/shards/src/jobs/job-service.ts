@@ -278,6 +278,8 @@ export class JobServiceImpl implements JobService {
     const controller = new AbortController()
     const onAbort = () => controller.abort()
     options.signal?.addEventListener('abort', onAbort, { once: true })
+    // A signal that fired before this line fires no event: the job starts cancelled.
+    if (options.signal?.aborted) controller.abort()
     this.#running.set(jobId, controller)
     const started = performance.now()
     const modeName = choice.mode
@@ -288,6 +290,7 @@ export class JobServiceImpl implements JobService {
       { jobId, mode: modeName, poolId, origin: options.origin, reason: choice.reason },
       'job started',
     )
+    let ended = false
     try {
       let result: JobResult
       if (choice.mode === 'single' && choice.nodeId !== nodeId && options.origin !== 'p2p') {
@@ -332,6 +335,7 @@ export class JobServiceImpl implements JobService {
           started,
         })
       }
+      ended = true
       store.updateJob(jobId, {
         status: result.stopReason === 'abort' ? 'cancelled' : 'completed',
         stats: { ...result.stats, stopReason: result.stopReason, mode: result.mode },
@@ -340,6 +344,7 @@ export class JobServiceImpl implements JobService {
       return result
     } catch (err) {
       this.#counts.failed++
+      ended = true
       store.updateJob(jobId, {
         status: controller.signal.aborted ? 'cancelled' : 'failed',
         error: (err as Error).message,
@@ -351,6 +356,15 @@ export class JobServiceImpl implements JobService {
       controller.abort()
       this.#running.delete(jobId)
       options.signal?.removeEventListener('abort', onAbort)
+      // Its consumer stopped reading (returned the generator early): the job ends here too.
+      if (!ended) {
+        store.updateJob(jobId, {
+          status: 'cancelled',
+          error: 'the requester stopped reading the job',
+          stats: { totalMs: performance.now() - started },
+        })
+        logger.info({ jobId }, 'job cancelled: the requester stopped reading it')
+      }
     }
   }
 
@@ -386,6 +400,10 @@ export class JobServiceImpl implements JobService {
     const send = (value: unknown) => frames.write(encodeJobFrame(value), { signal: controller.signal })
     stream.addEventListener('close', () => controller.abort(), { once: true })
     controller.signal.addEventListener('abort', () => this.#streams.delete(controller), { once: true })
+    // Reset while libp2p was still handing it over: no 'close' event comes, yet the request may
+    // still be read from what arrived before the reset.
+    if (stream.status !== 'open') controller.abort()
+    let job: AsyncGenerator<JobToken, JobResult, undefined> | undefined
     try {
       let first: Uint8Array | undefined
       try {
@@ -418,7 +436,7 @@ export class JobServiceImpl implements JobService {
           hint: 'name a pool you hold a certificate of, or ask a node started with --public',
         })
       } else this.#admitPublic(peer)
-      const job = this.run(request, { origin: 'p2p', signal: controller.signal, requester: peer })
+      job = this.run(request, { origin: 'p2p', signal: controller.signal, requester: peer })
       let announced = false
       for (let step = await job.next(); ; step = await job.next()) {
         if (!announced) {
@@ -444,6 +462,10 @@ export class JobServiceImpl implements JobService {
         },
       }).catch(() => {})
       await stream.close().catch(() => stream.abort(e))
+    } finally {
+      // A write that failed (the requester went away) left the job waiting at a token: end it.
+      controller.abort()
+      await job?.return(undefined as never).catch(() => {})
     }
   }
 

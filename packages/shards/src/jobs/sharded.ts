@@ -95,14 +95,19 @@ export async function* runSharded(job: {
     },
   })
   const streamer = new TextStreamer(job.tokenizer, promptTokens)
-  let result: ShardedGenerationResult
-  for (;;) {
-    const step = await gen.next()
-    if (step.done) {
-      result = step.value
-      break
+  let result: ShardedGenerationResult | undefined
+  try {
+    for (;;) {
+      const step = await gen.next()
+      if (step.done) {
+        result = step.value
+        break
+      }
+      yield { id: step.value.id, text: streamer.push(step.value.id), index: step.value.index }
     }
-    yield { id: step.value.id, text: streamer.push(step.value.id), index: step.value.index }
+  } finally {
+    // Returned early (its consumer stopped reading): the members' sessions close now, not at their timeout.
+    if (result === undefined) await gen.return(undefined as never).catch(() => {})
   }
   const tail = streamer.flush()
   if (tail !== '') {
