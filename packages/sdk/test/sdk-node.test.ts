@@ -197,6 +197,35 @@ describe('FabstirSDK on a local libp2p network', () => {
     await expect(sdk.node!.libp2p.dial(b.multiaddrs()[0]!)).rejects.toThrow()
   })
 
+  it('closes the connection to a bootstrap node the authenticate hook refuses during connect()', async () => {
+    const a = await nodes.node()
+    const b = await nodes.node()
+    const sdk = nodes.sdk(
+      local({
+        bootstrapNodes: [a.multiaddrs()[0]!.toString(), b.multiaddrs()[0]!.toString()],
+        connectionManager: { autoDial: false },
+        security: {
+          authenticate: async (peerId: { toString(): string }) => peerId.toString() !== b.nodeId,
+        },
+      }),
+    )
+    const connected = await sdk.connect()
+    expect(connected.bootstrap).toEqual([
+      expect.objectContaining({ nodeId: a.nodeId, reachable: true }),
+      expect.objectContaining({
+        nodeId: b.nodeId,
+        reachable: false,
+        attempts: 1,
+        error: `peer ${b.nodeId} was refused by security.authenticate: the hook returned false`,
+      }),
+    ])
+    await eventually(
+      'the refused bootstrap connection to be closed',
+      () => sdk.node!.libp2p.getConnections(b.peerId).length === 0,
+    )
+    expect(sdk.node!.libp2p.getPeers().map(String)).toEqual([a.nodeId])
+  })
+
   it('serves custom protocols and runs custom peer-discovery modules', async () => {
     const a = await nodes.node()
     const b = await nodes.node()

@@ -13,6 +13,7 @@ import {
   dataLimitReached,
   deadline,
   pingPeer,
+  requireAccepted,
   stopSession,
   updateRates,
 } from '../internal/session.ts'
@@ -159,23 +160,37 @@ export async function dialBootstrap(client: SDKClient, session: Session): Promis
     attempts: 0,
   }))
   if (results.length === 0) return results
+  // Refused by security.authenticate: closed and denied until disconnect(), so not dialled again.
+  const refused = new Set<BootstrapResult>()
   for (let round = 0; round <= p2p.maxRetries; round++) {
     if (round > 0) await sleep(p2p.retryDelay)
     await Promise.all(
       results
-        .filter((result) => !result.reachable)
+        .filter((result) => !result.reachable && !refused.has(result))
         .map(async (result) => {
           result.attempts++
           const limit = deadline(client, p2p.dialTimeout)
           try {
-            await session.node.libp2p.dial(multiaddr(result.address), { signal: limit.signal })
+            const connection = await session.node.libp2p.dial(multiaddr(result.address), {
+              signal: limit.signal,
+            })
+            await requireAccepted(session, connection.remotePeer.toString())
             result.reachable = true
             delete result.error
             client.debug('sdk', 'debug', `bootstrap node ${result.address} reachable`)
           } catch (err) {
-            result.error = limit.timedOut()
-              ? `no answer within ${p2p.dialTimeout} ms`
-              : (err as Error).message
+            // The hook may refuse the node, and close its connection, before the dial returns.
+            const refusal =
+              (err as Error).name === 'PeerRefusedError'
+                ? (err as Error)
+                : await requireAccepted(session, result.nodeId).then(
+                    () => undefined,
+                    (e: Error) => e,
+                  )
+            if (refusal !== undefined) refused.add(result)
+            result.error =
+              refusal?.message ??
+              (limit.timedOut() ? `no answer within ${p2p.dialTimeout} ms` : (err as Error).message)
             client.debug('sdk', 'info', `bootstrap node ${result.address} failed: ${result.error}`)
           } finally {
             limit.clear()
@@ -236,7 +251,8 @@ export function listen(client: SDKClient, session: Session): void {
     })()
     session.verdicts.set(peer, verdict)
     void verdict.then(async (ok) => {
-      if (ok || client.session === undefined) return
+      // Also during connect(), before the session is the client's: a refused bootstrap node too.
+      if (ok || session.lifetime.signal.aborted) return
       client.debug('sdk', 'info', `security.authenticate refused ${peer}; closing and denying it`)
       await node.denyPeer(peer).catch(() => {})
     })

@@ -155,10 +155,14 @@ export async function ready(
   } finally {
     limit.clear()
   }
-  const verdict = session.verdicts.get(peer.nodeId)
-  if (verdict !== undefined && !(await verdict))
-    throw new PeerRefusedError(peer.nodeId, 'the hook returned false')
+  await requireAccepted(session, peer.nodeId)
   if (poolId !== undefined) await exchange(client, session, connection)
+}
+
+/** Waits for security.authenticate's verdict on a connected peer; PeerRefusedError when it refused. */
+export async function requireAccepted(session: Session, nodeId: string): Promise<void> {
+  const verdict = session.verdicts.get(nodeId)
+  if (verdict !== undefined && !(await verdict)) throw new PeerRefusedError(nodeId, 'the hook returned false')
 }
 
 /** Certificate exchange over one connection, once (the gate also starts one on each outbound connection). */
