@@ -256,15 +256,8 @@ export class PoolGate extends EventTarget {
     if (local === undefined) return 'this node is not a member of that pool'
     const cert = this.#peers.get(peer)?.get(poolId)
     if (cert === undefined) return this.#rejected.get(peer)?.get(poolId) ?? 'no certificate presented'
-    try {
-      verifyCertificate(cert, {
-        poolId,
-        rootPublicKey: local.pool.rootPublicKey,
-        revocations: local.revocations,
-      })
-    } catch (err) {
-      return err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
-    }
+    const invalid = whyInvalid(cert, local)
+    if (invalid !== undefined) return invalid
     return roles.includes(cert.role)
       ? undefined
       : `its certificate is for the ${cert.role} role, which may not use this (${roles.join(' or ')} only)`
@@ -284,19 +277,7 @@ export class PoolGate extends EventTarget {
     for (const [peer, held] of this.#peers) {
       for (const [poolId, cert] of held) {
         const local = this.#local.get(poolId)
-        let reason: string | undefined
-        if (local === undefined) reason = 'this node left the pool'
-        else {
-          try {
-            verifyCertificate(cert, {
-              poolId,
-              rootPublicKey: local.pool.rootPublicKey,
-              revocations: local.revocations,
-            })
-          } catch (err) {
-            reason = err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
-          }
-        }
+        const reason = local === undefined ? 'this node left the pool' : whyInvalid(cert, local)
         if (reason === undefined) {
           nextExpiry = Math.min(nextExpiry, cert.expiresAt + CLOCK_SKEW_MS)
           continue
@@ -403,5 +384,19 @@ export class PoolGate extends EventTarget {
 
   #refuse(reason: string): void {
     this.#stats.refused[reason] = (this.#stats.refused[reason] ?? 0) + 1
+  }
+}
+
+/** Why a certificate is not valid now for one of our pools (revoked, expired, …), or undefined. */
+function whyInvalid(cert: Certificate, local: LocalPool): string | undefined {
+  try {
+    verifyCertificate(cert, {
+      poolId: local.pool.id,
+      rootPublicKey: local.pool.rootPublicKey,
+      revocations: local.revocations,
+    })
+    return undefined
+  } catch (err) {
+    return err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
   }
 }
