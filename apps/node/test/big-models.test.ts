@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -9,12 +8,11 @@ import {
   beaconPort,
   createModel,
   eventually,
-  MESH_BIN,
   runMesh,
   startAgentProcess,
 } from '@meshnet/test-harness'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
+import { converged, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // Rings of `mesh start` processes on loopback whose members each offer only part of what a model
 // needs (`--memory`): plans that fit every member, survivors that grow their ranges on failover
@@ -271,7 +269,11 @@ describe('big models over a ring of agents', () => {
       names.set((await agentRequest<{ nodeId: string }>(ring.dir(name), '/status')).nodeId, name)
     }
     const victimName = names.get(order.find((id) => id !== self)!)!
-    const { out, code, err, killed } = await streamAndKill(ring, ring.byName.get(victimName)!, 24)
+    const { out, code, err, killed } = await streamAndKill(
+      ring.dir('A'),
+      ['--prompt', PROMPT, '--max-tokens', '24'],
+      ring.byName.get(victimName)!,
+    )
     expect(code, err).toBe(0)
     expect(killed).toBe(true)
     expect(out.trimEnd()).toBe(uninterrupted.job!.text.trimEnd())
@@ -297,35 +299,3 @@ describe('big models over a ring of agents', () => {
     }
   }, 300_000)
 })
-
-/** Streams a job from A with `mesh inference` and SIGKILLs `victim` at the first output. */
-async function streamAndKill(ring: Ring, victim: AgentProcess, maxTokens: number) {
-  const child = spawn(
-    process.execPath,
-    [
-      '--conditions=meshnet-source',
-      MESH_BIN,
-      'inference',
-      '--prompt',
-      PROMPT,
-      '--max-tokens',
-      String(maxTokens),
-      '--data-dir',
-      ring.dir('A'),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  )
-  let out = ''
-  let err = ''
-  let killed = false
-  child.stderr.on('data', (chunk) => (err += chunk))
-  child.stdout.on('data', (chunk) => {
-    out += chunk
-    if (!killed && out.length > 0) {
-      killed = true
-      void victim.kill()
-    }
-  })
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-  return { out, err, killed, code }
-}

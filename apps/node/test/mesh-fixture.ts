@@ -2,7 +2,14 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RingTopology } from '@meshnet/ring'
-import { agentRequest, eventually, runMesh, startAgentProcess } from '@meshnet/test-harness'
+import {
+  type AgentProcess,
+  agentRequest,
+  eventually,
+  MESH_BIN,
+  runMesh,
+  startAgentProcess,
+} from '@meshnet/test-harness'
 
 export interface RingStatus {
   poolId: string
@@ -108,4 +115,33 @@ export async function startRelay(
       await new Promise((resolve) => child.once('exit', resolve))
     },
   }
+}
+
+/**
+ * Streams a job with `mesh inference <args> --data-dir <dataDir>` and SIGKILLs `victim` as soon as
+ * the first output arrives, mid-generation. Returns what the command printed and how it exited.
+ */
+export async function streamAndKill(
+  dataDir: string,
+  args: readonly string[],
+  victim: AgentProcess,
+): Promise<{ out: string; err: string; killed: boolean; code: number | null }> {
+  const child = spawn(
+    process.execPath,
+    ['--conditions=meshnet-source', MESH_BIN, 'inference', ...args, '--data-dir', dataDir],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  )
+  let out = ''
+  let err = ''
+  let killed = false
+  child.stderr.on('data', (chunk) => (err += chunk))
+  child.stdout.on('data', (chunk) => {
+    out += chunk
+    if (!killed && out.length > 0) {
+      killed = true
+      void victim.kill()
+    }
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
+  return { out, err, killed, code }
 }

@@ -1,4 +1,3 @@
-import { spawn } from 'node:child_process'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -11,14 +10,13 @@ import {
   beaconPort,
   createModel,
   eventually,
-  MESH_BIN,
   runMesh,
   startAgentProcess,
 } from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
-import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
+import { converged, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
 // generated model; jobs go through `mesh inference` (the real CLI) to agent A, which runs them on
@@ -206,7 +204,11 @@ describe('jobs on a ring of three agents', () => {
         }
       }
       await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
-      const { out, killed, code, err } = await streamAndKill(mode, victim)
+      const { out, killed, code, err } = await streamAndKill(
+        dir('A'),
+        ['--prompt', PROMPT, '--max-tokens', '64', '--mode', mode],
+        agents.get(victim)!,
+      )
       expect(code, err).toBe(0)
       expect(killed).toBe(true)
       expect(out.trimEnd()).toBe(uninterrupted[mode].text.trimEnd())
@@ -269,35 +271,3 @@ describe('jobs on a ring of three agents', () => {
 })
 
 /** Streams a job from A through the CLI and SIGKILLs `victim` as soon as the first text arrives. */
-async function streamAndKill(mode: string, victim: string) {
-  const child = spawn(
-    process.execPath,
-    [
-      '--conditions=meshnet-source',
-      MESH_BIN,
-      'inference',
-      '--prompt',
-      PROMPT,
-      '--max-tokens',
-      '64',
-      '--mode',
-      mode,
-      '--data-dir',
-      dir('A'),
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  )
-  let out = ''
-  let err = ''
-  let killed = false
-  child.stderr.on('data', (chunk) => (err += chunk))
-  child.stdout.on('data', (chunk) => {
-    out += chunk
-    if (!killed && out.length > 0) {
-      killed = true
-      void agents.get(victim)!.kill()
-    }
-  })
-  const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
-  return { out, err, killed, code }
-}
