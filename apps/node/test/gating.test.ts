@@ -245,5 +245,16 @@ describe('a peer without a valid certificate is refused on every pool protocol',
     })
     await present([valid])
     await refused('revoked', 1)
+    // A peer that presents an already-revoked certificate (never held before) is told why it is
+    // refused, not "no certificate presented" (#20 item 9).
+    const late = await outsider()
+    const lateCert = await pool.issueCertificate({ devicePublicKey: late.identity.publicKey, role: 'member' })
+    await pool.revoke({ nodeIds: [identity.nodeId, late.identity.nodeId] })
+    await eventually('the agent to take the second revocation', async () => {
+      await late.present([lateCert])
+      const answer = await late.askRing()
+      return answer.error?.message.includes('revoked') ? answer : undefined
+    })
+    expect((await late.askRing()).error.message).not.toMatch(/no certificate presented/)
   })
 })
