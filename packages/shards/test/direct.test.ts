@@ -1,6 +1,7 @@
 import net from 'node:net'
 import { describe, expect, it } from 'vitest'
-import { connectDirect, type DirectBinding, DirectListener } from '../src/direct.ts'
+import { connectDirect, DirectListener } from '../src/direct.ts'
+import type { DirectBinding } from '../src/direct-seal.ts'
 import { within } from '../src/within.ts'
 
 const CAP = 1 << 16
