@@ -2,7 +2,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { TILE_POOL_ROWS } from '../src/generator.ts'
+import { TILE_POOL_ROWS } from '../src/generator-fill.ts'
 import { generateModel, readLlamaHyperparameters } from '../src/index.ts'
 import { openGGUF } from '../src/reader.ts'
 
