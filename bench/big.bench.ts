@@ -34,11 +34,9 @@ import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { openSpmTokenizer } from '@meshnet/engine'
 import { generateModel } from '@meshnet/gguf'
-import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
-import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
 import { readShardModelFacts } from '@meshnet/shards'
 import { type AgentProcess, agentRequest, beaconPort, startAgentProcess } from '@meshnet/test-harness'
-import { table } from './lib.ts'
+import { makePool, table } from './lib.ts'
 import {
   type LlamaCppFigures,
   type LlamaRpcFigures,
@@ -369,25 +367,6 @@ interface RingStatus {
       error?: string
     } | null
   }>
-}
-
-/** A pool whose root and members are set up on disk directly (joins over beacons are measured elsewhere). */
-async function makePool(root: string, n: number): Promise<{ poolId: string; dirs: string[] }> {
-  const dirs = Array.from({ length: n }, (_, i) => join(root, `node-${i}`))
-  const adminLayout = await ensureDataDir(dirs[0]!)
-  const { identity: admin } = await loadOrCreateIdentity(adminLayout.identityKey)
-  const { pool } = await createPool(adminLayout.root, { name: 'bench-big' }, admin)
-  const pools = await openPoolAdmin(adminLayout.root, pool.id, admin)
-  const token = await pools.createJoinToken({ singleUse: false })
-  for (const dir of dirs.slice(1)) {
-    const layout = await ensureDataDir(dir)
-    const { identity } = await loadOrCreateIdentity(layout.identityKey)
-    const { bytes } = createJoinRequest(identity, { token: token.token, deviceName: 'bench' })
-    const decision = await pools.handleJoinRequest(bytes)
-    if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
-    await saveJoinedPool(layout.root, decision.response)
-  }
-  return { poolId: pool.id, dirs }
 }
 
 interface JobEnd {

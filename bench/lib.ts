@@ -1,5 +1,9 @@
 // Shared helpers for benchmarks: run the real `mesh` CLI and agents from source (through
 // @meshnet/test-harness), summarise samples, print tables.
+
+import { join } from 'node:path'
+import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
+import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
 import { type AgentProcess, type MeshResult, runMesh, startAgentProcess } from '@meshnet/test-harness'
 
 /** `mesh <args>` from source, without a time limit. */
@@ -44,4 +48,26 @@ export function table(rows: Array<Record<string, string | number>>): void {
   console.log(line(columns))
   console.log(line(widths.map((w) => '-'.repeat(w))))
   for (const row of rows) console.log(line(columns.map((c) => cell(row[c]!))))
+}
+
+/**
+ * A pool of `n` data dirs under `root`, set up on disk directly: the first holds the pool root, the
+ * others are certified members (joins over beacons are measured in pool-join.bench.ts).
+ */
+export async function makePool(root: string, n: number): Promise<{ poolId: string; dirs: string[] }> {
+  const dirs = Array.from({ length: n }, (_, i) => join(root, `node-${i}`))
+  const adminLayout = await ensureDataDir(dirs[0]!)
+  const { identity: admin } = await loadOrCreateIdentity(adminLayout.identityKey)
+  const { pool } = await createPool(adminLayout.root, { name: 'bench' }, admin)
+  const pools = await openPoolAdmin(adminLayout.root, pool.id, admin)
+  const token = await pools.createJoinToken({ singleUse: false })
+  for (const dir of dirs.slice(1)) {
+    const layout = await ensureDataDir(dir)
+    const { identity } = await loadOrCreateIdentity(layout.identityKey)
+    const { bytes } = createJoinRequest(identity, { token: token.token, deviceName: 'bench' })
+    const decision = await pools.handleJoinRequest(bytes)
+    if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
+    await saveJoinedPool(layout.root, decision.response)
+  }
+  return { poolId: pool.id, dirs }
 }

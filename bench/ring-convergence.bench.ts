@@ -4,9 +4,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
-import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
-import { startAgent, stopAgent, summary, table } from './lib.ts'
+import { makePool, startAgent, stopAgent, summary, table } from './lib.ts'
 
 const SIZES = (process.env.BENCH_RING_SIZES ?? '2,4,8,16').split(',').map(Number)
 const REST_WINDOW_MS = 6_000
@@ -27,25 +25,6 @@ async function control<T>(dataDir: string, path: string): Promise<T> {
     headers: { authorization: `Bearer ${token}` },
   })
   return (await response.json()) as T
-}
-
-/** A pool whose admin and members are set up on disk directly (joins are measured elsewhere). */
-async function makePool(root: string, n: number): Promise<{ poolId: string; dirs: string[] }> {
-  const dirs = Array.from({ length: n }, (_, i) => join(root, `node-${i}`))
-  const adminLayout = await ensureDataDir(dirs[0]!)
-  const { identity: admin } = await loadOrCreateIdentity(adminLayout.identityKey)
-  const { pool } = await createPool(adminLayout.root, { name: 'bench' }, admin)
-  const pools = await openPoolAdmin(adminLayout.root, pool.id, admin)
-  const token = await pools.createJoinToken({ singleUse: false })
-  for (const dir of dirs.slice(1)) {
-    const layout = await ensureDataDir(dir)
-    const { identity } = await loadOrCreateIdentity(layout.identityKey)
-    const { bytes } = createJoinRequest(identity, { token: token.token, deviceName: 'bench' })
-    const decision = await pools.handleJoinRequest(bytes)
-    if (decision.outcome !== 'accepted') throw new Error(`join refused: ${decision.outcome}`)
-    await saveJoinedPool(layout.root, decision.response)
-  }
-  return { poolId: pool.id, dirs }
 }
 
 const rows: Array<Record<string, string | number>> = []
