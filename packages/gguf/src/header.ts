@@ -75,12 +75,12 @@ class Cursor {
   private view = new DataView(this.buf.buffer)
   private start = 0
 
-  private readonly handle: FileHandle
+  private readonly handle: HeaderSource
   readonly path: string
   readonly fileSize: number
   readonly limits: GGUFLimits
 
-  constructor(handle: FileHandle, path: string, fileSize: number, limits: GGUFLimits) {
+  constructor(handle: HeaderSource, path: string, fileSize: number, limits: GGUFLimits) {
     this.handle = handle
     this.path = path
     this.fileSize = fileSize
@@ -305,9 +305,15 @@ async function readValue(cur: Cursor, typeId: number, typeAt: number, key: strin
   return { type: 'array', itemType, value: numericArray(itemType, raw, n) } as GGUFValue
 }
 
+/**
+ * Positioned reads of a GGUF file: a `FileHandle`, or anything else that answers them (the byte
+ * ranges of a model served over HTTP, for example).
+ */
+export type HeaderSource = Pick<FileHandle, 'read'>
+
 /** Reads and checks everything before the tensor data. */
 export async function readHeader(
-  handle: FileHandle,
+  handle: HeaderSource,
   path: string,
   fileSize: number,
   limits: GGUFLimits,

@@ -31,7 +31,12 @@ export {
   rowByteLength,
 } from './ggml-types.ts'
 export type { GGUFLimits, GGUFTensorInfo } from './header.ts'
-export { DEFAULT_GGUF_LIMITS } from './header.ts'
+export {
+  DEFAULT_GGUF_LIMITS,
+  type GGUFHeader,
+  type HeaderSource,
+  readHeader as readGGUFHeader,
+} from './header.ts'
 export type { LlamaHyperparameters } from './llama.ts'
 export { readLlamaHyperparameters } from './llama.ts'
 export type {

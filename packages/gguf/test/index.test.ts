@@ -28,6 +28,7 @@ it('exports exactly the public surface', async () => {
       "modelOptionsSchema",
       "openGGUF",
       "quantizeRow",
+      "readGGUFHeader",
       "readLlamaHyperparameters",
       "rowByteLength",
       "splitGGUF",
