@@ -1,6 +1,6 @@
 import { type ChildProcess, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { access, readFile } from 'node:fs/promises'
+import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { MESH_BIN } from './mesh-cli.ts'
 
@@ -60,7 +60,9 @@ export async function startAgentProcess(
   for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; ) {
     if (child.exitCode !== null) throw new Error(`agent exited early (code ${child.exitCode}):\n${output}`)
     try {
-      await access(join(dataDir, 'agent.json'))
+      // This agent's, not one a killed agent left behind.
+      const info = JSON.parse(await readFile(join(dataDir, 'agent.json'), 'utf8')) as { pid?: number }
+      if (info.pid !== child.pid) throw new Error('agent.json of another process')
       return agent
     } catch {
       await new Promise((resolve) => setTimeout(resolve, 25))
