@@ -16,6 +16,7 @@ it('exports exactly the public surface', async () => {
       "packageDir",
       "runMesh",
       "startAgentProcess",
+      "startRangeServer",
     ]
   `)
 })
