@@ -53,7 +53,7 @@ export const capabilitiesSchema = z.strictObject({
           .min(0)
           .max(1 << 24),
       ]),
-      state: z.enum(['loading', 'ready', 'failed']),
+      state: z.enum(['fetching', 'loading', 'ready', 'failed']),
       bytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
       loadedBytes: z.number().int().nonnegative().max(Number.MAX_SAFE_INTEGER),
       error: z.string().max(512).optional(),

@@ -44,6 +44,7 @@ export {
   shardedPlanSchema,
 } from './plan.ts'
 export type {
+  ModelCopy,
   ModelResolver,
   ShardChannel,
   ShardServer,

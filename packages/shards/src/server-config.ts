@@ -1,11 +1,25 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { KernelFactory, Kernels } from '@meshnet/engine'
+import type { KernelFactory, Kernels, ShardSpec } from '@meshnet/engine'
 import type { ShardGate } from './peers.ts'
 import type { SegmentReport } from './weight-cache.ts'
 
-/** Finds this member's copy of a model by its SHA-256 (hex); undefined when it has none. */
-export type ModelResolver = (sha256: string) => string | undefined | Promise<string | undefined>
+/**
+ * A member's copy of a model known by its id: a file, and how to make sure the bytes of a shard are
+ * on disk and verified before it loads (a model fetched by parts fetches what is missing).
+ */
+export interface ModelCopy {
+  path: string
+  ensure(spec: ShardSpec, signal?: AbortSignal): Promise<void>
+}
+
+/**
+ * Finds this member's copy of a model by its id (hex): a whole file whose SHA-256 is the id, or a
+ * `ModelCopy`; undefined when it has none.
+ */
+export type ModelResolver = (
+  sha256: string,
+) => string | ModelCopy | undefined | Promise<string | ModelCopy | undefined>
 
 export interface ShardServerConfig {
   node: MeshNode

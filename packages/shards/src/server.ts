@@ -4,7 +4,7 @@ import { DEFAULT_SEGMENT_BYTES, type KernelFactory, type Kernels, type ShardSpec
 import { z } from 'zod'
 import type { Channel } from './channel.ts'
 import type { ShardGate } from './peers.ts'
-import type { ModelResolver, ShardServerStats } from './server-config.ts'
+import type { ModelCopy, ModelResolver, ShardServerStats } from './server-config.ts'
 import { ShardServerImpl } from './shard-server.ts'
 
 export const shardServerOptionsSchema = z.strictObject({
@@ -114,4 +114,4 @@ export function shardServer(init: ShardServerInit): ShardServer {
   })
 }
 
-export type { ModelResolver, ShardServerStats }
+export type { ModelCopy, ModelResolver, ShardServerStats }

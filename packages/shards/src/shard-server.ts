@@ -261,14 +261,28 @@ export class ShardServerImpl implements SessionHost {
     await session.run()
   }
 
-  /** This member's copy of model `sha`, its hash checked. */
-  async #modelPath(sha: string): Promise<string> {
-    const path = await this.#config.models(sha)
-    if (path === undefined) {
+  /**
+   * This member's copy of model `sha` for `spec`: a whole file, its hash checked, or a copy by parts
+   * whose chunks of `spec` are made sure of (fetched and verified when missing).
+   */
+  async #modelPath(sha: string, spec: ShardSpec): Promise<string> {
+    const copy = await this.#config.models(sha)
+    if (copy === undefined) {
       throw new ShardModelError(`this member has no copy of model ${sha}`, {
         hint: 'copy the GGUF file to the member (or plan without it)',
       })
     }
+    if (typeof copy !== 'string') {
+      try {
+        await copy.ensure(spec)
+      } catch (err) {
+        throw new ShardModelError(
+          `this member cannot get its shard of model ${sha}: ${(err as Error).message}`,
+        )
+      }
+      return copy.path
+    }
+    const path = copy
     const actual = await fileSha256(path)
     if (actual !== sha) {
       throw new ShardModelError(`${path} hashes to ${actual}, not ${sha}`, {
@@ -288,7 +302,7 @@ export class ShardServerImpl implements SessionHost {
     spec: ShardSpec,
   ): Promise<{ weightBytes: number; loadMs: number; reused: boolean }> {
     const started = performance.now()
-    const path = await this.#modelPath(sha)
+    const path = await this.#modelPath(sha, spec)
     const file = await openGGUF(path)
     let lease: WeightLease
     try {
@@ -325,7 +339,6 @@ export class ShardServerImpl implements SessionHost {
   async #createSession(channel: Channel, coordinator: string, open: OpenMessage): Promise<MemberSession> {
     const started = performance.now()
     const sha = open.model.sha256
-    const path = await this.#modelPath(sha)
     const spec: ShardSpec = {
       layers: open.shard.layers,
       heads: open.shard.heads,
@@ -334,6 +347,8 @@ export class ShardServerImpl implements SessionHost {
       // Tensor parallel: every member projects its share of the vocabulary (see VocabHead).
       head: open.mode === 'tensor' ? false : open.shard.head,
     }
+    // The bytes it needs: a tensor-parallel member's vocabulary rows are in the output projection.
+    const path = await this.#modelPath(sha, open.mode === 'tensor' ? { ...spec, head: true } : spec)
     const options = { contextSize: open.contextSize, kvCacheType: open.kvCacheType, maxBatch: open.maxBatch }
     const file = await openGGUF(path)
     let config: ReturnType<typeof readLlamaConfig>

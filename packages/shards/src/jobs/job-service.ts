@@ -97,7 +97,11 @@ export class JobServiceImpl implements JobService {
       // Kernels and memory of its own for every weight segment: a member holds what it offers,
       // past the 4 GiB one wasm32 memory holds.
       kernels: (maxMemoryBytes) => createWasmKernels({ threads, maxMemoryBytes }),
-      models: (wanted) => (wanted === info.sha256 ? path : undefined),
+      models: (wanted) => {
+        if (wanted !== info.sha256) return undefined
+        const { ensure } = served
+        return ensure === undefined ? path : { path, ensure: (spec, signal) => ensure(spec, { signal }) }
+      },
       // The process itself lives within the offer too (what plans keep back, less scratch).
       memoryBytes: Math.max(2 ** 20, rings.capacityBytes() - PROCESS_RESERVE_BYTES),
       logger,
@@ -158,6 +162,34 @@ export class JobServiceImpl implements JobService {
         loadedBytes: 0,
         error: 'this agent serves no model',
       })
+    }
+    if (served.ensure !== undefined) {
+      // A model held by parts: fetch this shard's missing chunks first (each verified).
+      let last = 0
+      try {
+        await served.ensure(
+          { layers, embed: shard.embed, head: shard.head },
+          {
+            onProgress: (done, total) => {
+              if (performance.now() - last < 500 && done < total) return
+              last = performance.now()
+              report({ layers, state: 'fetching', bytes: total, loadedBytes: done })
+            },
+          },
+        )
+      } catch (err) {
+        this.#components.logger.warn(
+          { layers, err: (err as Error).message },
+          "could not fetch this member's shard",
+        )
+        return report({
+          layers,
+          state: 'failed',
+          bytes: 0,
+          loadedBytes: 0,
+          error: (err as Error).message.slice(0, 512),
+        })
+      }
     }
     report({ layers, state: 'loading', bytes: estimate, loadedBytes: 0 })
     const progress = setInterval(() => {
@@ -253,7 +285,8 @@ export class JobServiceImpl implements JobService {
           : [self],
       model: facts,
       contextSize,
-      mode: request.mode,
+      // A member holding only its shard of the model does not fetch all of it to run a job alone.
+      mode: request.mode === 'auto' && served.whole?.() === false ? 'pipeline' : request.mode,
       preferNodeId: nodeId,
     })
     if (choice.mode === 'none') {
@@ -309,6 +342,11 @@ export class JobServiceImpl implements JobService {
           yield step.value
         }
       } else if (choice.mode === 'single' && choice.nodeId === nodeId) {
+        // llama.cpp loads the whole file: a model held by parts is completed first.
+        await served.ensure?.(
+          { layers: [0, served.plan.layers], embed: true, head: true },
+          { signal: controller.signal },
+        )
         result = yield* runSingle({
           engines: this.#engines,
           served,

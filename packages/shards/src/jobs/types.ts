@@ -1,6 +1,12 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { GeneratedToken, GenerateOptions, GenerateResult, OpenedTokenizer } from '@meshnet/engine'
+import type {
+  GeneratedToken,
+  GenerateOptions,
+  GenerateResult,
+  OpenedTokenizer,
+  ShardSpec,
+} from '@meshnet/engine'
 import type { JobRunner } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
@@ -44,8 +50,19 @@ export interface JobRings {
 /** The model this node serves (`mesh start --model`), as its ring announces it. */
 export interface ServedModel {
   path: string
+  /** `sha256`: the model id (the SHA-256 of its manifest, or of the whole file when it has none). */
   info: { name: string; sha256: string; bytes: number }
   plan: ShardModelFacts
+  /**
+   * A model held by parts (fetched from peers or a URL): makes sure the bytes of `spec` are on disk
+   * and verified, fetching what is missing, with progress. Absent: `path` is the whole file.
+   */
+  /** False while a model held by parts lacks some chunks: auto mode then never runs it whole here. */
+  whole?: () => boolean
+  ensure?: (
+    spec: ShardSpec,
+    options?: { signal?: AbortSignal; onProgress?: (doneBytes: number, totalBytes: number) => void },
+  ) => Promise<void>
 }
 
 /** The whole-model engine that runs `single` jobs (llama.cpp: `createLlamaCppEngine` of @meshnet/llama-cpp). */
@@ -108,7 +125,8 @@ export interface ShardAssignment {
 /** How far a preload went (what ring announcements carry as `capabilities.shard`). */
 export interface ShardLoadState {
   layers: [number, number]
-  state: 'loading' | 'ready' | 'failed'
+  /** `fetching`: its bytes are being fetched (bytes and loadedBytes count the fetch). */
+  state: 'fetching' | 'loading' | 'ready' | 'failed'
   /** Weight bytes of the shard (estimated until loaded). */
   bytes: number
   loadedBytes: number
