@@ -10,6 +10,7 @@ import { registerDemo } from './commands/demo.ts'
 import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
+import { registerModels } from './commands/models.ts'
 import { registerPool } from './commands/pool.ts'
 import { registerRing } from './commands/ring.ts'
 import { registerStart } from './commands/start.ts'
@@ -34,6 +35,7 @@ export function createProgram(io: CliIo = processIo): Command {
   const context = (cmd: Command, app?: string) => commandContext(cmd, io, app)
   registerInit(program, context)
   registerModelCreate(program, context)
+  registerModels(program, context)
   registerInference(program, context)
   registerInferenceStats(program, context)
   registerDemo(program, context)
