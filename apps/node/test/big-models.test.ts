@@ -12,7 +12,7 @@ import {
   startAgentProcess,
 } from '@meshnet/test-harness'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { converged, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
+import { converged, llamaCppTokens, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // Rings of `mesh start` processes on loopback whose members each offer only part of what a model
 // needs (`--memory`): plans that fit every member, survivors that grow their ranges on failover
@@ -148,23 +148,7 @@ describe('big models over a ring of agents', () => {
       seed: 7,
     })
     const facts = await readShardModelFacts(model)
-    const local = await runMesh([
-      'inference',
-      '--local',
-      '--engine',
-      'llama-cpp',
-      '--model',
-      model,
-      '--prompt',
-      PROMPT,
-      '--max-tokens',
-      '8',
-      '--threads',
-      '1',
-      '--json',
-    ])
-    expect(local.code, local.stderr).toBe(0)
-    const reference = (JSON.parse(local.stdout) as { tokens: number[] }).tokens
+    const reference = await llamaCppTokens(model, PROMPT, 8)
     // A has room for 24 layers (4.5 GB with the embedding), B for two and the head.
     const ring = await ringOf(root, model, { A: offerFor(facts, 24), B: offerFor(facts, 2) })
     const planned = await ready(ring, 'A')

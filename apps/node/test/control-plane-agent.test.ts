@@ -1,5 +1,4 @@
-import { createHash } from 'node:crypto'
-import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import type { AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
@@ -8,6 +7,7 @@ import { generateModel } from '@meshnet/gguf'
 import { createEngine } from '@meshnet/llama-cpp'
 import type { JobRunner } from '@meshnet/protocols'
 import { eventually } from '@meshnet/test-harness'
+import { buildManifest } from '@meshnet/weights'
 import { afterAll, afterEach, beforeEach, describe, expect, it } from 'vitest'
 import {
   api,
@@ -75,9 +75,8 @@ const model = async () => {
     type: 'Q8_0',
     seed: 5,
   })
-  const sha256 = createHash('sha256')
-    .update(await readFile(path))
-    .digest('hex')
+  // The model id agents announce and jobs name: the SHA-256 of the model's manifest.
+  const sha256 = (await buildManifest(path)).id
   const engine = await createEngine({ engine: 'llama-cpp', modelPath: path, threads: 1 })
   cleanups.push(() => engine.dispose())
   const reference = await engine.generate(PROMPT, { maxTokens: MAX_TOKENS, temperature: 0 })

@@ -13,6 +13,7 @@ import { controlPlanePart } from '../src/agent/control-plane-part.ts'
 import { jobsPart } from '../src/agent/jobs-part.ts'
 import { type MeshPart, meshPart } from '../src/agent/mesh-part.ts'
 import { ringPart } from '../src/agent/ring-part.ts'
+import { weightsPart } from '../src/agent/weights-part.ts'
 import type { NodeConfig } from '../src/config.ts'
 
 const CONTROL_PLANE_BIN = join(import.meta.dirname, '..', '..', 'control-plane', 'src', 'bin.ts')
@@ -231,8 +232,9 @@ export async function startTestAgent(
     logger,
     parts: (context) => {
       const mesh = meshPart(context, undefined)
-      const rings = ringPart(context, mesh)
-      const jobs = jobsPart(context, mesh, rings)
+      const weights = weightsPart(context, mesh)
+      const rings = ringPart(context, mesh, weights)
+      const jobs = jobsPart(context, mesh, rings, weights)
       const controlPlane = controlPlanePart(context, {
         mesh,
         rings: rings.rings,
@@ -242,7 +244,7 @@ export async function startTestAgent(
         ...(options.token === undefined ? {} : { token: options.token }),
       })
       parts = { mesh, rings, controlPlane }
-      return [mesh, rings, jobs, controlPlane]
+      return [mesh, weights, rings, jobs, controlPlane]
     },
   })
   return { agent, log, ...parts! }

@@ -26,7 +26,7 @@ export interface RingStatus {
     capacityBytes: number
     shard: {
       layers: [number, number]
-      load: 'pending' | 'loading' | 'ready' | 'failed'
+      load: 'pending' | 'fetching' | 'loading' | 'ready' | 'failed'
       bytes?: number
       loadedBytes?: number
       error?: string
@@ -58,6 +58,27 @@ export async function converged(
 
 export async function readTopology(dataDir: string, poolId: string): Promise<RingTopology> {
   return JSON.parse(await readFile(join(dataDir, `ring_topology_${poolId}.json`), 'utf8')) as RingTopology
+}
+
+/** llama.cpp's greedy tokens for `prompt` on the whole file, on one node (`mesh inference --local`). */
+export async function llamaCppTokens(model: string, prompt: string, maxTokens: number): Promise<number[]> {
+  const local = await runMesh([
+    'inference',
+    '--local',
+    '--engine',
+    'llama-cpp',
+    '--model',
+    model,
+    '--prompt',
+    prompt,
+    '--max-tokens',
+    String(maxTokens),
+    '--threads',
+    '1',
+    '--json',
+  ])
+  if (local.code !== 0) throw new Error(`mesh inference --local failed: ${local.stderr}`)
+  return (JSON.parse(local.stdout) as { tokens: number[] }).tokens
 }
 
 /** A pool made by A, with every other data dir joined over loopback beacons through A's agent. */

@@ -7,6 +7,7 @@ import type { AgentContext, AgentPart } from './agent.ts'
 import type { ControlRoutes } from './control-api.ts'
 import type { MeshPart } from './mesh-part.ts'
 import type { RingPart } from './ring-part.ts'
+import type { WeightsPart } from './weights-part.ts'
 
 /** Jobs listed by `GET /jobs` and `mesh inference-stats`. */
 const JOB_LIST_LIMIT = 200
@@ -23,10 +24,16 @@ export interface JobsPart extends AgentPart {
  * certificate gate, the rings, mesh_state.db, and llama.cpp as the whole-model engine; plus the
  * control routes `POST /jobs`, `GET /jobs` and `GET /jobs/:jobId`.
  */
-export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart): JobsPart {
+export function jobsPart(
+  context: AgentContext,
+  mesh: MeshPart,
+  ring: RingPart,
+  weights: WeightsPart,
+): JobsPart {
   const { config, logger, store, identity } = context
   let service: JobService | undefined
   let served: ServedModel | undefined
+  let stopped = false
 
   const routes: ControlRoutes = {
     'POST /jobs': (body, _params, { signal }) => {
@@ -47,49 +54,59 @@ export function jobsPart(context: AgentContext, mesh: MeshPart, ring: RingPart):
     model: () => service?.model(),
     routes,
     async start() {
-      served = ring.served()
-      service = jobService({
-        model: served,
-        threads: config.threads ?? availableParallelism(),
-        ...(config.public === undefined ? {} : { public: config.public }),
-        ...(config.publicJobsPerMinute === undefined
-          ? {}
-          : { publicJobsPerMinute: config.publicJobsPerMinute }),
-        ...(config.dht === undefined ? {} : { dht: config.dht }),
-        createSingleEngine: (modelPath, threads) => createLlamaCppEngine({ modelPath, threads }),
-        openTokenizer: (path) => openModelTokenizer(path),
-      })({
-        nodeId: identity.nodeId,
-        node: mesh.node(),
-        gate: mesh.gate(),
-        store,
-        rings: {
-          members: (poolId) => ring.rings().get(poolId)?.view()?.members,
-          pools: () => [...ring.rings().keys()],
-          capacityBytes: () => ring.capabilities().capacityBytes,
-        },
-        logger,
-      })
-      await service.start()
-      const runner = service
-      // Load this member's shard as soon as a ring agrees on a plan, so that the first job costs a
-      // prompt pass, not a load. A newer plan supersedes the load in flight. A ring of one runs
-      // its jobs on llama.cpp, so it loads nothing ahead.
-      ring.onPlan((poolId, plan) => {
-        const at = plan.findIndex((s) => s.nodeId === identity.nodeId)
-        if (at < 0 || plan.length < 2) return
-        const shard = { layers: plan[at]!.layers, embed: at === 0, head: at === plan.length - 1 }
-        logger.info(
-          { poolId, layers: shard.layers },
-          "the ring agreed on a plan; loading this member's shard",
-        )
-        void runner.preload(shard, (state) => ring.setShardState(state))
-      })
+      if (config.model !== undefined && weights.served() === undefined) {
+        // A model whose manifest is still on its way from a pool peer: jobs start once it is here.
+        weights.onServed((model) => {
+          if (service !== undefined || stopped) return
+          void begin(model).catch((err: Error) => logger.error({ err: err.message }, 'could not start jobs'))
+        })
+        return
+      }
+      await begin(weights.served())
     },
     async stop() {
+      stopped = true
       await service?.stop()
     },
     status: () =>
       service?.status() ?? { model: null, public: config.public === true, running: 0, jobs: 0, failed: 0 },
+  }
+
+  async function begin(model: ServedModel | undefined): Promise<void> {
+    served = model
+    service = jobService({
+      model: served,
+      threads: config.threads ?? availableParallelism(),
+      ...(config.public === undefined ? {} : { public: config.public }),
+      ...(config.publicJobsPerMinute === undefined
+        ? {}
+        : { publicJobsPerMinute: config.publicJobsPerMinute }),
+      ...(config.dht === undefined ? {} : { dht: config.dht }),
+      createSingleEngine: (modelPath, threads) => createLlamaCppEngine({ modelPath, threads }),
+      openTokenizer: (path) => openModelTokenizer(path),
+    })({
+      nodeId: identity.nodeId,
+      node: mesh.node(),
+      gate: mesh.gate(),
+      store,
+      rings: {
+        members: (poolId) => ring.rings().get(poolId)?.view()?.members,
+        pools: () => [...ring.rings().keys()],
+        capacityBytes: () => ring.capabilities().capacityBytes,
+      },
+      logger,
+    })
+    await service.start()
+    const runner = service
+    // Load this member's shard as soon as a ring agrees on a plan, so that the first job costs a
+    // prompt pass, not a load. A newer plan supersedes the load in flight. A ring of one runs
+    // its jobs on llama.cpp, so it loads nothing ahead.
+    ring.onPlan((poolId, plan) => {
+      const at = plan.findIndex((s) => s.nodeId === identity.nodeId)
+      if (at < 0 || plan.length < 2) return
+      const shard = { layers: plan[at]!.layers, embed: at === 0, head: at === plan.length - 1 }
+      logger.info({ poolId, layers: shard.layers }, "the ring agreed on a plan; loading this member's shard")
+      void runner.preload(shard, (state) => ring.setShardState(state))
+    })
   }
 }

@@ -1,6 +1,4 @@
-import { stat } from 'node:fs/promises'
 import { freemem, totalmem } from 'node:os'
-import { basename, join, resolve } from 'node:path'
 import { type Message, TopicValidatorResult } from '@libp2p/gossipsub'
 import { InvalidArgumentError } from '@meshnet/core'
 import {
@@ -28,9 +26,10 @@ import {
   topologyOf,
   writeTopologyFile,
 } from '@meshnet/ring'
-import { modelSha256, readShardModelFacts, type ServedModel } from '@meshnet/shards'
+import type { ServedModel } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { MeshPart } from './mesh-part.ts'
+import type { WeightsPart } from './weights-part.ts'
 
 /** Gossip topic on which a pool's root-signed revocation list is repeated. */
 export const revocationTopic = (poolId: string) => `/meshnet/revocations/1.0.0/${poolId}`
@@ -40,7 +39,7 @@ const POOL_SCAN_MS = 3_000
 
 export interface RingPart extends AgentPart {
   rings(): Map<string, RingGossip>
-  /** The served model once the part started; undefined without `--model`. */
+  /** The served model once known (see `WeightsPart.served`); undefined without `--model`. */
   served(): ServedModel | undefined
   /** What this node announces to its rings. */
   capabilities(): Capabilities
@@ -66,7 +65,7 @@ interface PoolPeer {
  * served model once the ring converges, `ring_topology_<pool-id>.json` on every new epoch, and the
  * pool's revocation list repeated over gossip.
  */
-export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
+export function ringPart(context: AgentContext, mesh: MeshPart, weights: WeightsPart): RingPart {
   const { logger, layout, identity, config, store } = context
   const rings = new Map<string, RingGossip>()
   const plans = new Map<string, { epoch: number; plan: PipelineShard[] | undefined; problem?: string }>()
@@ -109,7 +108,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
           if (!(err instanceof ShardPlanError)) throw err
           problem = err.message
         }
-      } else problem = 'not every member holds the same model file'
+      } else problem = 'not every member serves the same model (or some still wait for its manifest)'
     }
     const before = plans.get(poolId)
     plans.set(poolId, { epoch: view.epoch, plan, ...(problem ? { problem } : {}) })
@@ -247,8 +246,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
       for (const ring of rings.values()) ring.updateCapabilities(capabilities)
     },
     async start() {
-      served =
-        config.model === undefined ? undefined : await describeModel(resolve(config.model), layout.root)
+      served = weights.served()
       capabilities = {
         capacityBytes:
           config.memoryMb === undefined
@@ -259,6 +257,16 @@ export function ringPart(context: AgentContext, mesh: MeshPart): RingPart {
         engines: ['meshnet', 'llama-cpp'],
         models: served ? [served.info] : [],
       }
+      // A model known later (its manifest fetched from a pool peer): announced, and planned for.
+      weights.onServed((model) => {
+        if (served === model) return
+        served = model
+        capabilities = { ...capabilities, models: [model.info] }
+        for (const [poolId, ring] of rings) {
+          ring.updateCapabilities(capabilities)
+          onView(poolId, ring.view())
+        }
+      })
       const node = mesh.node()
       node.libp2p.services.pubsub.addEventListener('message', onRevocationMessage)
       node.libp2p.addEventListener('peer:disconnect', onDisconnect)
@@ -412,7 +420,7 @@ function loadOf(
   shard: Capabilities['shard'],
   layers: readonly [number, number],
 ): {
-  load: 'pending' | 'loading' | 'ready' | 'failed'
+  load: 'pending' | 'fetching' | 'loading' | 'ready' | 'failed'
   bytes?: number
   loadedBytes?: number
   error?: string
@@ -426,18 +434,6 @@ function loadOf(
     loadedBytes: shard.loadedBytes,
     ...(shard.error === undefined ? {} : { error: shard.error }),
   }
-}
-
-/** Reads what planning needs from the served GGUF and hashes it (same hash across the ring). */
-async function describeModel(path: string, dataDir: string): Promise<ServedModel> {
-  await stat(path).catch(() => {
-    throw new InvalidArgumentError(`--model ${path}: no such file`)
-  })
-  // What the planners and the job runner need: layers, heads, FFN width, bytes per layer, ...
-  const plan = await readShardModelFacts(path)
-  // Remembered in the data dir: a restarted agent does not read a big model again.
-  const { sha256, bytes } = await modelSha256(path, { cacheFile: join(dataDir, 'model-hashes.json') })
-  return { path, info: { name: basename(path), sha256, bytes }, plan }
 }
 
 /** A rough compute score: billions of float multiply-adds per second in a short JS loop. */

@@ -25,8 +25,15 @@ export const agentSettingsSchema = z.strictObject({
   beacons: z.boolean().optional(),
   /** Circuit relays to reserve a slot on; with `listen: ['/p2p-circuit']` the node is reachable only through them. */
   relay: z.array(multiaddr).max(8).optional(),
-  /** GGUF model this node serves. */
+  /** The model this node serves: a GGUF file, a model id (fetched from pool members) or an http(s) URL. */
   model: z.string().min(1).optional(),
+  /** Disk fetched model chunks may take, in MiB (default: the file system's free space). */
+  diskMb: z
+    .number()
+    .int()
+    .min(1)
+    .max(1024 * 1024 * 1024)
+    .optional(),
   /** Keep every packet on this machine (tests, demos). */
   localOnly: z.boolean().optional(),
   /** Sign any LAN join request for pools this node administers. */

@@ -18,7 +18,7 @@ interface RingStatus {
     capacityBytes: number
     shard: {
       layers: [number, number]
-      load: 'pending' | 'loading' | 'ready' | 'failed'
+      load: 'pending' | 'fetching' | 'loading' | 'ready' | 'failed'
       bytes?: number
       loadedBytes?: number
       error?: string
@@ -28,13 +28,16 @@ interface RingStatus {
 
 const mib = (bytes: number) => `${Math.round(bytes / 2 ** 20)} MiB`
 
-/** `layers 0–15, 2101 MiB, ready` (or loading with its percentage, or why it failed). */
+/**
+ * `layers 0–15, 2101 MiB, ready` (or fetching or loading with its percentage, or why it failed).
+ * While fetching, the bytes are those the member fetches (its shard's chunks it did not hold).
+ */
 function describeShard(shard: NonNullable<RingStatus['members'][number]['shard']>): string {
   const layers = `layers ${shard.layers[0]}–${shard.layers[1] - 1}`
   const bytes = shard.bytes === undefined ? '' : `, ${mib(shard.bytes)}`
   const state =
-    shard.load === 'loading' && shard.bytes
-      ? `loading ${Math.floor((100 * (shard.loadedBytes ?? 0)) / shard.bytes)}%`
+    (shard.load === 'loading' || shard.load === 'fetching') && shard.bytes
+      ? `${shard.load} ${Math.floor((100 * (shard.loadedBytes ?? 0)) / shard.bytes)}%`
       : shard.load === 'failed'
         ? `FAILED: ${shard.error ?? 'unknown error'}`
         : shard.load

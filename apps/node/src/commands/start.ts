@@ -1,7 +1,8 @@
 import { InvalidArgumentError, printFields, printJson, waitForSignal } from '@meshnet/core'
 import { ensureDataDir } from '@meshnet/identity'
+import type { FetchProgress } from '@meshnet/weights'
 import type { Command } from 'commander'
-import { type AgentParts, startAgent } from '../agent/agent.ts'
+import { type AgentParts, type RunningAgent, startAgent } from '../agent/agent.ts'
 import { apiPart } from '../agent/api-part.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
 import { controlPlanePart } from '../agent/control-plane-part.ts'
@@ -10,8 +11,10 @@ import { meshPart } from '../agent/mesh-part.ts'
 import { poolFilesPart, poolPart } from '../agent/pool-part.ts'
 import { ringPart } from '../agent/ring-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
+import { weightsPart } from '../agent/weights-part.ts'
 import { defaultNodeConfig, nodeConfigSchema, readNodeConfig } from '../config.ts'
 import type { CommandContext } from '../context.ts'
+import { type Progress, updateFetchProgress } from './progress.ts'
 
 interface StartFlags {
   config?: string
@@ -31,6 +34,7 @@ interface StartFlags {
   public?: boolean
   threads?: string
   memory?: string
+  disk?: string
   apiPort?: string
   apiHost?: string
   apiKey?: string
@@ -45,8 +49,9 @@ const agentParts: AgentParts = (context) => {
   const beacons = context.config.beacons === false ? undefined : beaconsPart(context)
   const mesh = meshPart(context, beacons)
   const parts = beacons ? [beacons, poolPart(context, beacons)] : []
-  const ring = ringPart(context, mesh)
-  const jobs = jobsPart(context, mesh, ring)
+  const weights = weightsPart(context, mesh)
+  const ring = ringPart(context, mesh, weights)
+  const jobs = jobsPart(context, mesh, ring, weights)
   const { api, controlPlane } = context.config
   const extra = [
     ...(controlPlane?.url === undefined
@@ -63,7 +68,7 @@ const agentParts: AgentParts = (context) => {
         ]),
     ...(api?.port === undefined ? [] : [apiPart(context, jobs)]),
   ]
-  return [poolFilesPart(context), ...parts, mesh, ring, jobs, ...extra]
+  return [poolFilesPart(context), ...parts, mesh, weights, ring, jobs, ...extra]
 }
 
 export function registerStart(
@@ -84,7 +89,10 @@ export function registerStart(
     .option('--no-dht', 'turn the Kademlia DHT off')
     .option('--no-beacons', 'turn LAN beacons off (no pool joins over the LAN, no beacon discovery)')
     .option('--relay <multiaddr>', 'circuit relay to reserve a slot on (repeatable)', collect)
-    .option('--model <path.gguf>', 'GGUF model this node serves')
+    .option(
+      '--model <file|id|url>',
+      'model this node serves: a GGUF file, a model id (this member fetches only its shard from pool members) or an http(s) URL answering range requests',
+    )
     .option(
       '--auto-approve',
       'sign every LAN join request for pools this node administers (unsafe on shared LANs)',
@@ -96,6 +104,7 @@ export function registerStart(
     .option('--public', 'advertise the model in the DHT and run jobs for anyone, rate-limited per peer')
     .option('--threads <n>', 'CPU threads for inference (default: every core)')
     .option('--memory <MiB>', 'memory offered for model shards and KV caches (default: half of RAM)')
+    .option('--disk <MiB>', 'disk fetched model chunks may take (default: the free space of the data dir)')
     .option('--api-port <port>', 'serve the OpenAI-compatible API on this port (0 = any free port)')
     .option('--api-host <ip>', 'address the OpenAI-compatible API binds (default 127.0.0.1)')
     .option('--api-key <key>', 'bearer key the OpenAI-compatible API requires (default: none)')
@@ -138,13 +147,49 @@ export function registerStart(
         ])
       }
       ctx.logger.info({ nodeId: agent.identity.nodeId, controlPort: agent.controlPort }, 'agent started')
+      const unwatch = showFetches(agent, ctx)
       await stopping
+      unwatch()
       ctx.logger.info('stopping')
       await agent.stop()
       ctx.logger.info('agent stopped')
       if (ctx.json) printJson(ctx.io, { event: 'stopped' })
       else ctx.io.stdout.write('Agent stopped\n')
     })
+}
+
+/** How often `mesh start` looks at the agent's fetch of model chunks to redraw its progress. */
+const FETCH_WATCH_MS = 500
+
+/**
+ * Shows the agent's fetches of model chunks (its shard's, when the ring plans) as a progress bar on
+ * a terminal and plain lines otherwise; nothing with `--json`. Returns the function that stops it.
+ */
+function showFetches(agent: RunningAgent, ctx: CommandContext): () => void {
+  let progress: Progress | undefined
+  let model: string | undefined
+  const timer = setInterval(() => {
+    const weights = agent.status().weights as
+      | { fetch?: { current?: { model: string; progress: FetchProgress } } }
+      | undefined
+    const current = weights?.fetch?.current
+    if (current === undefined || current.model !== model) {
+      progress?.stop()
+      progress = undefined
+      model = undefined
+    }
+    if (current === undefined) return
+    model = current.model
+    progress = updateFetchProgress(progress, `model ${current.model.slice(0, 12)}`, current.progress, {
+      out: ctx.io.stderr,
+      silent: ctx.json,
+    })
+  }, FETCH_WATCH_MS)
+  timer.unref()
+  return () => {
+    clearInterval(timer)
+    progress?.stop()
+  }
 }
 
 function settingsFromFlags(flags: StartFlags): AgentSettings {
@@ -178,6 +223,7 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     public: flags.public,
     threads: number('--threads', flags.threads),
     memoryMb: number('--memory', flags.memory),
+    diskMb: number('--disk', flags.disk),
     api: Object.values(api).some((v) => v !== undefined) ? api : undefined,
     controlPlane: Object.values(controlPlane).some((v) => v !== undefined) ? controlPlane : undefined,
     // commander sets --no-x flags to true by default; only an explicit --no-x means false.
