@@ -44,7 +44,7 @@ afterAll(async () => {
 interface WeightsStatus {
   weights: {
     model: { id: string; path: string } | null
-    server: { bytesServed: number; requests: number }
+    server: { bytesServed: number; directBytes: number; requests: number }
     fetch: {
       fetchedBytes: number
       badChunks: number
@@ -143,6 +143,8 @@ describe('weights over the mesh', () => {
       0.9 * (sb.weights.fetch.fetchedBytes + sc.weights.fetch.fetchedBytes),
     )
     expect(sa.weights.fetch.fetchedBytes).toBe(0)
+    // The bulk bytes went on direct connections (the members' connections are direct TCP ones).
+    expect(sa.weights.server.directBytes).toBeGreaterThan(0.9 * sa.weights.server.bytesServed)
 
     // C leaves: B's range grows, and B fetches only the layers it gains.
     const before = new Set(chunksFor(manifest, selectionOf(planned, sb.nodeId, layers)))

@@ -11,7 +11,10 @@ export interface ChunkSource {
   /** Whether the source has chunk `index` (a URL has them all). */
   holds(index: number): boolean
   /** The chunks asked for, in any order, each as soon as it arrived; may end early (the rest are asked elsewhere). */
-  fetch(indices: readonly number[], signal: AbortSignal): AsyncIterable<{ index: number; bytes: Uint8Array }>
+  fetch(
+    indices: readonly number[],
+    signal: AbortSignal,
+  ): AsyncIterable<{ index: number; bytes: Uint8Array | readonly Uint8Array[] }>
 }
 
 /** Progress of a fetch, after each chunk. */
@@ -40,11 +43,11 @@ export interface FetchOptions {
   /** A request that delivers nothing for this long is cut and its chunks asked elsewhere. Default 15 s. */
   stallMs?: number
   /**
-   * Bytes per request at most. Default 16 MiB, less for a small fetch: about an eighth of it, so
+   * Bytes per request at most. Default 64 MiB, less for a small fetch: about an eighth of it, so
    * that every source gets a share from the start.
    */
   batchBytes?: number
-  /** Requests in flight per source. Default 2. */
+  /** Requests in flight per source. Default 4 (one answer streams while the next are set up). */
   perSource?: number
   /** How long chunks no source holds are waited for (a member joining) before FetchError. Default 60 s. */
   waitForSourceMs?: number
@@ -52,7 +55,7 @@ export interface FetchOptions {
 }
 
 const DEFAULT_STALL_MS = 15_000
-const DEFAULT_BATCH_BYTES = 16 * 2 ** 20
+const DEFAULT_BATCH_BYTES = 64 * 2 ** 20
 const DEFAULT_WAIT_MS = 60_000
 
 /**
@@ -87,7 +90,7 @@ export async function fetchChunks(
   const stallMs = options.stallMs ?? DEFAULT_STALL_MS
   const batchBytes =
     options.batchBytes ?? Math.min(DEFAULT_BATCH_BYTES, Math.max(1, Math.ceil(totalBytes / 8)))
-  const perSource = options.perSource ?? 2
+  const perSource = options.perSource ?? 4
   const waitMs = options.waitForSourceMs ?? DEFAULT_WAIT_MS
   const lifetime = new AbortController()
   const onAbort = () => lifetime.abort(options.signal?.reason)
@@ -149,8 +152,9 @@ export async function fetchChunks(
           return
         }
         inFlight.delete(index)
-        progress.doneBytes += bytes.length
-        progress.sources[source.id] = (progress.sources[source.id] ?? 0) + bytes.length
+        const length = chunks.length[index]!
+        progress.doneBytes += length
+        progress.sources[source.id] = (progress.sources[source.id] ?? 0) + length
         progress.rate = progress.doneBytes / Math.max(1e-3, (performance.now() - started) / 1000)
         options.onProgress?.(progress)
       }

@@ -3,6 +3,7 @@ import { type Logger, silentLogger } from '@meshnet/core'
 import { frameStream } from '@meshnet/protocols'
 import { RateLimiterMemory } from 'rate-limiter-flexible'
 import { z } from 'zod'
+import { DirectWeightsListener, receiveDirect } from './direct.ts'
 import { FetchError } from './errors.ts'
 import type { ChunkSource } from './fetcher.ts'
 import { MAX_CHUNK_BYTES, MAX_MANIFEST_BYTES } from './manifest.ts'
@@ -43,12 +44,24 @@ const requestSchema = z.discriminatedUnion('op', [
     op: z.literal('chunks'),
     model: id64,
     chunks: z.array(z.number().int().nonnegative()).min(1).max(MAX_CHUNKS_PER_REQUEST),
+    /** Answer on a direct TCP connection when the server can (see direct.ts). */
+    direct: z.literal(true).optional(),
   }),
 ])
 type WeightsRequest = z.infer<typeof requestSchema>
 
 const statusSchema = z.union([
-  z.strictObject({ ok: z.literal(true), model: id64.nullable().optional() }),
+  z.strictObject({
+    ok: z.literal(true),
+    model: id64.nullable().optional(),
+    direct: z
+      .strictObject({
+        port: z.number().int().min(1).max(65535),
+        id: z.string().regex(/^[0-9a-f]{32}$/),
+        key: z.string().regex(/^[0-9a-f]{64}$/),
+      })
+      .optional(),
+  }),
   z.strictObject({ error: z.strictObject({ code: z.string().max(64), message: z.string().max(1024) }) }),
 ])
 
@@ -70,6 +83,11 @@ export interface WeightsServerOptions {
   store: ModelStore
   /** Whether a peer may fetch (a member of a pool this node is in). */
   authorize(nodeId: string): boolean
+  /**
+   * Host a direct TCP listener binds for bulk answers (`127.0.0.1` on a local-only node, `0.0.0.0`
+   * otherwise); undefined: every answer goes over the libp2p stream.
+   */
+  directHost?: string | undefined
   /** Reads a chunk to send (default: `store.readChunk`); a test double may alter it. */
   readChunk?: (stored: StoredModel, index: number) => Promise<Uint8Array | undefined>
   logger?: Logger
@@ -78,6 +96,9 @@ export interface WeightsServerOptions {
 export interface WeightsServerStats {
   requests: number
   bytesServed: number
+  /** `chunks` requests answered on a direct TCP connection, and the chunk bytes sent on them. */
+  directAnswers: number
+  directBytes: number
   /** Requests refused or dropped, by reason. */
   drops: Record<string, number>
 }
@@ -88,12 +109,23 @@ export class WeightsServer {
   readonly #logger: Logger
   readonly #open = new Map<string, number>()
   readonly #limiter = new RateLimiterMemory({ points: REQUESTS_PER_SECOND, duration: 1 })
-  readonly #stats: WeightsServerStats = { requests: 0, bytesServed: 0, drops: {} }
+  readonly #stats: WeightsServerStats = {
+    requests: 0,
+    bytesServed: 0,
+    directAnswers: 0,
+    directBytes: 0,
+    drops: {},
+  }
+  readonly #direct: DirectWeightsListener | undefined
   #started = false
 
   constructor(options: WeightsServerOptions) {
     this.#options = options
     this.#logger = options.logger ?? silentLogger()
+    this.#direct =
+      options.directHost === undefined
+        ? undefined
+        : new DirectWeightsListener(options.directHost, this.#logger)
   }
 
   async start(): Promise<void> {
@@ -108,6 +140,7 @@ export class WeightsServer {
   async stop(): Promise<void> {
     if (this.#started) await this.#options.node.libp2p.unhandle(WEIGHTS_PROTOCOL).catch(() => {})
     this.#started = false
+    await this.#direct?.close()
   }
 
   stats(): WeightsServerStats {
@@ -166,7 +199,8 @@ export class WeightsServer {
         return await fail('bad-request', 'the request is not a weights request')
       }
       this.#stats.requests++
-      await this.#answer(request, frames(), fail)
+      // A relayed (limited) connection has no address to connect to directly.
+      await this.#answer(request, frames(), fail, connection.limits === undefined)
       await stream.close()
     } catch (err) {
       this.#drop('stream-error')
@@ -183,6 +217,7 @@ export class WeightsServer {
     request: WeightsRequest,
     frames: Sender,
     fail: (code: string, message: string) => Promise<void>,
+    directAllowed: boolean,
   ): Promise<void> {
     const { store } = this.#options
     if (request.op === 'find') {
@@ -205,8 +240,21 @@ export class WeightsServer {
       await frames.write(bits)
       return
     }
-    await frames.write(encodeJson({ ok: true }))
     const read = this.#options.readChunk ?? ((s, i) => store.readChunk(s, i))
+    if (request.direct === true && directAllowed && this.#direct !== undefined) {
+      const offer = await this.#direct.offer(
+        request.chunks,
+        (index) => read(stored, index),
+        (bytes) => {
+          this.#stats.bytesServed += bytes
+          this.#stats.directBytes += bytes
+        },
+      )
+      this.#stats.directAnswers++
+      await frames.write(encodeJson({ ok: true, direct: offer }))
+      return
+    }
+    await frames.write(encodeJson({ ok: true }))
     for (const index of request.chunks) {
       const bytes = await read(stored, index)
       if (bytes === undefined) continue
@@ -288,13 +336,18 @@ export async function fetchHave(
   return held
 }
 
-/** A pool member as a chunk source: `held` is what it said it has (`fetchHave`). */
+/**
+ * A pool member as a chunk source: `held` is what it said it has (`fetchHave`). Given `host` (the
+ * IP of a direct, not relayed, connection to it), chunks are asked for on a direct TCP connection
+ * when the member offers one, and over the libp2p stream otherwise (or when that connection fails).
+ */
 export function peerSource(
   node: WeightsNode,
-  peer: { id: string; dial: unknown },
+  peer: { id: string; dial: unknown; host?: string | undefined },
   model: string,
   held: Uint8Array,
 ): ChunkSource {
+  let direct = peer.host !== undefined
   return {
     id: peer.id,
     kind: 'peer',
@@ -302,12 +355,30 @@ export function peerSource(
     async *fetch(indices, signal) {
       for (let at = 0; at < indices.length; at += MAX_CHUNKS_PER_REQUEST) {
         const batch = indices.slice(at, at + MAX_CHUNKS_PER_REQUEST)
-        const { frames, stream } = await ask(
-          node,
-          peer.dial,
-          { op: 'chunks', model, chunks: [...batch] },
-          signal,
-        )
+        const request = {
+          op: 'chunks' as const,
+          model,
+          chunks: [...batch],
+          ...(direct ? { direct: true as const } : {}),
+        }
+        const { frames, stream, status } = await ask(node, peer.dial, request, signal)
+        if ('ok' in status && status.direct !== undefined) {
+          await stream.close().catch(() => {})
+          let got = 0
+          try {
+            for await (const chunk of receiveDirect(peer.host!, status.direct, signal)) {
+              got++
+              yield chunk
+            }
+            continue
+          } catch (err) {
+            // Nothing came: that address does not reach the member; libp2p from now on.
+            if (got > 0 || signal.aborted) throw err
+            direct = false
+            at -= MAX_CHUNKS_PER_REQUEST
+            continue
+          }
+        }
         try {
           for (;;) {
             const frame = await frames.read({ signal })

@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto'
 import { mkdirSync, readFileSync } from 'node:fs'
 import { type FileHandle, open, readFile, rm, stat, statfs, truncate, writeFile } from 'node:fs/promises'
 import { basename, join, resolve } from 'node:path'
@@ -276,14 +277,23 @@ export class ModelStore {
 
   /**
    * Checks a chunk against the manifest and writes it: ChunkHashError (nothing written) when it
-   * does not match. A chunk already held is not written again.
+   * does not match. A chunk already held is not written again. The bytes may come in parts (as
+   * they arrived from the network), hashed and written without being joined.
    */
-  async writeChunk(stored: StoredModel, index: number, bytes: Uint8Array): Promise<void> {
+  async writeChunk(
+    stored: StoredModel,
+    index: number,
+    bytes: Uint8Array | readonly Uint8Array[],
+  ): Promise<void> {
     const { chunks } = stored.model
     if (index < 0 || index >= chunks.count) throw new ChunkHashError(`chunk ${index} is not in the manifest`)
-    if (bytes.length !== chunks.length[index] || sha256Hex(bytes) !== chunks.hash[index]) {
+    const parts = bytes instanceof Uint8Array ? [bytes] : bytes
+    const length = parts.reduce((n, p) => n + p.length, 0)
+    const hash = createHash('sha256')
+    for (const part of parts) hash.update(part)
+    if (length !== chunks.length[index] || hash.digest('hex') !== chunks.hash[index]) {
       throw new ChunkHashError(
-        `chunk ${index} of model ${stored.id.slice(0, 12)}… does not match its hash (${bytes.length} bytes)`,
+        `chunk ${index} of model ${stored.id.slice(0, 12)}… does not match its hash (${length} bytes)`,
       )
     }
     const held = this.held(stored.id)
@@ -291,15 +301,15 @@ export class ModelStore {
     if (stored.kind !== 'partial')
       throw new ChunkHashError(`model ${stored.id.slice(0, 12)}… is a whole file`)
     const handle = await this.#handle(stored)
-    let written = 0
-    while (written < bytes.length) {
-      const { bytesWritten } = await handle.write(
-        bytes,
-        written,
-        bytes.length - written,
-        chunks.offset[index]! + written,
-      )
-      written += bytesWritten
+    let position = chunks.offset[index]!
+    const rest = [...parts]
+    while (rest.length > 0) {
+      const { bytesWritten } = await handle.writev(rest.slice(0, 512), position)
+      position += bytesWritten
+      // A short write (rare): go on from the first byte not written.
+      let skip = bytesWritten
+      while (rest.length > 0 && skip >= rest[0]!.length) skip -= rest.shift()!.length
+      if (skip > 0) rest[0] = rest[0]!.subarray(skip)
     }
     this.#db.prepare('INSERT OR IGNORE INTO chunks (model, idx) VALUES (?, ?)').run(stored.id, index)
     held[index] = 1

@@ -6,6 +6,7 @@ import { generateIdentity } from '@meshnet/identity'
 import { frameStream } from '@meshnet/protocols'
 import { eventually, modelDir, type RangeServer, startRangeServer } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { DirectWeightsListener, receiveDirect } from '../src/direct.ts'
 import {
   buildManifest,
   buildUrlManifest,
@@ -193,7 +194,12 @@ describe('/meshnet/weights/1.0.0', () => {
     const badStore = ModelStore.open(await tempDir())
     await badStore.addFile(path, { chunkBytes: CHUNK })
     servers = [
-      new WeightsServer({ node: serverNode, store: holder, authorize: (id) => members.has(id) }),
+      new WeightsServer({
+        node: serverNode,
+        store: holder,
+        authorize: (id) => members.has(id),
+        directHost: '127.0.0.1',
+      }),
       // A member that flips a bit of every chunk it sends, over the real protocol.
       new WeightsServer({
         node: badNode,
@@ -238,7 +244,13 @@ describe('/meshnet/weights/1.0.0', () => {
       wanted,
       () => [
         peerSource(clientNode, { id: badNode.nodeId, dial: badNode.libp2p.peerId }, whole.id, have),
-        peerSource(clientNode, { id: serverNode.nodeId, dial: serverNode.libp2p.peerId }, whole.id, have),
+        // The good member answers on direct TCP connections.
+        peerSource(
+          clientNode,
+          { id: serverNode.nodeId, dial: serverNode.libp2p.peerId, host: '127.0.0.1' },
+          whole.id,
+          have,
+        ),
       ],
       { batchBytes: 4 * CHUNK, onBadSource: (s, reason) => bad.push(`${s.id}:${reason}`) },
     )
@@ -251,7 +263,45 @@ describe('/meshnet/weights/1.0.0', () => {
     const summary = store.summary(copy)
     expect(summary.completeLayers).toEqual([[0, 3]])
     expect(summary.heldBytes).toBeLessThan(0.7 * original.length)
+    expect(servers[0]!.stats().directBytes).toBe(progress.sources[serverNode.nodeId])
     store.close()
+  })
+
+  it('falls back to the libp2p stream when the direct address does not answer, and refuses frames sealed with another key', async () => {
+    const signal = AbortSignal.timeout(30_000)
+    const store = ModelStore.open(await tempDir())
+    const copy = await store.addPartial(whole.model.bytes, { id: whole.id })
+    const wanted = chunksFor(copy.model, { layers: [5, 6], embed: false, head: true })
+    const have = new Uint8Array(copy.model.chunks.count).fill(1)
+    const direct = servers[0]!.stats().directAnswers
+    // The listener is on 127.0.0.1 only: 127.0.0.2 refuses the connection.
+    const source = peerSource(
+      clientNode,
+      { id: serverNode.nodeId, dial: serverNode.libp2p.peerId, host: '127.0.0.2' },
+      whole.id,
+      have,
+    )
+    await fetchChunks(store, copy, wanted, () => [source])
+    expect(store.missing(copy.id, wanted)).toEqual([])
+    expect(await sameBytes(copy, wanted)).toBe(true)
+    expect(servers[0]!.stats().directAnswers).toBeGreaterThan(direct)
+    store.close()
+
+    const listener = new DirectWeightsListener('127.0.0.1')
+    const offer = await listener.offer(
+      [0],
+      async () => new Uint8Array(1000).fill(7),
+      () => {},
+    )
+    const forged = { ...offer, key: 'ab'.repeat(32) }
+    await expect(async () => {
+      for await (const _ of receiveDirect('127.0.0.1', forged, signal)) void _
+    }).rejects.toThrow(/authentication tag/)
+    // An offer is taken once.
+    await expect(async () => {
+      for await (const _ of receiveDirect('127.0.0.1', offer, AbortSignal.timeout(2_000))) void _
+    }).rejects.toThrow()
+    await listener.close()
   })
 
   it('finds a model by its header hash, and answers members only', async () => {

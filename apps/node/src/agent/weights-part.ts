@@ -101,12 +101,24 @@ export function weightsPart(
   }
 
   /** Connected peers that proved membership of one of our pools, by node id. */
-  const poolPeers = (): Map<string, PeerId> => {
+  const poolPeers = (): Map<string, PeerId> => new Map([...poolConnections()].map(([id, c]) => [id, c.peer]))
+
+  /** The same, with the IP of a direct (not relayed) connection to each, when there is one. */
+  const poolConnections = (): Map<string, { peer: PeerId; host?: string }> => {
     const gate = mesh.gate()
-    const out = new Map<string, PeerId>()
+    const out = new Map<string, { peer: PeerId; host?: string }>()
     for (const connection of mesh.node().libp2p.getConnections()) {
       const id = connection.remotePeer.toString()
-      if (!out.has(id) && gate.isMemberOfAny(id)) out.set(id, connection.remotePeer)
+      if (!gate.isMemberOfAny(id)) continue
+      const parts = connection.remoteAddr.getComponents()
+      const host =
+        connection.limits === undefined && !parts.some((c) => c.name === 'p2p-circuit')
+          ? parts.find((c) => c.name === 'ip4' || c.name === 'ip6')?.value
+          : undefined
+      const known = out.get(id)
+      if (known === undefined || (known.host === undefined && host !== undefined)) {
+        out.set(id, { peer: connection.remotePeer, ...(host === undefined ? {} : { host }) })
+      }
     }
     return out
   }
@@ -114,9 +126,9 @@ export function weightsPart(
   const sourcesFor = async (stored: StoredModel): Promise<ChunkSource[]> => {
     const node = mesh.node()
     const skip = banned.get(stored.id) ?? new Set()
-    const peers = [...poolPeers()].filter(([id]) => !skip.has(id))
+    const peers = [...poolConnections()].filter(([id]) => !skip.has(id))
     const answers = await Promise.all(
-      peers.map(async ([id, peer]) => {
+      peers.map(async ([id, { peer, host }]) => {
         const key = `${stored.id}:${id}`
         let have = haves.get(key)
         if (have === undefined || performance.now() - have.at > HAVE_TTL_MS) {
@@ -133,7 +145,7 @@ export function weightsPart(
           haves.set(key, have)
         }
         const held = await have.held.catch(() => undefined)
-        return held?.includes(1) ? peerSource(node, { id, dial: peer }, stored.id, held) : undefined
+        return held?.includes(1) ? peerSource(node, { id, dial: peer, host }, stored.id, held) : undefined
       }),
     )
     const sources = answers.filter((s) => s !== undefined)
@@ -429,6 +441,8 @@ export function weightsPart(
         store,
         // Pool members only (not clients): what a member holds goes to members of its pools.
         authorize: (nodeId) => mesh.gate().isMemberOfAny(nodeId),
+        // Bulk chunks on a direct TCP connection (keys agreed over the noise-encrypted stream).
+        directHost: config.localOnly === true ? '127.0.0.1' : '0.0.0.0',
         logger,
         ...(options.readChunk === undefined ? {} : { readChunk: options.readChunk }),
       })
