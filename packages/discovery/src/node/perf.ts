@@ -11,6 +11,8 @@ export const PERF_PROTOCOL = '/perf/1.0.0'
 export const MAX_PERF_BYTES = 256 * 1024 * 1024
 
 const BLOCK_BYTES = 64 * 1024
+/** The largest window a yamux stream grows to (its default `maxStreamWindowSize`). */
+const MAX_YAMUX_WINDOW_BYTES = 16 * 1024 * 1024
 const HEADER_BYTES = 8
 
 export interface PerfComponents {
@@ -183,8 +185,10 @@ class PerfService implements Perf, Startable {
  * upload can), while byteStream checks for the end itself.
  */
 async function* readAll(stream: Stream, signal: AbortSignal | undefined) {
-  // Unread bytes held at most: a yamux window and what arrived before the first read, with room.
-  const bytes = byteStream(stream, { maxBufferSize: 4 * 1024 * 1024 })
+  // Unread bytes held at most: a whole yamux window (which grows to 16 MiB on a fast link) and
+  // what arrived before the first read, with room. At 4 MiB a 256 MiB download on loopback
+  // overflowed every time.
+  const bytes = byteStream(stream, { maxBufferSize: MAX_YAMUX_WINDOW_BYTES + 1024 * 1024 })
   for (;;) {
     const chunk = await bytes.read(signal ? { signal } : {})
     if (chunk === null) return
