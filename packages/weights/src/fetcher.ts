@@ -64,8 +64,8 @@ const DEFAULT_WAIT_MS = 60_000
  * chunk is checked against the manifest before it is written (`ModelStore.writeChunk`), and a
  * chunk that fails its hash is dropped and asked of another source, never of that one again. A
  * request that stalls is cut and its chunks go back to the queue; a source that stalls twice or
- * errors is dropped. `sources` is asked again whenever the queue has chunks no source holds (peers
- * that joined since). Resolves when every chunk is held; FetchError when some cannot be had.
+ * fails three times is dropped. `sources` is asked again whenever the queue has chunks no source
+ * holds (peers that joined since). Resolves when every chunk is held; FetchError when some cannot be had.
  */
 export async function fetchChunks(
   store: ModelStore,
@@ -87,6 +87,7 @@ export async function fetchChunks(
   const refused = new Map<number, Set<string>>()
   const dropped = new Set<string>()
   const strikes = new Map<string, number>()
+  const failures = new Map<string, number>()
   const stallMs = options.stallMs ?? DEFAULT_STALL_MS
   const batchBytes =
     options.batchBytes ?? Math.min(DEFAULT_BATCH_BYTES, Math.max(1, Math.ceil(totalBytes / 8)))
@@ -170,7 +171,16 @@ export async function fetchChunks(
         logger.info({ source: source.id, strikes: n }, 'a weights request stalled; asking elsewhere')
         if (n >= 2) drop(source, 'stalled', `no bytes for ${stallMs} ms, twice`)
       } else {
-        drop(source, 'failed', (err as Error).message)
+        // A reset stream or a refused request may pass (a member restarting, a rate limit):
+        // the chunks go back to the queue, and the third failure drops the source.
+        const n = (failures.get(source.id) ?? 0) + 1
+        failures.set(source.id, n)
+        logger.info(
+          { source: source.id, failures: n, err: (err as Error).message },
+          'a weights request failed',
+        )
+        if (n >= 3) drop(source, 'failed', (err as Error).message)
+        else await new Promise((r) => setTimeout(r, 250 * n))
       }
     } finally {
       clearTimeout(timer)

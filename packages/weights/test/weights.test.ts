@@ -11,6 +11,7 @@ import {
   buildManifest,
   buildUrlManifest,
   ChunkHashError,
+  type ChunkSource,
   chunksFor,
   DiskLimitError,
   decodeManifest,
@@ -366,6 +367,44 @@ describe('models at a URL', () => {
     expect(http.bytesServed() - before).toBe(wantedBytes)
     expect(await sameBytes(copy, wanted)).toBe(true)
     store.close()
+  })
+
+  it('retries a source whose request failed once, and drops it at the third failure', async () => {
+    const model = await buildManifest(path, { chunkBytes: CHUNK })
+    const store = ModelStore.open(await tempDir())
+    const copy = await store.addPartial(model.bytes, { id: model.id })
+    const wanted = chunksFor(copy.model, { layers: [0, 2], embed: true, head: false })
+    const url = urlSource(http.url, copy.model)
+    let failures = 0
+    const flaky = (fail: number): ChunkSource => ({
+      ...url,
+      id: `flaky-${fail}`,
+      async *fetch(indices, signal) {
+        if (failures++ < fail) throw new Error('connection reset')
+        yield* url.fetch(indices, signal)
+      },
+    })
+    const dropped: string[] = []
+    await fetchChunks(store, copy, wanted, () => [flaky(1)], {
+      onBadSource: (s, reason) => dropped.push(`${s.id}:${reason}`),
+    })
+    expect(store.missing(copy.id, wanted)).toEqual([])
+    expect(dropped).toEqual([])
+    store.close()
+
+    const other = ModelStore.open(await tempDir())
+    const again = await other.addPartial(model.bytes, { id: model.id })
+    failures = 0
+    await expect(
+      fetchChunks(other, again, wanted, () => [flaky(100)], {
+        perSource: 1,
+        waitForSourceMs: 200,
+        onBadSource: (s, reason) => dropped.push(`${s.id}:${reason}`),
+      }),
+    ).rejects.toThrow(FetchError)
+    expect(dropped).toEqual(['flaky-100:failed'])
+    expect(failures).toBe(3)
+    other.close()
   })
 
   it('says when nobody can serve what is missing', async () => {
