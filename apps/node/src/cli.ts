@@ -10,6 +10,7 @@ import { registerDemo } from './commands/demo.ts'
 import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
+import { registerModelPull } from './commands/model-pull.ts'
 import { registerModels } from './commands/models.ts'
 import { registerPool } from './commands/pool.ts'
 import { registerRing } from './commands/ring.ts'
@@ -36,6 +37,7 @@ export function createProgram(io: CliIo = processIo): Command {
   registerInit(program, context)
   registerModelCreate(program, context)
   registerModels(program, context)
+  registerModelPull(program, context)
   registerInference(program, context)
   registerInferenceStats(program, context)
   registerDemo(program, context)
