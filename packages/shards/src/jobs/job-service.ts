@@ -19,6 +19,7 @@ import {
 import { chooseShardedMode, PROCESS_RESERVE_BYTES } from '../plan.ts'
 import { type ShardServer, shardServer } from '../server.ts'
 import { JobRefusedError } from './errors.ts'
+import { loadShard } from './preload.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
 import type {
@@ -137,100 +138,20 @@ export class JobServiceImpl implements JobService {
   }
 
   async preload(shard: ShardAssignment, onChange?: (state: ShardLoadState) => void): Promise<ShardLoadState> {
-    const served = this.#init.model
-    const server = this.#server
-    const layers: [number, number] = [shard.layers[0], shard.layers[1]]
-    const facts = served?.plan
-    const estimate =
-      facts === undefined
-        ? 0
-        : (layers[1] - layers[0]) * facts.bytesPerLayer +
-          (shard.embed ? facts.embedBytes : 0) +
-          (shard.head ? facts.headBytes : 0)
     const id = ++this.#preloads
-    const report = (state: ShardLoadState) => {
-      if (id !== this.#preloads) return state
-      this.#shard = state
-      onChange?.(state)
-      return state
-    }
-    if (served === undefined || server === undefined) {
-      return report({
-        layers,
-        state: 'failed',
-        bytes: 0,
-        loadedBytes: 0,
-        error: 'this agent serves no model',
-      })
-    }
-    if (served.ensure !== undefined) {
-      // A model held by parts: fetch this shard's missing chunks first (each verified).
-      let last = 0
-      try {
-        await served.ensure(
-          { layers, embed: shard.embed, head: shard.head },
-          {
-            onProgress: (done, total) => {
-              if (performance.now() - last < 500 && done < total) return
-              last = performance.now()
-              report({ layers, state: 'fetching', bytes: total, loadedBytes: done })
-            },
-          },
-        )
-      } catch (err) {
-        this.#components.logger.warn(
-          { layers, err: (err as Error).message },
-          "could not fetch this member's shard",
-        )
-        return report({
-          layers,
-          state: 'failed',
-          bytes: 0,
-          loadedBytes: 0,
-          error: (err as Error).message.slice(0, 512),
-        })
-      }
-    }
-    report({ layers, state: 'loading', bytes: estimate, loadedBytes: 0 })
-    const progress = setInterval(() => {
-      const loaded = server
-        .stats()
-        .segments.filter(
-          (s) => s.sha256 === served.info.sha256 && s.layers[0] >= layers[0] && s.layers[1] <= layers[1],
-        )
-        .reduce((sum, s) => sum + s.loadedBytes, 0)
-      if (this.#shard?.state === 'loading')
-        report({ layers, state: 'loading', bytes: estimate, loadedBytes: loaded })
-    }, 1_000)
-    progress.unref()
-    const { logger } = this.#components
-    logger.info(
-      { layers, embed: shard.embed, head: shard.head },
-      "loading this member's shard of the ring plan",
-    )
-    try {
-      const done = await server.preload(served.info.sha256, {
-        layers,
-        embed: shard.embed,
-        head: shard.head,
-      })
-      logger.info(
-        { layers, bytes: done.weightBytes, ms: Math.round(done.loadMs), reused: done.reused },
-        'shard ready',
-      )
-      return report({ layers, state: 'ready', bytes: done.weightBytes, loadedBytes: done.weightBytes })
-    } catch (err) {
-      logger.warn({ layers, err: (err as Error).message }, "could not load this member's shard")
-      return report({
-        layers,
-        state: 'failed',
-        bytes: estimate,
-        loadedBytes: 0,
-        error: (err as Error).message.slice(0, 512),
-      })
-    } finally {
-      clearInterval(progress)
-    }
+    return loadShard({
+      served: this.#init.model,
+      server: this.#server,
+      shard,
+      logger: this.#components.logger,
+      report: (state) => {
+        if (id !== this.#preloads) return state
+        this.#shard = state
+        onChange?.(state)
+        return state
+      },
+      current: () => this.#shard,
+    })
   }
 
   shardState(): ShardLoadState | undefined {
