@@ -105,7 +105,9 @@ export class ModelStore {
     this.#diskLimit = options.diskLimitBytes
     mkdirSync(join(dir, 'manifests'), { recursive: true, mode: 0o700 })
     this.#db = new DatabaseSync(join(dir, 'models.db'))
-    this.#db.exec('PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 5000; PRAGMA synchronous = NORMAL;')
+    // The wait for a lock first: switching a new database to WAL takes one, and a second process
+    // (an agent and a `mesh model-*` command) opening it at that moment must wait, not fail.
+    this.#db.exec('PRAGMA busy_timeout = 5000; PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;')
     this.#db.exec(SCHEMA)
   }
 

@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process'
 import { mkdtemp, open, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -165,6 +166,29 @@ describe('the model store', () => {
     await reopened.remove(copy.id)
     await expect(stat(copy.path)).rejects.toThrow()
     reopened.close()
+  })
+
+  it('opens one new store from several processes at once (an agent and mesh commands)', async () => {
+    const dir = await tempDir()
+    const store = new URL('../src/store.ts', import.meta.url).pathname
+    const code = `import { ModelStore } from ${JSON.stringify(store)}; const s = ModelStore.open(${JSON.stringify(dir)}); await s.list(); s.close()`
+    const runs = Array.from(
+      { length: 6 },
+      () =>
+        new Promise<{ code: number | null; err: string }>((resolve) => {
+          const child = spawn(
+            process.execPath,
+            ['--conditions=meshnet-source', '--input-type=module', '-e', code],
+            {
+              stdio: ['ignore', 'ignore', 'pipe'],
+            },
+          )
+          let err = ''
+          child.stderr.on('data', (c) => (err += c))
+          child.on('exit', (code) => resolve({ code, err }))
+        }),
+    )
+    for (const run of await Promise.all(runs)) expect(run, run.err).toMatchObject({ code: 0 })
   })
 
   it('refuses a fetch over the --disk limit before writing anything', async () => {
