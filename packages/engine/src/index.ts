@@ -28,6 +28,8 @@ export type {
 } from './meshnet-engine.ts'
 export { createMeshnetEngine, meshnetEngineOptionsSchema, openSpmTokenizer } from './meshnet-engine.ts'
 export { createLocalAllReduce } from './model/all-reduce.ts'
+export type { BatchStep } from './model/batch.ts'
+export { canBatch, forwardBatch } from './model/batch.ts'
 export type { LlamaConfig, RopeType } from './model/config.ts'
 export { readLlamaConfig } from './model/config.ts'
 export type { KernelFactory } from './model/segments.ts'
@@ -50,6 +52,8 @@ export {
   VocabHead,
   vocabSlice,
 } from './model/shard-weights.ts'
+export type { StepBatcherOptions, StepBatcherStats } from './model/step-batcher.ts'
+export { StepBatcher } from './model/step-batcher.ts'
 export { spmTokenizerFromGGUF } from './model/vocab.ts'
 export { SUPPORTED_WEIGHT_TYPES } from './model/weights.ts'
 export type { ResolvedSamplingOptions, Sampler, SamplingOptions } from './sampling.ts'

@@ -30,6 +30,14 @@ interface RopeTable {
   values: Float32Array
 }
 
+/** One session's rows in a batched pass: rows `[at, at + n)` are its positions `[pos, pos + n)`. */
+interface BatchRows {
+  shard: LlamaShardImpl
+  at: number
+  n: number
+  pos: number
+}
+
 /** Adds a bias of `bias.length` floats to each of `n` rows. */
 function addBias(x: Float32Array, bias: Float32Array, n: number): void {
   const w = bias.length
@@ -71,6 +79,12 @@ export class LlamaShardImpl implements LlamaShard {
   readonly #expScratch: Float32Array
   /** cos/sin of the positions the last forward pass used, for global and sliding-window layers. */
   readonly #rope: { global: RopeTable; local: RopeTable }
+  /**
+   * What sessions over the same weights have in common (the layer list of their `ShardWeights`):
+   * only such sessions run their steps in one batch (`forwardMany`).
+   */
+  readonly #shared: object
+  readonly #parts: LlamaShardParts
   /** Length of the shard when it has no layers (embedding/head only). */
   #length = 0
   #disposed = false
@@ -99,6 +113,8 @@ export class LlamaShardImpl implements LlamaShard {
     this.#head = parts.head
     this.#freqFactors = parts.freqFactors
     this.#maxBatch = parts.maxBatch
+    this.#shared = parts.layers
+    this.#parts = parts
     this.#buffers = [...parts.buffers]
     const n = parts.maxBatch
     const d = config.headDim
@@ -253,6 +269,232 @@ export class LlamaShardImpl implements LlamaShard {
       offset += rows.length
     }
     return { kind: 'logits', n, rows: n, logits }
+  }
+
+  /**
+   * Another session over this shard's weights, with a KV cache and scratch of its own (a sequence
+   * of its own); its steps can share a pass with this one's (`forwardMany`). Dispose it before this
+   * shard when this shard owns the weights.
+   */
+  session(): LlamaShardImpl {
+    this.#assertOpen()
+    return new LlamaShardImpl({ ...this.#parts, buffers: [] })
+  }
+
+  /** Positions one batched pass takes at most (`maxBatch`). */
+  get maxBatch(): number {
+    return this.#maxBatch
+  }
+
+  /** Whether `other` runs over the same weights, so that their steps can share a batched pass. */
+  sharesWeightsWith(other: LlamaShard): boolean {
+    return other instanceof LlamaShardImpl && other.#shared === this.#shared && !this.partial
+  }
+
+  /**
+   * Runs the steps of several sessions over the same weights (`sharesWeightsWith`) as one pass:
+   * every matrix product takes the rows of all of them at once (one read of the weights for all),
+   * while RoPE, the KV cache and attention stay each session's own. A session's rows get exactly
+   * the values they get from `forward` alone with the same positions (the kernels are
+   * batch-invariant, and the per-row steps are the same calls), so batching never changes tokens.
+   * The rows together fit the first shard's `maxBatch`; each step `n ≤` its own `maxBatch`.
+   */
+  static async forwardMany(
+    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: 'last' | 'all' }>,
+    signal?: AbortSignal,
+  ): Promise<ShardOutput[]> {
+    const lead = steps[0]!.shard
+    const shards = new Set(steps.map((s) => s.shard))
+    if (shards.size !== steps.length) throw new InvalidArgumentError('a batch holds one step per session')
+    for (const shard of shards) {
+      shard.#assertOpen()
+      if (!lead.sharesWeightsWith(shard)) {
+        throw new InvalidArgumentError(
+          'a batch holds sessions over the same weights only (sharesWeightsWith)',
+        )
+      }
+      if (shard.#busy)
+        throw new InvalidArgumentError('forward() was called while another forward() was running')
+    }
+    for (const shard of shards) shard.#busy = true
+    try {
+      return await LlamaShardImpl.#forwardMany(lead, steps, signal)
+    } finally {
+      for (const shard of shards) shard.#busy = false
+    }
+  }
+
+  static async #forwardMany(
+    lead: LlamaShardImpl,
+    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: 'last' | 'all' }>,
+    signal: AbortSignal | undefined,
+  ): Promise<ShardOutput[]> {
+    const { embd } = lead.config
+    const items: BatchRows[] = []
+    const inputs: Float32Array[] = []
+    let rows = 0
+    for (const step of steps) {
+      const hidden = step.shard.#input(step.input)
+      const n = hidden.length / embd
+      step.shard.#checkPositions(step.pos, n)
+      items.push({ shard: step.shard, at: rows, n, pos: step.pos })
+      inputs.push(hidden)
+      rows += n
+    }
+    if (rows > lead.#maxBatch) {
+      throw new InvalidArgumentError(
+        `a batch of ${rows} positions is outside 1..${lead.#maxBatch} (maxBatch)`,
+      )
+    }
+    const x = new Float32Array(rows * embd)
+    for (const [i, item] of items.entries()) {
+      x.set(inputs[i]!, item.at * embd)
+      item.shard.truncate(item.pos)
+    }
+    for (let l = lead.layers[0]; l < lead.layers[1]; l++) {
+      signal?.throwIfAborted()
+      const w = lead.#layer(l).w
+      let sum = lead.#attentionMany(l, x, rows, items)
+      lead.#residual(w.attnPostNorm, x, sum, rows)
+      sum = lead.ffn(l, x, rows)
+      lead.#residual(w.ffnPostNorm, x, sum, rows)
+    }
+    for (const item of items) item.shard.#length = item.pos + item.n
+    const slice = (item: BatchRows) => x.slice(item.at * embd, (item.at + item.n) * embd)
+    if (!lead.hasHead) return items.map((item) => ({ kind: 'hidden', n: item.n, hidden: slice(item) }))
+    // The logits of every session's last position (or of all its positions) in one product.
+    const picks = steps.map((step, i) => {
+      const item = items[i]!
+      return step.logits === 'all'
+        ? { from: item.at, count: item.n }
+        : { from: item.at + item.n - 1, count: 1 }
+    })
+    const count = picks.reduce((sum, p) => sum + p.count, 0)
+    const gathered = new Float32Array(count * embd)
+    let offset = 0
+    for (const p of picks) {
+      gathered.set(x.subarray(p.from * embd, (p.from + p.count) * embd), offset * embd)
+      offset += p.count
+    }
+    const logits = lead.logits(gathered, count)
+    const { vocab } = lead.config
+    offset = 0
+    return picks.map((p, i) => {
+      const out: ShardOutput = {
+        kind: 'logits',
+        n: items[i]!.n,
+        rows: p.count,
+        logits: logits.slice(offset * vocab, (offset + p.count) * vocab),
+      }
+      offset += p.count
+      return out
+    })
+  }
+
+  /** The hidden state of an input: its tokens embedded, or its floats (checked). */
+  #input(input: ShardInput): Float32Array {
+    const { embd } = this.config
+    if ('tokens' in input) {
+      if (input.tokens.length === 0) throw new InvalidArgumentError('forward() needs at least one position')
+      return this.embed(input.tokens)
+    }
+    if (input.hidden.length === 0 || input.hidden.length % embd !== 0) {
+      throw new InvalidArgumentError(
+        `hidden state of ${input.hidden.length} floats is not a whole number of ${embd}-float positions`,
+      )
+    }
+    return input.hidden
+  }
+
+  /**
+   * `attention` for the rows of several sessions: the projections over all rows at once (this
+   * shard's scratch), then each session's RoPE, KV cache and attention in its own scratch, as
+   * `attention` does them for that session alone.
+   */
+  #attentionMany(
+    layer: number,
+    hidden: Float32Array,
+    rows: number,
+    items: readonly BatchRows[],
+  ): Float32Array {
+    const L0 = this.#layer(layer)
+    const { embd, headDim: d, normEps } = this.config
+    this.#checkBatch(hidden, rows)
+    for (const item of items) {
+      const L = item.shard.#layer(layer)
+      if (item.pos > L.length) {
+        throw new InvalidArgumentError(
+          `layer ${layer} holds ${L.length} positions; cannot write at position ${item.pos}`,
+        )
+      }
+    }
+    const s = this.#scratch
+    const nq = this.columns.heads[1] - this.columns.heads[0]
+    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
+    const qRows = nq * d
+    const kvRows = nkv * d
+    if (qRows === 0) {
+      for (const item of items) item.shard.#layer(layer).length = item.pos + item.n
+      return new Float32Array(rows * embd)
+    }
+    const xn = s.x.f32()
+    for (let i = 0; i < rows; i++) rmsNorm(hidden, i * embd, embd, L0.w.attnNorm, normEps, xn, i * embd)
+    this.#matmul(L0.w.wq, s.x, rows, s.q)
+    this.#matmul(L0.w.wk, s.x, rows, s.k)
+    this.#matmul(L0.w.wv, s.x, rows, s.v)
+    const q = s.q.f32()
+    const k = s.k.f32()
+    const v = s.v.f32()
+    if (L0.w.bq) {
+      addBias(q, L0.w.bq, rows)
+      addBias(k, L0.w.bk!, rows)
+      addBias(v, L0.w.bv!, rows)
+    }
+    if (L0.w.qNorm) {
+      for (let h = 0; h < rows * nq; h++) rmsNorm(q, h * d, d, L0.w.qNorm, normEps, q, h * d)
+      for (let h = 0; h < rows * nkv; h++) rmsNorm(k, h * d, d, L0.w.kNorm!, normEps, k, h * d)
+    }
+    const local = this.config.swaLayers[layer] === true
+    const ropeType = this.config.ropeType
+    for (const item of items) {
+      const rope = item.shard.#ropeTable(item.pos, item.n, local)
+      for (let i = 0; i < item.n; i++) {
+        const at = (item.pos + i - rope.from) * d
+        applyRope(q, (item.at + i) * qRows, nq, d, rope.values, ropeType, at)
+        applyRope(k, (item.at + i) * kvRows, nkv, d, rope.values, ropeType, at)
+      }
+    }
+    const queryScale = this.config.queryScale
+    if (queryScale !== 1) {
+      const scale = f(queryScale)
+      for (let i = 0; i < rows * qRows; i++) q[i] = q[i]! * scale
+    }
+    const attn = s.attn.f32()
+    for (const item of items) {
+      const shard = item.shard
+      const L = shard.#layer(layer)
+      storeKV(this.#kernels, L, this.kvCacheType, {
+        headDim: d,
+        kvHeads: nkv,
+        contextSize: shard.contextSize,
+        k: k.subarray(item.at * kvRows, (item.at + item.n) * kvRows),
+        v: v.subarray(item.at * kvRows, (item.at + item.n) * kvRows),
+        n: item.n,
+        pos: item.pos,
+      })
+      L.length = item.pos + item.n
+      if (shard === this) {
+        // The first session's rows are the first rows of this scratch, where its attention reads them.
+        attend(this.#attention, L, item.n, item.pos, local ? this.config.slidingWindow : 0)
+        continue
+      }
+      const own = shard.#scratch
+      own.q.f32().set(q.subarray(item.at * qRows, (item.at + item.n) * qRows))
+      attend(shard.#attention, L, item.n, item.pos, local ? this.config.slidingWindow : 0)
+      attn.set(own.attn.f32().subarray(0, item.n * qRows), item.at * qRows)
+    }
+    this.#matmul(L0.w.wo, s.attn, rows, s.out)
+    return s.out.f32().slice(0, rows * embd)
   }
 
   embed(tokens: readonly number[]): Float32Array {

@@ -148,6 +148,11 @@ export class ChainedShard implements LlamaShard {
     return Math.min(...this.#parts.map((p) => p.length))
   }
 
+  /** The sessions of the segments, first to last. */
+  get segments(): readonly LlamaShard[] {
+    return this.#parts
+  }
+
   async forward(input: ShardInput, pos: number, options: ForwardOptions = {}): Promise<ShardOutput> {
     let next: ShardInput = input
     let out: ShardOutput | undefined
