@@ -4,10 +4,13 @@ import { openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
 import { EngineDisposedError, UnsupportedModelError } from './errors.ts'
 import type { Kernels } from './kernels/api.ts'
+import { KernelMemoryError } from './kernels/errors.ts'
 import { createJsKernels } from './kernels/js.ts'
 import { createWasmKernels } from './kernels/wasm.ts'
+import type { LlamaShardImpl } from './model/llama-shard.ts'
 import { loadShard } from './model/shard.ts'
 import type { LlamaShard } from './model/shard-types.ts'
+import { StepBatcher } from './model/step-batcher.ts'
 import { spmTokenizerFromGGUF } from './model/vocab.ts'
 import { createSampler } from './sampling.ts'
 import { TextStreamer } from './text-stream.ts'
@@ -46,8 +49,15 @@ export const meshnetEngineOptionsSchema = z.strictObject({
     .optional(),
   /** KV cache element type; f16 (the default) is what llama.cpp uses. */
   kvCacheType: z.enum(['f16', 'f32']).default('f16'),
-  /** Prompt positions per batch. */
+  /** Positions per pass: a prompt goes in steps of this many, and the decode steps of up to this many sequences share a pass. */
   maxBatch: z.number().int().min(1).max(4096).default(64),
+  /**
+   * Sequences generated at once (default 1): concurrent `stream`/`generate` calls each get a KV
+   * cache of their own (`contextSize` positions each, allocated as they are first needed), and
+   * their steps share passes over the weights (continuous batching, see `StepBatcher`); more
+   * calls wait for a sequence to come free.
+   */
+  parallel: z.number().int().min(1).max(256).default(1),
   /**
    * 'meshnet': this package's SentencePiece tokenizer (llama vocabularies); 'llama-cpp': a
    * vocab-only load through node-llama-cpp (any vocabulary); 'auto' (default): the first that fits.
@@ -107,7 +117,7 @@ export async function createMeshnetEngine(options: MeshnetEngineOptions): Promis
       ...(opts.contextSize === undefined ? {} : { contextSize: opts.contextSize }),
       ...(signal ? { signal } : {}),
     })
-    return new MeshnetEngineImpl(shard, kernels, owned, opened)
+    return new MeshnetEngineImpl(shard, kernels, owned, opened, opts)
   } catch (err) {
     await shard?.dispose()
     await opened?.dispose()
@@ -157,6 +167,13 @@ async function openOther(
   return opener(opts.modelPath, opts.tokenizer)
 }
 
+/** One sequence: a session over the engine's weights and the tokens its KV cache holds. */
+interface Slot {
+  shard: LlamaShard
+  cached: number[]
+  busy: boolean
+}
+
 class MeshnetEngineImpl implements MeshnetEngine {
   readonly engine = 'meshnet' as const
   readonly shard: LlamaShard
@@ -165,18 +182,31 @@ class MeshnetEngineImpl implements MeshnetEngine {
   readonly contextSize: number
   readonly #ownsKernels: boolean
   readonly #opened: OpenedTokenizer
-  /** The tokens whose keys and values the shard's KV cache holds. */
-  #cached: number[] = []
-  #queue: Promise<unknown> = Promise.resolve()
+  readonly #slots: Slot[]
+  readonly #parallel: number
+  readonly #chunk: number
+  readonly #batcher: StepBatcher
+  /** Calls waiting for a sequence, first come first served. */
+  readonly #waiting: Array<() => void> = []
   #disposed = false
 
-  constructor(shard: LlamaShard, kernels: Kernels, ownsKernels: boolean, opened: OpenedTokenizer) {
+  constructor(
+    shard: LlamaShard,
+    kernels: Kernels,
+    ownsKernels: boolean,
+    opened: OpenedTokenizer,
+    opts: { parallel: number; maxBatch: number },
+  ) {
     this.shard = shard
     this.kernels = kernels
     this.#ownsKernels = ownsKernels
     this.tokenizer = opened.tokenizer
     this.#opened = opened
     this.contextSize = shard.contextSize
+    this.#slots = [{ shard, cached: [], busy: false }]
+    this.#parallel = opts.parallel
+    this.#chunk = opts.maxBatch
+    this.#batcher = new StepBatcher()
   }
 
   async *stream(
@@ -184,10 +214,11 @@ class MeshnetEngineImpl implements MeshnetEngine {
     options: GenerateOptions = {},
   ): AsyncGenerator<GeneratedToken, GenerateResult> {
     const opts = parseGenerateOptions(options)
-    const release = await this.#lock()
+    this.#assertOpen()
+    const promptTokens = this.#promptTokens(prompt)
+    const slot = await this.#acquire(promptTokens)
     try {
       this.#assertOpen()
-      const promptTokens = this.#promptTokens(prompt)
       const sampler = createSampler({
         temperature: opts.temperature,
         topK: opts.topK,
@@ -202,14 +233,8 @@ class MeshnetEngineImpl implements MeshnetEngine {
       let first: number | undefined
       let last = start
       // Reuse the cached prefix; the last prompt token is always evaluated for its logits.
-      let common = 0
-      while (
-        common < this.#cached.length &&
-        common < promptTokens.length - 1 &&
-        this.#cached[common] === promptTokens[common]
-      )
-        common++
-      let logits = await this.#evaluate(promptTokens.slice(common), common, signal)
+      const common = commonPrefix(slot.cached, promptTokens)
+      let logits = await this.#evaluate(slot, promptTokens.slice(common), common, signal)
       while (logits !== undefined) {
         const token = sampler.sample(logits)
         last = performance.now()
@@ -223,11 +248,11 @@ class MeshnetEngineImpl implements MeshnetEngine {
         options.onToken?.(piece)
         yield piece
         if (tokens.length >= opts.maxTokens) break
-        if (this.#cached.length >= this.contextSize) {
+        if (slot.cached.length >= this.contextSize) {
           stopReason = 'contextFull'
           break
         }
-        logits = await this.#evaluate([token], this.#cached.length, signal)
+        logits = await this.#evaluate(slot, [token], slot.cached.length, signal)
       }
       if (logits === undefined) stopReason = 'abort'
       const tail = streamer.flush()
@@ -251,7 +276,7 @@ class MeshnetEngineImpl implements MeshnetEngine {
         },
       }
     } finally {
-      release()
+      this.#release(slot)
     }
   }
 
@@ -267,56 +292,116 @@ class MeshnetEngineImpl implements MeshnetEngine {
     tokens: readonly number[],
     options: EvaluateLogitsOptions = {},
   ): Promise<Float32Array[]> {
-    const release = await this.#lock()
+    this.#assertOpen()
+    if (tokens.length === 0) return []
+    const slot = await this.#acquire([])
     try {
       this.#assertOpen()
-      if (tokens.length === 0) return []
-      this.#cached = []
+      slot.cached = []
       const vocab = this.shard.config.vocab
       const rows: Float32Array[] = []
+      const signal = options.signal
       const evaluate = async (batch: readonly number[], pos: number) => {
-        const out = await this.shard.forward({ tokens: batch }, pos, {
+        const out = await this.#batcher.forwardChunked(slot.shard, { tokens: batch }, pos, {
+          chunk: this.#chunk,
           logits: 'all',
-          ...(options.signal ? { signal: options.signal } : {}),
+          ...(signal ? { signal } : {}),
         })
         if (out.kind !== 'logits') throw new Error('unreachable: a whole-model shard returns logits')
         for (let i = 0; i < batch.length; i++) rows.push(out.logits.slice(i * vocab, (i + 1) * vocab))
       }
       const split = Math.max(1, Math.min(tokens.length, options.decodeFrom ?? tokens.length))
-      await evaluate(tokens.slice(0, split), 0)
-      for (let i = split; i < tokens.length; i++) await evaluate([tokens[i]!], i)
-      this.#cached = [...tokens]
+      try {
+        await evaluate(tokens.slice(0, split), 0)
+        for (let i = split; i < tokens.length; i++) await evaluate([tokens[i]!], i)
+      } catch (err) {
+        slot.shard.truncate(0)
+        throw err
+      }
+      slot.cached = [...tokens]
       return rows
     } finally {
-      release()
+      this.#release(slot)
     }
   }
 
   async dispose(): Promise<void> {
     if (this.#disposed) return
     this.#disposed = true
-    await this.#queue.catch(() => {})
+    for (const wake of this.#waiting.splice(0)) wake()
+    while (this.#slots.some((s) => s.busy)) await new Promise((resolve) => setTimeout(resolve, 5))
+    this.#batcher.close()
+    // The sequences after the first share its weights: they go first.
+    for (const slot of this.#slots.slice(1).reverse()) await slot.shard.dispose()
     await this.shard.dispose()
     if (this.#ownsKernels) await this.kernels.dispose()
     await this.#opened.dispose()
   }
 
-  /** Evaluates `tokens` at `pos`; the last position's logits, or undefined when aborted. */
+  /**
+   * A free sequence for `prompt`: the one whose cache holds the longest prefix of it, a new one
+   * while fewer than `parallel` exist (and kernel memory has room), or the next to come free.
+   */
+  async #acquire(prompt: readonly number[]): Promise<Slot> {
+    for (;;) {
+      this.#assertOpen()
+      let best: Slot | undefined
+      let bestCommon = -1
+      for (const slot of this.#slots) {
+        if (slot.busy) continue
+        const common = commonPrefix(slot.cached, prompt)
+        if (common > bestCommon) {
+          best = slot
+          bestCommon = common
+        }
+      }
+      if (best !== undefined && (bestCommon > 0 || this.#slots.length >= this.#parallel)) {
+        best.busy = true
+        return best
+      }
+      if (this.#slots.length < this.#parallel) {
+        try {
+          const slot: Slot = { shard: (this.shard as LlamaShardImpl).session(), cached: [], busy: true }
+          this.#slots.push(slot)
+          return slot
+        } catch (err) {
+          // No room for another KV cache: wait for a sequence instead.
+          if (!(err instanceof KernelMemoryError)) throw err
+        }
+      }
+      if (best !== undefined) {
+        best.busy = true
+        return best
+      }
+      await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    }
+  }
+
+  #release(slot: Slot): void {
+    slot.busy = false
+    this.#waiting.shift()?.()
+  }
+
+  /** Evaluates `tokens` at `pos` in `slot`; the last position's logits, or undefined when aborted. */
   async #evaluate(
+    slot: Slot,
     tokens: number[],
     pos: number,
     signal: AbortSignal | undefined,
   ): Promise<Float32Array | undefined> {
     if (signal?.aborted) return undefined
-    this.#cached.length = pos
+    slot.cached.length = pos
     try {
-      const out = await this.shard.forward({ tokens }, pos, signal ? { signal } : {})
-      this.#cached.push(...tokens)
+      const out = await this.#batcher.forwardChunked(slot.shard, { tokens }, pos, {
+        chunk: this.#chunk,
+        ...(signal ? { signal } : {}),
+      })
+      slot.cached.push(...tokens)
       return out.kind === 'logits' ? out.logits : undefined
     } catch (err) {
       // A forward cut short leaves the cache half written: forget it.
-      this.#cached = []
-      this.shard.truncate(0)
+      slot.cached = []
+      slot.shard.truncate(0)
       if (signal?.aborted) return undefined
       throw err
     }
@@ -332,15 +417,11 @@ class MeshnetEngineImpl implements MeshnetEngine {
   #assertOpen(): void {
     if (this.#disposed) throw new EngineDisposedError('the meshnet engine was disposed')
   }
+}
 
-  async #lock(): Promise<() => void> {
-    let release!: () => void
-    const next = new Promise<void>((resolve) => {
-      release = resolve
-    })
-    const previous = this.#queue
-    this.#queue = previous.then(() => next)
-    await previous
-    return release
-  }
+/** How many leading tokens `cached` and `prompt` share, leaving the prompt's last one to evaluate. */
+function commonPrefix(cached: readonly number[], prompt: readonly number[]): number {
+  let common = 0
+  while (common < cached.length && common < prompt.length - 1 && cached[common] === prompt[common]) common++
+  return common
 }

@@ -31,11 +31,17 @@ export const llamaCppEngineOptionsSchema = z.strictObject({
    * Meshnet engine computes.
    */
   flashAttention: z.boolean().default(false),
+  /**
+   * Sequences generated at once (default 1): concurrent `stream`/`generate` calls each get a
+   * sequence of the context (`contextSize` tokens each) and llama.cpp decodes them in one batch;
+   * more calls wait for a sequence to come free.
+   */
+  parallel: z.number().int().min(1).max(256).default(1),
 })
 
 export type LlamaCppEngineOptions = z.input<typeof llamaCppEngineOptionsSchema> & { signal?: AbortSignal }
 
-/** The llama.cpp engine: node-llama-cpp on the CPU, one sequence, generations one at a time. */
+/** The llama.cpp engine: node-llama-cpp on the CPU, `parallel` sequences decoded together. */
 export interface LlamaCppEngine extends InferenceEngine {
   readonly engine: 'llama-cpp'
   readonly threads: number
@@ -60,7 +66,7 @@ export async function createLlamaCppEngine(options: LlamaCppEngineOptions): Prom
     const contextSize = opts.contextSize ?? Math.min(model.trainContextSize, 4096)
     const context = await model.createContext({
       contextSize,
-      sequences: 1,
+      sequences: opts.parallel,
       flashAttention: opts.flashAttention,
       failedCreationRemedy: false,
       ...(opts.threads === undefined ? {} : { threads: opts.threads }),
@@ -91,15 +97,18 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
   readonly #runtime: LlamaRuntime
   readonly #model: LlamaModel
   readonly #context: LlamaContext
-  readonly #sequence: LlamaContextSequence
-  #queue: Promise<unknown> = Promise.resolve()
+  /** Sequences no call holds, and the calls waiting for one, first come first served. */
+  readonly #free: LlamaContextSequence[] = []
+  readonly #waiting: Array<(sequence: LlamaContextSequence) => void> = []
+  #held = 0
+  #drained: (() => void) | undefined
   #disposed = false
 
   constructor(runtime: LlamaRuntime, model: LlamaModel, context: LlamaContext) {
     this.#runtime = runtime
     this.#model = model
     this.#context = context
-    this.#sequence = context.getSequence()
+    for (let i = 0; i < context.totalSequences; i++) this.#free.push(context.getSequence())
     const vocab = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length ?? 0
     this.tokenizer = new LlamaCppTokenizer(model, vocab)
     this.contextSize = context.contextSize
@@ -117,11 +126,11 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
     options: GenerateOptions = {},
   ): AsyncGenerator<GeneratedToken, GenerateResult> {
     const opts = parseGenerateOptions(options)
-    const release = await this.#lock()
+    const { sequence, release } = await this.#acquire()
     try {
       this.#assertOpen()
       const promptTokens = this.#promptTokens(prompt)
-      await this.#sequence.clearHistory()
+      await sequence.clearHistory()
       const seed = opts.seed ?? Math.floor(Date.now() / 1000) >>> 0
       const sampling =
         opts.temperature > 0
@@ -135,7 +144,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
       let last = start
       if (options.signal?.aborted) stopReason = 'abort'
       else {
-        for await (const token of this.#sequence.evaluate(promptTokens as Token[], {
+        for await (const token of sequence.evaluate(promptTokens as Token[], {
           ...sampling,
           yieldEogToken: true,
         })) {
@@ -201,18 +210,18 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
     tokens: readonly number[],
     options: EvaluateLogitsOptions = {},
   ): Promise<Float32Array[]> {
-    const release = await this.#lock()
+    const { sequence, release } = await this.#acquire()
     try {
       this.#assertOpen()
       options.signal?.throwIfAborted()
       if (tokens.length === 0) return []
       this.#checkFits(tokens.length)
-      await this.#sequence.clearHistory()
+      await sequence.clearHistory()
       const vocab = this.tokenizer.vocabSize
       const rows: Float32Array[] = []
       const evaluate = async (batch: readonly number[]) => {
         options.signal?.throwIfAborted()
-        const outputs = await this.#sequence.controlledEvaluate(
+        const outputs = await sequence.controlledEvaluate(
           batch.map((t) => [t as Token, { generateNext: { logits: true } }] as const),
         )
         for (let i = 0; i < batch.length; i++) {
@@ -233,7 +242,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
   async dispose(): Promise<void> {
     if (this.#disposed) return
     this.#disposed = true
-    await this.#queue.catch(() => {})
+    if (this.#held > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
     await this.#context.dispose()
     await this.#model.dispose()
     await this.#runtime.release()
@@ -266,15 +275,22 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
     if (this.#disposed) throw new EngineDisposedError('the llama-cpp engine was disposed')
   }
 
-  /** Runs callers one at a time: the engine has one sequence. */
-  async #lock(): Promise<() => void> {
-    let release!: () => void
-    const next = new Promise<void>((resolve) => {
-      release = resolve
-    })
-    const previous = this.#queue
-    this.#queue = previous.then(() => next)
-    await previous
-    return release
+  /** A free sequence (waiting for one when all are held), and its release. */
+  async #acquire(): Promise<{ sequence: LlamaContextSequence; release: () => void }> {
+    this.#assertOpen()
+    const sequence =
+      this.#free.pop() ?? (await new Promise<LlamaContextSequence>((resolve) => this.#waiting.push(resolve)))
+    this.#held++
+    let released = false
+    const release = () => {
+      if (released) return
+      released = true
+      this.#held--
+      const next = this.#waiting.shift()
+      if (next) next(sequence)
+      else this.#free.push(sequence)
+      if (this.#held === 0) this.#drained?.()
+    }
+    return { sequence, release }
   }
 }
