@@ -56,6 +56,11 @@ export interface ShardServerStats {
   /** The budget both come out of. */
   memoryBytes: number
   steps: number
+  /**
+   * Continuous batching: passes over the weights, the steps they ran (several sessions' steps per
+   * pass when they arrive together), and the most sessions one pass served.
+   */
+  batching: { passes: number; steps: number; widest: number }
   linkBytesSent: number
   /** Links set up since start, by transport. */
   links: { direct: number; libp2p: number }

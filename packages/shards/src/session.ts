@@ -1,4 +1,4 @@
-import type { AllReduce, LlamaShard, VocabHead } from '@meshnet/engine'
+import type { AllReduce, LlamaShard, StepBatcher, VocabHead } from '@meshnet/engine'
 import {
   decodeControl,
   decodeHidden,
@@ -28,6 +28,8 @@ import { within } from './within.ts'
 /** What a session needs from its server. */
 export interface SessionHost extends LinkHost {
   readonly direct: DirectListener | undefined
+  /** Runs the steps of this member's sessions over the same weights together (continuous batching). */
+  readonly batcher: StepBatcher
   readonly counters: { steps: number; linkBytesSent: number; direct: number; libp2p: number }
   closed(session: MemberSession): void
 }
@@ -327,7 +329,11 @@ export class MemberSession {
           }
         : undefined
     const input = step.tokens ? { tokens: step.tokens } : { hidden: step.hidden! }
-    const out = await this.shard.forward(input, step.pos, allReduce ? { allReduce } : {})
+    // Tensor-parallel steps run in lockstep with the other members; every other step shares a
+    // pass over the weights with the steps of this member's other sessions.
+    const out = allReduce
+      ? await this.shard.forward(input, step.pos, { allReduce })
+      : await this.#host.batcher.forwardChunked(this.shard, input, step.pos, { chunk: open.maxBatch })
     const n = step.tokens?.length ?? step.hidden!.length / this.#embd
     this.#host.counters.steps++
     if (open.mode === 'pipeline' && open.rank < open.members.length - 1) {

@@ -7,6 +7,7 @@ import {
   resolveSpec,
   type ShardSpec,
   type ShardWeights,
+  StepBatcher,
   sessionBytes,
   vocabSlice,
 } from '@meshnet/engine'
@@ -47,6 +48,7 @@ export class ShardServerImpl implements SessionHost {
   readonly linkTimeoutMs: number
   readonly logger: Logger
   readonly counters = { steps: 0, linkBytesSent: 0, direct: 0, libp2p: 0 }
+  readonly batcher = new StepBatcher()
   readonly #config: ShardServerConfig
   readonly #sessions = new Map<string, MemberSession>()
   readonly #weights: WeightCache
@@ -132,6 +134,7 @@ export class ShardServerImpl implements SessionHost {
       sessionBytes: this.#weights.sessionBytes,
       memoryBytes: this.#config.memoryBytes,
       steps: this.counters.steps,
+      batching: (({ passes, steps, widest }) => ({ passes, steps, widest }))(this.batcher.stats()),
       linkBytesSent: this.counters.linkBytesSent,
       links: { direct: this.counters.direct, libp2p: this.counters.libp2p },
     }

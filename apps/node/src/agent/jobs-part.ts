@@ -82,7 +82,9 @@ export function jobsPart(
         ? {}
         : { publicJobsPerMinute: config.publicJobsPerMinute }),
       ...(config.dht === undefined ? {} : { dht: config.dht }),
-      createSingleEngine: (modelPath, threads) => createLlamaCppEngine({ modelPath, threads }),
+      ...(config.parallel === undefined ? {} : { parallel: config.parallel }),
+      createSingleEngine: (modelPath, threads, parallel) =>
+        createLlamaCppEngine({ modelPath, threads, parallel }),
       openTokenizer: (path) => openModelTokenizer(path),
     })({
       nodeId: identity.nodeId,

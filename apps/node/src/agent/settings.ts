@@ -42,6 +42,8 @@ export const agentSettingsSchema = z.strictObject({
   public: z.boolean().optional(),
   /** CPU threads for this node's shards and local engine (default: every core). */
   threads: z.number().int().min(1).max(1024).optional(),
+  /** Generations this node's whole-model engine decodes at once, each with its own KV cache (default 4). */
+  parallel: z.number().int().min(1).max(64).optional(),
   /** Memory this node offers for model shards and KV caches, in MiB (default: half of RAM). */
   memoryMb: z
     .number()

@@ -33,6 +33,7 @@ interface StartFlags {
   beaconInterval?: string
   public?: boolean
   threads?: string
+  parallel?: string
   memory?: string
   disk?: string
   apiPort?: string
@@ -103,6 +104,7 @@ export function registerStart(
     .option('--beacon-interval <ms>', 'milliseconds between presence beacons (default 5000)')
     .option('--public', 'advertise the model in the DHT and run jobs for anyone, rate-limited per peer')
     .option('--threads <n>', 'CPU threads for inference (default: every core)')
+    .option('--parallel <n>', 'generations decoded at once on one member, batched (default 4)')
     .option('--memory <MiB>', 'memory offered for model shards and KV caches (default: half of RAM)')
     .option('--disk <MiB>', 'disk fetched model chunks may take (default: the free space of the data dir)')
     .option('--api-port <port>', 'serve the OpenAI-compatible API on this port (0 = any free port)')
@@ -222,6 +224,7 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     autoApprove: flags.autoApprove,
     public: flags.public,
     threads: number('--threads', flags.threads),
+    parallel: number('--parallel', flags.parallel),
     memoryMb: number('--memory', flags.memory),
     diskMb: number('--disk', flags.disk),
     api: Object.values(api).some((v) => v !== undefined) ? api : undefined,

@@ -70,7 +70,11 @@ export class JobServiceImpl implements JobService {
   constructor(init: JobServiceInit, components: JobServiceComponents) {
     this.#init = init
     this.#components = components
-    this.#engines = new SingleEngineQueue(() => init.createSingleEngine(init.model!.path, init.threads))
+    const parallel = init.parallel ?? 4
+    this.#engines = new SingleEngineQueue(
+      () => init.createSingleEngine(init.model!.path, init.threads, parallel),
+      parallel,
+    )
   }
 
   model() {

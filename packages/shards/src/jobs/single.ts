@@ -3,22 +3,34 @@ import { pushable } from 'it-pushable'
 import { type ParsedJobRequest, samplingOf } from './request.ts'
 import type { ServedModel, SingleEngine } from './types.ts'
 
-/** The whole-model engine, made on first use; it runs one generation at a time, jobs wait their turn. */
+/**
+ * The whole-model engine, made on first use. It runs up to `parallel` generations at once (the
+ * engine decodes them together, one sequence each); more jobs wait their turn, first come first
+ * served.
+ */
 export class SingleEngineQueue {
   #engine: Promise<SingleEngine> | undefined
-  #queue: Promise<unknown> = Promise.resolve()
   readonly #create: () => Promise<SingleEngine>
+  readonly #parallel: number
+  readonly #waiting: Array<() => void> = []
+  #running = 0
 
-  constructor(create: () => Promise<SingleEngine>) {
+  constructor(create: () => Promise<SingleEngine>, parallel = 1) {
     this.#create = create
+    this.#parallel = parallel
   }
 
-  run<T>(task: (engine: SingleEngine) => Promise<T>): Promise<T> {
+  async run<T>(task: (engine: SingleEngine) => Promise<T>): Promise<T> {
     this.#engine ??= this.#create()
     const engine = this.#engine
-    const next = this.#queue.then(async () => task(await engine))
-    this.#queue = next.catch(() => {})
-    return next
+    if (this.#running >= this.#parallel) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    this.#running++
+    try {
+      return await task(await engine)
+    } finally {
+      this.#running--
+      this.#waiting.shift()?.()
+    }
   }
 
   async dispose(): Promise<void> {

@@ -81,8 +81,13 @@ export interface JobServiceInit {
   publicJobsPerMinute?: number
   /** Announce the model in the DHT (public nodes). Default true. */
   dht?: boolean
+  /**
+   * Generations the whole-model engine runs at once (default 4): its `parallel` sequences, decoded
+   * together; more jobs wait for one to come free.
+   */
+  parallel?: number
   /** Makes the whole-model engine, once, on the first `single` job. */
-  createSingleEngine(modelPath: string, threads: number): Promise<SingleEngine>
+  createSingleEngine(modelPath: string, threads: number, parallel: number): Promise<SingleEngine>
   /** Opens the model's tokenizer (`openModelTokenizer` of @meshnet/llama-cpp reads every vocabulary). */
   openTokenizer(modelPath: string): Promise<OpenedTokenizer>
 }
