@@ -151,6 +151,7 @@ export function engineRunner(engine: InferenceEngine, modelSha256: string): JobR
   return {
     async *run(request, options): AsyncGenerator<JobToken, JobResult, undefined> {
       const started = performance.now()
+      if (request.prompt === undefined) throw new Error('engineRunner runs prompts only, not chats')
       const stream = engine.stream(request.prompt, {
         maxTokens: request.maxTokens,
         ...(request.temperature === undefined ? {} : { temperature: request.temperature }),

@@ -35,6 +35,7 @@ export {
 export { isMeshnetProtocol, MESHNET_DHT_PROTOCOL, meshnetProtocol } from './ids.ts'
 export type {
   JobDialer,
+  JobMessage,
   JobMode,
   JobOrigin,
   JobReply,
@@ -51,9 +52,12 @@ export {
   JOB_PROTOCOL,
   JobFailedError,
   JobProtocolError,
+  jobMessageSchema,
   jobRequestSchema,
   MAX_JOB_FRAME_BYTES,
+  MAX_JOB_MESSAGES,
   MAX_JOB_PROMPT_CHARS,
+  MAX_JOB_TOKENS,
   modelProviderKey,
   requestJob,
 } from './jobs.ts'

@@ -13,8 +13,14 @@ export const JOB_PROTOCOL = '/meshnet/job/1.0.0'
 /** Largest frame either side sends: a request holds a prompt of at most MAX_JOB_PROMPT_CHARS. */
 export const MAX_JOB_FRAME_BYTES = 1024 * 1024
 
-/** Longest prompt a job takes, in characters. */
+/** Longest prompt a job takes, in characters (with `messages`: their contents together). */
 export const MAX_JOB_PROMPT_CHARS = 256 * 1024
+
+/** Most chat messages one job takes. */
+export const MAX_JOB_MESSAGES = 1024
+
+/** Most tokens one job generates. */
+export const MAX_JOB_TOKENS = 32_768
 
 /** How a job's model is split: `auto` runs it whole on one member when one can hold it. */
 export const JOB_MODES = ['auto', 'pipeline', 'tensor'] as const
@@ -23,22 +29,63 @@ export type JobMode = (typeof JOB_MODES)[number]
 /** Where a job came from (kept with its stats). */
 export type JobOrigin = 'cli' | 'p2p' | 'api' | 'control-plane'
 
-/** One generation asked of a node. */
-export const jobRequestSchema = z.strictObject({
-  /** The pool whose ring runs the job; without it the node must be public (`mesh start --public`). */
-  poolId: z.string().min(1).max(128).optional(),
-  /** The model, by file name or SHA-256 (default: the one the node serves). */
-  model: z.string().min(1).max(256).optional(),
-  prompt: z.string().min(1).max(MAX_JOB_PROMPT_CHARS),
-  maxTokens: z.int().min(1).max(32_768),
-  temperature: z.number().min(0).max(100).optional(),
-  topK: z.int().min(0).max(1_000_000).optional(),
-  topP: z.number().gt(0).max(1).optional(),
-  seed: z.int().min(0).max(0xffff_ffff).optional(),
-  mode: z.enum(JOB_MODES).default('auto'),
-  /** Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat templates). */
-  parseSpecial: z.boolean().default(false),
+/** One message of a chat job, as the model's chat template sees it. */
+export const jobMessageSchema = z.strictObject({
+  role: z.enum(['system', 'user', 'assistant', 'tool']),
+  content: z.string().max(MAX_JOB_PROMPT_CHARS),
+  /** Passed to the template as `message.name` (some templates show it). */
+  name: z.string().min(1).max(128).optional(),
 })
+export type JobMessage = z.infer<typeof jobMessageSchema>
+
+/**
+ * One generation asked of a node: a `prompt` (text the model continues), or chat `messages` that
+ * the serving node renders into the prompt with the model's chat template, as its OpenAI API does.
+ * Exactly one of the two.
+ */
+export const jobRequestSchema = z
+  .strictObject({
+    /** The pool whose ring runs the job; without it the node must be public (`mesh start --public`). */
+    poolId: z.string().min(1).max(128).optional(),
+    /** The model, by file name or SHA-256 (default: the one the node serves). */
+    model: z.string().min(1).max(256).optional(),
+    prompt: z.string().min(1).max(MAX_JOB_PROMPT_CHARS).optional(),
+    /** A chat instead of a prompt: the node applies the model's chat template, with the generation prompt. */
+    messages: z.array(jobMessageSchema).min(1).max(MAX_JOB_MESSAGES).optional(),
+    /** Required with `prompt`; with `messages` the default is the rest of the context (as OpenAI's chat). */
+    maxTokens: z.int().min(1).max(MAX_JOB_TOKENS).optional(),
+    temperature: z.number().min(0).max(100).optional(),
+    topK: z.int().min(0).max(1_000_000).optional(),
+    topP: z.number().gt(0).max(1).optional(),
+    seed: z.int().min(0).max(0xffff_ffff).optional(),
+    mode: z.enum(JOB_MODES).default('auto'),
+    /**
+     * Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat
+     * templates). A chat's rendered prompt is always tokenized so, as the OpenAI API does.
+     */
+    parseSpecial: z.boolean().default(false),
+  })
+  .superRefine((request, ctx) => {
+    if (request.prompt === undefined && request.messages === undefined) {
+      ctx.addIssue({ code: 'custom', path: [], message: 'give a prompt or chat messages' })
+    } else if (request.prompt !== undefined && request.messages !== undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['messages'],
+        message: 'give a prompt or chat messages, not both',
+      })
+    } else if (request.prompt !== undefined && request.maxTokens === undefined) {
+      ctx.addIssue({ code: 'custom', path: ['maxTokens'], message: 'required with a prompt' })
+    }
+    const chars = request.messages?.reduce((sum, m) => sum + m.content.length, 0) ?? 0
+    if (chars > MAX_JOB_PROMPT_CHARS) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['messages'],
+        message: `hold ${chars} characters; at most ${MAX_JOB_PROMPT_CHARS} together`,
+      })
+    }
+  })
 export type JobRequest = z.input<typeof jobRequestSchema>
 
 /** A token as it streams out of a job. */

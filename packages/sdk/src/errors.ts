@@ -89,3 +89,11 @@ export class RequestTimeoutError extends MeshError {
     })
   }
 }
+
+/** A request to an action is malformed (`messages.0.role: ...`); nothing was sent. */
+export class InvalidRequestError extends MeshError {
+  override name = 'InvalidRequestError' as const
+  constructor(message: string, options?: MeshErrorOptions) {
+    super('ERR_INVALID_REQUEST', message, options)
+  }
+}

@@ -2,10 +2,11 @@
  * @packageDocumentation
  * FabstirSDK, the Meshnet client for apps: a libp2p node of its own that finds nodes serving a
  * model (DHT provider records of public nodes, ring status from pool members), streams completions
- * from them over `/meshnet/job/1.0.0`, and reports real P2P figures (connections, bytes, DHT, NAT,
- * ping latency, `/perf/1.0.0` throughput). Configuration mirrors the Fabstir P2P guide; every option
- * either works or is refused with the reason (docs/p2p-configuration.md). Each capability is an
- * action in its own file (`connect`, `discoverNodes`, `streamInference`, ...) over an `SDKClient`;
+ * and chat replies (the serving node applies the model's chat template) from them over
+ * `/meshnet/job/1.0.0`, and reports real P2P figures (connections, bytes, DHT, NAT, ping latency,
+ * `/perf/1.0.0` throughput). Configuration mirrors the Fabstir P2P guide; every option either works
+ * or is refused with the reason (docs/p2p-configuration.md). Each capability is an action in its
+ * own file (`connect`, `discoverNodes`, `streamInference`, `streamChat`, ...) over an `SDKClient`;
  * `FabstirSDK` is a thin facade over them.
  */
 
@@ -33,6 +34,15 @@ export type {
   GetSystemHealthReportReturnType,
 } from './actions/getSystemHealthReport.ts'
 export { getSystemHealthReport } from './actions/getSystemHealthReport.ts'
+export type {
+  ChatErrorType,
+  ChatParameters,
+  ChatReturnType,
+  StreamChatErrorType,
+  StreamChatParameters,
+  StreamChatReturnType,
+} from './actions/streamChat.ts'
+export { chat, streamChat } from './actions/streamChat.ts'
 export type {
   StreamInferenceErrorType,
   StreamInferenceParameters,
@@ -69,6 +79,7 @@ export type { P2PDebugEvent } from './debug-log.ts'
 export {
   BootstrapUnreachableError,
   DataLimitExceededError,
+  InvalidRequestError,
   NoNodesFoundError,
   NotConnectedError,
   PeerRefusedError,
@@ -82,6 +93,8 @@ export { FabstirSDK } from './sdk.ts'
 export type { ByteCounts } from './traffic.ts'
 export type {
   BootstrapResult,
+  ChatMessage,
+  ChatRequest,
   ConnectionInfo,
   ConnectivityTestResult,
   ConnectResult,

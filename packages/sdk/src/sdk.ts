@@ -5,12 +5,14 @@ import { connect, disconnect } from './actions/connect.ts'
 import { discoverNodes } from './actions/discoverNodes.ts'
 import { getP2PMetrics } from './actions/getP2PMetrics.ts'
 import { getSystemHealthReport } from './actions/getSystemHealthReport.ts'
+import { chat, streamChat } from './actions/streamChat.ts'
 import { streamInference, submitJob } from './actions/streamInference.ts'
 import { testNetworkPerformance } from './actions/testNetworkPerformance.ts'
 import { testP2PConnectivity } from './actions/testP2PConnectivity.ts'
 import { createSDKClient, type SDKClient } from './client.ts'
 import type { FabstirSDKConfig, ResolvedSDKConfig } from './config.ts'
 import type {
+  ChatRequest,
   ConnectivityTestResult,
   ConnectResult,
   DiscoveredNode,
@@ -81,6 +83,16 @@ export class FabstirSDK extends EventEmitter<FabstirSDKEvents> {
   /** See the `streamInference` action. */
   streamInference(request: InferenceRequest): InferenceStream {
     return streamInference(this.#client, request)
+  }
+
+  /** See the `streamChat` action: the node renders `messages` with the model's chat template. */
+  streamChat(request: ChatRequest): InferenceStream {
+    return streamChat(this.#client, request)
+  }
+
+  /** See the `chat` action: `streamChat`, awaited. */
+  chat(request: ChatRequest): Promise<JobResult> {
+    return chat(this.#client, request)
   }
 
   /** See the `getP2PMetrics` action. */

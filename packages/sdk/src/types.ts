@@ -1,7 +1,7 @@
 import type { MeshNode, PerfResult } from '@meshnet/discovery'
 import type { NodeIdentity } from '@meshnet/identity'
 import type { PoolGate } from '@meshnet/pool'
-import type { JobRequest, JobResult, JobToken } from '@meshnet/protocols'
+import type { JobMessage, JobRequest, JobResult, JobToken } from '@meshnet/protocols'
 import type { P2PDebugEvent } from './debug-log.ts'
 import type { DataLimitExceededError } from './errors.ts'
 import type { SDKPool } from './pool.ts'
@@ -33,7 +33,11 @@ export interface DiscoverNodesOptions {
 }
 
 /** A generation to run: the job request of `/meshnet/job/1.0.0` plus where to run it. */
-export interface InferenceRequest extends Omit<JobRequest, 'poolId'> {
+export interface InferenceRequest extends Omit<JobRequest, 'poolId' | 'messages'> {
+  /** The text the model continues, as is (see `streamChat` for chat messages). */
+  prompt: string
+  /** Most tokens to generate (1 to 32768). */
+  maxTokens: number
   /** Run on the SDK's pool (default when it has one) or on public nodes. */
   target?: 'pool' | 'public'
   /** The pool, when not the SDK's own. */
@@ -42,6 +46,20 @@ export interface InferenceRequest extends Omit<JobRequest, 'poolId'> {
   nodeId?: string
   /** Cancels the job: the stream is closed and the node stops generating. */
   signal?: AbortSignal
+}
+
+/** One message of a chat: `role` is `system`, `user`, `assistant` or `tool`; `name` is passed to the template. */
+export type ChatMessage = JobMessage
+
+/**
+ * A chat to answer: the node that runs it renders `messages` into the prompt with the model's chat
+ * template (as its OpenAI API does), then generates the assistant's reply.
+ */
+export interface ChatRequest extends Omit<InferenceRequest, 'prompt' | 'maxTokens' | 'parseSpecial'> {
+  /** 1 to 1024 messages, their contents at most 256 Ki characters together. */
+  messages: readonly ChatMessage[]
+  /** Most tokens of the reply (1 to 32768); default: the rest of the model's context, as OpenAI's chat. */
+  maxTokens?: number
 }
 
 /** Tokens as they come, and the finished job. */

@@ -102,3 +102,58 @@ export function parseChatTemplate(source: string | undefined): ChatTemplate {
     },
   }
 }
+
+/** What a model's chat prompt is rendered with: its GGUF's template and token texts (`modelInfo`). */
+export interface ChatModelFacts {
+  /** `tokenizer.chat_template`; absent: FALLBACK_CHAT_TEMPLATE. */
+  chatTemplate?: string
+  bosToken?: string
+  eosToken?: string
+  /** `tokenizer.ggml.add_bos_token` (default true). */
+  addBosToken?: boolean
+}
+
+/**
+ * The prompt for a chat with `model`: its template rendered with the generation prompt and its BOS
+ * and EOS texts, a leading BOS dropped when the tokenizer adds its own. What `/v1/chat/completions`
+ * sends to the model, and what chat jobs of the job protocol run.
+ */
+export function renderChatPrompt(
+  template: ChatTemplate,
+  model: ChatModelFacts,
+  messages: readonly ChatMessage[],
+): string {
+  return template.render({
+    messages,
+    addGenerationPrompt: true,
+    ...(model.bosToken === undefined ? {} : { bosToken: model.bosToken }),
+    ...(model.eosToken === undefined ? {} : { eosToken: model.eosToken }),
+    ...(model.addBosToken === undefined ? {} : { addBosToken: model.addBosToken }),
+  })
+}
+
+/**
+ * The job service's `renderChat`: reads a model file's chat facts once (with `read`, the agent's
+ * `modelInfo`), parses its template once, and renders each chat as `renderChatPrompt` does.
+ * ChatTemplateSyntaxError when the template does not parse, ChatTemplateRenderError when it refuses
+ * the messages; both reach the requester by name and code.
+ */
+export function chatRenderer(
+  read: (path: string) => Promise<ChatModelFacts>,
+): (model: { path: string }, messages: readonly ChatMessage[]) => Promise<string> {
+  const models = new Map<string, Promise<{ facts: ChatModelFacts; template: ChatTemplate }>>()
+  const load = (path: string) => {
+    let loaded = models.get(path)
+    if (loaded === undefined) {
+      loaded = read(path).then((facts) => ({ facts, template: parseChatTemplate(facts.chatTemplate) }))
+      models.set(path, loaded)
+      // A file that could not be read is read again by the next chat (a bad template fails each time alike).
+      loaded.catch(() => models.delete(path))
+    }
+    return loaded
+  }
+  return async (model, messages) => {
+    const { facts, template } = await load(model.path)
+    return renderChatPrompt(template, facts, messages)
+  }
+}

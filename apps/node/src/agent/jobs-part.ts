@@ -4,8 +4,10 @@ import { createLlamaCppEngine, openModelTokenizer } from '@meshnet/llama-cpp'
 import type { JobRequest } from '@meshnet/protocols'
 import { type JobService, jobService, jobStats, type ServedModel } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
+import { chatRenderer } from './chat-template.ts'
 import type { ControlRoutes } from './control-api.ts'
 import type { MeshPart } from './mesh-part.ts'
+import { modelInfo } from './model-info.ts'
 import type { RingPart } from './ring-part.ts'
 import type { WeightsPart } from './weights-part.ts'
 
@@ -86,6 +88,8 @@ export function jobsPart(
       createSingleEngine: (modelPath, threads, parallel) =>
         createLlamaCppEngine({ modelPath, threads, parallel }),
       openTokenizer: (path) => openModelTokenizer(path),
+      // Chat jobs get the prompt the OpenAI API would render for the same messages.
+      renderChat: chatRenderer(modelInfo),
     })({
       nodeId: identity.nodeId,
       node: mesh.node(),

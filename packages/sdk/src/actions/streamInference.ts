@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { JobFailedError, JobProtocolError } from '@meshnet/protocols'
-import { type JobResult, type JobToken, requestJob } from '@meshnet/protocols'
+import { type JobRequest, type JobResult, type JobToken, requestJob } from '@meshnet/protocols'
 import type { SDKClient } from '../client.ts'
 import type {
   DataLimitExceededError,
@@ -34,10 +34,27 @@ export type StreamInferenceErrorType =
  * `maxRetries` times, `retryDelay` apart; after it, failures end the stream.
  */
 export function streamInference(client: SDKClient, request: StreamInferenceParameters): InferenceStream {
+  return streamJob(client, request, { caller: 'streamInference()' })
+}
+
+/** A job request (a prompt or chat messages) and where to run it: what `runJob` takes. */
+export type JobInput = Omit<JobRequest, 'poolId'> &
+  Pick<InferenceRequest, 'target' | 'poolId' | 'nodeId' | 'signal'>
+
+/**
+ * `streamInference` for any job request; `check` runs first, and what it throws ends the stream
+ * like any job error. Shared by the actions that stream a job.
+ */
+export function streamJob(
+  client: SDKClient,
+  request: JobInput,
+  options: { caller: string; check?: () => void },
+): InferenceStream {
   const requestId = randomUUID()
   const queue = new TokenQueue<JobToken>()
   const result = (async () => {
-    const session = requireSession(client, 'streamInference()')
+    const session = requireSession(client, options.caller)
+    options.check?.()
     const controller = new AbortController()
     session.jobs.add(controller)
     try {
@@ -73,7 +90,7 @@ export function submitJob(client: SDKClient, request: InferenceRequest): Promise
 export async function* runJob(
   client: SDKClient,
   session: Session,
-  request: InferenceRequest,
+  request: JobInput,
   sessionSignal: AbortSignal,
 ): AsyncGenerator<{ nodeId: string; token: JobToken }, JobResult, undefined> {
   const p2p = client.config.p2pConfig

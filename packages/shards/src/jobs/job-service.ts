@@ -20,6 +20,7 @@ import { chooseShardedMode, PROCESS_RESERVE_BYTES } from '../plan.ts'
 import { type ShardServer, shardServer } from '../server.ts'
 import { JobRefusedError } from './errors.ts'
 import { loadShard } from './preload.ts'
+import { prepareJobRequest } from './request.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
 import type {
@@ -186,22 +187,29 @@ export class JobServiceImpl implements JobService {
       })
     }
     const { nodeId, store, logger, rings, node } = this.#components
-    const request = parseWith(jobRequestSchema, input, 'job')
+    const parsed = parseWith(jobRequestSchema, input, 'job')
     if (
-      request.model !== undefined &&
-      request.model !== served.info.sha256 &&
-      request.model !== served.info.name
+      parsed.model !== undefined &&
+      parsed.model !== served.info.sha256 &&
+      parsed.model !== served.info.name
     ) {
-      throw new JobRefusedError('ERR_NO_MODEL', `this agent serves ${served.info.name}, not ${request.model}`)
+      throw new JobRefusedError('ERR_NO_MODEL', `this agent serves ${served.info.name}, not ${parsed.model}`)
     }
+    const facts = served.plan
+    const contextSize = Math.min(facts.trainContext, 4096)
+    // A chat is rendered here, with the served model's template; a forwarded job carries the prompt.
+    const { renderChat } = this.#init
+    const { request, promptTokens } = await prepareJobRequest(parsed, {
+      tokenizer: opened.tokenizer,
+      contextSize,
+      renderChat: renderChat && ((messages) => renderChat(served, messages)),
+    })
     // A job from the network without a pool runs on this node only; one from this machine goes to its pool.
     const poolId =
       (options.origin === 'p2p' || options.origin === 'control-plane') && request.poolId === undefined
         ? undefined
         : (request.poolId ?? this.#defaultPool())
     const members = poolId === undefined ? [] : holders(rings, poolId, served)
-    const facts = served.plan
-    const contextSize = Math.min(facts.trainContext, 4096)
     const self = { nodeId, capacityBytes: rings.capacityBytes() }
     const choice = chooseShardedMode({
       members:
@@ -228,10 +236,6 @@ export class JobServiceImpl implements JobService {
         },
       )
     }
-    const promptTokens = opened.tokenizer.tokenize(request.prompt, {
-      addSpecial: true,
-      parseSpecial: request.parseSpecial,
-    })
     const jobId = randomUUID()
     const controller = new AbortController()
     const onAbort = () => controller.abort()

@@ -7,7 +7,7 @@ import type {
   OpenedTokenizer,
   ShardSpec,
 } from '@meshnet/engine'
-import type { JobRunner } from '@meshnet/protocols'
+import type { JobMessage, JobRunner } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
 import type { ShardModelFacts } from '../plan.ts'
@@ -90,7 +90,17 @@ export interface JobServiceInit {
   createSingleEngine(modelPath: string, threads: number, parallel: number): Promise<SingleEngine>
   /** Opens the model's tokenizer (`openModelTokenizer` of @meshnet/llama-cpp reads every vocabulary). */
   openTokenizer(modelPath: string): Promise<OpenedTokenizer>
+  /**
+   * Renders a chat job's `messages` into the prompt with the served model's chat template (with the
+   * generation prompt; the agent's is the one its OpenAI API uses). Control-token text in the result
+   * is tokenized as those tokens, BOS is added by the tokenizer. Absent: chat jobs are refused
+   * (ERR_NO_CHAT_TEMPLATE).
+   */
+  renderChat?: RenderChat
 }
+
+/** What renders a chat job's messages for the served model (`JobServiceInit.renderChat`). */
+export type RenderChat = (model: ServedModel, messages: readonly JobMessage[]) => string | Promise<string>
 
 export interface JobServiceComponents {
   nodeId: string
