@@ -1,5 +1,6 @@
 // Throughput of the inference kernels: GB/s of weight bytes through matvec (decode) and matmul
-// (prompt) for each ggml type, JS reference vs WebAssembly on 1 and 2 threads, as a ratio to the
+// (prompt) for each ggml type, and through a matmul of 4 rows (a continuous-batching decode step of
+// four sessions, with its cost in matvec passes), JS reference vs WebAssembly on 1 and 2 threads, as a ratio to the
 // memory read bandwidth measured in the same run; Q4_0 and Q8_0 packed four rows together as the
 // engine runs them, and in their ggml layout. The weights are the matrices of a ~100M-parameter
 // llama (12 layers of 768×768 ×4 and 2048×768 ×3, 85M weights), more than the caches hold, so a
@@ -60,6 +61,8 @@ const LAYER: ReadonlyArray<readonly [number, number]> = [
   [EMBD, FF],
 ]
 const PROMPT = 64
+/** Activation rows of a continuous-batching decode step (one per session). */
+const BATCH = 4
 const GB = 1e9
 
 /**
@@ -156,6 +159,11 @@ function loadModel(
 interface Throughput {
   /** Weight GB/s of a decode pass (matvec over every matrix). */
   decode: number
+  /**
+   * Weight GB/s × rows of a pass over BATCH activation rows (matmul): continuous batching's decode
+   * step, which costs BATCH / (this / decode) matvec passes.
+   */
+  batch: number
   /** Weight GB/s of a prompt pass (matmul of PROMPT rows), counting the weights once per row. */
   prompt: number
 }
@@ -173,6 +181,13 @@ function measure(k: Kernels, type: number, layers: number, prompt: boolean, ggml
       for (const m of matrices) k.matvec(m.type, m.w, m.rows, m.cols, x, out)
     }) /
     GB
+  const batch = prompt
+    ? (BATCH * bytes) /
+      time(() => {
+        for (const m of matrices) k.matmul(m.type, m.w, m.rows, m.cols, x, BATCH, out)
+      }) /
+      GB
+    : Number.NaN
   const promptRate = prompt
     ? (PROMPT * bytes) /
       time(() => {
@@ -183,7 +198,7 @@ function measure(k: Kernels, type: number, layers: number, prompt: boolean, ggml
   for (const m of matrices) k.free(m.w)
   k.free(x)
   k.free(out)
-  return { decode, prompt: promptRate }
+  return { decode, batch, prompt: promptRate }
 }
 
 /** A generated 134M-parameter llama of `type` (a ggml type or a llama-quantize mix), cached. */
@@ -298,6 +313,8 @@ for (const name of TYPES) {
     await wasm.dispose()
     row[`wasm ${threads}T GB/s`] = rate.decode
     row[`${threads}T / mem bw`] = rate.decode / bandwidth.wasm
+    row[`${BATCH}-row ${threads}T GB/s×rows`] = rate.batch
+    row[`${BATCH}-row / matvec`] = BATCH / (rate.batch / rate.decode)
     row[`prompt ${threads}T GB/s`] = rate.prompt
   }
   // Q4_0 and Q8_0 run packed four rows together (Kernels.pack); their ggml layout, for comparison.

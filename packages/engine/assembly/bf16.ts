@@ -3,7 +3,7 @@
 // additions differs from ggml's. A bf16 is the top half of a float, so widening one is a shuffle
 // with zeros, exact for every value (subnormals included, though f32 subnormals are slow).
 
-import { hsum } from './common'
+import { hsum, hsumLanes } from './common'
 
 // The f32 bits of bf16 values: v rounded to the nearest bf16 (ties to even), as ggml's
 // GGML_FP32_TO_BF16 does, with NaNs kept quiet NaNs.
@@ -33,6 +33,9 @@ function highBF16(h: v128): v128 {
   return v128.shuffle<i16>(i32x4.splat(0), h, 4, 12, 5, 13, 6, 14, 7, 15)
 }
 
+// One row's dot product, the same way on every path (see dotF16 in kernels.ts): 16 values at a
+// time into four accumulators, hsum((a0 + a1) + (a2 + a3)), then the last cols % 16 products one
+// by one.
 function dotBF16(w: usize, x: usize, cols: usize): f32 {
   let a0 = f32x4.splat(0)
   let a1 = f32x4.splat(0)
@@ -50,8 +53,13 @@ function dotBF16(w: usize, x: usize, cols: usize): f32 {
     a3 = f32x4.relaxed_madd(highBF16(h1), v128.load(xp, 48), a3)
   }
   let s = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
-  for (; i < cols; i++) s += reinterpret<f32>((<u32>load<u16>(w + (i << 1))) << 16) * load<f32>(x + (i << 2))
+  for (; i < cols; i++) s += bf16At(w, i) * load<f32>(x + (i << 2))
   return s
+}
+
+// Weight i of the row at w as a float.
+function bf16At(w: usize, i: usize): f32 {
+  return reinterpret<f32>((<u32>load<u16>(w + (i << 1))) << 16)
 }
 
 // out[r] for r in [r0, r1): BF16 rows `rb` bytes apart, x the bf16-rounded activations as floats.
@@ -59,9 +67,8 @@ export function rowsBF16(w: usize, rb: usize, x: usize, out: usize, r0: usize, r
   for (let r = r0; r < r1; r++) store<f32>(out + (r << 2), dotBF16(w + r * rb, x, cols))
 }
 
-// [dot(w, x0), …, dot(w, x3)] for one BF16 row and four activation rows: each group of eight
-// weights is widened once for the four rows.
-export function dot4BF16(w: usize, x0: usize, x1: usize, x2: usize, x3: usize, cols: usize): v128 {
+// dotBF16 before its tail for one row and two activation rows, in lanes 0 and 1.
+function dot2BF16(w: usize, x: usize, y: usize, end16: usize): v128 {
   let a0 = f32x4.splat(0)
   let a1 = f32x4.splat(0)
   let a2 = f32x4.splat(0)
@@ -70,30 +77,37 @@ export function dot4BF16(w: usize, x0: usize, x1: usize, x2: usize, x3: usize, c
   let b1 = f32x4.splat(0)
   let b2 = f32x4.splat(0)
   let b3 = f32x4.splat(0)
-  let i: usize = 0
-  for (; i + 8 <= cols; i += 8) {
-    const h = v128.load(w + (i << 1))
-    const c0 = lowBF16(h)
-    const c1 = highBF16(h)
+  for (let i: usize = 0; i < end16; i += 16) {
+    const h0 = v128.load(w + (i << 1))
+    const h1 = v128.load(w + (i << 1), 16)
     const o = i << 2
-    a0 = f32x4.relaxed_madd(c0, v128.load(x0 + o), a0)
-    b0 = f32x4.relaxed_madd(c1, v128.load(x0 + o, 16), b0)
-    a1 = f32x4.relaxed_madd(c0, v128.load(x1 + o), a1)
-    b1 = f32x4.relaxed_madd(c1, v128.load(x1 + o, 16), b1)
-    a2 = f32x4.relaxed_madd(c0, v128.load(x2 + o), a2)
-    b2 = f32x4.relaxed_madd(c1, v128.load(x2 + o, 16), b2)
-    a3 = f32x4.relaxed_madd(c0, v128.load(x3 + o), a3)
-    b3 = f32x4.relaxed_madd(c1, v128.load(x3 + o, 16), b3)
+    let c = lowBF16(h0)
+    a0 = f32x4.relaxed_madd(c, v128.load(x + o), a0)
+    b0 = f32x4.relaxed_madd(c, v128.load(y + o), b0)
+    c = highBF16(h0)
+    a1 = f32x4.relaxed_madd(c, v128.load(x + o, 16), a1)
+    b1 = f32x4.relaxed_madd(c, v128.load(y + o, 16), b1)
+    c = lowBF16(h1)
+    a2 = f32x4.relaxed_madd(c, v128.load(x + o, 32), a2)
+    b2 = f32x4.relaxed_madd(c, v128.load(y + o, 32), b2)
+    c = highBF16(h1)
+    a3 = f32x4.relaxed_madd(c, v128.load(x + o, 48), a3)
+    b3 = f32x4.relaxed_madd(c, v128.load(y + o, 48), b3)
   }
-  const s0 = f32x4.add(a0, b0)
-  const s1 = f32x4.add(a1, b1)
-  const s2 = f32x4.add(a2, b2)
-  const s3 = f32x4.add(a3, b3)
-  let r = f32x4.add(v128.shuffle<f32>(s0, s1, 0, 4, 1, 5), v128.shuffle<f32>(s0, s1, 2, 6, 3, 7))
-  const t = f32x4.add(v128.shuffle<f32>(s2, s3, 0, 4, 1, 5), v128.shuffle<f32>(s2, s3, 2, 6, 3, 7))
-  r = f32x4.add(v128.shuffle<f32>(r, t, 0, 1, 4, 5), v128.shuffle<f32>(r, t, 2, 3, 6, 7))
-  for (; i < cols; i++) {
-    const v = f32x4.splat(reinterpret<f32>((<u32>load<u16>(w + (i << 1))) << 16))
+  const sa = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))
+  const sb = f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3))
+  return hsumLanes(sa, sb, sa, sb)
+}
+
+// [dot(w, x0), …, dot(w, x3)] for one BF16 row and four activation rows, each summed as dotBF16
+// sums it, two activation rows at a time over the weight row.
+export function dot4BF16(w: usize, x0: usize, x1: usize, x2: usize, x3: usize, cols: usize): v128 {
+  const end16 = (cols >> 4) << 4
+  const p = dot2BF16(w, x0, x1, end16)
+  const q = x2 === x1 ? p : dot2BF16(w, x2, x3, end16)
+  let r = v128.shuffle<f32>(p, q, 0, 1, 4, 5)
+  for (let i = end16; i < cols; i++) {
+    const v = f32x4.splat(bf16At(w, i))
     let xs = f32x4.splat(load<f32>(x0 + (i << 2)))
     xs = f32x4.replace_lane(xs, 1, load<f32>(x1 + (i << 2)))
     xs = f32x4.replace_lane(xs, 2, load<f32>(x2 + (i << 2)))

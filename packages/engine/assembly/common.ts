@@ -152,6 +152,13 @@ export function hsum(v: v128): f32 {
   return f32x4.extract_lane(s, 0) + f32x4.extract_lane(s, 1)
 }
 
+// [hsum(s0), hsum(s1), hsum(s2), hsum(s3)], each as hsum adds: (v0 + v2) + (v1 + v3).
+export function hsumLanes(s0: v128, s1: v128, s2: v128, s3: v128): v128 {
+  const r = f32x4.add(v128.shuffle<f32>(s0, s1, 0, 4, 1, 5), v128.shuffle<f32>(s0, s1, 2, 6, 3, 7))
+  const t = f32x4.add(v128.shuffle<f32>(s2, s3, 0, 4, 1, 5), v128.shuffle<f32>(s2, s3, 2, 6, 3, 7))
+  return f32x4.add(v128.shuffle<f32>(r, t, 0, 1, 4, 5), v128.shuffle<f32>(r, t, 2, 3, 6, 7))
+}
+
 // [Σ a, Σ b, Σ c, Σ d] of four i32x4 vectors.
 export function hsum4(a: v128, b: v128, c: v128, d: v128): v128 {
   const ab = i32x4.add(v128.shuffle<i32>(a, b, 0, 4, 1, 5), v128.shuffle<i32>(a, b, 2, 6, 3, 7))
@@ -216,4 +223,23 @@ export function scalesMinsK4(p: usize, ctrl: usize): v128 {
   // The top two bits of a and m at bits 4, 5 of groups 1 and 3.
   const h = i8x16.relaxed_swizzle(i16x8.shr_u(v, 2), v128.load(ctrl, K_SM_H))
   return v128.or(v128.and(v128.or(a, c), v128.load(ctrl, K_SM_MASK)), v128.and(h, v128.load(ctrl, K_SM_TOP)))
+}
+
+// A K-quant super-block's share of one row's dot product as the one-row and four-row kernels both
+// take it, so that a row gives the same bits alone and in a batch: acc + S·d − M·dmin in f32 (two
+// fused multiply-adds), S and M the sums of the i32 lanes of isum and mins (exact). Every lane of
+// the result holds it; the four-row kernels do the same with one row per lane.
+export function superBlock(acc: v128, isum: v128, mins: v128, d: f32, dmin: f32): v128 {
+  // [S, S, M, M], then S and M in every lane.
+  const t = i32x4.add(v128.shuffle<i32>(isum, mins, 0, 1, 4, 5), v128.shuffle<i32>(isum, mins, 2, 3, 6, 7))
+  const f = f32x4.convert_i32x4_s(i32x4.add(t, v128.shuffle<i32>(t, t, 1, 0, 3, 2)))
+  const r = f32x4.relaxed_madd(v128.shuffle<f32>(f, f, 0, 0, 0, 0), f32x4.splat(d), acc)
+  return f32x4.relaxed_nmadd(v128.shuffle<f32>(f, f, 2, 2, 2, 2), f32x4.splat(dmin), r)
+}
+
+// The same without a min term (Q6_K): acc + S·d.
+export function superBlockNoMin(acc: v128, isum: v128, d: f32): v128 {
+  const t = i32x4.add(isum, v128.shuffle<i32>(isum, isum, 2, 3, 0, 1))
+  const s = i32x4.add(t, v128.shuffle<i32>(t, t, 1, 0, 3, 2))
+  return f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), f32x4.splat(d), acc)
 }

@@ -30,6 +30,7 @@ import {
   f16x4Fast,
   hsum,
   hsum4,
+  hsumLanes,
   IQ4_NL,
   IQ4_XS,
   K_BITS45,
@@ -37,7 +38,6 @@ import {
   K_F16_SCALE,
   K_F32_EXP,
   K_LOW4,
-  K_M127,
   K_ONES16,
   K_PACK_SCALE,
   PACKED,
@@ -58,6 +58,8 @@ import {
   scalesMinsK4,
   splatB,
   splatW,
+  superBlock,
+  superBlockNoMin,
   writeConstants,
   ZERO,
 } from './common'
@@ -108,8 +110,6 @@ export function init(ctrl: usize): void {
 //   3 cols + cols / 8    f32 8·d·Σq per 32 (Q4_0), 16·d·Σq (Q5_0) or s, a half's value (q8_1);
 //                        or i16 Σq per 16 (q8_K)
 //   3 cols + cols / 4    i16 Σq per 32 (q8_K)
-// and after the n rows, for Q8_0 and Q4_0 with n >= 4, `cols` bytes per group of four rows: per
-// block of 32, the four rows' f32 scales, then their four f32 8·d·Σq (see dot4Q8_0).
 
 function absMax(p: usize, bytes: usize): f32 {
   let m = f32x4.abs(v128.load(p))
@@ -265,6 +265,20 @@ function dotF32(w: usize, x: usize, cols: usize): f32 {
   return s
 }
 
+// Every path sums one F16 row (and one BF16 row, bf16.ts) the same way, so that a row gives the
+// same bits alone or in a batch: 16 values at a time into four accumulators (a0: values 16k..16k+3,
+// a1: the next four, …), then hsum((a0 + a1) + (a2 + a3)), then the last cols % 16 products one by
+// one. (Four chains of additions keep one row's matvec fast; the weights are read as one stream.)
+
+// The four halves in the low (high) half of h as floats.
+function lowF16(h: v128, mask: v128, scale: v128): v128 {
+  return f16x4Fast(v128.shuffle<i16>(ZERO, h, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale)
+}
+
+function highF16(h: v128, mask: v128, scale: v128): v128 {
+  return f16x4Fast(v128.shuffle<i16>(ZERO, h, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale)
+}
+
 function dotF16(w: usize, x: usize, cols: usize, mask: v128, scale: v128): f32 {
   let a0 = f32x4.splat(0)
   let a1 = f32x4.splat(0)
@@ -276,36 +290,52 @@ function dotF16(w: usize, x: usize, cols: usize, mask: v128, scale: v128): f32 {
     const h0 = v128.load(w + (i << 1))
     const h1 = v128.load(w + (i << 1), 16)
     const xp = x + (i << 2)
-    const z = i32x4.splat(0)
-    a0 = f32x4.relaxed_madd(
-      f16x4Fast(v128.shuffle<i16>(z, h0, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
-      v128.load(xp),
-      a0,
-    )
-    a1 = f32x4.relaxed_madd(
-      f16x4Fast(v128.shuffle<i16>(z, h0, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
-      v128.load(xp, 16),
-      a1,
-    )
-    a2 = f32x4.relaxed_madd(
-      f16x4Fast(v128.shuffle<i16>(z, h1, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale),
-      v128.load(xp, 32),
-      a2,
-    )
-    a3 = f32x4.relaxed_madd(
-      f16x4Fast(v128.shuffle<i16>(z, h1, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale),
-      v128.load(xp, 48),
-      a3,
-    )
+    a0 = f32x4.relaxed_madd(lowF16(h0, mask, scale), v128.load(xp), a0)
+    a1 = f32x4.relaxed_madd(highF16(h0, mask, scale), v128.load(xp, 16), a1)
+    a2 = f32x4.relaxed_madd(lowF16(h1, mask, scale), v128.load(xp, 32), a2)
+    a3 = f32x4.relaxed_madd(highF16(h1, mask, scale), v128.load(xp, 48), a3)
   }
   let s = hsum(f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3)))
   for (; i < cols; i++) s += f16(load<u16>(w + (i << 1))) * load<f32>(x + (i << 2))
   return s
 }
 
-// [dot(w, x), dot(w, x1), dot(w, x2), dot(w, x3)] for one F16 row and four activation rows: each
-// group of eight halves is converted once for the four rows (the K·q and Vᵀ·p products of the
-// query heads that share a KV head).
+// The sums of dotF16 before its tail for one F16 row and two activation rows, as lanes 0 and 1
+// (the 16-value steps, hsum((a0 + a1) + (a2 + a3))): each group of halves converted once for both.
+function dot2F16(w: usize, x: usize, y: usize, end16: usize, mask: v128, scale: v128): v128 {
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  let b0 = f32x4.splat(0)
+  let b1 = f32x4.splat(0)
+  let b2 = f32x4.splat(0)
+  let b3 = f32x4.splat(0)
+  for (let i: usize = 0; i < end16; i += 16) {
+    const h0 = v128.load(w + (i << 1))
+    const h1 = v128.load(w + (i << 1), 16)
+    const o = i << 2
+    let c = lowF16(h0, mask, scale)
+    a0 = f32x4.relaxed_madd(c, v128.load(x + o), a0)
+    b0 = f32x4.relaxed_madd(c, v128.load(y + o), b0)
+    c = highF16(h0, mask, scale)
+    a1 = f32x4.relaxed_madd(c, v128.load(x + o, 16), a1)
+    b1 = f32x4.relaxed_madd(c, v128.load(y + o, 16), b1)
+    c = lowF16(h1, mask, scale)
+    a2 = f32x4.relaxed_madd(c, v128.load(x + o, 32), a2)
+    b2 = f32x4.relaxed_madd(c, v128.load(y + o, 32), b2)
+    c = highF16(h1, mask, scale)
+    a3 = f32x4.relaxed_madd(c, v128.load(x + o, 48), a3)
+    b3 = f32x4.relaxed_madd(c, v128.load(y + o, 48), b3)
+  }
+  const sa = f32x4.add(f32x4.add(a0, a1), f32x4.add(a2, a3))
+  const sb = f32x4.add(f32x4.add(b0, b1), f32x4.add(b2, b3))
+  return hsumLanes(sa, sb, sa, sb)
+}
+
+// [dot(w, x), dot(w, x1), dot(w, x2), dot(w, x3)] for one F16 row and four activation rows (the
+// K·q and Vᵀ·p products of the query heads that share a KV head, and matmuls): each row summed as
+// dotF16 sums it, two activation rows at a time (four accumulators each) over the weight row.
 function dot4F16(
   w: usize,
   x: usize,
@@ -316,40 +346,11 @@ function dot4F16(
   mask: v128,
   scale: v128,
 ): v128 {
-  let a0 = f32x4.splat(0)
-  let a1 = f32x4.splat(0)
-  let a2 = f32x4.splat(0)
-  let a3 = f32x4.splat(0)
-  let b0 = f32x4.splat(0)
-  let b1 = f32x4.splat(0)
-  let b2 = f32x4.splat(0)
-  let b3 = f32x4.splat(0)
-  let i: usize = 0
-  for (; i + 8 <= cols; i += 8) {
-    const h = v128.load(w + (i << 1))
-    const z = i32x4.splat(0)
-    const c0 = f16x4Fast(v128.shuffle<i16>(z, h, 0, 8, 1, 9, 2, 10, 3, 11), mask, scale)
-    const c1 = f16x4Fast(v128.shuffle<i16>(z, h, 4, 12, 5, 13, 6, 14, 7, 15), mask, scale)
-    const o = i << 2
-    a0 = f32x4.relaxed_madd(c0, v128.load(x + o), a0)
-    b0 = f32x4.relaxed_madd(c1, v128.load(x + o, 16), b0)
-    a1 = f32x4.relaxed_madd(c0, v128.load(x1 + o), a1)
-    b1 = f32x4.relaxed_madd(c1, v128.load(x1 + o, 16), b1)
-    a2 = f32x4.relaxed_madd(c0, v128.load(x2 + o), a2)
-    b2 = f32x4.relaxed_madd(c1, v128.load(x2 + o, 16), b2)
-    a3 = f32x4.relaxed_madd(c0, v128.load(x3 + o), a3)
-    b3 = f32x4.relaxed_madd(c1, v128.load(x3 + o, 16), b3)
-  }
-  let r = f32x4.add(
-    v128.shuffle<f32>(f32x4.add(a0, b0), f32x4.add(a1, b1), 0, 4, 1, 5),
-    v128.shuffle<f32>(f32x4.add(a0, b0), f32x4.add(a1, b1), 2, 6, 3, 7),
-  )
-  const t = f32x4.add(
-    v128.shuffle<f32>(f32x4.add(a2, b2), f32x4.add(a3, b3), 0, 4, 1, 5),
-    v128.shuffle<f32>(f32x4.add(a2, b2), f32x4.add(a3, b3), 2, 6, 3, 7),
-  )
-  r = f32x4.add(v128.shuffle<f32>(r, t, 0, 1, 4, 5), v128.shuffle<f32>(r, t, 2, 3, 6, 7))
-  for (; i < cols; i++) {
+  const end16 = (cols >> 4) << 4
+  const p = dot2F16(w, x, x1, end16, mask, scale)
+  const q = x2 === x1 ? p : dot2F16(w, x2, x3, end16, mask, scale)
+  let r = v128.shuffle<f32>(p, q, 0, 1, 4, 5)
+  for (let i = end16; i < cols; i++) {
     const v = f32x4.splat(f16(load<u16>(w + (i << 1))))
     let xs = f32x4.splat(load<f32>(x + (i << 2)))
     xs = f32x4.replace_lane(xs, 1, load<f32>(x1 + (i << 2)))
@@ -374,6 +375,27 @@ function q8_0Block(wp: usize, xa: usize, xs: usize, ones: v128): v128 {
   return i32x4.add(p0, p1)
 }
 
+// The sums of blocks b..b + 3 (o = 32·b) of a Q8_0 row at wp (block b) and the activation row xq.
+function q8_0Blocks4(wp: usize, xq: usize, cols: usize, o: usize, ones: v128): v128 {
+  const xa = xq + cols + o
+  const xs = xq + 2 * cols + o
+  return hsum4(
+    q8_0Block(wp, xa, xs, ones),
+    q8_0Block(wp + 34, xa + 32, xs + 32, ones),
+    q8_0Block(wp + 68, xa + 64, xs + 64, ones),
+    q8_0Block(wp + 102, xa + 96, xs + 96, ones),
+  )
+}
+
+// d_w·d_x·Σ w·q of block b (at wp) alone: the blocks after the last four.
+function q8_0Tail(wp: usize, xq: usize, cols: usize, b: usize, ones: v128): f32 {
+  const o = b << 5
+  const s = q8_0Block(wp, xq + cols + o, xq + 2 * cols + o, ones)
+  const isum =
+    i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3)
+  return f16(load<u16>(wp)) * load<f32>(xq + 3 * cols + (b << 2)) * <f32>isum
+}
+
 function dotQ8_0(
   w: usize,
   xq: usize,
@@ -385,35 +407,16 @@ function dotQ8_0(
   scale: v128,
 ): f32 {
   const nb = cols >> 5
-  const xa = xq + cols
-  const xs = xq + 2 * cols
-  const xd = xq + 3 * cols
   let acc = f32x4.splat(0)
   let b: usize = 0
   for (; b + 4 <= nb; b += 4) {
     const wp = w + b * 34
-    const o = b << 5
-    const s = hsum4(
-      q8_0Block(wp, xa + o, xs + o, ones),
-      q8_0Block(wp + 34, xa + o + 32, xs + o + 32, ones),
-      q8_0Block(wp + 68, xa + o + 64, xs + o + 64, ones),
-      q8_0Block(wp + 102, xa + o + 96, xs + o + 96, ones),
-    )
-    const d = f32x4.mul(scales4(wp, 34, ctrl, mask, expBits, scale), v128.load(xd + (b << 2)))
+    const s = q8_0Blocks4(wp, xq, cols, b << 5, ones)
+    const d = f32x4.mul(scales4(wp, 34, ctrl, mask, expBits, scale), v128.load(xq + 3 * cols + (b << 2)))
     acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
   }
   let tail: f32 = 0
-  for (; b < nb; b++) {
-    const wp = w + b * 34
-    const o = b << 5
-    const s = q8_0Block(wp, xa + o, xs + o, ones)
-    const isum =
-      i32x4.extract_lane(s, 0) +
-      i32x4.extract_lane(s, 1) +
-      i32x4.extract_lane(s, 2) +
-      i32x4.extract_lane(s, 3)
-    tail += f16(load<u16>(wp)) * load<f32>(xd + (b << 2)) * <f32>isum
-  }
+  for (; b < nb; b++) tail += q8_0Tail(w + b * 34, xq, cols, b, ones)
   return hsum(acc) + tail
 }
 
@@ -432,6 +435,29 @@ function q4_0Block(wp: usize, xp: usize, low4: v128, ones: v128): v128 {
   return i32x4.dot_i16x8_s(p, ones)
 }
 
+// d_x·Σ nibble·q − 8·d_x·Σq of blocks b..b + 3 of a Q4_0 row (at wp: block b) and the activation
+// row xq, the four blocks in the four lanes.
+function q4_0Blocks4(wp: usize, xq: usize, cols: usize, b: usize, low4: v128, ones: v128): v128 {
+  const xp = xq + (b << 5)
+  const s = hsum4(
+    q4_0Block(wp, xp, low4, ones),
+    q4_0Block(wp + 18, xp + 32, low4, ones),
+    q4_0Block(wp + 36, xp + 64, low4, ones),
+    q4_0Block(wp + 54, xp + 96, low4, ones),
+  )
+  const o = xq + 3 * cols + (b << 2)
+  return f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(o)), v128.load(o + (cols >> 3)))
+}
+
+// Block b (at wp) alone: the blocks after the last four.
+function q4_0Tail(wp: usize, xq: usize, cols: usize, b: usize, low4: v128, ones: v128): f32 {
+  const s = q4_0Block(wp, xq + (b << 5), low4, ones)
+  const isum =
+    i32x4.extract_lane(s, 0) + i32x4.extract_lane(s, 1) + i32x4.extract_lane(s, 2) + i32x4.extract_lane(s, 3)
+  const o = xq + 3 * cols + (b << 2)
+  return f16(load<u16>(wp)) * (<f32>isum * load<f32>(o) - load<f32>(o + (cols >> 3)))
+}
+
 function dotQ4_0(
   w: usize,
   xq: usize,
@@ -444,34 +470,18 @@ function dotQ4_0(
   scale: v128,
 ): f32 {
   const nb = cols >> 5
-  const xd = xq + 3 * cols
-  const xs = xd + (cols >> 3)
   let acc = f32x4.splat(0)
   let b: usize = 0
   for (; b + 4 <= nb; b += 4) {
     const wp = w + b * 18
-    const xp = xq + (b << 5)
-    const s = hsum4(
-      q4_0Block(wp, xp, low4, ones),
-      q4_0Block(wp + 18, xp + 32, low4, ones),
-      q4_0Block(wp + 36, xp + 64, low4, ones),
-      q4_0Block(wp + 54, xp + 96, low4, ones),
+    acc = f32x4.relaxed_madd(
+      scales4(wp, 18, ctrl, mask, expBits, scale),
+      q4_0Blocks4(wp, xq, cols, b, low4, ones),
+      acc,
     )
-    const o = b << 2
-    const v = f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(xd + o)), v128.load(xs + o))
-    acc = f32x4.relaxed_madd(scales4(wp, 18, ctrl, mask, expBits, scale), v, acc)
   }
   let tail: f32 = 0
-  for (; b < nb; b++) {
-    const wp = w + b * 18
-    const s = q4_0Block(wp, xq + (b << 5), low4, ones)
-    const isum =
-      i32x4.extract_lane(s, 0) +
-      i32x4.extract_lane(s, 1) +
-      i32x4.extract_lane(s, 2) +
-      i32x4.extract_lane(s, 3)
-    tail += f16(load<u16>(wp)) * (<f32>isum * load<f32>(xd + (b << 2)) - load<f32>(xs + (b << 2)))
-  }
+  for (; b < nb; b++) tail += q4_0Tail(w + b * 18, xq, cols, b, low4, ones)
   return hsum(acc) + tail
 }
 
@@ -512,12 +522,9 @@ function dotQ4_K(w: usize, xq: usize, cols: usize, low4: v128, ctrl: usize): f32
     const mins = i32x4.dot_i16x8_s(mn, v128.load(xs32 + (b << 4)))
     const dx = load<f32>(xd + (b << 2))
     const dh = load<u32>(bp)
-    const d = f16(dh & 0xffff) * dx
-    const dmin = f16(dh >> 16) * dx
-    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(d), acc)
-    acc = f32x4.relaxed_nmadd(f32x4.convert_i32x4_s(mins), f32x4.splat(dmin), acc)
+    acc = superBlock(acc, isum, mins, f16(dh & 0xffff) * dx, f16(dh >> 16) * dx)
   }
-  return hsum(acc)
+  return f32x4.extract_lane(acc, 0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -596,10 +603,9 @@ function dotQ6_K(w: usize, xq: usize, cols: usize, low4: v128, bits45: v128, ctr
     const bs = xs16 + (b << 5)
     const offset = i32x4.add(i32x4.dot_i16x8_s(s0, v128.load(bs)), i32x4.dot_i16x8_s(s1, v128.load(bs, 16)))
     isum = i32x4.sub(isum, i32x4.shl(offset, 5))
-    const d = f16(load<u16>(bp, 208)) * load<f32>(xd + (b << 2))
-    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(d), acc)
+    acc = superBlockNoMin(acc, isum, f16(load<u16>(bp, 208)) * load<f32>(xd + (b << 2)))
   }
-  return hsum(acc)
+  return f32x4.extract_lane(acc, 0)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -640,36 +646,44 @@ function packScale(h: u32): i32 {
   return sign | ((e + 10) << 10) | m
 }
 
-// Σ nibble · x over one packed Q4_0 block for the four rows (two chains of four dot-adds).
-function q4_0X4Block(bp: usize, xp: usize, low4: v128): v128 {
+// Σ nibble · x over one packed Q4_0 block for the four rows. The eight i8 × i7 pair sums (each at
+// most 2·15·127) add up in i16 (at most 30480) before one widening i16 dot with ones: three
+// instructions fewer per vector than relaxed dot-adds, which V8 lowers (without AVX-VNNI) to
+// pmaddubsw, pmaddwd with a ones vector it rebuilds each time, and an add.
+function q4_0X4Block(bp: usize, xp: usize, low4: v128, ones: v128): v128 {
   const q0 = v128.load(bp, 8)
   const q1 = v128.load(bp, 24)
   const q2 = v128.load(bp, 40)
   const q3 = v128.load(bp, 56)
-  let a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp), v128.and(q0, low4), ZERO)
-  let c = i32x4.relaxed_dot_i8x16_i7x16_add_s(
-    v128.load32_splat(xp, 16),
-    v128.and(i16x8.shr_u(q0, 4), low4),
-    ZERO,
+  let a = i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp), v128.and(q0, low4))
+  let c = i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 16), v128.and(i16x8.shr_u(q0, 4), low4))
+  a = i16x8.add(a, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 4), v128.and(q1, low4)))
+  c = i16x8.add(
+    c,
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 20), v128.and(i16x8.shr_u(q1, 4), low4)),
   )
-  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 4), v128.and(q1, low4), a)
-  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 20), v128.and(i16x8.shr_u(q1, 4), low4), c)
-  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 8), v128.and(q2, low4), a)
-  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 24), v128.and(i16x8.shr_u(q2, 4), low4), c)
-  a = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 12), v128.and(q3, low4), a)
-  c = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(xp, 28), v128.and(i16x8.shr_u(q3, 4), low4), c)
-  return i32x4.add(a, c)
+  a = i16x8.add(a, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 8), v128.and(q2, low4)))
+  c = i16x8.add(
+    c,
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 24), v128.and(i16x8.shr_u(q2, 4), low4)),
+  )
+  a = i16x8.add(a, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 12), v128.and(q3, low4)))
+  c = i16x8.add(
+    c,
+    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(xp, 28), v128.and(i16x8.shr_u(q3, 4), low4)),
+  )
+  return i32x4.dot_i16x8_s(i16x8.add(a, c), ones)
 }
 
 // [dot(row 0, x), …, dot(row 3, x)] of one packed Q4_0 group: d_w·(d_x·Σ nibble·q − 8·d_x·Σq).
-function dotQ4_0X4(w: usize, xq: usize, cols: usize, low4: v128, mask: v128, scale: v128): v128 {
+function dotQ4_0X4(w: usize, xq: usize, cols: usize, low4: v128, ones: v128, mask: v128, scale: v128): v128 {
   const nb = cols >> 5
   const xd = xq + 3 * cols
   const xs = xd + (cols >> 3)
   let acc = f32x4.splat(0)
   for (let b: usize = 0; b < nb; b++) {
     const bp = w + b * 72
-    const s = q4_0X4Block(bp, xq + (b << 5), low4)
+    const s = q4_0X4Block(bp, xq + (b << 5), low4, ones)
     const o = b << 2
     const v = f32x4.sub(
       f32x4.mul(f32x4.convert_i32x4_s(s), v128.load32_splat(xd + o)),
@@ -680,23 +694,30 @@ function dotQ4_0X4(w: usize, xq: usize, cols: usize, low4: v128, mask: v128, sca
   return acc
 }
 
+// Σ (w · sign(x)) · |x| of the 16 bytes at bp (four of each row) and the four activations whose
+// |x| are at xa and sign masks at xs, added to acc (i16 pair sums reach 2·127², so they widen at
+// once, with a ones vector kept in a register).
+function q8_0X4Step(bp: usize, xa: usize, xs: usize, ones: v128, acc: v128): v128 {
+  const m = v128.load32_splat(xs)
+  const sw = i8x16.sub_sat_s(v128.xor(v128.load(bp), m), m)
+  return i32x4.add(acc, i32x4.dot_i16x8_s(i16x8.relaxed_dot_i8x16_i7x16_s(sw, v128.load32_splat(xa)), ones))
+}
+
 // Σ (w · sign(x)) · |x| over one packed Q8_0 block for the four rows (two chains of four).
-function q8_0X4Block(bp: usize, xa: usize, xs: usize): v128 {
-  let a = ZERO
-  let c = ZERO
-  for (let t: usize = 0; t < 8; t += 2) {
-    const m0 = v128.load32_splat(xs + (t << 2))
-    const m1 = v128.load32_splat(xs + (t << 2), 4)
-    const s0 = i8x16.sub_sat_s(v128.xor(v128.load(bp + (t << 4), 8), m0), m0)
-    const s1 = i8x16.sub_sat_s(v128.xor(v128.load(bp + (t << 4), 24), m1), m1)
-    a = i32x4.relaxed_dot_i8x16_i7x16_add_s(s0, v128.load32_splat(xa + (t << 2)), a)
-    c = i32x4.relaxed_dot_i8x16_i7x16_add_s(s1, v128.load32_splat(xa + (t << 2), 4), c)
-  }
+function q8_0X4Block(bp: usize, xa: usize, xs: usize, ones: v128): v128 {
+  let a = q8_0X4Step(bp + 8, xa, xs, ones, ZERO)
+  let c = q8_0X4Step(bp + 24, xa + 4, xs + 4, ones, ZERO)
+  a = q8_0X4Step(bp + 40, xa + 8, xs + 8, ones, a)
+  c = q8_0X4Step(bp + 56, xa + 12, xs + 12, ones, c)
+  a = q8_0X4Step(bp + 72, xa + 16, xs + 16, ones, a)
+  c = q8_0X4Step(bp + 88, xa + 20, xs + 20, ones, c)
+  a = q8_0X4Step(bp + 104, xa + 24, xs + 24, ones, a)
+  c = q8_0X4Step(bp + 120, xa + 28, xs + 28, ones, c)
   return i32x4.add(a, c)
 }
 
 // [dot(row 0, x), …, dot(row 3, x)] of one packed Q8_0 group: Σ over blocks of (d_w·d_x)·Σ w·q.
-function dotQ8_0X4(w: usize, xq: usize, cols: usize, mask: v128, scale: v128): v128 {
+function dotQ8_0X4(w: usize, xq: usize, cols: usize, ones: v128, mask: v128, scale: v128): v128 {
   const nb = cols >> 5
   const xa = xq + cols
   const xs = xq + 2 * cols
@@ -705,7 +726,7 @@ function dotQ8_0X4(w: usize, xq: usize, cols: usize, mask: v128, scale: v128): v
   for (let b: usize = 0; b < nb; b++) {
     const bp = w + b * 136
     const o = b << 5
-    const s = q8_0X4Block(bp, xa + o, xs + o)
+    const s = q8_0X4Block(bp, xa + o, xs + o, ones)
     const d = f32x4.mul(scalesX4(bp, mask, scale), v128.load32_splat(xd + (b << 2)))
     acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
   }
@@ -713,7 +734,8 @@ function dotQ8_0X4(w: usize, xq: usize, cols: usize, mask: v128, scale: v128): v
 }
 
 // dotQ4_0X4 for four activation rows at once (x, x + xStride, …), each weight vector unpacked once;
-// writes the four results to out, out + outStride, … (four rows of output each).
+// writes the four results to out, out + outStride, … (four rows of output each). The same integer
+// sums and the same f32 operations per row as dotQ4_0X4.
 function quadQ4_0X4(
   w: usize,
   x: usize,
@@ -722,6 +744,7 @@ function quadQ4_0X4(
   out: usize,
   outStride: usize,
   low4: v128,
+  ones: v128,
   mask: v128,
   scale: v128,
 ): void {
@@ -738,6 +761,7 @@ function quadQ4_0X4(
   for (let b: usize = 0; b < nb; b++) {
     const bp = w + b * 72
     const o = b << 5
+    // i16 pair sums of the eight nibble vectors (at most 8·2·15·127 < 2^15).
     let a0 = ZERO
     let a1 = ZERO
     let a2 = ZERO
@@ -747,43 +771,33 @@ function quadQ4_0X4(
       const lo = v128.and(q, low4)
       const hi = v128.and(i16x8.shr_u(q, 4), low4)
       const p = o + t
-      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x + p), lo, a0)
-      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x1 + p), lo, a1)
-      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x2 + p), lo, a2)
-      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x3 + p), lo, a3)
-      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x + p, 16), hi, a0)
-      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x1 + p, 16), hi, a1)
-      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x2 + p, 16), hi, a2)
-      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(v128.load32_splat(x3 + p, 16), hi, a3)
+      a0 = i16x8.add(a0, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + p), lo))
+      a1 = i16x8.add(a1, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x1 + p), lo))
+      a2 = i16x8.add(a2, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x2 + p), lo))
+      a3 = i16x8.add(a3, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x3 + p), lo))
+      a0 = i16x8.add(a0, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x + p, 16), hi))
+      a1 = i16x8.add(a1, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x1 + p, 16), hi))
+      a2 = i16x8.add(a2, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x2 + p, 16), hi))
+      a3 = i16x8.add(a3, i16x8.relaxed_dot_i8x16_i7x16_s(v128.load32_splat(x3 + p, 16), hi))
     }
     const d = scalesX4(bp, mask, scale)
     const sd = xd + (b << 2)
     const ss = xs + (b << 2)
-    f0 = f32x4.relaxed_madd(
-      d,
-      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a0), v128.load32_splat(x + sd)), v128.load32_splat(x + ss)),
-      f0,
-    )
-    f1 = f32x4.relaxed_madd(
-      d,
-      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a1), v128.load32_splat(x1 + sd)), v128.load32_splat(x1 + ss)),
-      f1,
-    )
-    f2 = f32x4.relaxed_madd(
-      d,
-      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a2), v128.load32_splat(x2 + sd)), v128.load32_splat(x2 + ss)),
-      f2,
-    )
-    f3 = f32x4.relaxed_madd(
-      d,
-      f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(a3), v128.load32_splat(x3 + sd)), v128.load32_splat(x3 + ss)),
-      f3,
-    )
+    f0 = f32x4.relaxed_madd(d, q4_0X4Term(a0, x + sd, x + ss, ones), f0)
+    f1 = f32x4.relaxed_madd(d, q4_0X4Term(a1, x1 + sd, x1 + ss, ones), f1)
+    f2 = f32x4.relaxed_madd(d, q4_0X4Term(a2, x2 + sd, x2 + ss, ones), f2)
+    f3 = f32x4.relaxed_madd(d, q4_0X4Term(a3, x3 + sd, x3 + ss, ones), f3)
   }
   v128.store(out, f0)
   v128.store(out + outStride, f1)
   v128.store(out + 2 * outStride, f2)
   v128.store(out + 3 * outStride, f3)
+}
+
+// d_x·Σ nibble·q − 8·d_x·Σq of one packed block for the four weight rows, from its i16 pair sums.
+function q4_0X4Term(a: v128, pd: usize, ps: usize, ones: v128): v128 {
+  const s = i32x4.dot_i16x8_s(a, ones)
+  return f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load32_splat(pd)), v128.load32_splat(ps))
 }
 
 // dotQ8_0X4 for four activation rows at once; see quadQ4_0X4.
@@ -794,6 +808,7 @@ function quadQ8_0X4(
   cols: usize,
   out: usize,
   outStride: usize,
+  ones: v128,
   mask: v128,
   scale: v128,
 ): void {
@@ -811,34 +826,14 @@ function quadQ8_0X4(
     let a1 = ZERO
     let a2 = ZERO
     let a3 = ZERO
+    const pa = cols + (b << 5) // |x|
+    const ps = pa + cols // sign mask of x
     for (let t: usize = 0; t < 32; t += 4) {
-      const q = v128.load(bp + (t << 2), 8)
-      const pa = cols + (b << 5) + t // |x|
-      const ps = pa + cols // sign mask of x
-      let m = v128.load32_splat(x + ps)
-      a0 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
-        i8x16.sub_sat_s(v128.xor(q, m), m),
-        v128.load32_splat(x + pa),
-        a0,
-      )
-      m = v128.load32_splat(x1 + ps)
-      a1 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
-        i8x16.sub_sat_s(v128.xor(q, m), m),
-        v128.load32_splat(x1 + pa),
-        a1,
-      )
-      m = v128.load32_splat(x2 + ps)
-      a2 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
-        i8x16.sub_sat_s(v128.xor(q, m), m),
-        v128.load32_splat(x2 + pa),
-        a2,
-      )
-      m = v128.load32_splat(x3 + ps)
-      a3 = i32x4.relaxed_dot_i8x16_i7x16_add_s(
-        i8x16.sub_sat_s(v128.xor(q, m), m),
-        v128.load32_splat(x3 + pa),
-        a3,
-      )
+      const wt = bp + 8 + (t << 2)
+      a0 = q8_0X4Step(wt, x + pa + t, x + ps + t, ones, a0)
+      a1 = q8_0X4Step(wt, x1 + pa + t, x1 + ps + t, ones, a1)
+      a2 = q8_0X4Step(wt, x2 + pa + t, x2 + ps + t, ones, a2)
+      a3 = q8_0X4Step(wt, x3 + pa + t, x3 + ps + t, ones, a3)
     }
     const d = scalesX4(bp, mask, scale)
     const sd = 3 * cols + (b << 2)
@@ -870,6 +865,7 @@ function packedRange(
   cols: usize,
 ): void {
   const low4 = v128.load(ctrl, K_LOW4)
+  const ones = v128.load(ctrl, K_ONES16)
   const mask = v128.load(ctrl, K_F16_MASK)
   const scale = v128.load(ctrl, K_PACK_SCALE)
   for (let g = g0; g < g1; g++) {
@@ -878,13 +874,15 @@ function packedRange(
     for (; i + 4 <= n; i += 4) {
       const xi = x + i * xStride
       const o = out + i * outStride + (g << 4)
-      if (type === Q4_0X4) quadQ4_0X4(wg, xi, xStride, cols, o, outStride, low4, mask, scale)
-      else quadQ8_0X4(wg, xi, xStride, cols, o, outStride, mask, scale)
+      if (type === Q4_0X4) quadQ4_0X4(wg, xi, xStride, cols, o, outStride, low4, ones, mask, scale)
+      else quadQ8_0X4(wg, xi, xStride, cols, o, outStride, ones, mask, scale)
     }
     for (; i < n; i++) {
       const xi = x + i * xStride
       const v =
-        type === Q4_0X4 ? dotQ4_0X4(wg, xi, cols, low4, mask, scale) : dotQ8_0X4(wg, xi, cols, mask, scale)
+        type === Q4_0X4
+          ? dotQ4_0X4(wg, xi, cols, low4, ones, mask, scale)
+          : dotQ8_0X4(wg, xi, cols, ones, mask, scale)
       v128.store(out + i * outStride + (g << 4), v)
     }
   }
@@ -921,103 +919,122 @@ export function pack(type: i32, w: usize, rows: usize, cols: usize, tmp: usize):
 }
 
 // ---------------------------------------------------------------------------------------------
-// Four activation rows at once (matmul): each weight block is loaded and unpacked once for four
-// activation rows `xStride` bytes apart, and their four block sums are reduced together. Returns
-// [dot(w, x_0), dot(w, x_1), dot(w, x_2), dot(w, x_3)]. For Q8_0 and Q4_0, `g` holds the rows' block
-// scales interleaved (per block: the four d, then the four 8·d·Σq) so that one load fetches them.
+// Four activation rows at once (matmul): each weight block is loaded (and for the K-quants
+// unpacked) once for four activation rows `xStride` bytes apart. Returns [dot(w, x_0), …,
+// dot(w, x_3)], each bit for bit what the one-row dot gives that activation row: a row's f32
+// operations (block sums' conversions, scale products, fused multiply-adds, the horizontal sum and
+// the tail) are the same, in the same order, whether it is multiplied alone or in a batch, so that
+// batched decoding gives every sequence the tokens it gets alone. (Integer sums are exact in any
+// order.)
 
-// Q8_0 with the sign of w moved onto x: (x·sign(w))·|w| is an i8 × i7 product once -128 is -127.
-function dot4Q8_0(w: usize, x: usize, xStride: usize, g: usize, cols: usize, ones: v128, m127: v128): v128 {
+// Q8_0 and Q4_0: as dotQ8_0 / dotQ4_0, lane j of a row's accumulator takes blocks b ≡ j (mod 4)
+// and the blocks after the last four go through the scalar tail.
+function dot4Q8_0(
+  w: usize,
+  x: usize,
+  xStride: usize,
+  cols: usize,
+  ones: v128,
+  ctrl: usize,
+  mask: v128,
+  expBits: v128,
+  scale: v128,
+): v128 {
   const nb = cols >> 5
-  let acc = f32x4.splat(0)
-  for (let b: usize = 0; b < nb; b++) {
+  const x1 = x + xStride
+  const x2 = x1 + xStride
+  const x3 = x2 + xStride
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  let b: usize = 0
+  for (; b + 4 <= nb; b += 4) {
     const wp = w + b * 34
-    const w0 = i8x16.max_s(v128.load(wp, 2), m127)
-    const w1 = i8x16.max_s(v128.load(wp, 18), m127)
-    const a0 = i8x16.abs(w0)
-    const a1 = i8x16.abs(w1)
-    const n0 = i8x16.lt_s(w0, i32x4.splat(0))
-    const n1 = i8x16.lt_s(w1, i32x4.splat(0))
-    const x0 = x + (b << 5)
-    const x1 = x0 + xStride
-    const x2 = x1 + xStride
-    const x3 = x2 + xStride
-    const s = hsum4(
-      i32x4.add(
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x0), n0), n0), a0),
-          ones,
-        ),
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x0, 16), n1), n1), a1),
-          ones,
-        ),
-      ),
-      i32x4.add(
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x1), n0), n0), a0),
-          ones,
-        ),
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x1, 16), n1), n1), a1),
-          ones,
-        ),
-      ),
-      i32x4.add(
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x2), n0), n0), a0),
-          ones,
-        ),
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x2, 16), n1), n1), a1),
-          ones,
-        ),
-      ),
-      i32x4.add(
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x3), n0), n0), a0),
-          ones,
-        ),
-        i32x4.dot_i16x8_s(
-          i16x8.relaxed_dot_i8x16_i7x16_s(i8x16.sub(v128.xor(v128.load(x3, 16), n1), n1), a1),
-          ones,
-        ),
-      ),
+    const o = b << 5
+    const dw = scales4(wp, 34, ctrl, mask, expBits, scale)
+    const xd = 3 * cols + (b << 2)
+    a0 = f32x4.relaxed_madd(
+      f32x4.convert_i32x4_s(q8_0Blocks4(wp, x, cols, o, ones)),
+      f32x4.mul(dw, v128.load(x + xd)),
+      a0,
     )
-    const d = f32x4.mul(v128.load(g + (b << 5)), f32x4.splat(f16(load<u16>(wp))))
-    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(s), d, acc)
+    a1 = f32x4.relaxed_madd(
+      f32x4.convert_i32x4_s(q8_0Blocks4(wp, x1, cols, o, ones)),
+      f32x4.mul(dw, v128.load(x1 + xd)),
+      a1,
+    )
+    a2 = f32x4.relaxed_madd(
+      f32x4.convert_i32x4_s(q8_0Blocks4(wp, x2, cols, o, ones)),
+      f32x4.mul(dw, v128.load(x2 + xd)),
+      a2,
+    )
+    a3 = f32x4.relaxed_madd(
+      f32x4.convert_i32x4_s(q8_0Blocks4(wp, x3, cols, o, ones)),
+      f32x4.mul(dw, v128.load(x3 + xd)),
+      a3,
+    )
   }
-  return acc
+  let t0: f32 = 0
+  let t1: f32 = 0
+  let t2: f32 = 0
+  let t3: f32 = 0
+  for (; b < nb; b++) {
+    const wp = w + b * 34
+    t0 += q8_0Tail(wp, x, cols, b, ones)
+    t1 += q8_0Tail(wp, x1, cols, b, ones)
+    t2 += q8_0Tail(wp, x2, cols, b, ones)
+    t3 += q8_0Tail(wp, x3, cols, b, ones)
+  }
+  return lanes4(hsum(a0) + t0, hsum(a1) + t1, hsum(a2) + t2, hsum(a3) + t3)
 }
 
-function q4_0Pair(xp: usize, lo: v128, hi: v128, ones: v128): v128 {
-  const p = i16x8.add(
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp), lo),
-    i16x8.relaxed_dot_i8x16_i7x16_s(v128.load(xp, 16), hi),
-  )
-  return i32x4.dot_i16x8_s(p, ones)
-}
-
-function dot4Q4_0(w: usize, x: usize, xStride: usize, g: usize, cols: usize, low4: v128, ones: v128): v128 {
+function dot4Q4_0(
+  w: usize,
+  x: usize,
+  xStride: usize,
+  cols: usize,
+  low4: v128,
+  ones: v128,
+  ctrl: usize,
+  mask: v128,
+  expBits: v128,
+  scale: v128,
+): v128 {
   const nb = cols >> 5
-  let acc = f32x4.splat(0)
-  for (let b: usize = 0; b < nb; b++) {
+  const x1 = x + xStride
+  const x2 = x1 + xStride
+  const x3 = x2 + xStride
+  let a0 = f32x4.splat(0)
+  let a1 = f32x4.splat(0)
+  let a2 = f32x4.splat(0)
+  let a3 = f32x4.splat(0)
+  let b: usize = 0
+  for (; b + 4 <= nb; b += 4) {
     const wp = w + b * 18
-    const q = v128.load(wp, 2)
-    const lo = v128.and(q, low4)
-    const hi = v128.and(i16x8.shr_u(q, 4), low4)
-    const x0 = x + (b << 5)
-    const s = hsum4(
-      q4_0Pair(x0, lo, hi, ones),
-      q4_0Pair(x0 + xStride, lo, hi, ones),
-      q4_0Pair(x0 + 2 * xStride, lo, hi, ones),
-      q4_0Pair(x0 + 3 * xStride, lo, hi, ones),
-    )
-    const gp = g + (b << 5)
-    const v = f32x4.sub(f32x4.mul(f32x4.convert_i32x4_s(s), v128.load(gp)), v128.load(gp, 16))
-    acc = f32x4.relaxed_madd(v, f32x4.splat(f16(load<u16>(wp))), acc)
+    const dw = scales4(wp, 18, ctrl, mask, expBits, scale)
+    a0 = f32x4.relaxed_madd(dw, q4_0Blocks4(wp, x, cols, b, low4, ones), a0)
+    a1 = f32x4.relaxed_madd(dw, q4_0Blocks4(wp, x1, cols, b, low4, ones), a1)
+    a2 = f32x4.relaxed_madd(dw, q4_0Blocks4(wp, x2, cols, b, low4, ones), a2)
+    a3 = f32x4.relaxed_madd(dw, q4_0Blocks4(wp, x3, cols, b, low4, ones), a3)
   }
-  return acc
+  let t0: f32 = 0
+  let t1: f32 = 0
+  let t2: f32 = 0
+  let t3: f32 = 0
+  for (; b < nb; b++) {
+    const wp = w + b * 18
+    t0 += q4_0Tail(wp, x, cols, b, low4, ones)
+    t1 += q4_0Tail(wp, x1, cols, b, low4, ones)
+    t2 += q4_0Tail(wp, x2, cols, b, low4, ones)
+    t3 += q4_0Tail(wp, x3, cols, b, low4, ones)
+  }
+  return lanes4(hsum(a0) + t0, hsum(a1) + t1, hsum(a2) + t2, hsum(a3) + t3)
+}
+
+// [a, b, c, d].
+function lanes4(a: f32, b: f32, c: f32, d: f32): v128 {
+  return f32x4.replace_lane(f32x4.replace_lane(f32x4.replace_lane(f32x4.splat(a), 1, b), 2, c), 3, d)
 }
 
 function dot4Q4_K(w: usize, x: usize, xStride: usize, cols: usize, low4: v128): v128 {
@@ -1158,7 +1175,7 @@ function dot4Q6_K(w: usize, x: usize, xStride: usize, cols: usize, low4: v128, b
   return acc
 }
 
-// out[i·rows + r] for the four activation rows from x (and group scales g) and r in [r0, r1).
+// out[i·rows + r] for the four activation rows from x and r in [r0, r1).
 function rowRange4(
   ctrl: usize,
   type: i32,
@@ -1166,7 +1183,6 @@ function rowRange4(
   rb: usize,
   x: usize,
   xStride: usize,
-  g: usize,
   out: usize,
   outStride: usize,
   r0: usize,
@@ -1176,11 +1192,13 @@ function rowRange4(
   const low4 = v128.load(ctrl, K_LOW4)
   const bits45 = v128.load(ctrl, K_BITS45)
   const ones = v128.load(ctrl, K_ONES16)
-  const m127 = v128.load(ctrl, K_M127)
+  const mask = v128.load(ctrl, K_F16_MASK)
+  const scale = v128.load(ctrl, K_F16_SCALE)
+  const expBits = v128.load(ctrl, K_F32_EXP)
   for (let r = r0; r < r1; r++) {
     let v: v128
-    if (type === Q8_0) v = dot4Q8_0(w + r * rb, x, xStride, g, cols, ones, m127)
-    else if (type === Q4_0) v = dot4Q4_0(w + r * rb, x, xStride, g, cols, low4, ones)
+    if (type === Q8_0) v = dot4Q8_0(w + r * rb, x, xStride, cols, ones, ctrl, mask, expBits, scale)
+    else if (type === Q4_0) v = dot4Q4_0(w + r * rb, x, xStride, cols, low4, ones, ctrl, mask, expBits, scale)
     else if (type === Q4_K) v = dot4Q4_K(w + r * rb, x, xStride, cols, low4)
     else if (type === Q6_K) v = dot4Q6_K(w + r * rb, x, xStride, cols, low4, bits45)
     else v = dot4KQuant(ctrl, w + r * rb, x, xStride, cols)
@@ -1257,9 +1275,8 @@ function runChunks(ctrl: usize, job: i32): void {
   // Activation rows are 4·cols bytes apart as f32 and as rounded in the scratch.
   const xStride = cols << 2
   const outStride = rows << 2
-  // Quantized activations go four rows at a time; Q8_0 and Q4_0 then read interleaved scales.
+  // Quantized activations go four rows at a time.
   const quad = hasQuad(type)
-  const groups = x + n * xStride
   while (true) {
     const claim = atomic.load<i64>(ctrl, C_CLAIM)
     const chunk = <i32>claim
@@ -1306,21 +1323,7 @@ function runChunks(ctrl: usize, job: i32): void {
       }
       if (quad) {
         for (; i + 4 <= n; i += 4) {
-          const g = groups + (i >> 2) * cols
-          rowRange4(
-            ctrl,
-            type,
-            w,
-            rb,
-            x + i * xStride,
-            xStride,
-            g,
-            out + i * outStride,
-            outStride,
-            t,
-            te,
-            cols,
-          )
+          rowRange4(ctrl, type, w, rb, x + i * xStride, xStride, out + i * outStride, outStride, t, te, cols)
         }
       }
       for (; i < n; i++) rowRange(ctrl, type, w, rb, x + i * xStride, out + i * outStride, t, te, cols)
@@ -1333,7 +1336,7 @@ function runChunks(ctrl: usize, job: i32): void {
 // blocks for quantized weights, halves for F16 (F32 weights take them as they are).
 function prepare(ctrl: usize): void {
   let type = load<i32>(ctrl, C_TYPE)
-  // Packed weights read the activations one row at a time: no interleaved group scales.
+  // Packed weights: q8_0 activations (with |q| and sign(q) for Q8_0).
   if (type >= PACKED) {
     type -= PACKED
     const cols = <usize>load<i32>(ctrl, C_COLS)
@@ -1375,21 +1378,6 @@ function prepare(ctrl: usize): void {
     else if (type === Q5_0) quantizeBlocks32(xi, cols, qi, false, 16)
     else if (type === Q4_1 || type === Q5_1) quantizeBlocks32(xi, cols, qi, false, 0)
     else quantizeBlocks256(xi, cols, qi, type === IQ4_XS)
-  }
-  if (type !== Q8_0 && type !== Q4_0) return
-  // For each group of four rows, per block of 32: their four scales, then their four 8·d·Σq.
-  const nb = cols >> 5
-  const groups = xq + n * stride
-  for (let i: usize = 0; i + 4 <= n; i += 4) {
-    const g = groups + (i >> 2) * (nb << 5)
-    for (let k: usize = 0; k < 4; k++) {
-      const scales = xq + (i + k) * stride + 3 * cols
-      const sums = scales + (cols >> 3)
-      for (let b: usize = 0; b < nb; b++) {
-        store<f32>(g + (b << 5) + (k << 2), load<f32>(scales + (b << 2)))
-        store<f32>(g + (b << 5) + 16 + (k << 2), load<f32>(sums + (b << 2)))
-      }
-    }
   }
 }
 

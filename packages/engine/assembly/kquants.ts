@@ -33,6 +33,7 @@ import {
   scalesMinsK4,
   splatB,
   splatW,
+  superBlock,
   ZERO,
 } from './common'
 
@@ -146,16 +147,15 @@ function dotQ5_K(w: usize, xq: usize, cols: usize, ctrl: usize): f32 {
     const mins = i32x4.dot_i16x8_s(i16x8.extend_high_i8x16_u(sm), v128.load(xs32 + (b << 4)))
     const dh = load<u32>(bp)
     const dx = load<f32>(xd + (b << 2))
-    acc = f32x4.relaxed_madd(f32x4.convert_i32x4_s(isum), f32x4.splat(f16(dh & 0xffff) * dx), acc)
-    acc = f32x4.relaxed_nmadd(f32x4.convert_i32x4_s(mins), f32x4.splat(f16(dh >> 16) * dx), acc)
+    acc = superBlock(acc, isum, mins, f16(dh & 0xffff) * dx, f16(dh >> 16) * dx)
   }
-  return hsum(acc)
+  return f32x4.extract_lane(acc, 0)
 }
 
 // The four-row kernel reads the high nibbles doubled, 2·nibble + 32·bit, which takes bit 2j + 1 of
 // qh from the same shifted copy as the low nibbles' bit 2j (at bit 5 instead of 4); their sums come
-// out doubled, so the low nibbles' sub-block scales are doubled too and d is halved (exactly) at
-// the end. 2·q5 ≤ 62 is still an i7, and two i16 pair sums, 2 · 2 · 62 · 127, stay below 2^15.
+// out doubled, so the low nibbles' sub-block scales are doubled too and the integer sum is halved
+// (exactly: it is even) at the end. 2·q5 ≤ 62 is still an i7, and two i16 pair sums, 2 · 2 · 62 · 127, stay below 2^15.
 
 // qh shifted so that bit 2j of each byte is its bit 4 (and bit 2j + 1 its bit 5).
 function chunkBits(h: v128, j: i32): v128 {
@@ -220,9 +220,10 @@ function dot4Q5_K(w: usize, x: usize, xStride: usize, cols: usize, ctrl: usize):
     )
     const dx = scales256x4(x, xStride, cols, b)
     const dh = load<u32>(bp)
+    // The sums are even: halved exactly, they are what dotQ5_K sums.
     acc = f32x4.relaxed_madd(
-      f32x4.convert_i32x4_s(hsum4(i0, i1, i2, i3)),
-      f32x4.mul(dx, f32x4.splat(f16(dh & 0xffff) * 0.5)),
+      f32x4.convert_i32x4_s(i32x4.shr_s(hsum4(i0, i1, i2, i3), 1)),
+      f32x4.mul(dx, f32x4.splat(f16(dh & 0xffff))),
       acc,
     )
     acc = f32x4.relaxed_nmadd(f32x4.convert_i32x4_s(mn4), f32x4.mul(dx, f32x4.splat(f16(dh >> 16))), acc)

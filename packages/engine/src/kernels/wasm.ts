@@ -299,8 +299,8 @@ class WasmKernels implements Kernels {
     }
     if (rows === 0) return
     const c = this.#ctrl
-    // Rounded activations: 4·cols bytes per row, and cols per group of four rows (Q8_0, Q4_0).
-    c[I_XQ] = type === 0 ? 0 : this.#quantScratch(n * cols * 4 + Math.floor(n / 4) * cols).ptr
+    // Rounded activations: 4·cols bytes per row.
+    c[I_XQ] = type === 0 ? 0 : this.#quantScratch(n * cols * 4).ptr
     c[I_TYPE] = type
     c[I_W] = w.ptr
     c[I_X] = x.ptr

@@ -343,6 +343,54 @@ describe.each([1, 2])('WebAssembly kernels on %i thread(s)', (threads) => {
     for (const type of [F32, F16]) for (const n of [2, 3, 5, 6, 7]) expectRowsAsMatvecs(type, 40, 200, n, 8)
   })
 
+  // Continuous batching runs the decode steps of several sequences as one matmul: each must get
+  // exactly the tokens it gets alone, so a row's result may not depend on the batch it is in.
+  it('a row multiplied in a batch gives the bits it gives alone', () => {
+    const bits = (v: Float32Array) => Buffer.from(v.buffer, v.byteOffset, v.byteLength)
+    const cases: Array<{ type: number; cols: number; stride: 1 | 2; pack: boolean }> = []
+    for (const type of KERNEL_TYPES) {
+      // Column counts with a tail after the unrolled blocks (7 blocks of 32, 77 = 9·8 + 5 values).
+      const kind = activationClass(type)
+      const cols = kind === 'q8_K' ? 768 : kind === 'f32' || kind === 'f16' || kind === 'bf16' ? 77 : 224
+      cases.push({ type, cols, stride: 1, pack: false }, { type, cols, stride: 2, pack: false })
+      if (type === Q4_0 || type === Q8_0) cases.push({ type, cols, stride: 1, pack: true })
+    }
+    for (const { type, cols, stride, pack } of cases) {
+      // 133 rows: more than two row tiles, so that matmuls split across threads, and a packed
+      // matrix keeps one row in the ggml layout.
+      const rows = 133
+      const rowBytes = rowByteLength(type, cols)
+      const w = upload(wasm, weights(type, rows * stride, cols, type * 31 + cols))
+      const as = pack ? wasm.pack!(type, w, rows, cols) : type
+      expect(as, NAMES[type]).toBe(pack ? PACKED_TYPE_BASE + type : type)
+      const label = `${NAMES[type]}${pack ? ' packed' : ''}${stride > 1 ? ' strided' : ''}`
+      const xs = upload(wasm, values(type + cols, 9 * cols, 3))
+      const one = wasm.alloc(rows * 4)
+      const alone: Buffer[] = []
+      for (let i = 0; i < 9; i++) {
+        wasm.matvec(as, w, rows, cols, wasm.view(xs, i * cols * 4, cols * 4), one, stride * rowBytes)
+        alone.push(Buffer.from(bits(one.f32())))
+      }
+      for (let n = 1; n <= 9; n++) {
+        // Row i of the batch is activation row (i + n) % 9: each row at several positions.
+        const x = wasm.alloc(n * cols * 4)
+        for (let i = 0; i < n; i++)
+          x.f32().set(xs.f32().subarray(((i + n) % 9) * cols, (((i + n) % 9) + 1) * cols), i * cols)
+        const out = wasm.alloc(n * rows * 4)
+        wasm.matmul(as, w, rows, cols, x, n, out, stride * rowBytes)
+        for (let i = 0; i < n; i++) {
+          const got = bits(out.f32().subarray(i * rows, (i + 1) * rows))
+          expect(got.equals(alone[(i + n) % 9]!), `${label}: row ${i} of ${n}`).toBe(true)
+        }
+        wasm.free(x)
+        wasm.free(out)
+      }
+      wasm.free(w)
+      wasm.free(xs)
+      wasm.free(one)
+    }
+  })
+
   // Q4_0 and Q8_0 weights packed four rows together (Kernels.pack): rows past the last group stay
   // in the ggml layout, and weights of 1e-4 and 1e-6 give subnormal half block scales.
   it.each([
