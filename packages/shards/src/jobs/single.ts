@@ -20,13 +20,32 @@ export class SingleEngineQueue {
     this.#parallel = parallel
   }
 
-  async run<T>(task: (engine: SingleEngine) => Promise<T>): Promise<T> {
+  /**
+   * Runs `task` on the engine once a sequence is free. A job aborted while it waits for one, or for
+   * the engine to load, ends at once (the engine goes on loading for the next job).
+   */
+  async run<T>(task: (engine: SingleEngine) => Promise<T>, signal?: AbortSignal): Promise<T> {
     this.#engine ??= this.#create()
     const engine = this.#engine
-    if (this.#running >= this.#parallel) await new Promise<void>((resolve) => this.#waiting.push(resolve))
+    if (this.#running >= this.#parallel) {
+      let wake!: () => void
+      const turn = new Promise<void>((resolve) => {
+        wake = resolve
+      })
+      this.#waiting.push(wake)
+      try {
+        await abortable(turn, signal)
+      } catch (err) {
+        // Gone before its turn: the turn passes on when it comes.
+        const at = this.#waiting.indexOf(wake)
+        if (at >= 0) this.#waiting.splice(at, 1)
+        else this.#waiting.shift()?.()
+        throw err
+      }
+    }
     this.#running++
     try {
-      return await task(await engine)
+      return await task(await abortable(engine, signal))
     } finally {
       this.#running--
       this.#waiting.shift()?.()
@@ -36,6 +55,26 @@ export class SingleEngineQueue {
   async dispose(): Promise<void> {
     await this.#engine?.then((e) => e.dispose()).catch(() => {})
   }
+}
+
+/** `promise`, or the signal's reason as soon as it is aborted. */
+function abortable<T>(promise: Promise<T>, signal: AbortSignal | undefined): Promise<T> {
+  if (signal === undefined) return promise
+  if (signal.aborted) return Promise.reject(signal.reason)
+  return new Promise<T>((resolve, reject) => {
+    const onAbort = () => reject(signal.reason)
+    signal.addEventListener('abort', onAbort, { once: true })
+    promise.then(
+      (value) => {
+        signal.removeEventListener('abort', onAbort)
+        resolve(value)
+      },
+      (err: unknown) => {
+        signal.removeEventListener('abort', onAbort)
+        reject(err)
+      },
+    )
+  })
 }
 
 /** Runs a job on this node's whole-model engine, streaming its tokens as they come. */
@@ -87,7 +126,7 @@ export async function* runSingle(job: {
         tokens.push({ id: step.value.id, text: step.value.text, index: index - 1, textOnly: true })
       else tokens.push({ id: step.value.id, text: step.value.text, index: index++ })
     }
-  })
+  }, job.signal)
   // Ended without the error: it-pushable drops buffered values on an error, and every token the
   // engine gave comes out before the job's error does (from `await done`).
   done.then(
