@@ -1,7 +1,8 @@
 /**
  * @packageDocumentation
  * How Meshnet nodes find each other: LAN beacons (signed UDP multicast datagrams on
- * 239.192.0.1:42424 that carry pool joins and presence) and the libp2p node factory.
+ * 239.192.0.1:42424 that carry pool joins and presence), the libp2p node factory, and
+ * `httpPeerDiscovery`, a libp2p peer-discovery module that polls an HTTP endpoint for peers.
  */
 
 export type { BeaconEnvelope, DecodeBeaconOptions, EncodeBeaconOptions } from './beacon/envelope.ts'
@@ -40,6 +41,20 @@ export {
   PeerTimeoutError,
   PerfError,
 } from './node/errors.ts'
+export type {
+  HttpDiscoveryDropReason,
+  HttpPeerDiscovery,
+  HttpPeerDiscoveryComponents,
+  HttpPeerDiscoveryInit,
+  HttpPeerDiscoveryStats,
+} from './node/http-discovery.ts'
+export {
+  DEFAULT_HTTP_DISCOVERY_INTERVAL_MS,
+  DEFAULT_HTTP_DISCOVERY_TIMEOUT_MS,
+  httpPeerDiscovery,
+  MAX_HTTP_DISCOVERY_PEERS,
+  MAX_HTTP_DISCOVERY_RESPONSE_BYTES,
+} from './node/http-discovery.ts'
 export { createMeshNode } from './node/mesh-node.ts'
 export type {
   DialProtocolOptions,

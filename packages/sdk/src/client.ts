@@ -11,7 +11,7 @@ import type { ConnectResult, FabstirSDKEvents, Session } from './types.ts'
  */
 export interface SDKClient {
   readonly config: ResolvedSDKConfig
-  /** Most detailed `p2p:debug` level emitted (p2pConfig.debug.logLevel, trace when verbose). */
+  /** Most detailed `p2p:debug` level emitted (p2pConfig.debug.logLevel; trace when only verbose is set). */
   readonly level: DebugLevel
   session: Session | undefined
   /** A `connect()` under way, which a second caller joins. */
@@ -33,7 +33,7 @@ export function createSDKClient(
   const resolved = parseSDKConfig(config)
   checkMeshNodeOptions(resolved)
   const { debug } = resolved.p2pConfig
-  const level: DebugLevel = debug.verbose ? 'trace' : (debug.logLevel ?? 'debug')
+  const level: DebugLevel = debug.logLevel
   const client: SDKClient = {
     config: resolved,
     level,

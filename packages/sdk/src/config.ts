@@ -39,6 +39,17 @@ export type PeerDiscoveryFactory = (components: never) => PeerDiscovery
 /** mDNS defaults of Meshnet agents (@meshnet/discovery): our own service name, libp2p's interval. */
 const DEFAULT_MDNS_SERVICE_TAG = '_meshnet._udp.local'
 const DEFAULT_MDNS_INTERVAL_MS = 10_000
+const MDNS_SERVICE_NAME = /^_[a-z0-9-]{1,40}\._(udp|tcp)\.local$/
+
+/**
+ * `mdnsOptions.serviceTag` as mDNS needs it: a DNS-SD service name is kept (`_meshnet._udp.local`);
+ * a bare name (the guide's `fabstir`, or `_fabstir`) becomes `_fabstir._udp.local`, lower-cased.
+ */
+export function mdnsServiceName(tag: string): string | undefined {
+  if (MDNS_SERVICE_NAME.test(tag)) return tag
+  const bare = /^_?([A-Za-z0-9-]{1,40})$/.exec(tag)?.[1]
+  return bare === undefined ? undefined : `_${bare.toLowerCase()}._udp.local`
+}
 
 const fn = <T>(what: string) =>
   z.custom<T>((value) => typeof value === 'function', { message: `must be ${what}` })
@@ -68,15 +79,6 @@ const nodeIdString = z.string().superRefine((value, ctx) => {
 const int = (min: number, max: number) => z.int().min(min).max(max)
 const ms = (min: number, max: number, fallback: number) => int(min, max).default(fallback)
 
-/** An option libp2p 3 no longer has: validation refuses it and says why, rather than ignore it. */
-const rejected = (reason: string) =>
-  z
-    .unknown()
-    .superRefine((_value, ctx) => {
-      ctx.addIssue({ code: 'custom', message: `is not supported: ${reason}` })
-    })
-    .optional()
-
 const ENCRYPTION_REASON =
   'cannot be false: every Meshnet connection is encrypted and authenticated with noise, the noise ' +
   "handshake is what proves a peer's node id (which the allowlist, blocklist and pool certificates rely on), " +
@@ -89,13 +91,44 @@ const WEBRTC_REASON =
 const TCP_REASON =
   'cannot be disabled: TCP is the transport every Meshnet agent listens on (WebSocket is the optional second one)'
 
-const EVENT_LOOP_REASON =
-  'libp2p 3 no longer prunes connections on event-loop delay (libp2p 0.x did), and an SDK inside an app ' +
-  'should not drop its peers because the app is busy'
+const DISCOVERY_FACTORY_HINT =
+  'a libp2p peer-discovery factory such as bootstrap({ list }) from @libp2p/bootstrap, or ' +
+  '{ tag, enabled, options: { endpoint, interval } } for an HTTP endpoint that lists peers'
 
-const OLD_METRICS_REASON =
-  "it tuned libp2p 0.x's moving-average stats engine, which libp2p 3 removed; the SDK counts bytes per " +
-  'connection and per protocol without a queue'
+/** The guide's `{ tag, enabled, options: { endpoint, interval } }`: peers from an HTTP endpoint. */
+const endpointDiscoverySchema = z.strictObject({
+  tag: z.string().regex(/^[\w.-]{1,64}$/, 'must be 1 to 64 letters, digits, ".", "-" or "_"'),
+  /** false keeps the entry in the configuration without asking the endpoint. */
+  enabled: z.boolean().default(true),
+  options: z.strictObject({
+    endpoint: z.string().refine((value) => URL.canParse(value) && /^https?:$/.test(new URL(value).protocol), {
+      message: 'must be an http: or https: URL that answers GET with a JSON list of peer multiaddrs',
+    }),
+    /** ms between requests; the first goes out when the SDK connects. */
+    interval: ms(1_000, 86_400_000, 30_000),
+    /** Budget of one request. */
+    timeout: ms(100, 600_000, 10_000),
+  }),
+})
+export type EndpointDiscovery = z.output<typeof endpointDiscoverySchema>
+
+/** What a `p2pConfig.peerDiscovery` entry is written as. */
+export type PeerDiscoveryEntry = PeerDiscoveryFactory | z.input<typeof endpointDiscoverySchema>
+
+// z.custom gives the entry its input type; the transform does the checking (and names the fields).
+const peerDiscoveryEntry = z
+  .custom<PeerDiscoveryEntry>(() => true)
+  .transform((entry: unknown, ctx): PeerDiscoveryFactory | EndpointDiscovery => {
+    if (typeof entry === 'function') return entry as PeerDiscoveryFactory
+    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) {
+      ctx.addIssue({ code: 'custom', message: `must be ${DISCOVERY_FACTORY_HINT}` })
+      return z.NEVER
+    }
+    const parsed = endpointDiscoverySchema.safeParse(entry)
+    if (parsed.success) return parsed.data
+    for (const issue of parsed.error.issues) ctx.addIssue({ ...issue, path: issue.path } as never)
+    return z.NEVER
+  })
 
 const transportSchema = (enabledByDefault: boolean) =>
   z
@@ -130,22 +163,21 @@ const p2pConfigSchema = z
         interval: ms(1_000, 3_600_000, DEFAULT_MDNS_INTERVAL_MS),
         serviceTag: z
           .string()
-          .regex(
-            /^_[a-z0-9-]{1,40}\._(udp|tcp)\.local$/,
-            'must look like _name._udp.local (Meshnet agents answer _meshnet._udp.local)',
-          )
+          .transform((tag, ctx) => {
+            const name = mdnsServiceName(tag)
+            if (name !== undefined) return name
+            ctx.addIssue({
+              code: 'custom',
+              message:
+                'must be a name like "fabstir" (used as _fabstir._udp.local) or a service name like ' +
+                '_name._udp.local (Meshnet agents answer _meshnet._udp.local)',
+            })
+            return z.NEVER
+          })
           .default(DEFAULT_MDNS_SERVICE_TAG),
       })
       .prefault({}),
-    peerDiscovery: z
-      .array(
-        fn<PeerDiscoveryFactory>(
-          'a libp2p peer-discovery factory such as bootstrap({ list }) from @libp2p/bootstrap ' +
-            '(a configuration object is not a module)',
-        ),
-      )
-      .max(16)
-      .default([]),
+    peerDiscovery: z.array(peerDiscoveryEntry).max(16).default([]),
     connectionManager: z
       .strictObject({
         maxConnections: int(1, 100_000).default(100),
@@ -155,8 +187,10 @@ const p2pConfigSchema = z
         maxReceivedData: int(1, Number.MAX_SAFE_INTEGER).optional(),
         autoDial: z.boolean().default(true),
         autoDialInterval: ms(1_000, 3_600_000, 10_000),
-        maxEventLoopDelay: rejected(EVENT_LOOP_REASON),
-        pollInterval: rejected(EVENT_LOOP_REASON),
+        /** While the event loop is held longer than this, new inbound connections are refused. */
+        maxEventLoopDelay: int(1, 600_000).optional(),
+        /** How often the event-loop delay is read against maxEventLoopDelay. */
+        pollInterval: ms(100, 3_600_000, 2_000),
       })
       .prefault({}),
     transports: z
@@ -195,9 +229,12 @@ const p2pConfigSchema = z
         enabled: z.boolean().default(true),
         /** Window of the bytes-per-second rates in getP2PMetrics(). */
         movingAverageInterval: ms(1_000, 3_600_000, 60_000),
-        computeThrottleMaxQueueSize: rejected(OLD_METRICS_REASON),
-        computeThrottleTimeout: rejected(OLD_METRICS_REASON),
-        maxOldPeersRetention: rejected(OLD_METRICS_REASON),
+        // libp2p 0.x's stats engine queued updates and kept stats of disconnected peers; the SDK
+        // counts each byte as it passes and keeps no per-peer stats after a connection closes, so
+        // these bounds always hold (queue 0, wait 0 ms, 0 old peers). See docs/p2p-configuration.md.
+        computeThrottleMaxQueueSize: int(0, 1_000_000).optional(),
+        computeThrottleTimeout: int(0, 3_600_000).optional(),
+        maxOldPeersRetention: int(0, 1_000_000).optional(),
       })
       .prefault({}),
     security: z
@@ -223,7 +260,9 @@ const p2pConfigSchema = z
           .min(1)
           .default([...DEBUG_SUBSYSTEMS]),
       })
-      .prefault({}),
+      .prefault({})
+      // verbose alone means trace; an explicit logLevel wins, and verbose then adds detail only.
+      .transform((debug) => ({ ...debug, logLevel: debug.logLevel ?? (debug.verbose ? 'trace' : 'debug') })),
     keepAlive: z
       .strictObject({
         enabled: z.boolean().default(true),
@@ -242,7 +281,7 @@ const p2pConfigSchema = z
       .prefault({}),
   })
   .superRefine((config, ctx) => {
-    const { localOnly, debug, keepAlive } = config
+    const { localOnly, keepAlive } = config
     if (localOnly && config.enableMDNS === true) {
       ctx.addIssue({
         code: 'custom',
@@ -266,6 +305,14 @@ const p2pConfigSchema = z
           }
         })
       }
+      config.peerDiscovery.forEach((entry, index) => {
+        if (typeof entry === 'function' || isLoopbackHost(new URL(entry.options.endpoint).hostname)) return
+        ctx.addIssue({
+          code: 'custom',
+          path: ['peerDiscovery', index, 'options', 'endpoint'],
+          message: `${entry.options.endpoint} is not on this machine, and localOnly allows only 127.0.0.1 / ::1 / localhost`,
+        })
+      })
     }
     if (!config.transports.websocket.enabled) {
       const index = (config.listenAddresses ?? []).findIndex((addr) => /\/wss?(\/|$)/.test(addr))
@@ -276,13 +323,6 @@ const p2pConfigSchema = z
           message: 'is a WebSocket address but transports.websocket.enabled is false',
         })
       }
-    }
-    if (debug.verbose && debug.logLevel !== undefined && debug.logLevel !== 'trace') {
-      ctx.addIssue({
-        code: 'custom',
-        path: ['debug', 'verbose'],
-        message: `means logLevel "trace", which contradicts logLevel "${debug.logLevel}"; set one of them`,
-      })
     }
     if (keepAlive.timeout >= keepAlive.interval) {
       ctx.addIssue({
@@ -368,7 +408,7 @@ function parseWith<T extends ZodType>(schema: T, input: unknown): z.output<T> {
 function describeIssue(issue: z.core.$ZodIssue): string {
   switch (issue.code) {
     case 'invalid_type':
-      return `must be ${issue.expected === 'int' ? 'a whole number' : `a ${issue.expected}`}`
+      return `must be ${issue.expected === 'int' ? 'a whole number' : `${/^[aeiou]/.test(issue.expected) ? 'an' : 'a'} ${issue.expected}`}`
     case 'too_small':
       return issue.origin === 'array'
         ? `must have at least ${issue.minimum} entr${issue.minimum === 1 ? 'y' : 'ies'}`
@@ -395,6 +435,10 @@ function formatPath(path: readonly PropertyKey[]): string {
       typeof part === 'number' ? `[${part}]` : `${index === 0 ? '' : '.'}${String(part)}`,
     )
     .join('')
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
 }
 
 function isPeerId(value: string): boolean {

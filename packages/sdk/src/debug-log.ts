@@ -35,12 +35,15 @@ export function levelEnabled(level: DebugLevel, threshold: DebugLevel): boolean 
  * A libp2p ComponentLogger that turns libp2p's own debug lines into `p2p:debug` events, for the
  * chosen subsystems and up to the chosen level (`log` is debug, `error` is error, `trace` is trace).
  * Loggers of subsystems that are off report `enabled: false`, so libp2p skips formatting for them.
+ * `verbose` (p2pConfig.debug.verbose) writes errors in full: code, cause chain and top stack frames.
  */
 export function debugComponentLogger(init: {
   subsystems: readonly DebugSubsystem[]
   level: DebugLevel
+  verbose?: boolean
   emit(event: P2PDebugEvent): void
 }): ComponentLogger {
+  const verbose = init.verbose ?? false
   const make = (component: string): Logger => {
     const subsystem = subsystemOf(component)
     const on = init.subsystems.includes(subsystem)
@@ -48,7 +51,13 @@ export function debugComponentLogger(init: {
       (level: DebugLevel) =>
       (formatter: unknown, ...args: unknown[]) => {
         if (!on || !levelEnabled(level, init.level)) return
-        init.emit({ subsystem, level, component, message: format(formatter, args), timestamp: Date.now() })
+        init.emit({
+          subsystem,
+          level,
+          component,
+          message: format(formatter, args, verbose),
+          timestamp: Date.now(),
+        })
       }
     const logger = Object.assign(write('debug'), {
       error: write('error'),
@@ -61,15 +70,19 @@ export function debugComponentLogger(init: {
   return { forComponent: make }
 }
 
-/** printf-style formatting of libp2p log calls: %s %d %o %p (peer) %a (multiaddr) %e (error) ... */
-export function format(formatter: unknown, args: unknown[]): string {
+/**
+ * printf-style formatting of libp2p log calls: %s %d %o %p (peer) %a (multiaddr) %e (error) ...
+ * Errors are `Name: message`; `verbose` adds their code, causes and top stack frames.
+ */
+export function format(formatter: unknown, args: unknown[], verbose = false): string {
+  const show = verbose ? showVerbose : showBrief
   if (typeof formatter !== 'string') return [formatter, ...args].map(show).join(' ')
   let next = 0
   const text = formatter.replace(/%([a-zA-Z%])/g, (match, letter: string) => {
     if (letter === '%') return '%'
     if (next >= args.length) return match
     const arg = args[next++]
-    if (letter === 'e') return arg instanceof Error ? `${arg.name}: ${arg.message}` : show(arg)
+    if (letter === 'e') return show(arg)
     if (letter === 'd' || letter === 'i') return String(Number(arg))
     return show(arg)
   })
@@ -77,7 +90,32 @@ export function format(formatter: unknown, args: unknown[]): string {
   return rest.length === 0 ? text : `${text} ${rest.join(' ')}`
 }
 
-function show(value: unknown): string {
+/** Stack frames of an error kept in verbose output. */
+const VERBOSE_STACK_FRAMES = 3
+/** Causes followed in verbose output. */
+const VERBOSE_CAUSES = 4
+
+function showVerbose(value: unknown): string {
+  if (!(value instanceof Error)) return showBrief(value)
+  const parts: string[] = []
+  let error: unknown = value
+  for (let depth = 0; error instanceof Error && depth <= VERBOSE_CAUSES; depth++) {
+    const code = (error as Error & { code?: unknown }).code
+    const frames = (error.stack ?? '')
+      .split('\n')
+      .filter((line) => line.trimStart().startsWith('at '))
+      .slice(0, VERBOSE_STACK_FRAMES)
+      .map((line) => line.trim())
+    parts.push(
+      `${error.name}: ${error.message}${typeof code === 'string' ? ` [${code}]` : ''}` +
+        (frames.length > 0 ? ` (${frames.join(' < ')})` : ''),
+    )
+    error = error.cause
+  }
+  return parts.join(' <- caused by ')
+}
+
+function showBrief(value: unknown): string {
   if (typeof value === 'string') return value
   if (value instanceof Error) return `${value.name}: ${value.message}`
   if (value instanceof Uint8Array) return `<${value.byteLength} bytes>`

@@ -5,7 +5,10 @@ import { generateIdentity, type NodeIdentity } from '@meshnet/identity'
 import type { ResolvedSDKConfig } from './config.ts'
 import { SDKConfigError } from './errors.ts'
 
-/** Name of the i-th `p2pConfig.peerDiscovery` module among the node's services. */
+/**
+ * Name of the i-th `p2pConfig.peerDiscovery` module among the node's services (factories only:
+ * `{ tag, options: { endpoint } }` entries become the node option `httpDiscovery`).
+ */
 export const discoveryServiceName = (index: number) => `peerDiscovery${index}`
 
 /** Where each `createMeshNode` option comes from in the SDK configuration. */
@@ -25,6 +28,7 @@ const FIELDS: Record<string, string> = {
   allowPeers: 'p2pConfig.security.allowlist',
   denyPeers: 'p2pConfig.security.blocklist',
   services: 'p2pConfig.peerDiscovery',
+  httpDiscovery: 'p2pConfig.peerDiscovery',
 }
 
 /**
@@ -38,8 +42,17 @@ export function meshNodeOptionsOf(
 ): MeshNodeOptions {
   const p2p = config.p2pConfig
   const services: Record<string, (components: never) => unknown> = { perf: perfService() }
-  p2p.peerDiscovery.forEach((factory, index) => {
-    services[discoveryServiceName(index)] = factory
+  const httpDiscovery: NonNullable<MeshNodeOptions['httpDiscovery']> = []
+  p2p.peerDiscovery.forEach((entry, index) => {
+    if (typeof entry === 'function') services[discoveryServiceName(index)] = entry
+    else if (entry.enabled) {
+      httpDiscovery.push({
+        endpoint: entry.options.endpoint,
+        intervalMs: entry.options.interval,
+        timeoutMs: entry.options.timeout,
+        tag: entry.tag,
+      })
+    }
   })
   const listen = p2p.listenAddresses ?? [p2p.localOnly ? '/ip4/127.0.0.1/tcp/0' : '/ip4/0.0.0.0/tcp/0']
   return {
@@ -52,6 +65,7 @@ export function meshNodeOptionsOf(
     ...(p2p.enableMDNS === undefined ? {} : { mdns: p2p.enableMDNS }),
     mdnsServiceTag: p2p.mdnsOptions.serviceTag,
     mdnsIntervalMs: p2p.mdnsOptions.interval,
+    httpDiscovery,
     dhtMode: p2p.enableDHT ? (p2p.dhtOptions.clientMode ? 'client' : 'server') : 'off',
     dhtKBucketSize: p2p.dhtOptions.kBucketSize,
     maxConnections: p2p.connectionManager.maxConnections,

@@ -1,6 +1,7 @@
 import { generateIdentity } from '@meshnet/identity'
 import { describe, expect, it } from 'vitest'
 import { parseSDKConfig } from '../src/config.ts'
+import { meshNodeOptionsOf } from '../src/node-options.ts'
 import { FabstirSDK } from '../src/sdk.ts'
 
 const peer = generateIdentity().nodeId
@@ -85,18 +86,88 @@ describe('SDK configuration', () => {
     )
   })
 
-  it('refuses options libp2p 3 dropped instead of ignoring them', () => {
-    expect(refusal(dev({ connectionManager: { maxEventLoopDelay: 150 } }))).toMatch(
-      /^p2pConfig\.connectionManager\.maxEventLoopDelay: is not supported: libp2p 3 no longer prunes connections on event-loop delay/,
+  it("accepts the guide's libp2p 0.x options with the meaning they have here", () => {
+    const { p2pConfig } = parseSDKConfig(
+      dev({
+        connectionManager: { maxEventLoopDelay: 150, pollInterval: 2000 },
+        metrics: {
+          enabled: true,
+          computeThrottleMaxQueueSize: 1000,
+          computeThrottleTimeout: 2000,
+          movingAverageInterval: 60000,
+          maxOldPeersRetention: 50,
+        },
+      }),
     )
-    expect(refusal(dev({ connectionManager: { pollInterval: 2000 } }))).toMatch(
-      /^p2pConfig\.connectionManager\.pollInterval: is not supported/,
+    expect(p2pConfig.connectionManager).toMatchObject({ maxEventLoopDelay: 150, pollInterval: 2000 })
+    expect(parseSDKConfig(dev({})).p2pConfig.connectionManager).toMatchObject({ pollInterval: 2000 })
+    expect(parseSDKConfig(dev({})).p2pConfig.connectionManager.maxEventLoopDelay).toBeUndefined()
+    expect(refusal(dev({ connectionManager: { pollInterval: 10 } }))).toMatch(
+      /^p2pConfig\.connectionManager\.pollInterval: must be at least 100/,
     )
-    for (const field of ['computeThrottleMaxQueueSize', 'computeThrottleTimeout', 'maxOldPeersRetention']) {
-      expect(refusal(dev({ metrics: { [field]: 1 } }))).toMatch(
-        new RegExp(`^p2pConfig\\.metrics\\.${field}: is not supported: it tuned libp2p 0\\.x`),
-      )
-    }
+    expect(refusal(dev({ metrics: { computeThrottleTimeout: -1 } }))).toMatch(
+      /^p2pConfig\.metrics\.computeThrottleTimeout: must be at least 0/,
+    )
+  })
+
+  it('maps a bare mDNS service tag to a service name', () => {
+    const tag = (serviceTag: string) =>
+      parseSDKConfig(dev({ mdnsOptions: { serviceTag } })).p2pConfig.mdnsOptions.serviceTag
+    expect(tag('fabstir')).toBe('_fabstir._udp.local')
+    expect(tag('_Fabstir')).toBe('_fabstir._udp.local')
+    expect(tag('_meshnet._udp.local')).toBe('_meshnet._udp.local')
+    expect(tag('_ipp._tcp.local')).toBe('_ipp._tcp.local')
+    expect(refusal(dev({ mdnsOptions: { serviceTag: 'fab stir' } }))).toMatch(
+      /^p2pConfig\.mdnsOptions\.serviceTag: must be a name like "fabstir" \(used as _fabstir\._udp\.local\)/,
+    )
+  })
+
+  it('takes HTTP endpoint discovery entries and hands them to the node', () => {
+    const config = parseSDKConfig(
+      dev({
+        peerDiscovery: [
+          {
+            tag: 'custom-discovery',
+            enabled: true,
+            options: { endpoint: 'https://peers.example.org/v1', interval: 30000 },
+          },
+          { tag: 'off', enabled: false, options: { endpoint: 'https://peers.example.org/v2' } },
+        ],
+      }),
+    )
+    expect(meshNodeOptionsOf(config, generateIdentity()).httpDiscovery).toEqual([
+      {
+        endpoint: 'https://peers.example.org/v1',
+        intervalMs: 30_000,
+        timeoutMs: 10_000,
+        tag: 'custom-discovery',
+      },
+    ])
+    expect(
+      refusal(dev({ peerDiscovery: [{ tag: 'x', options: { endpoint: 'ftp://peers.example.org' } }] })),
+    ).toMatch(/^p2pConfig\.peerDiscovery\[0\]\.options\.endpoint: must be an http: or https: URL/)
+    expect(
+      refusal(
+        dev({ peerDiscovery: [{ tag: 'x', options: { endpoint: 'https://a.example', intervall: 1 } }] }),
+      ),
+    ).toMatch(/^p2pConfig\.peerDiscovery\[0\]\.options\.intervall: is not an option \(misspelt\?\)/)
+    expect(
+      refusal(
+        dev({ localOnly: true, peerDiscovery: [{ tag: 'x', options: { endpoint: 'https://a.example' } }] }),
+      ),
+    ).toMatch(
+      /^p2pConfig\.peerDiscovery\[0\]\.options\.endpoint: https:\/\/a\.example is not on this machine/,
+    )
+  })
+
+  it('lets logLevel win over verbose, and verbose alone mean trace', () => {
+    const debug = (value: Record<string, unknown>) => parseSDKConfig(dev({ debug: value })).p2pConfig.debug
+    expect(debug({ enabled: true, verbose: true, logLevel: 'debug' })).toMatchObject({
+      verbose: true,
+      logLevel: 'debug',
+    })
+    expect(debug({ verbose: true }).logLevel).toBe('trace')
+    expect(debug({}).logLevel).toBe('debug')
   })
 
   it('keeps localOnly on this machine', () => {
@@ -112,8 +183,11 @@ describe('SDK configuration', () => {
   })
 
   it('checks shapes of hooks, modules and protocols', () => {
-    expect(refusal(dev({ peerDiscovery: [{ tag: 'custom', enabled: true }] }))).toMatch(
+    expect(refusal(dev({ peerDiscovery: ['custom'] }))).toMatch(
       /^p2pConfig\.peerDiscovery\[0\]: must be a libp2p peer-discovery factory/,
+    )
+    expect(refusal(dev({ peerDiscovery: [{ tag: 'custom', enabled: true }] }))).toMatch(
+      /^p2pConfig\.peerDiscovery\[0\]\.options: must be an object/,
     )
     expect(refusal(dev({ protocols: [{ id: '/meshnet/job/1.0.0', handler: () => {} }] }))).toMatch(
       /^p2pConfig\.protocols\[0\]\.id: is reserved/,
@@ -124,14 +198,8 @@ describe('SDK configuration', () => {
     expect(refusal(dev({ security: { blocklist: ['bad'] } }))).toMatch(
       /^p2pConfig\.security\.blocklist\[0\]: "bad" is not a node id/,
     )
-    expect(refusal(dev({ mdnsOptions: { serviceTag: 'fabstir' } }))).toMatch(
-      /^p2pConfig\.mdnsOptions\.serviceTag: must look like _name\._udp\.local/,
-    )
     expect(refusal(dev({ debug: { subsystems: ['dns'] } }))).toMatch(
       /^p2pConfig\.debug\.subsystems\[0\]: must be one of "connection", "transport"/,
-    )
-    expect(refusal(dev({ debug: { verbose: true, logLevel: 'error' } }))).toMatch(
-      /^p2pConfig\.debug\.verbose: means logLevel "trace"/,
     )
     expect(refusal(dev({ keepAlive: { interval: 5_000, timeout: 5_000 } }))).toMatch(
       /^p2pConfig\.keepAlive\.timeout: must be shorter than keepAlive\.interval/,

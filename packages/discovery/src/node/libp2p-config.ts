@@ -7,7 +7,7 @@ import { identify, identifyPush } from '@libp2p/identify'
 import type { PeerDiscovery, ServiceMap } from '@libp2p/interface'
 import type { ConnectionManager } from '@libp2p/interface-internal'
 import { kadDHT } from '@libp2p/kad-dht'
-import { type MulticastDNSComponents, mdns } from '@libp2p/mdns'
+import { mdns } from '@libp2p/mdns'
 import { ping } from '@libp2p/ping'
 import { preSharedKey } from '@libp2p/pnet'
 import { tcp } from '@libp2p/tcp'
@@ -22,6 +22,7 @@ import { connectivity } from './connectivity.ts'
 import { deadline } from './deadline.ts'
 import { DEFAULT_MAINTENANCE_MAX_BACKOFF_MS } from './defaults.ts'
 import { dhtAddressMapper, type MeshGater } from './gater.ts'
+import { httpPeerDiscovery } from './http-discovery.ts'
 import type { MeshServices } from './mesh-node-types.ts'
 import type { ResolvedMeshNodeOptions } from './options.ts'
 
@@ -89,6 +90,9 @@ export function libp2pConfig<T extends ServiceMap>(
       ),
     )
   }
+  for (const init of options.httpDiscovery) {
+    peerDiscovery.push(dialingDiscoveredPeers(httpPeerDiscovery(init), options.dialTimeoutMs))
+  }
 
   return {
     privateKey: options.identity.privateKey,
@@ -132,19 +136,16 @@ export function libp2pConfig<T extends ServiceMap>(
   }
 }
 
-interface DiscoveryComponents extends MulticastDNSComponents {
-  connectionManager: ConnectionManager
-}
-
 /**
  * libp2p only records discovered peers in the peer store; it no longer dials them. Peers found by
- * mDNS are on our LAN and are the mesh, so we connect to each one we are not yet connected to,
- * while below half the connection limit (the rest is left for peers that dial us).
+ * mDNS (and by the HTTP endpoints the node was given) are the mesh, so we connect to each one we
+ * are not yet connected to, while below half the connection limit (the rest is left for peers that
+ * dial us).
  */
-function dialingDiscoveredPeers(
-  factory: (components: MulticastDNSComponents) => PeerDiscovery,
+function dialingDiscoveredPeers<C extends object>(
+  factory: (components: C) => PeerDiscovery,
   dialTimeoutMs: number,
-): (components: DiscoveryComponents) => PeerDiscovery {
+): (components: C & { connectionManager: ConnectionManager }) => PeerDiscovery {
   return (components) => {
     const discovery = factory(components)
     const { connectionManager } = components

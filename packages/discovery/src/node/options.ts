@@ -36,6 +36,7 @@ import {
   LOCAL_INBOUND_CONNECTIONS_PER_SECOND,
   LOCAL_MAX_INCOMING_PENDING_CONNECTIONS,
 } from './defaults.ts'
+import { httpPeerDiscoveryInitSchema } from './http-discovery.ts'
 
 /** The swarm key file format shared with go-libp2p and kubo (`swarm.key`). */
 const SWARM_KEY = /^\/key\/swarm\/psk\/1\.0\.0\/\r?\n\/base16\/\r?\n[0-9a-fA-F]{64}\s*$/
@@ -103,6 +104,8 @@ const schema = z.strictObject({
     .regex(/^_[a-z0-9-]{1,40}\._(udp|tcp)\.local$/, 'must look like _name._udp.local')
     .default(DEFAULT_MDNS_SERVICE_TAG),
   mdnsIntervalMs: z.int().min(1_000).max(3_600_000).default(DEFAULT_MDNS_INTERVAL_MS),
+  /** HTTP endpoints asked for peer multiaddrs (httpPeerDiscovery); found peers are dialed like mDNS ones. */
+  httpDiscovery: z.array(httpPeerDiscoveryInitSchema).max(16).default([]),
   dhtMode: z.enum(['server', 'client', 'auto', 'off']).default(DEFAULT_DHT_MODE),
   dhtProtocol: z
     .string()
@@ -264,6 +267,14 @@ export function resolveMeshNodeOptions(input: unknown): ResolvedMeshNodeOptions 
     requireLoopback('announce', options.announce, false)
     requireLoopback('bootstrap', options.bootstrap, false)
     requireLoopback('relays', options.relays, false)
+    options.httpDiscovery.forEach((entry, index) => {
+      if (!isLoopbackHost(new URL(entry.endpoint).hostname)) {
+        throw invalid(
+          `httpDiscovery[${index}].endpoint`,
+          `${entry.endpoint} is not on this machine, and localOnly allows only 127.0.0.1 / ::1 / localhost`,
+        )
+      }
+    })
   }
   if (options.relayReservations === 'always' && options.relays.length === 0) {
     throw invalid('relays', 'is empty but relayReservations is "always"; list at least one relay address')
@@ -298,6 +309,10 @@ export function resolveMeshNodeOptions(input: unknown): ResolvedMeshNodeOptions 
 export function lastPeerId(addr: string): string | undefined {
   const components = multiaddr(addr).getComponents()
   return components.findLast((component) => component.name === 'p2p')?.value
+}
+
+function isLoopbackHost(host: string): boolean {
+  return host === 'localhost' || host === '[::1]' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host)
 }
 
 function requireLoopback(field: string, addrs: readonly string[], allowBareCircuit: boolean): void {

@@ -7,6 +7,8 @@ import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { SDKClient } from '../client.ts'
 import { debugComponentLogger } from '../debug-log.ts'
 import { BootstrapUnreachableError, type PoolCertificateError, SDKConfigError } from '../errors.ts'
+import { bootstrapFailureMessage, bootstrapFailureReason } from '../internal/bootstrap-failure.ts'
+import { watchEventLoop } from '../internal/event-loop.ts'
 import { abortion, lastPeerId, transportOf } from '../internal/helpers.ts'
 import {
   connectResult,
@@ -63,6 +65,7 @@ async function openSession(client: SDKClient): Promise<ConnectResult> {
     ? debugComponentLogger({
         subsystems: p2p.debug.subsystems,
         level: client.level,
+        verbose: p2p.debug.verbose,
         emit: (event) => client.emit('p2p:debug', event),
       })
     : undefined
@@ -92,7 +95,8 @@ async function openSession(client: SDKClient): Promise<ConnectResult> {
     rates: { at: now, totals: { sent: 0, received: 0 }, perSecond: { sent: 0, received: 0 } },
   }
   try {
-    p2p.peerDiscovery.forEach((_factory, index) => {
+    p2p.peerDiscovery.forEach((factory, index) => {
+      if (typeof factory !== 'function') return
       const service = (node.libp2p.services as Record<string, unknown>)[discoveryServiceName(index)]
       if ((service as { [peerDiscoverySymbol]?: unknown } | undefined)?.[peerDiscoverySymbol] === undefined) {
         throw new SDKConfigError(
@@ -108,6 +112,7 @@ async function openSession(client: SDKClient): Promise<ConnectResult> {
       })
     }
     listen(client, session)
+    watchEventLoop(client, session)
     if (pool !== undefined && config.dataDir !== undefined) {
       session.gate = new PoolGate({
         node,
@@ -118,11 +123,9 @@ async function openSession(client: SDKClient): Promise<ConnectResult> {
     }
     session.bootstrap = await dialBootstrap(client, session)
     if (session.bootstrap.length > 0 && !session.bootstrap.some((b) => b.reachable)) {
-      throw new BootstrapUnreachableError(
-        `none of the ${session.bootstrap.length} bootstrap nodes answered within ${p2p.dialTimeout} ms ` +
-          `after ${p2p.maxRetries + 1} rounds: ${session.bootstrap.map((b) => `${b.address} (${b.error})`).join('; ')}`,
-        { details: { attempts: session.bootstrap } },
-      )
+      throw new BootstrapUnreachableError(bootstrapFailureMessage(session.bootstrap, p2p.maxRetries + 1), {
+        details: { attempts: session.bootstrap },
+      })
     }
   } catch (err) {
     await stopSession(client, session)
@@ -188,9 +191,7 @@ export async function dialBootstrap(client: SDKClient, session: Session): Promis
                     (e: Error) => e,
                   )
             if (refusal !== undefined) refused.add(result)
-            result.error =
-              refusal?.message ??
-              (limit.timedOut() ? `no answer within ${p2p.dialTimeout} ms` : (err as Error).message)
+            result.error = bootstrapFailureReason(refusal ?? err, limit.timedOut(), p2p.dialTimeout)
             client.debug('sdk', 'info', `bootstrap node ${result.address} failed: ${result.error}`)
           } finally {
             limit.clear()
