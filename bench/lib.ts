@@ -1,7 +1,11 @@
 // Shared helpers for benchmarks: run the real `mesh` CLI and agents from source (through
 // @meshnet/test-harness), summarise samples, print tables.
 
+import { existsSync } from 'node:fs'
+import { mkdir, rename } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { generateModel, type ModelWeightType } from '@meshnet/gguf'
 import { ensureDataDir, loadOrCreateIdentity } from '@meshnet/identity'
 import { createJoinRequest, createPool, openPoolAdmin, saveJoinedPool } from '@meshnet/pool'
 import { type AgentProcess, type MeshResult, runMesh, startAgentProcess } from '@meshnet/test-harness'
@@ -70,4 +74,44 @@ export async function makePool(root: string, n: number): Promise<{ poolId: strin
     await saveJoinedPool(layout.root, decision.response)
   }
   return { poolId: pool.id, dirs }
+}
+
+/** The 507M-parameter llama the sharded and batching benches run (embd 1280, 24 layers, vocab 32000). */
+export const BENCH_507M = { layers: 24, embd: 1280, heads: 20, kvHeads: 4, ff: 3584, vocab: 32000 } as const
+
+/**
+ * A generated model of `shape` and weight `type`, kept in `MESHNET_BENCH_CACHE` (default
+ * `<tmpdir>/meshnet-bench-cache`) between runs: generated once, renamed into place when complete.
+ */
+export async function cachedModel(
+  shape: Readonly<{
+    layers: number
+    embd: number
+    heads: number
+    kvHeads: number
+    ff: number
+    vocab: number
+  }>,
+  type: ModelWeightType,
+  options: { seed?: number; fill?: 'random' | 'tiled'; suffix?: string } = {},
+): Promise<string> {
+  const seed = options.seed ?? 5
+  const fill = options.fill ?? 'random'
+  const cacheDir = process.env.MESHNET_BENCH_CACHE ?? join(tmpdir(), 'meshnet-bench-cache')
+  const tag =
+    type === 'Q8_0' && fill === 'random' ? 'q8' : `${type.toLowerCase()}${fill === 'tiled' ? '-tiled' : ''}`
+  const path = join(
+    cacheDir,
+    `${options.suffix ?? 'sharded'}-e${shape.embd}-l${shape.layers}-h${shape.heads}-kv${shape.kvHeads}-ff${shape.ff}-v${shape.vocab}-${tag}-s${seed}.gguf`,
+  )
+  await mkdir(cacheDir, { recursive: true })
+  if (existsSync(path)) return path
+  const started = performance.now()
+  const partial = `${path}.${process.pid}.partial`
+  const made = await generateModel({ out: partial, ...shape, type, seed, fill, context: 2048 })
+  await rename(partial, path)
+  console.log(
+    `generated a ${(made.parameters / 1e6).toFixed(0)}M-parameter ${type} model in ${((performance.now() - started) / 1000).toFixed(0)} s`,
+  )
+  return path
 }

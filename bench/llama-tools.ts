@@ -26,6 +26,8 @@ export interface LlamaTools {
   quantize: string
   /** `llama-completion`: the classic prompt-then-generate program (prints llama.cpp's own timings). */
   completion: string
+  /** `llama-batched-bench`: prompt and decode throughput of several sequences decoded in one batch. */
+  batchedBench: string
 }
 
 export interface LlamaToolsOptions {
@@ -45,6 +47,7 @@ const TARGETS = {
   quantize: 'llama-quantize',
   // `llama-cli` now lives with the server (LLAMA_BUILD_SERVER, web UI); `llama-completion` is the old main.
   completion: 'llama-completion',
+  batchedBench: 'llama-batched-bench',
 } as const satisfies Record<Exclude<keyof LlamaTools, 'dir' | 'commit'>, string>
 
 const CMAKE_FLAGS: readonly string[] = [
@@ -165,6 +168,7 @@ async function readCache(dir: string, sha: string): Promise<LlamaTools | undefin
     rpcServer: bin(TARGETS.rpcServer),
     quantize: bin(TARGETS.quantize),
     completion: bin(TARGETS.completion),
+    batchedBench: bin(TARGETS.batchedBench),
   }
 }
 
@@ -622,4 +626,62 @@ function accepts(port: number): Promise<boolean> {
     })
     socket.once('error', () => resolve(false))
   })
+}
+
+/** llama-batched-bench's figures for `pl` sequences decoded together (one JSON line of its output). */
+export interface BatchedFigures {
+  /** Sequences in the batch. */
+  pl: number
+  /** Prompt tokens/s over all sequences. */
+  speedPp: number
+  /** Decoded tokens/s over all sequences: `pl · tg / time`. */
+  speedTg: number
+}
+
+/**
+ * llama.cpp's own batching: `llama-batched-bench` with a prompt of `pp` tokens and `tg` decoded
+ * tokens for each of `parallel` sequence counts (e.g. [1, 4]), on the CPU at `threads` threads.
+ */
+export async function measureBatched(
+  tools: LlamaTools,
+  model: string,
+  options: { threads: number; pp: number; tg: number; parallel: number[]; signal?: AbortSignal },
+): Promise<BatchedFigures[]> {
+  const maxPl = Math.max(...options.parallel)
+  const args = [
+    '-m',
+    model,
+    '-t',
+    String(options.threads),
+    '-tb',
+    String(options.threads),
+    '-ngl',
+    '0',
+    '-c',
+    String(maxPl * (options.pp + options.tg) + 64),
+    '-b',
+    '512',
+    '-ub',
+    '512',
+    '-npp',
+    String(options.pp),
+    '-ntg',
+    String(options.tg),
+    '-npl',
+    options.parallel.join(','),
+    '--output-format',
+    'jsonl',
+  ]
+  const result = await run(tools.batchedBench, args, { signal: options.signal })
+  if (result.code !== 0) {
+    const tail = result.stderr.trim().split('\n').slice(-20).join('\n')
+    throw new Error(`llama-batched-bench exited with ${result.code}:\n${tail}`)
+  }
+  const figures: BatchedFigures[] = []
+  for (const line of `${result.stdout}\n${result.stderr}`.split('\n')) {
+    if (!line.startsWith('{')) continue
+    const row = JSON.parse(line) as { pl: number; speed_pp: number; speed_tg: number }
+    figures.push({ pl: row.pl, speedPp: row.speed_pp, speedTg: row.speed_tg })
+  }
+  return figures
 }

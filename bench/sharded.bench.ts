@@ -17,12 +17,11 @@
 //   MESHNET_BENCH_CACHE=dir     where the generated model is kept between runs (default: tmpdir)
 import { type ChildProcess, fork } from 'node:child_process'
 import { createHash } from 'node:crypto'
-import { createReadStream, existsSync } from 'node:fs'
-import { mkdir, mkdtemp, rename, rm } from 'node:fs/promises'
+import { createReadStream } from 'node:fs'
+import { mkdtemp, rm } from 'node:fs/promises'
 import { availableParallelism, loadavg, tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
-import { generateModel } from '@meshnet/gguf'
 import { generateIdentity, identityFromSeed, type NodeIdentity, randomSeed } from '@meshnet/identity'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
 import { createJoinRequest, createPool, openPoolAdmin, PoolGate, saveJoinedPool } from '@meshnet/pool'
@@ -34,10 +33,10 @@ import {
   type ShardedGenerationStats,
   type ShardedPlan,
 } from '@meshnet/shards'
-import { table } from './lib.ts'
+import { BENCH_507M, cachedModel, table } from './lib.ts'
 
 const SHAPES = {
-  full: { layers: 24, embd: 1280, heads: 20, kvHeads: 4, ff: 3584, vocab: 32000 },
+  full: BENCH_507M,
   quick: { layers: 8, embd: 512, heads: 8, kvHeads: 4, ff: 1536, vocab: 8000 },
 } as const
 const size = process.env.SHARDED_BENCH_MODEL === 'quick' ? 'quick' : 'full'
@@ -47,22 +46,8 @@ const PROMPT_TOKENS = 32
 const CONCURRENT = 4
 const SEED = 5
 
-const cacheDir = process.env.MESHNET_BENCH_CACHE ?? join(tmpdir(), 'meshnet-bench-cache')
 const shape = SHAPES[size]
-const modelPath = join(
-  cacheDir,
-  `sharded-e${shape.embd}-l${shape.layers}-h${shape.heads}-kv${shape.kvHeads}-ff${shape.ff}-v${shape.vocab}-q8-s${SEED}.gguf`,
-)
-await mkdir(cacheDir, { recursive: true })
-if (!existsSync(modelPath)) {
-  const started = performance.now()
-  const partial = `${modelPath}.${process.pid}.partial`
-  const made = await generateModel({ out: partial, ...shape, type: 'Q8_0', seed: SEED, context: 2048 })
-  await rename(partial, modelPath)
-  console.log(
-    `generated ${(made.parameters / 1e6).toFixed(0)}M-parameter model in ${((performance.now() - started) / 1000).toFixed(0)} s`,
-  )
-}
+const modelPath = await cachedModel(shape, 'Q8_0', { seed: SEED })
 const facts = await readShardModelFacts(modelPath)
 const kvDim = facts.kvHeads * facts.headDim
 const parameters =
