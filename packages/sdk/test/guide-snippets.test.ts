@@ -1,13 +1,15 @@
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { createServer, type Server } from 'node:http'
 import { createServer as createTcpServer } from 'node:net'
+import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { format } from 'node:util'
 import { resolveMeshNodeOptions } from '@meshnet/discovery'
 import { generateIdentity } from '@meshnet/identity'
-import { eventually } from '@meshnet/test-harness'
+import { type AgentProcess, agentRequest, eventually, startAgentProcess } from '@meshnet/test-harness'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { type FabstirSDKConfig, parseSDKConfig } from '../src/config.ts'
 import { format as formatLog, type P2PDebugEvent } from '../src/debug-log.ts'
@@ -33,7 +35,7 @@ import { Nodes } from './helpers.ts'
 //   accepted as bootstrap nodes.
 // - Shell snippets: `fabstir-node init | start --config | info` are `mesh init | start --config |
 //   status` here; `mesh --help` and `mesh start --help` must list them. `npm install -g` and `ufw`
-//   are not run (they change this machine), and the YAML settings file is not run (see the todo).
+//   are not run (they change this machine); the YAML settings file starts an agent.
 
 const here = dirname(fileURLToPath(import.meta.url))
 const GUIDE = join(here, '../../../docs/reference/fabstir-p2p-configuration.md')
@@ -452,9 +454,37 @@ describe('the Fabstir P2P guide, snippet by snippet', () => {
     expect(snippet('Firewall Configuration').code).toMatch(/^sudo ufw allow/m)
   })
 
-  it.todo(
-    'config.yaml of "Setting Up Your Own Bootstrap Node": the agent settings (apps/node) take `bootstrap` as a list of addresses, so `bootstrap: true` is refused there',
-  )
+  it('config.yaml of a bootstrap node: mesh start --config takes it as written and serves as a bootstrap node', async () => {
+    const yaml = snippet('Setting Up Your Own Bootstrap Node', 2).code
+    expect(yaml).toMatch(/^bootstrap: true$/m)
+    const dir = await mkdtemp(join(tmpdir(), 'meshnet-guide-yaml-'))
+    let agent: AgentProcess | undefined
+    try {
+      await writeFile(join(dir, 'config.yaml'), yaml)
+      // The guide's file as written; the test listens on loopback instead of every interface
+      // (flags win over --config), and keeps its packets on this machine.
+      agent = await startAgentProcess(join(dir, 'data'), [
+        '--config',
+        join(dir, 'config.yaml'),
+        '--listen',
+        '/ip4/127.0.0.1/tcp/0',
+        '--listen',
+        '/ip4/127.0.0.1/tcp/0/ws',
+        '--local-only',
+      ])
+      // Listening on TCP and WebSockets, as the file says, and dialing no bootstrap peer itself.
+      const status = await agentRequest<{ libp2p: { addresses: string[]; connections: number } }>(
+        join(dir, 'data'),
+        '/status',
+      )
+      expect(status.libp2p.addresses.some((a) => /\/tcp\/\d+\/p2p\//.test(a))).toBe(true)
+      expect(status.libp2p.addresses.some((a) => a.includes('/ws/'))).toBe(true)
+      expect(status.libp2p.connections).toBe(0)
+    } finally {
+      await agent?.stop()
+      await rm(dir, { recursive: true, force: true })
+    }
+  }, 60_000)
 
   it('has a plan for every snippet of the guide', () => {
     snippet('Setting Up Your Own Bootstrap Node', 2)

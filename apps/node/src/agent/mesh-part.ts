@@ -1,4 +1,5 @@
 import type { GossipSub } from '@libp2p/gossipsub'
+import { InvalidArgumentError } from '@meshnet/core'
 import { type BeaconMessage, createMeshNode, type MeshNode, type Perf, perfService } from '@meshnet/discovery'
 import { PoolGate } from '@meshnet/pool'
 import { poolRendezvousKey } from '@meshnet/protocols'
@@ -93,13 +94,21 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
       return gate
     },
     async start() {
+      if (config.bootstrap === true && config.dht === false) {
+        throw new InvalidArgumentError(
+          'bootstrap: true makes this node a bootstrap node, which needs the DHT on',
+          {
+            hint: 'remove dht: false (or --no-dht), or set bootstrap to a list of peers instead',
+          },
+        )
+      }
       node = await createMeshNode({
         identity,
         dataDir: context.layout.root,
         localOnly: config.localOnly === true,
         // `/p2p-circuit` alone means: no socket of our own, reachable only through the relays.
         ...(config.listen ? { listen: config.listen.filter((a) => a !== '/p2p-circuit') } : {}),
-        bootstrap: config.bootstrap ?? [],
+        bootstrap: Array.isArray(config.bootstrap) ? config.bootstrap : [],
         ...(config.mdns === undefined ? {} : { mdns: config.mdns }),
         dhtMode: config.dht === false ? 'off' : 'server',
         relays: config.relay ?? [],

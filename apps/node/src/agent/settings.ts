@@ -15,8 +15,12 @@ const multiaddr = z.string().regex(/^\/[a-z0-9-]+(\/|$)/i, 'a multiaddr such as 
 export const agentSettingsSchema = z.strictObject({
   /** Addresses to listen on. Default: all interfaces, random TCP port (127.0.0.1 with localOnly). */
   listen: z.array(multiaddr).max(16).optional(),
-  /** Peers to connect to first: full multiaddrs ending in /p2p/<id>. */
-  bootstrap: z.array(multiaddr).max(64).optional(),
+  /**
+   * Peers to connect to first: full multiaddrs ending in /p2p/<id>. `true` (the P2P guide's
+   * bootstrap-node config): this node is a bootstrap node for others, so it dials none itself and
+   * keeps its DHT in server mode; `false`: no bootstrap peers.
+   */
+  bootstrap: z.union([z.array(multiaddr).max(64), z.boolean()]).optional(),
   /** Kademlia DHT on (server mode on a LAN). */
   dht: z.boolean().optional(),
   /** mDNS discovery on the LAN. */
