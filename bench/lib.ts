@@ -1,8 +1,11 @@
 // Shared helpers for benchmarks: run the real `mesh` CLI and agents from source (through
 // @meshnet/test-harness), summarise samples, print tables.
 
+import { spawn } from 'node:child_process'
+import { once } from 'node:events'
 import { existsSync } from 'node:fs'
 import { mkdir, rename } from 'node:fs/promises'
+import { connect } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { generateModel, type ModelWeightType } from '@meshnet/gguf'
@@ -114,4 +117,46 @@ export async function cachedModel(
     `generated a ${(made.parameters / 1e6).toFixed(0)}M-parameter ${type} model in ${((performance.now() - started) / 1000).toFixed(0)} s`,
   )
   return path
+}
+
+/**
+ * A plain loopback round trip, the floor of any exchange between two processes on one machine: a
+ * child process echoes `bytes`-byte messages over TCP on 127.0.0.1 (Nagle off), and this process
+ * times `count` round trips one after the other. Returns the median in ms.
+ */
+export async function loopbackRoundTrip(bytes: number, count = 2000): Promise<number> {
+  const echo = `const s = require('node:net').createServer((c) => { c.setNoDelay(true); c.pipe(c) })
+s.listen(0, '127.0.0.1', () => console.log(s.address().port))
+process.stdin.on('end', () => process.exit(0)); process.stdin.resume()`
+  const child = spawn(process.execPath, ['-e', echo], { stdio: ['pipe', 'pipe', 'inherit'] })
+  try {
+    const port = await new Promise<number>((resolve, reject) => {
+      child.stdout.once('data', (chunk: Buffer) => resolve(Number(chunk.toString().trim())))
+      child.once('exit', (code) => reject(new Error(`the echo process exited with ${code}`)))
+    })
+    const socket = connect(port, '127.0.0.1')
+    socket.setNoDelay(true)
+    await once(socket, 'connect')
+    const payload = Buffer.alloc(bytes, 7)
+    const times: number[] = []
+    let pending: { need: number; done: () => void } | undefined
+    socket.on('data', (chunk: Buffer) => {
+      if (pending === undefined) return
+      pending.need -= chunk.length
+      if (pending.need <= 0) pending.done()
+    })
+    for (let i = 0; i < count; i++) {
+      const started = performance.now()
+      await new Promise<void>((resolve) => {
+        pending = { need: bytes, done: resolve }
+        socket.write(payload)
+      })
+      times.push(performance.now() - started)
+    }
+    socket.destroy()
+    return summary(times).median
+  } finally {
+    child.stdin.end()
+    child.kill()
+  }
 }
