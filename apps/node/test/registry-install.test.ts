@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
 import { promisify } from 'node:util'
 import { nodeVersionProblem } from '@meshnet/core'
-import { agentRequest, REPO_ROOT } from '@meshnet/test-harness'
+import { agentRequest, REPO_ROOT, withBuildLock } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { olderNode } from './older-node.ts'
 import {
@@ -51,16 +51,19 @@ beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-registry-'))
   registry = await startRegistry(join(root, 'registry'), uplink)
   // --no-git-tag: the release is real, the tags it would leave in this checkout are not wanted.
-  await explained('pnpm release', 'pnpm', ['run', 'release', '--no-git-tag'], {
-    cwd: REPO_ROOT,
-    env: isolatedEnv({
-      npm_config_registry: registry.url,
-      npm_config_userconfig: registry.npmrc,
-      CI: 'true',
+  // While no other test builds the workspace (the SDK-app test packs it too).
+  await withBuildLock(() =>
+    explained('pnpm release', 'pnpm', ['run', 'release', '--no-git-tag'], {
+      cwd: REPO_ROOT,
+      env: isolatedEnv({
+        npm_config_registry: registry!.url,
+        npm_config_userconfig: registry!.npmrc,
+        CI: 'true',
+      }),
+      timeout: 420_000,
+      maxBuffer: 64 * 1024 * 1024,
     }),
-    timeout: 420_000,
-    maxBuffer: 64 * 1024 * 1024,
-  })
+  )
 
   await writeFile(join(root, 'npmrc-global'), '')
   const npm = (args: string[], cwd: string) =>

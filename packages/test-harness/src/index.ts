@@ -6,6 +6,7 @@
  */
 export type { AgentProcess, AgentProcessOptions } from './agent-process.ts'
 export { agentRequest, beaconPort, startAgentProcess } from './agent-process.ts'
+export { withBuildLock } from './build-lock.ts'
 export { eventually } from './eventually.ts'
 export type { MeshResult } from './mesh-cli.ts'
 export { createModel, MESH_BIN, runMesh } from './mesh-cli.ts'

@@ -17,6 +17,7 @@ it('exports exactly the public surface', async () => {
       "runMesh",
       "startAgentProcess",
       "startRangeServer",
+      "withBuildLock",
     ]
   `)
 })
