@@ -13,6 +13,7 @@ import {
   configuredRegistry,
   isolatedEnv,
   type LocalRegistry,
+  registryCaFile,
   startRegistry,
   unreachable,
 } from './registry.ts'
@@ -25,7 +26,7 @@ import {
 
 const exec = promisify(execFile)
 const uplink = await configuredRegistry()
-const offline = await unreachable(uplink)
+const offline = await unreachable(uplink, await registryCaFile())
 if (offline !== undefined)
   console.warn(
     `registry-install.test.ts skipped: ${offline}; the local registry takes every package but @meshnet/* from it`,

@@ -1,9 +1,13 @@
 import { type ChildProcess, execFile, spawn } from 'node:child_process'
 import { once } from 'node:events'
-import { mkdir, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { get as httpGet } from 'node:http'
+import { get as httpsGet } from 'node:https'
 import { createRequire } from 'node:module'
 import { createServer } from 'node:net'
 import { dirname, join } from 'node:path'
+import { rootCertificates } from 'node:tls'
 import { promisify } from 'node:util'
 import { eventually } from '@meshnet/test-harness'
 
@@ -19,15 +23,40 @@ export async function configuredRegistry(): Promise<string> {
   return 'https://registry.npmjs.org/'
 }
 
-/** Why `registry` cannot be reached from here, or undefined when it answers. */
-export async function unreachable(registry: string): Promise<string | undefined> {
+/**
+ * The CA file Node processes that reach the registry must trust besides Node's own roots (verdaccio's
+ * uplink): where TLS goes through a proxy with a CA of its own, the system's bundle has it (and the
+ * system npm's `cafile` names it), but Node reads neither unless told (NODE_EXTRA_CA_CERTS).
+ */
+export async function registryCaFile(): Promise<string | undefined> {
+  if (process.env.NODE_EXTRA_CA_CERTS) return process.env.NODE_EXTRA_CA_CERTS
   try {
-    const response = await fetch(new URL('-/ping', registry), { signal: AbortSignal.timeout(15_000) })
-    await response.body?.cancel()
-    return response.ok ? undefined : `${registry} answered ${response.status}`
+    const { stdout } = await exec('npm', ['config', 'get', 'cafile'], { timeout: 30_000 })
+    const file = stdout.trim()
+    if (file !== '' && file !== 'null' && file !== 'undefined' && existsSync(file)) return file
+  } catch {}
+  return existsSync(SYSTEM_CA_BUNDLE) ? SYSTEM_CA_BUNDLE : undefined
+}
+
+/** Debian's CA bundle (ca-certificates). */
+const SYSTEM_CA_BUNDLE = '/etc/ssl/certs/ca-certificates.crt'
+
+/** Why `registry` cannot be reached from here (trusting `caFile` too), or undefined when it answers. */
+export async function unreachable(registry: string, caFile: string | undefined): Promise<string | undefined> {
+  const ca = caFile === undefined ? undefined : [...rootCertificates, await readFile(caFile, 'utf8')]
+  try {
+    const status = await new Promise<number>((resolve, reject) => {
+      const get = registry.startsWith('https:') ? httpsGet : httpGet
+      const request = get(new URL('-/ping', registry), { ca, timeout: 15_000 }, (response) => {
+        response.resume()
+        resolve(response.statusCode ?? 0)
+      })
+      request.on('timeout', () => request.destroy(new Error('no answer within 15 s')))
+      request.on('error', reject)
+    })
+    return status >= 200 && status < 300 ? undefined : `${registry} answered ${status}`
   } catch (err) {
-    const cause = (err as Error).cause as Error | undefined
-    return `${registry} cannot be reached (${cause?.message ?? (err as Error).message})`
+    return `${registry} cannot be reached (${(err as Error).message})`
   }
 }
 
@@ -98,6 +127,7 @@ export async function startRegistry(dir: string, uplink: string): Promise<LocalR
   )
   const port = await freePort()
   const url = `http://127.0.0.1:${port}/`
+  const caFile = await registryCaFile()
   const bin = join(
     dirname(createRequire(import.meta.url).resolve('verdaccio/package.json')),
     'bin',
@@ -108,7 +138,7 @@ export async function startRegistry(dir: string, uplink: string): Promise<LocalR
     [bin, '--config', config, '--listen', `127.0.0.1:${port}`],
     {
       cwd: dir,
-      env: isolatedEnv({}),
+      env: isolatedEnv(caFile === undefined ? {} : { NODE_EXTRA_CA_CERTS: caFile }),
       stdio: ['ignore', 'pipe', 'pipe'],
     },
   )
