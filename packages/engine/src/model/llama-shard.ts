@@ -524,67 +524,10 @@ export class LlamaShardImpl implements LlamaShard {
   }
 
   attention(layer: number, hidden: Float32Array, n: number, pos: number): Float32Array {
-    const L = this.#layer(layer)
-    const { embd, headDim: d, normEps } = this.config
     this.#checkBatch(hidden, n)
-    if (pos > L.length) {
-      throw new InvalidArgumentError(
-        `layer ${layer} holds ${L.length} positions; cannot write at position ${pos}`,
-      )
-    }
     this.#checkPositions(pos, n)
-    const s = this.#scratch
-    const nq = this.columns.heads[1] - this.columns.heads[0]
-    const nkv = this.columns.kvHeads[1] - this.columns.kvHeads[0]
-    const qRows = nq * d
-    const kvRows = nkv * d
-    if (qRows === 0) {
-      L.length = pos + n
-      return new Float32Array(n * embd)
-    }
-    const xn = s.x.f32()
-    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, L.w.attnNorm, normEps, xn, i * embd)
-    this.#matmul(L.w.wq, s.x, n, s.q)
-    this.#matmul(L.w.wk, s.x, n, s.k)
-    this.#matmul(L.w.wv, s.x, n, s.v)
-    const q = s.q.f32()
-    const k = s.k.f32()
-    const v = s.v.f32()
-    if (L.w.bq) {
-      addBias(q, L.w.bq, n)
-      addBias(k, L.w.bk!, n)
-      addBias(v, L.w.bv!, n)
-    }
-    if (L.w.qNorm) {
-      for (let h = 0; h < n * nq; h++) rmsNorm(q, h * d, d, L.w.qNorm, normEps, q, h * d)
-      for (let h = 0; h < n * nkv; h++) rmsNorm(k, h * d, d, L.w.kNorm!, normEps, k, h * d)
-    }
-    const local = this.config.swaLayers[layer] === true
-    const rope = this.#ropeTable(pos, n, local)
-    const ropeType = this.config.ropeType
-    for (let i = 0; i < n; i++) {
-      const at = (pos + i - rope.from) * d
-      applyRope(q, i * qRows, nq, d, rope.values, ropeType, at)
-      applyRope(k, i * kvRows, nkv, d, rope.values, ropeType, at)
-    }
-    const queryScale = this.config.queryScale
-    if (queryScale !== 1) {
-      const scale = f(queryScale)
-      for (let i = 0; i < n * qRows; i++) q[i] = q[i]! * scale
-    }
-    storeKV(this.#kernels, L, this.kvCacheType, {
-      headDim: d,
-      kvHeads: nkv,
-      contextSize: this.contextSize,
-      k,
-      v,
-      n,
-      pos,
-    })
-    L.length = pos + n
-    attend(this.#attention, L, n, pos, local ? this.config.slidingWindow : 0)
-    this.#matmul(L.w.wo, s.attn, n, s.out)
-    return s.out.f32().slice(0, n * embd)
+    // This session alone is a batch of one: the same calls, so batching cannot change its values.
+    return this.#attentionMany(layer, hidden, n, [{ shard: this, at: 0, n, pos }])
   }
 
   ffn(layer: number, hidden: Float32Array, n: number): Float32Array {
