@@ -138,7 +138,7 @@ describe('continuous batching on a pipeline of three agents', () => {
     for (const [m, stats] of after.entries()) {
       // Fewer passes than steps: steps of several sessions shared passes.
       expect(stats.steps - before[m]!.steps).toBeGreaterThan(stats.passes - before[m]!.passes)
-      expect(stats.widest).toBeGreaterThanOrEqual(3)
+      expect(stats.widest).toBeGreaterThanOrEqual(2)
     }
   }, 180_000)
 
