@@ -13,7 +13,7 @@ export interface BatchStep {
 }
 
 /** The segment sessions a shard runs, when its steps can be batched with others'; else undefined. */
-function segmentsOf(shard: LlamaShard): readonly LlamaShardImpl[] | undefined {
+export function segmentsOf(shard: LlamaShard): readonly LlamaShardImpl[] | undefined {
   const parts = shard instanceof ChainedShard ? shard.segments : [shard]
   if (!parts.every((p): p is LlamaShardImpl => p instanceof LlamaShardImpl && !p.partial)) return undefined
   return parts

@@ -1,8 +1,6 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { EngineDisposedError } from '../errors.ts'
-import { type BatchStep, canBatch, forwardBatch } from './batch.ts'
-import { LlamaShardImpl } from './llama-shard.ts'
-import { ChainedShard } from './segments.ts'
+import { type BatchStep, canBatch, forwardBatch, segmentsOf } from './batch.ts'
 import type { LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
 
 export interface StepBatcherOptions {
@@ -33,8 +31,7 @@ interface Entry {
 
 /** Positions one batched pass of `shard` takes at most, or undefined when its steps run alone. */
 function passRows(shard: LlamaShard): number | undefined {
-  const first = shard instanceof ChainedShard ? shard.segments[0] : shard
-  return first instanceof LlamaShardImpl && !first.partial ? first.maxBatch : undefined
+  return segmentsOf(shard)?.[0]?.maxBatch
 }
 
 /**
