@@ -113,6 +113,8 @@ export interface JobStats {
   failovers: number
   /** Node ids of the members that ran the job. */
   members: string[]
+  /** Tensor parallel: mean time of one all-reduce exchange (ms). */
+  allReduceMs?: number
 }
 
 export interface JobResult {
@@ -146,6 +148,7 @@ const statsSchema = z.object({
   bytesMoved: z.number(),
   failovers: z.int(),
   members: z.array(z.string()).max(1024),
+  allReduceMs: z.number().optional(),
 })
 
 const resultSchema = z.object({

@@ -24,6 +24,7 @@ import { prepareJobRequest } from './request.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
 import type {
+  JobEvent,
   JobService,
   JobServiceComponents,
   JobServiceInit,
@@ -59,6 +60,7 @@ export class JobServiceImpl implements JobService {
   readonly #publicStarts = new Map<string, number[]>()
   readonly #counts = { jobs: 0, failed: 0, refusedPublic: 0, refusedPool: 0, badRequests: 0 }
   readonly #engines: SingleEngineQueue
+  readonly #listeners = new Set<(event: JobEvent) => void>()
   #opened: OpenedTokenizer | undefined
   #stopTokens: number[] = []
   #server: ShardServer | undefined
@@ -159,6 +161,22 @@ export class JobServiceImpl implements JobService {
     })
   }
 
+  onEvent(listener: (event: JobEvent) => void): () => void {
+    this.#listeners.add(listener)
+    return () => this.#listeners.delete(listener)
+  }
+
+  /** Tells every listener; a listener that throws is logged, never fails the job. */
+  #emit(event: JobEvent): void {
+    for (const listener of this.#listeners) {
+      try {
+        listener(event)
+      } catch (err) {
+        this.#components.logger.warn({ err: (err as Error).message }, 'a job event listener threw')
+      }
+    }
+  }
+
   shardState(): ShardLoadState | undefined {
     return this.#shard
   }
@@ -252,10 +270,26 @@ export class JobServiceImpl implements JobService {
       { jobId, mode: modeName, poolId, origin: options.origin, reason: choice.reason },
       'job started',
     )
+    const emitted = { at: Date.now(), jobId }
+    this.#emit({
+      type: 'start',
+      ...emitted,
+      origin: options.origin,
+      mode: modeName,
+      poolId: poolId ?? null,
+      promptTokens: promptTokens.length,
+    })
+    const onMembers = (list: string[], failover?: { dead: string[] }) =>
+      this.#emit({ type: 'members', jobId, at: Date.now(), members: list, ...(failover ? { failover } : {}) })
+    const ending = (
+      status: 'completed' | 'failed' | 'cancelled',
+      extra: { error?: string; result?: JobResult },
+    ) => this.#emit({ type: 'end', jobId, at: Date.now(), status, ...extra })
     let ended = false
     try {
       let result: JobResult
       if (choice.mode === 'single' && choice.nodeId !== nodeId && options.origin !== 'p2p') {
+        onMembers([choice.nodeId])
         // Another member can hold the whole model: it runs the job on its own engine.
         const forwarded = requestJob(
           node,
@@ -268,6 +302,7 @@ export class JobServiceImpl implements JobService {
             result = { ...step.value, jobId }
             break
           }
+          this.#emit({ type: 'token', jobId, at: Date.now(), index: step.value.index, text: step.value.text })
           yield step.value
         }
       } else if (choice.mode === 'single' && choice.nodeId === nodeId) {
@@ -276,31 +311,39 @@ export class JobServiceImpl implements JobService {
           { layers: [0, served.plan.layers], embed: true, head: true },
           { signal: controller.signal },
         )
-        result = yield* runSingle({
-          engines: this.#engines,
-          served,
-          nodeId,
-          request,
-          promptTokens,
+        onMembers([nodeId])
+        result = yield* this.#announced(
           jobId,
-          signal: controller.signal,
-          started,
-        })
+          runSingle({
+            engines: this.#engines,
+            served,
+            nodeId,
+            request,
+            promptTokens,
+            jobId,
+            signal: controller.signal,
+            started,
+          }),
+        )
       } else {
-        result = yield* runSharded({
-          ...this.#components,
-          served,
-          tokenizer: opened.tokenizer,
-          stopTokens: this.#stopTokens,
-          local: this.#server,
-          request,
-          promptTokens,
-          poolId: poolId!,
-          mode: choice.mode === 'single' ? 'pipeline' : choice.mode,
+        result = yield* this.#announced(
           jobId,
-          signal: controller.signal,
-          started,
-        })
+          runSharded({
+            ...this.#components,
+            served,
+            tokenizer: opened.tokenizer,
+            stopTokens: this.#stopTokens,
+            local: this.#server,
+            request,
+            promptTokens,
+            poolId: poolId!,
+            mode: choice.mode === 'single' ? 'pipeline' : choice.mode,
+            jobId,
+            signal: controller.signal,
+            started,
+            onPlan: onMembers,
+          }),
+        )
       }
       ended = true
       store.updateJob(jobId, {
@@ -308,6 +351,7 @@ export class JobServiceImpl implements JobService {
         stats: { ...result.stats, stopReason: result.stopReason, mode: result.mode },
       })
       logger.info({ jobId, tokens: result.tokens.length, ...result.stats }, 'job finished')
+      ending(result.stopReason === 'abort' ? 'cancelled' : 'completed', { result })
       return result
     } catch (err) {
       this.#counts.failed++
@@ -318,6 +362,7 @@ export class JobServiceImpl implements JobService {
         stats: { totalMs: performance.now() - started },
       })
       logger.warn({ jobId, err: (err as Error).message }, 'job failed')
+      ending(controller.signal.aborted ? 'cancelled' : 'failed', { error: (err as Error).message })
       throw err
     } finally {
       controller.abort()
@@ -331,7 +376,29 @@ export class JobServiceImpl implements JobService {
           stats: { totalMs: performance.now() - started },
         })
         logger.info({ jobId }, 'job cancelled: the requester stopped reading it')
+        ending('cancelled', { error: 'the requester stopped reading the job' })
       }
+    }
+  }
+
+  /** `job`'s tokens, each told to the listeners as it passes. */
+  async *#announced(
+    jobId: string,
+    job: AsyncGenerator<JobToken, JobResult, undefined>,
+  ): AsyncGenerator<JobToken, JobResult, undefined> {
+    let done = false
+    try {
+      for (let step = await job.next(); ; step = await job.next()) {
+        if (step.done) {
+          done = true
+          return step.value
+        }
+        this.#emit({ type: 'token', jobId, at: Date.now(), index: step.value.index, text: step.value.text })
+        yield step.value
+      }
+    } finally {
+      // Returned early (its consumer stopped reading): the job's own cleanup runs now.
+      if (!done) await job.return(undefined as never).catch(() => {})
     }
   }
 

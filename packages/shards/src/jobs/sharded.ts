@@ -63,6 +63,8 @@ export async function* runSharded(job: {
   jobId: string
   signal: AbortSignal
   started: number
+  /** Hears the members of the first plan, and of each plan a failover moves to. */
+  onPlan?: (members: string[], failover?: { dead: string[] }) => void
 }): AsyncGenerator<JobToken, JobResult, undefined> {
   const { served, poolId, mode, jobId, store, promptTokens } = job
   let plan: ShardedPlan
@@ -72,6 +74,7 @@ export async function* runSharded(job: {
     if (err instanceof ShardPlanError) throw new JobRefusedError('ERR_NO_PLAN', err.message)
     throw err
   }
+  job.onPlan?.(plan.shards.map((s) => s.nodeId))
   const gen = runShardedGeneration({
     node: job.node,
     gate: job.gate,
@@ -91,7 +94,12 @@ export async function* runSharded(job: {
       }
       const left = holders(job.rings, poolId, served).filter((m) => !dead.includes(m.nodeId))
       if (left.length === 0) throw new ShardPlanError('no member that holds the model is left')
-      return planOn(mode, left, served.plan)
+      const next = planOn(mode, left, served.plan)
+      job.onPlan?.(
+        next.shards.map((s) => s.nodeId),
+        { dead },
+      )
+      return next
     },
   })
   const streamer = new TextStreamer(job.tokenizer, promptTokens)
@@ -136,6 +144,7 @@ export async function* runSharded(job: {
       bytesMoved: stats.bytes.control + stats.bytes.links,
       failovers: stats.failovers.length,
       members,
+      ...(stats.allReduceMs === undefined ? {} : { allReduceMs: stats.allReduceMs }),
     },
   }
 }

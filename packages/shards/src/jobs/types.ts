@@ -7,7 +7,7 @@ import type {
   OpenedTokenizer,
   ShardSpec,
 } from '@meshnet/engine'
-import type { JobMessage, JobRunner } from '@meshnet/protocols'
+import type { JobMessage, JobOrigin, JobResult, JobRunner } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
 import type { ShardModelFacts } from '../plan.ts'
@@ -111,8 +111,36 @@ export interface JobServiceComponents {
   logger: Logger
 }
 
+/**
+ * What a job does while it runs, for live views (the dashboard) and metrics: it starts on some
+ * members, streams tokens, may fail over to other members, and ends. `at` is `Date.now()`.
+ */
+export type JobEvent =
+  | {
+      type: 'start'
+      jobId: string
+      at: number
+      origin: JobOrigin
+      mode: 'single' | 'pipeline' | 'tensor'
+      poolId: string | null
+      promptTokens: number
+    }
+  /** The members running the job: when its plan is made, and again after each failover. */
+  | { type: 'members'; jobId: string; at: number; members: string[]; failover?: { dead: string[] } }
+  | { type: 'token'; jobId: string; at: number; index: number; text: string }
+  | {
+      type: 'end'
+      jobId: string
+      at: number
+      status: 'completed' | 'failed' | 'cancelled'
+      error?: string
+      result?: JobResult
+    }
+
 /** What `jobService` gives the agent. */
 export interface JobService extends JobRunner {
+  /** Hears every job event of this node's runner; returns the unsubscribe. */
+  onEvent(listener: (event: JobEvent) => void): () => void
   start(): Promise<void>
   stop(): Promise<void>
   /** The served model and its tokenizer once started (what the OpenAI API needs). */
