@@ -1,0 +1,12 @@
+import { expect, it } from 'vitest'
+
+it('exports exactly the public surface', async () => {
+  expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
+    [
+      "DASHBOARD_JOBS",
+      "JobTracker",
+      "dashboardApp",
+      "dashboardAssets",
+    ]
+  `)
+})
