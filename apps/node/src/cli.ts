@@ -6,6 +6,7 @@
 import { type CliIo, processIo, reportError } from '@meshnet/core'
 import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
+import { registerDashboard } from './commands/dashboard.ts'
 import { registerDemo } from './commands/demo.ts'
 import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
@@ -45,6 +46,7 @@ export function createProgram(io: CliIo = processIo): Command {
   registerPool(program, context)
   registerRing(program, context)
   registerStatus(program, context)
+  registerDashboard(program, context)
   for (const sub of program.commands) sub.exitOverride().configureOutput(program.configureOutput())
   return program
 }

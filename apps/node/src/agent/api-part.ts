@@ -1,7 +1,11 @@
+import { bearerMatches, type NodeEnv } from '@meshnet/http'
+import { Hono } from 'hono'
 import type { AgentContext, AgentPart } from './agent.ts'
+import type { DashboardPart } from './dashboard-part.ts'
 import type { JobsPart } from './jobs-part.ts'
 import { modelInfo } from './model-info.ts'
 import { startOpenAiApi } from './openai-api.ts'
+import { ApiError } from './openai-schemas.ts'
 import {
   BackendUnavailableError,
   type CompletionBackend,
@@ -12,12 +16,26 @@ import {
 /** Tokens one job may generate (the job protocol's cap). */
 const MAX_JOB_TOKENS = 32_768
 
+/** What serves `/metrics` and `/health` (the metrics part). */
+export interface MetricsSource {
+  metrics(): Promise<{ contentType: string; body: string }>
+  health(): { status: number; body: unknown } | Promise<{ status: number; body: unknown }>
+}
+
 /**
- * The OpenAI-compatible API (`mesh start --api-port`), answered by the agent's job runner: the same
- * jobs as `mesh inference`, on one node's llama.cpp or split over the ring.
+ * The agent's HTTP server: the OpenAI-compatible API (answered by the agent's job runner: the same
+ * jobs as `mesh inference`, on one node's llama.cpp or split over the ring), the dashboard and chat
+ * page, `/metrics` and `/health`. On `--api-port` when given, else on `--dashboard-port` or a free
+ * port; on 127.0.0.1 unless `--api-host` says otherwise. Without `--api-port` the API was not asked
+ * for, so every route needs the dashboard's token (`mesh dashboard` prints the link).
  */
-export function apiPart(context: AgentContext, jobs: JobsPart): AgentPart & { port(): number | undefined } {
+export function apiPart(
+  context: AgentContext,
+  jobs: JobsPart,
+  web: { dashboard?: DashboardPart; metrics?: MetricsSource } = {},
+): AgentPart & { port(): number | undefined } {
   const { config, logger } = context
+  const { dashboard, metrics } = web
   let api: OpenAiApi | undefined
   let model: CompletionModel | undefined
 
@@ -60,12 +78,52 @@ export function apiPart(context: AgentContext, jobs: JobsPart): AgentPart & { po
       )
       for (let step = await job.next(); ; step = await job.next()) {
         if (step.done) {
-          const { stats, stopReason } = step.value
-          return { promptTokens: stats.promptTokens, completionTokens: stats.completionTokens, stopReason }
+          const { stats, stopReason, jobId, mode } = step.value
+          return {
+            promptTokens: stats.promptTokens,
+            completionTokens: stats.completionTokens,
+            stopReason,
+            meshnet: {
+              jobId,
+              mode,
+              members: stats.members,
+              tokensPerSecond: stats.tokensPerSecond,
+              timeToFirstTokenMs: stats.timeToFirstTokenMs,
+            },
+          }
         }
         yield { id: step.value.id, text: step.value.text }
       }
     },
+  }
+
+  // The API key when one is set; without --api-port, the dashboard's token guards the API too.
+  const apiKey = config.api?.key ?? (config.api?.port === undefined ? dashboard?.token : undefined)
+
+  const routes = () => {
+    const app = new Hono<NodeEnv>({ strict: false })
+    if (dashboard !== undefined) app.route('/', dashboard.web().app)
+    if (metrics !== undefined) {
+      const guard = (header: string | undefined) => {
+        if (apiKey !== undefined && !bearerMatches(header, apiKey)) {
+          throw new ApiError(401, 'this route needs the API key: send it as Authorization: Bearer <key>', {
+            code: 'invalid_api_key',
+            headers: { 'www-authenticate': 'Bearer' },
+          })
+        }
+      }
+      app.get('/metrics', async (c) => {
+        guard(c.req.header('authorization'))
+        const { contentType, body } = await metrics.metrics()
+        return c.body(body, 200, { 'content-type': contentType })
+      })
+      app.get('/health', async (c) => {
+        guard(c.req.header('authorization'))
+        const { status, body } = await metrics.health()
+        return c.json(body as object, status as 200)
+      })
+    }
+    return app
   }
 
   return {
@@ -81,18 +139,34 @@ export function apiPart(context: AgentContext, jobs: JobsPart): AgentPart & { po
           ...(await modelInfo(current.served.path)),
         }
       }
+      const dashboardPort = config.dashboard === false ? undefined : config.dashboard?.port
+      const port = config.api?.port ?? dashboardPort ?? 0
       api = await startOpenAiApi({
         backend,
         ...(config.api?.host === undefined ? {} : { host: config.api.host }),
-        port: config.api?.port ?? 0,
-        ...(config.api?.key === undefined ? {} : { apiKey: config.api.key }),
+        port,
+        ...(config.api?.port !== undefined && dashboardPort !== undefined ? { alsoPort: dashboardPort } : {}),
+        ...(apiKey === undefined ? {} : { apiKey }),
+        routes: routes(),
         logger: logger.child({ part: 'openai-api' }),
       })
-      logger.info({ host: api.host, port: api.port }, 'OpenAI-compatible API listening')
+      dashboard?.setAddress({ host: api.host, port: api.alsoPort ?? api.port })
+      logger.info(
+        { host: api.host, port: api.port, alsoPort: api.alsoPort },
+        'HTTP API and dashboard listening',
+      )
     },
     async stop() {
       await api?.close()
     },
-    status: () => (api === undefined ? null : { host: api.host, port: api.port, model: model?.id ?? null }),
+    status: () =>
+      api === undefined
+        ? null
+        : {
+            host: api.host,
+            port: api.port,
+            ...(api.alsoPort === undefined ? {} : { dashboardPort: api.alsoPort }),
+            model: model?.id ?? null,
+          },
   }
 }

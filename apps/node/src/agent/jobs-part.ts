@@ -17,6 +17,8 @@ const JOB_LIST_LIMIT = 200
 export interface JobsPart extends AgentPart {
   /** The runner once the part started with a model; undefined on a node that serves none. */
   runner(): JobService | undefined
+  /** Hears the runner when it is made (at once if it is): a model fetched from peers makes it late. */
+  onRunner(listener: (runner: JobService) => void): void
   /** The served model and its tokenizer (what the OpenAI API needs). */
   model(): ReturnType<JobService['model']>
 }
@@ -36,6 +38,7 @@ export function jobsPart(
   let service: JobService | undefined
   let served: ServedModel | undefined
   let stopped = false
+  const runnerListeners: Array<(runner: JobService) => void> = []
 
   const routes: ControlRoutes = {
     'POST /jobs': (body, _params, { signal }) => {
@@ -53,6 +56,10 @@ export function jobsPart(
   return {
     name: 'jobs',
     runner: () => (served === undefined ? undefined : service),
+    onRunner(listener) {
+      runnerListeners.push(listener)
+      if (served !== undefined && service !== undefined) listener(service)
+    },
     model: () => service?.model(),
     routes,
     async start() {
@@ -102,6 +109,7 @@ export function jobsPart(
       },
       logger,
     })
+    if (served !== undefined) for (const listener of runnerListeners) listener(service)
     await service.start()
     const runner = service
     // Load this member's shard as soon as a ring agrees on a plan, so that the first job costs a

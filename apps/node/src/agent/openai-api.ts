@@ -39,24 +39,44 @@ export async function startOpenAiApi(options: OpenAiApiOptions): Promise<OpenAiA
     running: new Set(),
     closing: false,
   }
-  const server = await listen(openAiApp(state), { host, port: options.port })
-  logger.debug({ host, port: server.port }, 'OpenAI-compatible API listening')
+  const app = openAiApp(state, host, options.routes)
+  const server = await listen(app, { host, port: options.port })
+  const also =
+    options.alsoPort === undefined || options.alsoPort === server.port
+      ? undefined
+      : await listen(app, { host, port: options.alsoPort }).catch(async (err: unknown) => {
+          await server.close()
+          throw err
+        })
+  logger.debug({ host, port: server.port, alsoPort: also?.port }, 'OpenAI-compatible API listening')
   return {
     port: server.port,
+    alsoPort: also?.port,
     host,
     async close() {
       state.closing = true
-      await server.close()
+      await Promise.all([server.close(), also?.close()])
       await Promise.allSettled([...state.running])
     },
   }
 }
 
 /** The routes on Hono; every answer is written to the Node response as OpenAI's API writes it. */
-function openAiApp(state: ServerState): Hono<NodeEnv> {
+function openAiApp(state: ServerState, host: string, routes: Hono<NodeEnv> | undefined): Hono<NodeEnv> {
   const app = new Hono<NodeEnv>({ strict: false })
   app.use(async (c, next) => {
     if (state.closing) throw new ApiError(503, 'the agent is shutting down', { code: 'shutting_down' })
+    // Bound to this machine only: a request naming another host is a web page of another site
+    // reaching in through DNS rebinding, not a local client.
+    if (isLoopback(host) && !isLoopback(hostName(c.req.header('host')))) {
+      throw new ApiError(421, 'this server answers only requests addressed to 127.0.0.1 or localhost', {
+        code: 'misdirected_request',
+      })
+    }
+    await next()
+  })
+  if (routes !== undefined) app.route('/', routes)
+  app.use(async (c, next) => {
     authorize(c.req.header('authorization'), state.apiKey)
     const done = next()
     state.running.add(done)
@@ -136,6 +156,13 @@ function refuse(c: Context<NodeEnv>, state: ServerState, err: unknown): Response
 
 function isLoopback(host: string): boolean {
   return host === 'localhost' || host === '::1' || host.startsWith('127.')
+}
+
+/** The host name of a `Host` header (`127.0.0.1:8080` → `127.0.0.1`, `[::1]:80` → `::1`). */
+function hostName(header: string | undefined): string {
+  const value = (header ?? '').trim().toLowerCase()
+  if (value.startsWith('[')) return value.slice(1, value.indexOf(']'))
+  return value.replace(/:\d*$/, '')
 }
 
 /** The API key check: none without a key; OpenAI's 401 messages with one. */

@@ -18,6 +18,7 @@ import {
   type CompletionModel,
   type CompletionRequest,
   DEFAULT_COMPLETION_MAX_TOKENS,
+  type MeshnetFigures,
   type ServerState,
 } from './openai-types.ts'
 
@@ -208,7 +209,11 @@ async function respond(
         text += step.value
         step = await texts.next()
       }
-      sendJson(res, 200, shapes.full(text, step.value.finish, step.value.usage))
+      sendJson(
+        res,
+        200,
+        withFigures(shapes.full(text, step.value.finish, step.value.usage), step.value.meshnet),
+      )
       finished(step.value)
       return
     }
@@ -222,13 +227,18 @@ async function respond(
       if (step.value !== '') await sse.write(event(shapes.chunk(step.value)))
       step = await texts.next()
     }
-    let tail = event(shapes.last(step.value.finish))
+    let tail = event(withFigures(shapes.last(step.value.finish), step.value.meshnet))
     if (includeUsage) tail += `data: ${JSON.stringify(shapes.usage(step.value.usage))}\n\n`
     sse.end(`${tail}data: [DONE]\n\n`)
     finished(step.value)
   } finally {
     await texts.return(undefined as never)
   }
+}
+
+/** A response body with the `meshnet` figures of its generation, when the backend gave them. */
+function withFigures(body: unknown, meshnet: MeshnetFigures | undefined): unknown {
+  return meshnet === undefined ? body : { ...(body as object), meshnet }
 }
 
 /**
@@ -240,7 +250,7 @@ async function* generateText(
   backend: CompletionBackend,
   request: CompletionRequest,
   stops: readonly string[],
-): AsyncGenerator<string, { finish: FinishReason; usage: Usage }, undefined> {
+): AsyncGenerator<string, { finish: FinishReason; usage: Usage; meshnet?: MeshnetFigures }, undefined> {
   const own = new AbortController()
   const abort = () => own.abort()
   request.signal.addEventListener('abort', abort, { once: true })
@@ -263,7 +273,11 @@ async function* generateText(
           completion_tokens: outcome.completionTokens,
           total_tokens: outcome.promptTokens + outcome.completionTokens,
         }
-        return { finish: stopped || outcome.stopReason === 'eog' ? 'stop' : 'length', usage }
+        return {
+          finish: stopped || outcome.stopReason === 'eog' ? 'stop' : 'length',
+          usage,
+          ...(outcome.meshnet === undefined ? {} : { meshnet: outcome.meshnet }),
+        }
       }
       // An engine in this process may compute token after token in microtasks alone; a turn of the
       // event loop per token lets the response flush and a disconnect be seen (and abort it).

@@ -1,4 +1,6 @@
 import { type Logger, MeshError, type MeshErrorOptions } from '@meshnet/core'
+import type { NodeEnv } from '@meshnet/http'
+import type { Hono } from 'hono'
 import type { ChatTemplate } from './chat-template.ts'
 
 /** Largest request body the OpenAI-compatible API reads (413 above it). */
@@ -52,6 +54,20 @@ export interface CompletionOutcome {
   promptTokens: number
   completionTokens: number
   stopReason: 'maxTokens' | 'eog' | 'abort' | 'contextFull'
+  /**
+   * Who ran it and how fast: sent as a `meshnet` field of the response (non-streaming) or of the
+   * last chunk (streaming), which OpenAI clients ignore and the chat page shows.
+   */
+  meshnet?: MeshnetFigures
+}
+
+/** The non-OpenAI `meshnet` field of a finished completion. */
+export interface MeshnetFigures {
+  jobId: string
+  mode: string
+  members: string[]
+  tokensPerSecond: number
+  timeToFirstTokenMs: number
 }
 
 /** What the API runs completions on (the agent's job runner; in tests, an engine). */
@@ -84,11 +100,20 @@ export interface OpenAiApiOptions {
   port: number
   /** When set, every request needs `Authorization: Bearer <apiKey>`. */
   apiKey?: string
+  /**
+   * More routes on the same server (the dashboard, `/metrics`, `/health`), tried before the API's
+   * own; they check their own authorization.
+   */
+  routes?: Hono<NodeEnv>
+  /** A second port serving the same routes (`--dashboard-port`). */
+  alsoPort?: number
   logger: Logger
 }
 
 export interface OpenAiApi {
   readonly port: number
+  /** The second port's number, when one was asked for. */
+  readonly alsoPort: number | undefined
   readonly host: string
   /** Stops listening, aborts running generations and waits for them to end. */
   close(): Promise<void>

@@ -21,6 +21,7 @@ import {
   type PipelineShard,
   planPipeline,
   RingGossip,
+  type RingMember,
   type RingView,
   ShardPlanError,
   topologyOf,
@@ -50,6 +51,29 @@ export interface RingPart extends AgentPart {
   onPlan(listener: (poolId: string, plan: PipelineShard[]) => void): void
   /** Announces how far this member's shard has loaded to every ring (not a plan input). */
   setShardState(shard: Capabilities['shard']): void
+  /** A pool's ring as `mesh ring-status` shows it: members, positions, plan and load states. */
+  ringStatus(poolId: string): RingStatus
+}
+
+/** What `GET /rings/:poolId` and `mesh ring-status` answer. */
+export interface RingStatus {
+  poolId: string
+  epoch: number
+  converged: boolean
+  digest: string
+  model: { name: string; sha256: string; layers: number } | null
+  planProblem?: string
+  members: Array<{
+    nodeId: string
+    position: number
+    addresses: string[]
+    capacityBytes: number
+    /** What this member last reported: converged means every member reports ours. */
+    reports: RingMember['view']
+    shard: ({ layers: readonly [number, number] } & ReturnType<typeof loadOf>) | null
+  }>
+  /** Converged, planned, and every planned member reports its shard loaded. */
+  ready: boolean
 }
 
 /** What a peer of a pool looks like to `mesh pool-peers`. */
@@ -236,6 +260,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
     rings: () => rings,
     served: () => served,
     capabilities: () => capabilities,
+    ringStatus,
     onPlan: (listener) => {
       planListeners.push(listener)
       for (const [poolId, p] of plans) if (p.plan !== undefined) listener(poolId, p.plan)
@@ -376,7 +401,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
     return ring
   }
 
-  function ringStatus(poolId: string) {
+  function ringStatus(poolId: string): RingStatus {
     const view = ringOf(poolId).view()
     const plan = plans.get(poolId)
     const shards = new Map((plan?.plan ?? []).map((s) => [s.nodeId, s.layers]))
@@ -398,7 +423,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
         reports: m.view,
         shard: shards.has(m.nodeId)
           ? {
-              layers: shards.get(m.nodeId),
+              layers: shards.get(m.nodeId)!,
               ...loadOf(m.capabilities.shard, shards.get(m.nodeId)!),
             }
           : null,

@@ -65,6 +65,13 @@ export const agentSettingsSchema = z.strictObject({
       key: z.string().min(8).max(256).optional(),
     })
     .optional(),
+  /**
+   * The dashboard and chat page: served on the API port, and also on this port when given (0 = a
+   * free one); without an API port, on this port alone. `false` turns it off.
+   */
+  dashboard: z
+    .union([z.literal(false), z.strictObject({ port: z.number().int().min(0).max(65535).optional() })])
+    .optional(),
   /** A mesh-control-plane to register with, join rings through and take jobs from. */
   controlPlane: z
     .strictObject({
@@ -119,13 +126,14 @@ export function parseSettings<T>(schema: z.ZodType<T>, value: unknown): T {
   )
 }
 
-/** Later sources win field by field; `beacon`, `api` and `controlPlane` merge key by key. */
+/** Later sources win field by field; `beacon`, `api`, `controlPlane` and `dashboard` merge key by key. */
 export function mergeSettings(...sources: AgentSettings[]): AgentSettings {
   const out: AgentSettings = {}
   for (const source of sources) {
     for (const [key, value] of Object.entries(source) as Array<[keyof AgentSettings, unknown]>) {
       if (value === undefined) continue
-      if (key === 'beacon' || key === 'api' || key === 'controlPlane') {
+      if (value === false && key === 'dashboard') out.dashboard = false
+      else if (key === 'beacon' || key === 'api' || key === 'controlPlane' || key === 'dashboard') {
         const defined = Object.entries(value as object).filter(([, v]) => v !== undefined)
         ;(out as Record<string, unknown>)[key] = { ...out[key], ...Object.fromEntries(defined) }
       } else (out as Record<string, unknown>)[key] = value

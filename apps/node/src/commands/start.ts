@@ -6,8 +6,10 @@ import { type AgentParts, type RunningAgent, startAgent } from '../agent/agent.t
 import { apiPart } from '../agent/api-part.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
 import { controlPlanePart } from '../agent/control-plane-part.ts'
+import { dashboardPart } from '../agent/dashboard-part.ts'
 import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
+import { metricsPart } from '../agent/metrics-part.ts'
 import { poolFilesPart, poolPart } from '../agent/pool-part.ts'
 import { ringPart } from '../agent/ring-part.ts'
 import { type AgentSettings, mergeSettings, parseSettings, readSettingsFile } from '../agent/settings.ts'
@@ -39,6 +41,8 @@ interface StartFlags {
   apiPort?: string
   apiHost?: string
   apiKey?: string
+  dashboardPort?: string
+  dashboard?: boolean
   controlPlane?: string
   controlPlaneToken?: string
 }
@@ -49,11 +53,15 @@ const collect = (value: string, previous: string[] = []) => [...previous, value]
 const agentParts: AgentParts = (context) => {
   const beacons = context.config.beacons === false ? undefined : beaconsPart(context)
   const mesh = meshPart(context, beacons)
-  const parts = beacons ? [beacons, poolPart(context, beacons)] : []
+  const pools = beacons ? poolPart(context, beacons) : undefined
+  const parts = beacons && pools ? [beacons, pools] : []
   const weights = weightsPart(context, mesh)
   const ring = ringPart(context, mesh, weights)
   const jobs = jobsPart(context, mesh, ring, weights)
   const { api, controlPlane } = context.config
+  const dashboard =
+    context.config.dashboard === false ? undefined : dashboardPart(context, { mesh, ring, jobs, weights })
+  const metrics = metricsPart(context, { mesh, ring, jobs, weights, beacons, pools })
   const extra = [
     ...(controlPlane?.url === undefined
       ? []
@@ -67,9 +75,12 @@ const agentParts: AgentParts = (context) => {
             ...(controlPlane.token === undefined ? {} : { token: controlPlane.token }),
           }),
         ]),
-    ...(api?.port === undefined ? [] : [apiPart(context, jobs)]),
+    ...(dashboard === undefined ? [] : [dashboard]),
+    ...(api?.port === undefined && dashboard === undefined
+      ? []
+      : [apiPart(context, jobs, { dashboard, metrics })]),
   ]
-  return [poolFilesPart(context), ...parts, mesh, weights, ring, jobs, ...extra]
+  return [poolFilesPart(context), ...parts, mesh, weights, ring, jobs, metrics, ...extra]
 }
 
 export function registerStart(
@@ -111,6 +122,11 @@ export function registerStart(
     .option('--api-host <ip>', 'address the OpenAI-compatible API binds (default 127.0.0.1)')
     .option('--api-key <key>', 'bearer key the OpenAI-compatible API requires (default: none)')
     .option(
+      '--dashboard-port <port>',
+      'serve the dashboard on this port too (default: on the API port, else any free port)',
+    )
+    .option('--no-dashboard', 'serve no dashboard (and no HTTP API unless --api-port)')
+    .option(
       '--control-plane <url>',
       'mesh-control-plane to register with, join rings through and take jobs from',
     )
@@ -144,7 +160,11 @@ export function registerStart(
           ['Name', config.name],
           ['Data dir', ctx.dataDir],
           ['Control API', `127.0.0.1:${agent.controlPort}`],
-          ['OpenAI API', api ? `http://${api.host}:${api.port}/v1` : undefined],
+          [
+            'OpenAI API',
+            api && config.api?.port !== undefined ? `http://${api.host}:${api.port}/v1` : undefined,
+          ],
+          ['Dashboard', dashboardUrl(status)],
           ['Local only', config.localOnly === true ? 'yes' : undefined],
         ])
       }
@@ -158,6 +178,12 @@ export function registerStart(
       if (ctx.json) printJson(ctx.io, { event: 'stopped' })
       else ctx.io.stdout.write('Agent stopped\n')
     })
+}
+
+/** Where the dashboard is (its token: `mesh dashboard`). */
+function dashboardUrl(status: Record<string, unknown>): string | undefined {
+  const url = (status.dashboard as { url?: string | null } | undefined)?.url
+  return url ? `${url}  (mesh dashboard prints the link with its token)` : undefined
 }
 
 /** How often `mesh start` looks at the agent's fetch of model chunks to redraw its progress. */
@@ -205,6 +231,8 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     return n
   }
   const api = { port: number('--api-port', flags.apiPort, 0), host: flags.apiHost, key: flags.apiKey }
+  const dashboard =
+    flags.dashboard === false ? false : { port: number('--dashboard-port', flags.dashboardPort, 0) }
   const controlPlane = {
     url: flags.controlPlane,
     token: flags.controlPlaneToken ?? (flags.controlPlane ? process.env.MESH_CONTROL_PLANE_TOKEN : undefined),
@@ -228,6 +256,7 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     memoryMb: number('--memory', flags.memory),
     diskMb: number('--disk', flags.disk),
     api: Object.values(api).some((v) => v !== undefined) ? api : undefined,
+    dashboard: dashboard === false || dashboard.port !== undefined ? dashboard : undefined,
     controlPlane: Object.values(controlPlane).some((v) => v !== undefined) ? controlPlane : undefined,
     // commander sets --no-x flags to true by default; only an explicit --no-x means false.
     mdns: flags.mdns === false ? false : undefined,

@@ -20,6 +20,7 @@ interface AgentStatus {
     failed: number
   }
   api?: { host: string; port: number } | null
+  dashboard?: { url: string | null }
   controlPlane?: { url: string; registered: boolean; failures: number; jobsRun: number }
 }
 
@@ -51,6 +52,10 @@ export function registerStatus(program: Command, context: (cmd: Command) => Comm
             : undefined,
         ],
         ['OpenAI API', status.api ? `http://${status.api.host}:${status.api.port}/v1` : undefined],
+        [
+          'Dashboard',
+          status.dashboard?.url ? `${status.dashboard.url} (mesh dashboard prints its link)` : undefined,
+        ],
         [
           'Control plane',
           status.controlPlane

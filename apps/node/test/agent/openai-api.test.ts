@@ -1,4 +1,5 @@
 import { mkdtemp, rm } from 'node:fs/promises'
+import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { silentLogger } from '@meshnet/core'
@@ -538,6 +539,26 @@ describe('errors', () => {
     const right = new OpenAI({ baseURL: `http://127.0.0.1:${keyed.port}/v1`, apiKey: API_KEY, maxRetries: 0 })
     const completion = await right.completions.create({ model: 'tiny', prompt: 'Hi', max_tokens: 3 })
     expect(completion.usage?.completion_tokens).toBe(3)
+  })
+
+  it('refuses a request addressed to another host name, as a DNS-rebinding page sends it', async () => {
+    const asked = (host: string) =>
+      new Promise<number>((resolve, reject) => {
+        const req = request(
+          { host: '127.0.0.1', port: api.port, path: '/v1/models', headers: { host } },
+          (res) => {
+            res.resume()
+            resolve(res.statusCode!)
+          },
+        )
+        req.on('error', reject)
+        req.end()
+      })
+    expect(await asked(`attacker.example:${api.port}`)).toBe(421)
+    expect(await asked('attacker.example')).toBe(421)
+    for (const host of [`127.0.0.1:${api.port}`, `localhost:${api.port}`, 'localhost', `[::1]:${api.port}`]) {
+      expect(await asked(host), host).toBe(200)
+    }
   })
 
   it('answers 503 when the backend is unavailable and 500 when it fails', async () => {

@@ -24,7 +24,8 @@ function Pool({ pool, now }: { pool: DashboardPool; now: number }) {
     <article class="pool" data-testid="pool" data-pool-id={pool.poolId}>
       <header class="panel-head">
         <code title={pool.poolId}>{shortNodeId(pool.poolId)}</code>
-        <span class="badge">{pool.role}</span>
+        {/* The role, and whether this node holds the pool's admin powers (a root key, say). */}
+        {!(pool.admin && pool.role === 'admin') && <span class="badge">{pool.role}</span>}
         {pool.admin && <span class="badge good">admin</span>}
       </header>
       <p class={warn ? 'warn-text' : 'muted'} title={pool.certificateExpiresAt ?? undefined}>
