@@ -12,6 +12,7 @@ import {
   type CompletionModel,
   type OpenAiApi,
 } from './openai-types.ts'
+import { otherApis } from './other-apis.ts'
 
 /** Tokens one job may generate (the job protocol's cap). */
 const MAX_JOB_TOKENS = 32_768
@@ -147,7 +148,9 @@ export function apiPart(
         port,
         ...(config.api?.port !== undefined && dashboardPort !== undefined ? { alsoPort: dashboardPort } : {}),
         ...(apiKey === undefined ? {} : { apiKey }),
+        ...(config.api?.corsOrigins === undefined ? {} : { corsOrigins: config.api.corsOrigins }),
         routes: routes(),
+        apiRoutes: otherApis({ backend, logger: logger.child({ part: 'openai-api' }) }),
         logger: logger.child({ part: 'openai-api' }),
       })
       dashboard?.setAddress({ host: api.host, port: api.alsoPort ?? api.port })

@@ -7,7 +7,7 @@ import {
   RESPONSE_ALREADY_SENT,
   readJsonBody,
 } from '@meshnet/http'
-import { type Context, Hono } from 'hono'
+import { type Context, Hono, type MiddlewareHandler } from 'hono'
 import { chat, complete } from './openai-generate.ts'
 import {
   ApiError,
@@ -39,7 +39,7 @@ export async function startOpenAiApi(options: OpenAiApiOptions): Promise<OpenAiA
     running: new Set(),
     closing: false,
   }
-  const app = openAiApp(state, host, options.routes)
+  const app = openAiApp(state, host, options.routes, options.apiRoutes ?? [], options.corsOrigins ?? [])
   const server = await listen(app, { host, port: options.port })
   const also =
     options.alsoPort === undefined || options.alsoPort === server.port
@@ -62,7 +62,13 @@ export async function startOpenAiApi(options: OpenAiApiOptions): Promise<OpenAiA
 }
 
 /** The routes on Hono; every answer is written to the Node response as OpenAI's API writes it. */
-function openAiApp(state: ServerState, host: string, routes: Hono<NodeEnv> | undefined): Hono<NodeEnv> {
+function openAiApp(
+  state: ServerState,
+  host: string,
+  routes: Hono<NodeEnv> | undefined,
+  apiRoutes: Hono<NodeEnv>[],
+  corsOrigins: string[],
+): Hono<NodeEnv> {
   const app = new Hono<NodeEnv>({ strict: false })
   app.use(async (c, next) => {
     if (state.closing) throw new ApiError(503, 'the agent is shutting down', { code: 'shutting_down' })
@@ -75,13 +81,15 @@ function openAiApp(state: ServerState, host: string, routes: Hono<NodeEnv> | und
     }
     await next()
   })
+  if (corsOrigins.length > 0) app.use(cors(corsOrigins))
   if (routes !== undefined) app.route('/', routes)
   app.use(async (c, next) => {
-    authorize(c.req.header('authorization'), state.apiKey)
+    authorize(c.req.header('authorization') ?? bearerOf(c.req.header('x-api-key')), state.apiKey)
     const done = next()
     state.running.add(done)
     await done.finally(() => state.running.delete(done))
   })
+  for (const more of apiRoutes) app.route('/', more)
   app.get('/v1/models', (c) => {
     sendJson(c.env.outgoing, 200, { object: 'list', data: state.backend.models().map(modelObject) })
     return RESPONSE_ALREADY_SENT
@@ -163,6 +171,59 @@ function hostName(header: string | undefined): string {
   const value = (header ?? '').trim().toLowerCase()
   if (value.startsWith('[')) return value.slice(1, value.indexOf(']'))
   return value.replace(/:\d*$/, '')
+}
+
+/** Request headers a browser page may send (what the OpenAI, Anthropic and Ollama clients send). */
+const CORS_HEADERS = [
+  'authorization',
+  'content-type',
+  'x-api-key',
+  'anthropic-version',
+  'anthropic-beta',
+  'anthropic-dangerous-direct-browser-access',
+  'openai-organization',
+  'openai-project',
+  'x-stainless-arch',
+  'x-stainless-lang',
+  'x-stainless-os',
+  'x-stainless-package-version',
+  'x-stainless-retry-count',
+  'x-stainless-runtime',
+  'x-stainless-runtime-version',
+  'x-stainless-timeout',
+].join(', ')
+
+/**
+ * CORS for the listed origins: their preflights are answered here (before the key check, since
+ * browsers send no key in a preflight) and their responses carry `Access-Control-Allow-Origin`.
+ * Set on the raw Node response, because the API's routes write to it directly. Another origin gets
+ * no CORS header, so the browser keeps the answer from its page.
+ */
+function cors(origins: readonly string[]): MiddlewareHandler<NodeEnv> {
+  const any = origins.includes('*')
+  const allowed = new Set(origins.map((o) => o.replace(/\/+$/, '').toLowerCase()))
+  return async (c, next) => {
+    const origin = c.req.header('origin')
+    const res = c.env.outgoing
+    res.setHeader('vary', 'Origin')
+    if (origin === undefined || !(any || allowed.has(origin.toLowerCase()))) return next()
+    res.setHeader('access-control-allow-origin', any ? '*' : origin)
+    if (c.req.method === 'OPTIONS' && c.req.header('access-control-request-method') !== undefined) {
+      res.writeHead(204, {
+        'access-control-allow-methods': 'GET, POST, OPTIONS',
+        'access-control-allow-headers': CORS_HEADERS,
+        'access-control-max-age': '600',
+      })
+      res.end()
+      return RESPONSE_ALREADY_SENT
+    }
+    return next()
+  }
+}
+
+/** Anthropic's clients send the key as `x-api-key: <key>`: the same key, in another header. */
+function bearerOf(key: string | undefined): string | undefined {
+  return key === undefined ? undefined : `Bearer ${key}`
 }
 
 /** The API key check: none without a key; OpenAI's 401 messages with one. */

@@ -246,7 +246,7 @@ function withFigures(body: unknown, meshnet: MeshnetFigures | undefined): unknow
  * could be the start of a stop sequence is held back until it is known not to be one. When a stop
  * sequence appears the generation is aborted. Client disconnects abort it through `request.signal`.
  */
-async function* generateText(
+export async function* generateText(
   backend: CompletionBackend,
   request: CompletionRequest,
   stops: readonly string[],

@@ -105,6 +105,16 @@ export interface OpenAiApiOptions {
    * own; they check their own authorization.
    */
   routes?: Hono<NodeEnv>
+  /**
+   * More API routes (other clients' APIs: Ollama, Anthropic), behind the API key like the OpenAI
+   * routes, tried before them.
+   */
+  apiRoutes?: Hono<NodeEnv>[]
+  /**
+   * Web origins (`https://app.example.com`) whose pages may call the API from a browser (CORS);
+   * `*` allows any. None by default: browsers then refuse other sites' pages the answers.
+   */
+  corsOrigins?: string[]
   /** A second port serving the same routes (`--dashboard-port`). */
   alsoPort?: number
   logger: Logger

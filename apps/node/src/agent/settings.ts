@@ -63,6 +63,18 @@ export const agentSettingsSchema = z.strictObject({
       port: z.number().int().min(0).max(65535).optional(),
       host: z.string().min(1).optional(),
       key: z.string().min(8).max(256).optional(),
+      /** Web origins whose pages may call the API from a browser (CORS); `*` for any. None by default. */
+      corsOrigins: z
+        .array(
+          z.union([
+            z.literal('*'),
+            z
+              .url({ protocol: /^https?$/ })
+              .regex(/^[a-z]+:\/\/[^/]+\/?$/i, 'an origin: scheme://host[:port], no path'),
+          ]),
+        )
+        .max(64)
+        .optional(),
     })
     .optional(),
   /**

@@ -41,6 +41,7 @@ interface StartFlags {
   apiPort?: string
   apiHost?: string
   apiKey?: string
+  corsOrigin?: string[]
   dashboardPort?: string
   dashboard?: boolean
   controlPlane?: string
@@ -230,7 +231,12 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
       )
     return n
   }
-  const api = { port: number('--api-port', flags.apiPort, 0), host: flags.apiHost, key: flags.apiKey }
+  const api = {
+    port: number('--api-port', flags.apiPort, 0),
+    host: flags.apiHost,
+    key: flags.apiKey,
+    corsOrigins: flags.corsOrigin,
+  }
   const dashboard =
     flags.dashboard === false ? false : { port: number('--dashboard-port', flags.dashboardPort, 0) }
   const controlPlane = {
