@@ -2,16 +2,9 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { setTimeout as sleep } from 'node:timers/promises'
-import {
-  type AgentProcess,
-  agentRequest,
-  beaconPort,
-  createModel,
-  runMesh,
-  startAgentProcess,
-} from '@meshnet/test-harness'
+import { type AgentProcess, agentRequest, createModel, runMesh } from '@meshnet/test-harness'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { converged, poolOf, streamAndKill } from './mesh-fixture.ts'
+import { ringOfThree, streamAndKill } from './mesh-fixture.ts'
 
 // Continuous batching on a real ring: three `mesh start` processes on loopback run several jobs at
 // once as a pipeline, and each member runs the steps of all the jobs' sessions that arrive together
@@ -20,9 +13,7 @@ import { converged, poolOf, streamAndKill } from './mesh-fixture.ts'
 // failover.
 
 let root: string
-let poolId: string
 let dir: (name: string) => string
-let args: string[]
 const agents = new Map<string, AgentProcess>()
 
 interface Job {
@@ -95,25 +86,9 @@ beforeAll(async () => {
     type: 'Q8_0',
     seed: 11,
   })
-  const port = beaconPort()
-  args = [
-    '--local-only',
-    '--beacon-port',
-    port,
-    '--beacon-interval',
-    '300',
-    '--model',
-    model,
-    '--threads',
-    '1',
-  ]
-  const made = await poolOf(root, ['A', 'B', 'C'], port, args)
-  poolId = made.pool.poolId
-  dir = made.dir
-  agents.set('A', made.admin)
-  agents.set('B', await startAgentProcess(dir('B'), args))
-  agents.set('C', await startAgentProcess(dir('C'), args))
-  await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
+  const ring = await ringOfThree(root, model)
+  dir = ring.dir
+  for (const [name, agent] of ring.agents) agents.set(name, agent)
 }, 120_000)
 
 afterAll(async () => {

@@ -4,7 +4,6 @@ import { join } from 'node:path'
 import {
   type AgentProcess,
   agentRequest,
-  beaconPort,
   buildDashboard,
   createModel,
   eventually,
@@ -12,11 +11,10 @@ import {
   launchBrowser,
   REPO_ROOT,
   runMesh,
-  startAgentProcess,
 } from '@meshnet/test-harness'
 import type { Page } from 'puppeteer-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { converged, poolOf, type RingStatus, ringStatus, streamAndKill } from './mesh-fixture.ts'
+import { type RingStatus, ringOfThree, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // The dashboard and chat page in a real Chromium (Debian's, through puppeteer-core), against a
 // real ring of three `mesh start` processes on loopback: the page shows the ring's members with
@@ -59,25 +57,10 @@ beforeAll(async () => {
     type: 'Q8_0',
     seed: 11,
   })
-  const port = beaconPort()
-  const args = [
-    '--local-only',
-    '--beacon-port',
-    port,
-    '--beacon-interval',
-    '300',
-    '--model',
-    model,
-    '--threads',
-    '1',
-  ]
-  const made = await poolOf(root, ['A', 'B', 'C'], port, args)
-  poolId = made.pool.poolId
-  dir = made.dir
-  agents.set('A', made.admin)
-  agents.set('B', await startAgentProcess(dir('B'), args))
-  agents.set('C', await startAgentProcess(dir('C'), args))
-  await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
+  const ring = await ringOfThree(root, model)
+  poolId = ring.poolId
+  dir = ring.dir
+  for (const [name, agent] of ring.agents) agents.set(name, agent)
   await eventually(
     'the ring’s shards to load',
     async () => ((await ringStatus(dir('A'), poolId)).ready ? true : undefined),

@@ -5,34 +5,15 @@ import type { RingTopology } from '@meshnet/ring'
 import {
   type AgentProcess,
   agentRequest,
+  beaconPort,
   eventually,
   MESH_BIN,
   runMesh,
   startAgentProcess,
 } from '@meshnet/test-harness'
+import type { RingStatus } from '../src/agent/ring-part.ts'
 
-export interface RingStatus {
-  poolId: string
-  epoch: number
-  converged: boolean
-  digest: string
-  /** Converged, planned, and every planned member reports its shard loaded. */
-  ready: boolean
-  planProblem?: string
-  members: Array<{
-    nodeId: string
-    position: number
-    addresses: string[]
-    capacityBytes: number
-    shard: {
-      layers: [number, number]
-      load: 'pending' | 'fetching' | 'loading' | 'ready' | 'failed'
-      bytes?: number
-      loadedBytes?: number
-      error?: string
-    } | null
-  }>
-}
+export type { RingStatus }
 
 export function ringStatus(dataDir: string, poolId: string): Promise<RingStatus> {
   return agentRequest<RingStatus>(dataDir, `/rings/${poolId}`)
@@ -107,6 +88,42 @@ export async function poolOf(root: string, names: string[], port: string, agentA
     if (joined.code !== 0) throw new Error(`join of ${name} failed: ${joined.stderr}`)
   }
   return { pool, admin, dir }
+}
+
+/**
+ * Three `mesh start` processes A, B and C on loopback, serving `model` with one thread each, in a
+ * pool made by A (beacons on a port of their own), converged on one ring.
+ */
+export async function ringOfThree(
+  root: string,
+  model: string,
+  extraArgs: string[] = [],
+): Promise<{
+  poolId: string
+  dir: (name: string) => string
+  agents: Map<string, AgentProcess>
+  args: string[]
+}> {
+  const port = beaconPort()
+  const args = [
+    '--local-only',
+    '--beacon-port',
+    port,
+    '--beacon-interval',
+    '300',
+    '--model',
+    model,
+    '--threads',
+    '1',
+    ...extraArgs,
+  ]
+  const made = await poolOf(root, ['A', 'B', 'C'], port, args)
+  const agents = new Map<string, AgentProcess>([['A', made.admin]])
+  agents.set('B', await startAgentProcess(made.dir('B'), args))
+  agents.set('C', await startAgentProcess(made.dir('C'), args))
+  const dirs = ['A', 'B', 'C'].map(made.dir)
+  await converged(dirs, made.pool.poolId, 3, 60_000)
+  return { poolId: made.pool.poolId, dir: made.dir, agents, args }
 }
 
 /** Starts `mesh-relay` on loopback and returns its first address. */

@@ -223,7 +223,9 @@ describe.skipIf(offline !== undefined)('a release published to a registry and in
     expect([...names].sort()).toEqual(published.sort())
     // The dashboard ships its page, built: the agent serves it without a build step or a CDN.
     const dashboard = installed.find((dir) => dir.endsWith(join('@meshnet', 'dashboard')))!
-    await expect(readFile(join(dashboard, 'dist', 'web', 'index.html'), 'utf8')).resolves.toContain('/assets/')
+    await expect(readFile(join(dashboard, 'dist', 'web', 'index.html'), 'utf8')).resolves.toContain(
+      '/assets/',
+    )
   })
 
   it('npm install @meshnet/sdk: a plain ESM app streams a completion from an agent of the installed mesh', async () => {

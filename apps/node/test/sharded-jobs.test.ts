@@ -7,7 +7,6 @@ import { JobFailedError, requestJob } from '@meshnet/protocols'
 import {
   type AgentProcess,
   agentRequest,
-  beaconPort,
   createModel,
   eventually,
   runMesh,
@@ -16,7 +15,7 @@ import {
 import { multiaddr } from '@multiformats/multiaddr'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
-import { converged, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
+import { converged, ringOfThree, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // Three `mesh start` processes on loopback in one pool, each holding its own copy of the same
 // generated model; jobs go through `mesh inference` (the real CLI) to agent A, which runs them on
@@ -55,25 +54,11 @@ beforeAll(async () => {
   const model = join(root, 'model.gguf')
   // The demo's built-in model: F32, so every engine's greedy tokens agree exactly.
   await createModel(model, DEMO_MODEL)
-  const port = beaconPort()
-  args = [
-    '--local-only',
-    '--beacon-port',
-    port,
-    '--beacon-interval',
-    '300',
-    '--model',
-    model,
-    '--threads',
-    '1',
-  ]
-  const made = await poolOf(root, ['A', 'B', 'C'], port, args)
-  poolId = made.pool.poolId
-  dir = made.dir
-  agents.set('A', made.admin)
-  agents.set('B', await startAgentProcess(dir('B'), args))
-  agents.set('C', await startAgentProcess(dir('C'), args))
-  await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
+  const ring = await ringOfThree(root, model)
+  poolId = ring.poolId
+  dir = ring.dir
+  args = ring.args
+  for (const [name, agent] of ring.agents) agents.set(name, agent)
 }, 120_000)
 
 afterAll(async () => {

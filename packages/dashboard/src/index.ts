@@ -15,7 +15,7 @@ export type {
   LinkType,
   ShardLoad,
 } from './contract.ts'
-export type { RunnerJobEvent, StoredJob } from './jobs.ts'
+export type { StoredJob } from './jobs.ts'
 export { DASHBOARD_JOBS, JobTracker } from './jobs.ts'
 export type { DashboardApp, DashboardInit } from './server.ts'
 export { dashboardApp, dashboardAssets } from './server.ts'

@@ -1,3 +1,4 @@
+import type { JobEvent } from '@meshnet/protocols'
 import type { DashboardJob, DashboardJobEvent } from './contract.ts'
 
 /** Jobs the dashboard lists, newest first. */
@@ -16,28 +17,6 @@ export interface StoredJob {
   stats: Record<string, unknown>
 }
 
-/** What a job runner tells of a running job (`JobEvent` of @meshnet/shards). */
-export type RunnerJobEvent =
-  | {
-      type: 'start'
-      jobId: string
-      at: number
-      origin: string
-      mode: string
-      poolId: string | null
-      promptTokens: number
-    }
-  | { type: 'members'; jobId: string; at: number; members: string[]; failover?: { dead: string[] } }
-  | { type: 'token'; jobId: string; at: number; index: number; text: string }
-  | {
-      type: 'end'
-      jobId: string
-      at: number
-      status: 'completed' | 'failed' | 'cancelled'
-      error?: string
-      result?: { mode: string; stats: object }
-    }
-
 interface Live {
   job: DashboardJob
   firstTokenAt: number | undefined
@@ -54,26 +33,17 @@ export class JobTracker {
   readonly #live = new Map<string, Live>()
 
   /** Takes one runner event; returns what the page should hear of it. */
-  apply(event: RunnerJobEvent): DashboardJobEvent | undefined {
+  apply(event: JobEvent): DashboardJobEvent | undefined {
     if (event.type === 'start') {
-      const job: DashboardJob = {
+      const job = blankJob({
         id: event.jobId,
         poolId: event.poolId,
         origin: event.origin,
         mode: event.mode,
         status: 'running',
         createdAt: new Date(event.at).toISOString(),
-        members: [],
-        tokens: 0,
-        text: '',
-        tokensPerSecond: 0,
-        timeToFirstTokenMs: null,
-        hopLatencyMs: null,
-        allReduceMs: null,
-        bytesMoved: 0,
-        failovers: [],
         error: null,
-      }
+      })
       this.#live.set(event.jobId, {
         job,
         firstTokenAt: undefined,
@@ -119,7 +89,7 @@ export class JobTracker {
         job.status = event.status
         job.error = event.error ?? null
         if (event.result !== undefined)
-          Object.assign(job, figures(event.result.mode, event.result.stats as Record<string, unknown>))
+          Object.assign(job, figures(event.result.mode, { ...event.result.stats }))
         return { type: 'end', job: { ...job, failovers: [...job.failovers] } }
       }
     }
@@ -139,12 +109,25 @@ export class JobTracker {
 /** A stored job, as the dashboard lists it (no live text, no failover detail). */
 function fromStore(job: StoredJob): DashboardJob {
   return {
-    id: job.id,
-    poolId: job.poolId,
-    origin: typeof job.stats.origin === 'string' ? job.stats.origin : null,
-    mode: job.mode,
-    status: job.status,
-    createdAt: new Date(job.createdAt).toISOString(),
+    ...blankJob({
+      id: job.id,
+      poolId: job.poolId,
+      origin: typeof job.stats.origin === 'string' ? job.stats.origin : null,
+      mode: job.mode,
+      status: job.status,
+      createdAt: new Date(job.createdAt).toISOString(),
+      error: job.error,
+    }),
+    ...figures(job.mode, job.stats),
+  }
+}
+
+/** A job with who, what and when, and no figures yet. */
+function blankJob(
+  known: Pick<DashboardJob, 'id' | 'poolId' | 'origin' | 'mode' | 'status' | 'createdAt' | 'error'>,
+): DashboardJob {
+  return {
+    ...known,
     members: [],
     tokens: 0,
     text: '',
@@ -154,8 +137,6 @@ function fromStore(job: StoredJob): DashboardJob {
     allReduceMs: null,
     bytesMoved: 0,
     failovers: [],
-    error: job.error,
-    ...figures(job.mode, job.stats),
   }
 }
 

@@ -48,7 +48,15 @@ describe('JobTracker', () => {
       status: 'completed',
       result: {
         mode: 'pipeline',
+        jobId: 'j1',
+        model: 'm',
+        tokens: [1, 2, 3],
+        text: 'Hello!',
+        stopReason: 'maxTokens',
         stats: {
+          totalMs: 1600,
+          promptTokens: 4,
+          failovers: 1,
           completionTokens: 3,
           tokensPerSecond: 2.5,
           timeToFirstTokenMs: 480,

@@ -35,6 +35,7 @@ export {
 export { isMeshnetProtocol, MESHNET_DHT_PROTOCOL, meshnetProtocol } from './ids.ts'
 export type {
   JobDialer,
+  JobEvent,
   JobMessage,
   JobMode,
   JobOrigin,

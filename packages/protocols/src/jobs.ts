@@ -129,6 +129,32 @@ export interface JobResult {
   stats: JobStats
 }
 
+/**
+ * What a job does while it runs, for live views (the dashboard) and metrics: it starts on some
+ * members, streams tokens, may fail over to other members, and ends. `at` is `Date.now()`.
+ */
+export type JobEvent =
+  | {
+      type: 'start'
+      jobId: string
+      at: number
+      origin: JobOrigin
+      mode: 'single' | 'pipeline' | 'tensor'
+      poolId: string | null
+      promptTokens: number
+    }
+  /** The members running the job: when its plan is made, and again after each failover. */
+  | { type: 'members'; jobId: string; at: number; members: string[]; failover?: { dead: string[] } }
+  | { type: 'token'; jobId: string; at: number; index: number; text: string }
+  | {
+      type: 'end'
+      jobId: string
+      at: number
+      status: 'completed' | 'failed' | 'cancelled'
+      error?: string
+      result?: JobResult
+    }
+
 /** What runs jobs on a node: the CLI, the job protocol, the OpenAI API and the control plane use it. */
 export interface JobRunner {
   /** Streams the job's tokens; the generator's return value is the finished job. */

@@ -22,7 +22,6 @@ export { JobRefusedError } from './jobs/errors.ts'
 export { jobService } from './jobs/index.ts'
 export { jobStats } from './jobs/stats.ts'
 export type {
-  JobEvent,
   JobRecord,
   JobRings,
   JobService,

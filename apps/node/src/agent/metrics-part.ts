@@ -6,7 +6,7 @@ import {
   meshMetrics,
   type RingState,
 } from '@meshnet/metrics'
-import type { JobEvent } from '@meshnet/shards'
+import type { JobEvent } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { BeaconsPart } from './beacons-part.ts'

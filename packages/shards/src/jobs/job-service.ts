@@ -7,6 +7,7 @@ import {
   encodeJobFrame,
   frameStream,
   JOB_PROTOCOL,
+  type JobEvent,
   type JobOrigin,
   type JobRequest,
   type JobResult,
@@ -24,7 +25,6 @@ import { prepareJobRequest } from './request.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
 import type {
-  JobEvent,
   JobService,
   JobServiceComponents,
   JobServiceInit,

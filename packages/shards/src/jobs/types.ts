@@ -7,7 +7,7 @@ import type {
   OpenedTokenizer,
   ShardSpec,
 } from '@meshnet/engine'
-import type { JobMessage, JobOrigin, JobResult, JobRunner } from '@meshnet/protocols'
+import type { JobEvent, JobMessage, JobRunner } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
 import type { ShardModelFacts } from '../plan.ts'
@@ -110,32 +110,6 @@ export interface JobServiceComponents {
   rings: JobRings
   logger: Logger
 }
-
-/**
- * What a job does while it runs, for live views (the dashboard) and metrics: it starts on some
- * members, streams tokens, may fail over to other members, and ends. `at` is `Date.now()`.
- */
-export type JobEvent =
-  | {
-      type: 'start'
-      jobId: string
-      at: number
-      origin: JobOrigin
-      mode: 'single' | 'pipeline' | 'tensor'
-      poolId: string | null
-      promptTokens: number
-    }
-  /** The members running the job: when its plan is made, and again after each failover. */
-  | { type: 'members'; jobId: string; at: number; members: string[]; failover?: { dead: string[] } }
-  | { type: 'token'; jobId: string; at: number; index: number; text: string }
-  | {
-      type: 'end'
-      jobId: string
-      at: number
-      status: 'completed' | 'failed' | 'cancelled'
-      error?: string
-      result?: JobResult
-    }
 
 /** What `jobService` gives the agent. */
 export interface JobService extends JobRunner {
