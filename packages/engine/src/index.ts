@@ -32,6 +32,13 @@ export type { BatchStep } from './model/batch.ts'
 export { canBatch, forwardBatch } from './model/batch.ts'
 export type { LlamaConfig, RopeType } from './model/config.ts'
 export { readLlamaConfig } from './model/config.ts'
+export type { EmbeddingPooling } from './model/embedding.ts'
+export {
+  EMBEDDING_POOLINGS,
+  EmbeddingPooler,
+  l2Normalize,
+  readEmbeddingPooling,
+} from './model/embedding.ts'
 export type { KernelFactory } from './model/segments.ts'
 export { ChainedShard, chainSessions, DEFAULT_SEGMENT_BYTES, planSegments } from './model/segments.ts'
 export type { LoadShardOptions } from './model/shard.ts'
@@ -40,6 +47,7 @@ export type {
   AllReduce,
   ForwardOptions,
   LlamaShard,
+  LogitsWanted,
   ShardInput,
   ShardOutput,
   ShardRanges,
@@ -56,12 +64,28 @@ export type { StepBatcherOptions, StepBatcherStats } from './model/step-batcher.
 export { StepBatcher } from './model/step-batcher.ts'
 export { spmTokenizerFromGGUF } from './model/vocab.ts'
 export { SUPPORTED_WEIGHT_TYPES } from './model/weights.ts'
-export type { ResolvedSamplingOptions, Sampler, SamplingOptions } from './sampling.ts'
-export { argmax, createSampler, Mt19937, samplingOptionsSchema } from './sampling.ts'
+export type {
+  LogprobsOptions,
+  ResolvedSamplingOptions,
+  Sampler,
+  SamplingOptions,
+  TokenLogprobs,
+} from './sampling.ts'
+export {
+  argmax,
+  createSampler,
+  logSumExp,
+  MAX_PENALTY,
+  MAX_TOP_LOGPROBS,
+  Mt19937,
+  randomSeed,
+  samplingOptionsSchema,
+} from './sampling.ts'
 export { TextStreamer } from './text-stream.ts'
 export type { DetokenizeOptions, SpmVocab, TokenizeOptions } from './tokenizer.ts'
 export { SpmTokenizer } from './tokenizer.ts'
 export type {
+  EmbedOptions,
   EvaluateLogitsOptions,
   GeneratedToken,
   GenerateOptions,

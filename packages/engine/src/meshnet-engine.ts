@@ -2,11 +2,12 @@ import { availableParallelism } from 'node:os'
 import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import { openGGUF } from '@meshnet/gguf'
 import { z } from 'zod'
-import { EngineDisposedError, UnsupportedModelError } from './errors.ts'
+import { ContextOverflowError, EngineDisposedError, UnsupportedModelError } from './errors.ts'
 import type { Kernels } from './kernels/api.ts'
 import { KernelMemoryError } from './kernels/errors.ts'
 import { createJsKernels } from './kernels/js.ts'
 import { createWasmKernels } from './kernels/wasm.ts'
+import { EmbeddingPooler, type EmbeddingPooling, readEmbeddingPooling } from './model/embedding.ts'
 import type { LlamaShardImpl } from './model/llama-shard.ts'
 import { loadShard } from './model/shard.ts'
 import type { LlamaShard } from './model/shard-types.ts'
@@ -15,6 +16,7 @@ import { spmTokenizerFromGGUF } from './model/vocab.ts'
 import { createSampler } from './sampling.ts'
 import { TextStreamer } from './text-stream.ts'
 import {
+  type EmbedOptions,
   type EvaluateLogitsOptions,
   type GeneratedToken,
   type GenerateOptions,
@@ -87,6 +89,8 @@ export interface MeshnetEngine extends InferenceEngine {
   readonly engine: 'meshnet'
   readonly shard: LlamaShard
   readonly kernels: Kernels
+  /** How `embed` pools (the GGUF's `<arch>.pooling_type`, mean when none); undefined: the model makes no embeddings (a reranker). */
+  readonly embeddingPooling: EmbeddingPooling | undefined
 }
 
 /** Loads a llama GGUF into the Meshnet engine (all layers, all columns). */
@@ -109,6 +113,13 @@ export async function createMeshnetEngine(options: MeshnetEngineOptions): Promis
   try {
     opened =
       (await openSpmTokenizer(opts.modelPath, opts.tokenizer)) ?? (await openOther(openTokenizer, opts))
+    const file = await openGGUF(opts.modelPath)
+    let pooling: EmbeddingPooling | undefined
+    try {
+      pooling = readEmbeddingPooling(file).pooling
+    } finally {
+      await file.close()
+    }
     shard = await loadShard({
       path: opts.modelPath,
       kernels,
@@ -117,7 +128,7 @@ export async function createMeshnetEngine(options: MeshnetEngineOptions): Promis
       ...(opts.contextSize === undefined ? {} : { contextSize: opts.contextSize }),
       ...(signal ? { signal } : {}),
     })
-    return new MeshnetEngineImpl(shard, kernels, owned, opened, opts)
+    return new MeshnetEngineImpl(shard, kernels, owned, opened, { ...opts, pooling })
   } catch (err) {
     await shard?.dispose()
     await opened?.dispose()
@@ -180,6 +191,7 @@ class MeshnetEngineImpl implements MeshnetEngine {
   readonly kernels: Kernels
   readonly tokenizer: Tokenizer
   readonly contextSize: number
+  readonly embeddingPooling: EmbeddingPooling | undefined
   readonly #ownsKernels: boolean
   readonly #opened: OpenedTokenizer
   readonly #slots: Slot[]
@@ -195,7 +207,7 @@ class MeshnetEngineImpl implements MeshnetEngine {
     kernels: Kernels,
     ownsKernels: boolean,
     opened: OpenedTokenizer,
-    opts: { parallel: number; maxBatch: number },
+    opts: { parallel: number; maxBatch: number; pooling: EmbeddingPooling | undefined },
   ) {
     this.shard = shard
     this.kernels = kernels
@@ -203,6 +215,7 @@ class MeshnetEngineImpl implements MeshnetEngine {
     this.tokenizer = opened.tokenizer
     this.#opened = opened
     this.contextSize = shard.contextSize
+    this.embeddingPooling = opts.pooling
     this.#slots = [{ shard, cached: [], busy: false }]
     this.#parallel = opts.parallel
     this.#chunk = opts.maxBatch
@@ -223,6 +236,8 @@ class MeshnetEngineImpl implements MeshnetEngine {
         temperature: opts.temperature,
         topK: opts.topK,
         topP: opts.topP,
+        presencePenalty: opts.presencePenalty,
+        frequencyPenalty: opts.frequencyPenalty,
         ...(opts.seed === undefined ? {} : { seed: opts.seed }),
       })
       const streamer = new TextStreamer(this.tokenizer, promptTokens)
@@ -236,7 +251,11 @@ class MeshnetEngineImpl implements MeshnetEngine {
       const common = commonPrefix(slot.cached, promptTokens)
       let logits = await this.#evaluate(slot, promptTokens.slice(common), common, signal)
       while (logits !== undefined) {
-        const token = sampler.sample(logits)
+        const sampled =
+          opts.logprobs === undefined
+            ? { id: sampler.sample(logits), logprobs: undefined }
+            : sampler.sampleWithLogprobs(logits, { top: opts.logprobs })
+        const token = sampled.id
         last = performance.now()
         first ??= last
         if (opts.stopOnEog && this.tokenizer.isEog(token)) {
@@ -244,7 +263,11 @@ class MeshnetEngineImpl implements MeshnetEngine {
           break
         }
         tokens.push(token)
-        const piece: GeneratedToken = { id: token, text: streamer.push(token) }
+        const piece: GeneratedToken = {
+          id: token,
+          text: streamer.push(token),
+          ...(sampled.logprobs === undefined ? {} : { logprobs: sampled.logprobs }),
+        }
         options.onToken?.(piece)
         yield piece
         if (tokens.length >= opts.maxTokens) break
@@ -323,6 +346,66 @@ class MeshnetEngineImpl implements MeshnetEngine {
     } finally {
       this.#release(slot)
     }
+  }
+
+  async embed(inputs: ReadonlyArray<readonly number[]>, options: EmbedOptions = {}): Promise<Float32Array[]> {
+    this.#assertOpen()
+    const pooling = this.embeddingPooling
+    if (pooling === undefined) {
+      throw new UnsupportedModelError(
+        'this model declares a pooling that makes no embedding (rank: a reranker)',
+      )
+    }
+    const checked = inputs.map((tokens) => this.#embeddingTokens(tokens))
+    // Each input is a sequence of its own: with `parallel` above 1 their steps share passes.
+    return await Promise.all(checked.map((tokens) => this.#embedOne(tokens, pooling, options.signal)))
+  }
+
+  async #embedOne(
+    tokens: readonly number[],
+    pooling: EmbeddingPooling,
+    signal: AbortSignal | undefined,
+  ): Promise<Float32Array> {
+    const slot = await this.#acquire(tokens)
+    try {
+      this.#assertOpen()
+      signal?.throwIfAborted()
+      slot.cached = []
+      const out = await this.#batcher
+        .forwardChunked(slot.shard, { tokens }, 0, {
+          chunk: this.#chunk,
+          logits: 'none',
+          ...(signal ? { signal } : {}),
+        })
+        .catch((err: unknown) => {
+          slot.shard.truncate(0)
+          throw err
+        })
+      if (out.kind !== 'hidden') throw new Error('unreachable: logits none gives the hidden states')
+      slot.cached = [...tokens]
+      const pooler = new EmbeddingPooler(pooling, this.shard.config.embd)
+      pooler.add(slot.shard.outputNorm(out.hidden, out.n), out.n)
+      return pooler.vector()
+    } finally {
+      this.#release(slot)
+    }
+  }
+
+  #embeddingTokens(tokens: readonly number[]): number[] {
+    if (tokens.length === 0) throw new InvalidArgumentError('an embedding input is empty (no tokens)')
+    if (tokens.length > this.contextSize) {
+      throw new ContextOverflowError(
+        `an embedding input of ${tokens.length} tokens does not fit the context of ${this.contextSize}`,
+        { hint: 'shorten the input or create the engine with a larger contextSize' },
+      )
+    }
+    const vocab = this.shard.config.vocab
+    for (const t of tokens) {
+      if (!Number.isInteger(t) || t < 0 || t >= vocab) {
+        throw new InvalidArgumentError(`token id ${t} is outside the vocabulary (0..${vocab - 1})`)
+      }
+    }
+    return [...tokens]
   }
 
   async dispose(): Promise<void> {

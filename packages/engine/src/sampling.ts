@@ -1,11 +1,16 @@
 import { parseWith } from '@meshnet/core'
 import { z } from 'zod'
 
+/** OpenAI's range of `presence_penalty` and `frequency_penalty`. */
+export const MAX_PENALTY = 2
+/** Most alternatives a token's log-probabilities list (OpenAI's `top_logprobs` cap). */
+export const MAX_TOP_LOGPROBS = 20
+
 /**
  * How the next token is chosen from a row of logits. `temperature: 0` (the default) is greedy
- * argmax. With a temperature, the chain is llama.cpp's (as node-llama-cpp builds it): top-k, then
- * top-p, then temperature, then a draw from a Mersenne Twister seeded with `seed` — so the same seed
- * over the same logits picks the same tokens as llama.cpp.
+ * argmax. With a temperature, the chain is llama.cpp's (as node-llama-cpp builds it): penalties,
+ * top-k, then top-p, then temperature, then a draw from a Mersenne Twister seeded with `seed` — so
+ * the same seed over the same logits picks the same tokens as llama.cpp.
  */
 export const samplingOptionsSchema = z.strictObject({
   /** 0 = greedy. */
@@ -14,18 +19,49 @@ export const samplingOptionsSchema = z.strictObject({
   topK: z.number().int().min(0).default(40),
   /** Keep the smallest set of tokens whose probability reaches p; 1 = off. */
   topP: z.number().gt(0).max(1).default(0.95),
-  /** Seed of the random draw (uint32); a fresh one from the clock when absent. */
+  /** Seed of the random draw (uint32); a random one when absent. */
   seed: z.number().int().min(0).max(0xffff_ffff).optional(),
+  /**
+   * OpenAI's `presence_penalty`: subtracted from the logit of every token generated so far (once,
+   * however often it came), before any other step of the chain. Negative values favour them.
+   */
+  presencePenalty: z.number().min(-MAX_PENALTY).max(MAX_PENALTY).default(0),
+  /** OpenAI's `frequency_penalty`: subtracted from a token's logit once for every time it was generated so far. */
+  frequencyPenalty: z.number().min(-MAX_PENALTY).max(MAX_PENALTY).default(0),
 })
 
 export type SamplingOptions = z.input<typeof samplingOptionsSchema>
 export type ResolvedSamplingOptions = z.output<typeof samplingOptionsSchema>
 
-/** Chooses tokens from logits; keeps its random state between calls. */
+/**
+ * Log-probabilities of a sampled token: the log-softmax at temperature 1 of the row after the
+ * penalties (what OpenAI reports), not of the distribution that temperature, top-k and top-p drew
+ * from.
+ */
+export interface TokenLogprobs {
+  logprob: number
+  /** The likeliest tokens of the row, best first (ties: lower id first); as many as asked. */
+  top: Array<{ id: number; logprob: number }>
+}
+
+export interface LogprobsOptions {
+  /** Alternatives to list in `top` (0..20). */
+  top: number
+  /**
+   * The log-sum-exp of the whole row of logits, before penalties, when `logits` holds only some of
+   * them (candidates, -Infinity elsewhere). A penalized token that is not among them is counted in
+   * it unpenalized. Absent: `logits` is the whole row.
+   */
+  logSumExp?: number
+}
+
+/** Chooses tokens from logits; keeps its random state and the tokens it chose between calls. */
 export interface Sampler {
   readonly options: Readonly<ResolvedSamplingOptions> & { seed: number }
-  /** The chosen token id for one row of `vocab` logits. */
+  /** The chosen token id for one row of `vocab` logits; it counts as generated for the penalties. */
   sample(logits: Float32Array): number
+  /** `sample`, with the log-probabilities of the chosen token and of the row's likeliest ones. */
+  sampleWithLogprobs(logits: Float32Array, options: LogprobsOptions): { id: number; logprobs: TokenLogprobs }
 }
 
 /** std::mt19937 (32-bit Mersenne Twister), bit-exact with the C++ standard library. */
@@ -85,14 +121,110 @@ export function argmax(logits: Float32Array): number {
   return best
 }
 
+/** A random uint32 seed (crypto-grade, so that unseeded generations differ). */
+export function randomSeed(): number {
+  return crypto.getRandomValues(new Uint32Array(1))[0]!
+}
+
 /** Creates a sampler. Options are checked here (InvalidArgumentError names the bad one). */
 export function createSampler(options: SamplingOptions = {}): Sampler {
   const parsed = parseWith(samplingOptionsSchema, options, 'sampling option')
-  const seed = parsed.seed ?? Math.floor(Date.now() / 1000) >>> 0
+  const seed = parsed.seed ?? randomSeed()
   const resolved = { ...parsed, seed }
-  if (resolved.temperature <= 0) return { options: resolved, sample: argmax }
+  const penalties = new Penalties(resolved.presencePenalty, resolved.frequencyPenalty)
   const rng = new Mt19937(seed)
-  return { options: resolved, sample: (logits) => sampleWithTemperature(logits, resolved, rng) }
+  const choose = (row: Float32Array) =>
+    resolved.temperature <= 0 ? argmax(row) : sampleWithTemperature(row, resolved, rng)
+  return {
+    options: resolved,
+    sample(logits) {
+      const id = choose(penalties.apply(logits))
+      penalties.count(id)
+      return id
+    },
+    sampleWithLogprobs(logits, { top, logSumExp: rawLogSumExp }) {
+      const row = penalties.apply(logits)
+      const id = choose(row)
+      const lse = rawLogSumExp === undefined ? logSumExp(row) : penalties.correct(rawLogSumExp, logits, row)
+      penalties.count(id)
+      return { id, logprobs: logprobsOf(row, id, top, lse) }
+    },
+  }
+}
+
+/**
+ * OpenAI's presence and frequency penalties over the tokens generated so far, in llama.cpp's float
+ * arithmetic (`llama_sampler_penalties` with a repeat penalty of 1), so that both engines apply
+ * them to the same bits: `logit - (count * frequency + (count > 0) * presence)`.
+ */
+class Penalties {
+  readonly #presence: number
+  readonly #frequency: number
+  readonly #counts = new Map<number, number>()
+  readonly active: boolean
+
+  constructor(presence: number, frequency: number) {
+    this.#presence = f(presence)
+    this.#frequency = f(frequency)
+    this.active = presence !== 0 || frequency !== 0
+  }
+
+  count(id: number): void {
+    if (this.active) this.#counts.set(id, (this.#counts.get(id) ?? 0) + 1)
+  }
+
+  /** `logits` with the penalties applied (a copy when any applies). */
+  apply(logits: Float32Array): Float32Array {
+    if (!this.active || this.#counts.size === 0) return logits
+    const row = logits.slice()
+    for (const [id, n] of this.#counts) {
+      if (id < row.length) row[id] = penalized(row[id]!, n, this.#presence, this.#frequency)
+    }
+    return row
+  }
+
+  /**
+   * The log-sum-exp of the penalized whole row, from that of the raw whole row: the penalized
+   * tokens among the candidates (finite in `raw`) swap their raw weight for their penalized one.
+   */
+  correct(rawLogSumExp: number, raw: Float32Array, row: Float32Array): number {
+    if (raw === row) return rawLogSumExp
+    let sum = 1
+    for (const id of this.#counts.keys()) {
+      const before = raw[id]
+      if (before === undefined || !Number.isFinite(before)) continue
+      sum += Math.exp(row[id]! - rawLogSumExp) - Math.exp(before - rawLogSumExp)
+    }
+    // Rounding can only make it non-positive when the penalized tokens held all the mass.
+    return sum > 0 ? rawLogSumExp + Math.log(sum) : logSumExp(row)
+  }
+}
+
+/** One penalized logit, in float32 as llama.cpp computes it. */
+export function penalized(logit: number, count: number, presence: number, frequency: number): number {
+  if (count <= 0) return logit
+  return f(logit - f(f(count * f(frequency)) + f(presence)))
+}
+
+/** log(Σ exp(logits)), in float64 (-Infinity entries add nothing). */
+export function logSumExp(logits: Float32Array): number {
+  let max = Number.NEGATIVE_INFINITY
+  for (let i = 0; i < logits.length; i++) if (logits[i]! > max) max = logits[i]!
+  if (max === Number.NEGATIVE_INFINITY) return max
+  let sum = 0
+  for (let i = 0; i < logits.length; i++) sum += Math.exp(logits[i]! - max)
+  return max + Math.log(sum)
+}
+
+/** The log-probabilities of `id` and of the `top` likeliest tokens of `row`, given its log-sum-exp. */
+function logprobsOf(row: Float32Array, id: number, top: number, lse: number): TokenLogprobs {
+  const best = top > 0 ? topIndices(row, Math.min(top, row.length)) : new Uint32Array(0)
+  return {
+    logprob: row[id]! - lse,
+    top: Array.from(best, (t) => ({ id: t, logprob: row[t]! - lse })).filter((t) =>
+      Number.isFinite(t.logprob),
+    ),
+  }
 }
 
 function sampleWithTemperature(logits: Float32Array, options: ResolvedSamplingOptions, rng: Mt19937): number {

@@ -1,6 +1,6 @@
 import { parseWith } from '@meshnet/core'
 import { z } from 'zod'
-import { samplingOptionsSchema } from './sampling.ts'
+import { MAX_TOP_LOGPROBS, samplingOptionsSchema, type TokenLogprobs } from './sampling.ts'
 
 /** Turns text into token ids and back, the way llama.cpp does for the model's vocabulary. */
 export interface Tokenizer {
@@ -32,6 +32,11 @@ export const generateOptionsSchema = samplingOptionsSchema.extend({
   maxTokens: z.number().int().min(1).max(1_048_576).default(128),
   /** Stop at an end-of-generation token (not included in the output). Default true. */
   stopOnEog: z.boolean().default(true),
+  /**
+   * Report each token's log-probability (`GeneratedToken.logprobs`) with this many of the likeliest
+   * alternatives (0..20). Absent: none.
+   */
+  logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
 })
 
 export type GenerateOptions = z.input<typeof generateOptionsSchema> & {
@@ -50,6 +55,8 @@ export interface GeneratedToken {
    * new token (`id` repeats the last token's).
    */
   textOnly?: true
+  /** With the `logprobs` option: the token's log-probability and the likeliest alternatives. */
+  logprobs?: TokenLogprobs
 }
 
 export type StopReason = 'maxTokens' | 'eog' | 'abort' | 'contextFull'
@@ -98,7 +105,18 @@ export interface InferenceEngine {
    * (`tokens.length` rows of `vocabSize` floats).
    */
   evaluateLogits(tokens: readonly number[], options?: EvaluateLogitsOptions): Promise<Float32Array[]>
+  /**
+   * Embeddings: each input (token ids, used as they are: tokenize with `addSpecial` for BOS) from
+   * position 0; its final hidden states (after the output norm, before the projection to logits)
+   * pooled as the model's GGUF says (`<arch>.pooling_type`; mean when it says none) and
+   * L2-normalized. One vector of `embd` floats per input, in order.
+   */
+  embed(inputs: ReadonlyArray<readonly number[]>, options?: EmbedOptions): Promise<Float32Array[]>
   dispose(): Promise<void>
+}
+
+export interface EmbedOptions {
+  signal?: AbortSignal
 }
 
 export interface EvaluateLogitsOptions {

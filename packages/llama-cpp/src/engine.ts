@@ -1,18 +1,34 @@
 import { InvalidArgumentError, parseWith } from '@meshnet/core'
 import {
   ContextOverflowError,
+  createSampler,
+  type EmbeddingPooling,
+  type EmbedOptions,
   EngineDisposedError,
   type EvaluateLogitsOptions,
   type GeneratedToken,
   type GenerateOptions,
   type GenerateResult,
   type InferenceEngine,
+  l2Normalize,
   ModelLoadError,
   parseGenerateOptions,
+  randomSeed,
+  readEmbeddingPooling,
   type StopReason,
   TextStreamer,
+  type TokenLogprobs,
+  UnsupportedModelError,
 } from '@meshnet/engine'
-import type { LlamaContext, LlamaContextSequence, LlamaModel, Token } from 'node-llama-cpp'
+import { openGGUF } from '@meshnet/gguf'
+import type {
+  LlamaContext,
+  LlamaContextSequence,
+  LlamaEmbeddingContext,
+  LlamaModel,
+  LlamaModelOptions,
+  Token,
+} from 'node-llama-cpp'
 import { z } from 'zod'
 import { acquireLlama, type LlamaRuntime } from './runtime.ts'
 import { LlamaCppTokenizer } from './tokenizer.ts'
@@ -48,6 +64,12 @@ export interface LlamaCppEngine extends InferenceEngine {
   /** ggml type names of the KV cache llama.cpp allocated (F16 unless configured otherwise). */
   readonly kvCacheType: { key: string; value: string }
   readonly flashAttention: boolean
+  /**
+   * How `embed` pools: the GGUF's `<arch>.pooling_type`, or mean when it says none (the model is
+   * then loaded with that key overridden, which only embedding contexts read). Undefined: the model
+   * makes no embeddings (a reranker).
+   */
+  readonly embeddingPooling: EmbeddingPooling | undefined
 }
 
 /** Loads a GGUF model into llama.cpp and creates its context. */
@@ -55,12 +77,14 @@ export async function createLlamaCppEngine(options: LlamaCppEngineOptions): Prom
   const { signal, ...rest } = options
   const parsed = parseWith(llamaCppEngineOptionsSchema, rest, 'llama-cpp engine option')
   const opts = parsed
+  const { pooling, overrides } = await embeddingSetup(opts.modelPath)
   const runtime = await acquireLlama()
   let model: LlamaModel | undefined
   try {
     model = await runtime.llama.loadModel({
       modelPath: opts.modelPath,
       gpuLayers: 0,
+      ...(overrides === undefined ? {} : { metadataOverrides: overrides }),
       ...(signal ? { loadSignal: signal } : {}),
     })
     const contextSize = opts.contextSize ?? Math.min(model.trainContextSize, 4096)
@@ -73,7 +97,7 @@ export async function createLlamaCppEngine(options: LlamaCppEngineOptions): Prom
       ...(opts.batchSize === undefined ? {} : { batchSize: opts.batchSize }),
       ...(signal ? { createSignal: signal } : {}),
     })
-    return new LlamaCppEngineImpl(runtime, model, context)
+    return new LlamaCppEngineImpl(runtime, model, context, { pooling, threads: opts.threads })
   } catch (err) {
     await model?.dispose()
     await runtime.release()
@@ -85,6 +109,114 @@ export async function createLlamaCppEngine(options: LlamaCppEngineOptions): Prom
   }
 }
 
+/**
+ * The pooling `embed` uses, and the metadata override that makes llama.cpp's embedding context pool
+ * by the mean when the GGUF names no pooling (llama.cpp then returns the last position's state).
+ * Only contexts made for embeddings read `<arch>.pooling_type`, so generation is unchanged.
+ */
+async function embeddingSetup(path: string): Promise<{
+  pooling: EmbeddingPooling | undefined
+  overrides: LlamaModelOptions['metadataOverrides'] | undefined
+}> {
+  let file: Awaited<ReturnType<typeof openGGUF>>
+  try {
+    file = await openGGUF(path)
+  } catch {
+    // Not a GGUF we read: llama.cpp's own load reports what is wrong with it.
+    return { pooling: undefined, overrides: undefined }
+  }
+  try {
+    const { pooling, declared } = readEmbeddingPooling(file)
+    const arch = file.getString('general.architecture')
+    if (declared || arch === undefined) return { pooling, overrides: undefined }
+    // llama.cpp's LLAMA_POOLING_TYPE_MEAN; node-llama-cpp types this key as a const enum.
+    const overrides = { [arch]: { pooling_type: 1 } } as LlamaModelOptions['metadataOverrides']
+    return { pooling, overrides }
+  } finally {
+    await file.close()
+  }
+}
+
+type SequenceEvaluateOptions = NonNullable<Parameters<LlamaContextSequence['evaluate']>[1]>
+type RepeatPenalty = NonNullable<SequenceEvaluateOptions['repeatPenalty']>
+
+/** Tokens as llama.cpp's own sampler chain picks them (`sequence.evaluate`), EOG included. */
+async function* nativelySampled(
+  sequence: LlamaContextSequence,
+  prompt: readonly number[],
+  sampling: SequenceEvaluateOptions,
+): AsyncGenerator<{ id: number; logprobs?: TokenLogprobs }> {
+  for await (const id of sequence.evaluate(prompt as Token[], { ...sampling, yieldEogToken: true })) {
+    yield { id }
+  }
+}
+
+/**
+ * Tokens with their log-probabilities. llama.cpp evaluates each position with a greedy chain after
+ * the penalties, so the logits it returns (the best `wanted`) and their total weight are those of the
+ * penalized whole row; the draw is `createSampler`'s over those candidates (bit-compatible with
+ * llama.cpp's chain, and its random state lasts the whole generation where every
+ * `controlledEvaluate` makes a new native sampler). Candidates: the top k (k = 0: the whole
+ * vocabulary), at least the `top` alternatives asked for.
+ */
+async function* sampledWithLogprobs(
+  sequence: LlamaContextSequence,
+  prompt: readonly number[],
+  opts: {
+    temperature: number
+    topK: number
+    topP: number
+    seed: number
+    top: number
+    vocab: number
+    repeatPenalty: RepeatPenalty | undefined
+  },
+): AsyncGenerator<{ id: number; logprobs: TokenLogprobs }> {
+  const sampler = createSampler({
+    temperature: opts.temperature,
+    topK: opts.topK,
+    topP: opts.topP,
+    seed: opts.seed,
+  })
+  const drawn = opts.temperature <= 0 ? 1 : opts.topK > 0 ? opts.topK : opts.vocab
+  const wanted = Math.min(opts.vocab, Math.max(1, opts.top, drawn))
+  const generateNext = {
+    logits: { filter: { tokens: [], includeTop: wanted } },
+    totalLogitWeight: true,
+    options: {
+      temperature: 0,
+      ...(opts.repeatPenalty === undefined ? {} : { repeatPenalty: opts.repeatPenalty }),
+    },
+  }
+  let input = prompt as Token[]
+  for (;;) {
+    const at = input.length - 1
+    const outputs = await sequence.controlledEvaluate(
+      input.map((token, i) => (i === at ? ([token, { generateNext }] as const) : token)),
+    )
+    const next = outputs[at]?.next
+    if (next?.logits === undefined || next.totalLogitWeight === undefined) {
+      throw new Error('llama.cpp returned no logits for the next token')
+    }
+    const row = new Float32Array(opts.vocab).fill(Number.NEGATIVE_INFINITY)
+    let max = Number.NEGATIVE_INFINITY
+    for (const [token, logit] of next.logits) {
+      row[token] = logit
+      if (logit > max) max = logit
+    }
+    // totalLogitWeight = Σ exp(logit - max) over the penalized row.
+    const picked = sampler.sampleWithLogprobs(row, {
+      top: opts.top,
+      logSumExp: max + Math.log(next.totalLogitWeight),
+    })
+    yield picked
+    input = [picked.id as Token]
+  }
+}
+
+/** Positions of the first embedding context; it grows (doubling) up to the engine's context. */
+const FIRST_EMBEDDING_CONTEXT = 256
+
 const GGML_TYPE_NAMES: Record<number, string> = { 0: 'F32', 1: 'F16', 8: 'Q8_0', 2: 'Q4_0', 30: 'BF16' }
 
 class LlamaCppEngineImpl implements LlamaCppEngine {
@@ -94,6 +226,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
   readonly threads: number
   readonly kvCacheType: { key: string; value: string }
   readonly flashAttention: boolean
+  readonly embeddingPooling: EmbeddingPooling | undefined
   readonly #runtime: LlamaRuntime
   readonly #model: LlamaModel
   readonly #context: LlamaContext
@@ -103,11 +236,23 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
   #held = 0
   #drained: (() => void) | undefined
   #disposed = false
+  /** The embedding context (made on the first `embed`, larger when an input needs it) and its size. */
+  #embedding: { context: LlamaEmbeddingContext; size: number } | undefined
+  /** `embed` calls run one after the other on the embedding context. */
+  #embedTail: Promise<unknown> = Promise.resolve()
+  readonly #embedThreads: number | undefined
 
-  constructor(runtime: LlamaRuntime, model: LlamaModel, context: LlamaContext) {
+  constructor(
+    runtime: LlamaRuntime,
+    model: LlamaModel,
+    context: LlamaContext,
+    embedding: { pooling: EmbeddingPooling | undefined; threads: number | undefined },
+  ) {
     this.#runtime = runtime
     this.#model = model
     this.#context = context
+    this.embeddingPooling = embedding.pooling
+    this.#embedThreads = embedding.threads
     for (let i = 0; i < context.totalSequences; i++) this.#free.push(context.getSequence())
     const vocab = model.fileInfo.metadata?.tokenizer?.ggml?.tokens?.length ?? 0
     this.tokenizer = new LlamaCppTokenizer(model, vocab)
@@ -131,23 +276,43 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
       this.#assertOpen()
       const promptTokens = this.#promptTokens(prompt)
       await sequence.clearHistory()
-      const seed = opts.seed ?? Math.floor(Date.now() / 1000) >>> 0
-      const sampling =
-        opts.temperature > 0
-          ? { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed }
-          : { temperature: 0 }
+      const seed = opts.seed ?? randomSeed()
       const streamer = new TextStreamer(this.tokenizer, promptTokens)
       const tokens: number[] = []
+      // OpenAI's penalties are llama.cpp's penalty sampler with a repeat penalty of 1, over every
+      // token generated so far (not the prompt): the first step of its chain, as of createSampler.
+      const repeatPenalty =
+        opts.presencePenalty === 0 && opts.frequencyPenalty === 0
+          ? undefined
+          : {
+              punishTokens: () => tokens as Token[],
+              maxPunishTokens: Math.max(1, Math.min(opts.maxTokens, this.contextSize)),
+              penalty: 1,
+              presencePenalty: opts.presencePenalty,
+              frequencyPenalty: opts.frequencyPenalty,
+            }
+      const generated =
+        opts.logprobs === undefined
+          ? nativelySampled(sequence, promptTokens, {
+              ...(opts.temperature > 0
+                ? { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed }
+                : { temperature: 0 }),
+              ...(repeatPenalty === undefined ? {} : { repeatPenalty }),
+            })
+          : sampledWithLogprobs(sequence, promptTokens, {
+              ...opts,
+              top: opts.logprobs,
+              seed,
+              vocab: this.tokenizer.vocabSize,
+              repeatPenalty,
+            })
       let stopReason: StopReason = 'maxTokens'
       const start = performance.now()
       let first: number | undefined
       let last = start
       if (options.signal?.aborted) stopReason = 'abort'
       else {
-        for await (const token of sequence.evaluate(promptTokens as Token[], {
-          ...sampling,
-          yieldEogToken: true,
-        })) {
+        for await (const { id: token, logprobs } of generated) {
           last = performance.now()
           first ??= last
           if (options.signal?.aborted) {
@@ -159,7 +324,11 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
             break
           }
           tokens.push(token)
-          const piece: GeneratedToken = { id: token, text: streamer.push(token) }
+          const piece: GeneratedToken = {
+            id: token,
+            text: streamer.push(token),
+            ...(logprobs === undefined ? {} : { logprobs }),
+          }
           options.onToken?.(piece)
           yield piece
           if (options.signal?.aborted) {
@@ -239,10 +408,81 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
     }
   }
 
+  /**
+   * Embeddings on an embedding context of llama.cpp (`createEmbeddingContext`), one input per
+   * decode: node-llama-cpp reads the pooled vector of sequence 0 only, so inputs cannot share a
+   * batch. The whole input is one batch (mean pooling needs it in one ubatch). Vectors are
+   * llama.cpp's pooled final hidden states (after the output norm), L2-normalized here.
+   */
+  async embed(inputs: ReadonlyArray<readonly number[]>, options: EmbedOptions = {}): Promise<Float32Array[]> {
+    this.#assertOpen()
+    if (this.embeddingPooling === undefined) {
+      throw new UnsupportedModelError(
+        'this model declares a pooling that makes no embedding (rank: a reranker)',
+      )
+    }
+    const vocab = this.tokenizer.vocabSize
+    let longest = 0
+    for (const tokens of inputs) {
+      if (tokens.length === 0) throw new InvalidArgumentError('an embedding input is empty (no tokens)')
+      for (const t of tokens) {
+        if (!Number.isInteger(t) || t < 0 || t >= vocab) {
+          throw new InvalidArgumentError(`token id ${t} is outside the vocabulary (0..${vocab - 1})`)
+        }
+      }
+      longest = Math.max(longest, tokens.length)
+    }
+    // llama.cpp's embedding context takes inputs shorter than its size.
+    this.#checkFits(longest + 1)
+    const run = this.#embedTail.then(async () => {
+      const context = await this.#embeddingContext(longest + 1, options.signal)
+      const vectors: Float32Array[] = []
+      for (const tokens of inputs) {
+        options.signal?.throwIfAborted()
+        this.#assertOpen()
+        const { vector } = await context.getEmbeddingFor([...tokens] as Token[])
+        vectors.push(l2Normalize(vector))
+      }
+      return vectors
+    })
+    this.#embedTail = run.catch(() => {})
+    return await run
+  }
+
+  /** The embedding context, made or grown (doubling, up to the engine's context) to hold `needed` positions. */
+  async #embeddingContext(needed: number, signal: AbortSignal | undefined): Promise<LlamaEmbeddingContext> {
+    const current = this.#embedding
+    if (current !== undefined && current.size >= needed) return current.context
+    let size = Math.max(current?.size ?? FIRST_EMBEDDING_CONTEXT, FIRST_EMBEDDING_CONTEXT)
+    while (size < needed) size *= 2
+    size = Math.min(size, this.contextSize)
+    this.#embedding = undefined
+    await current?.context.dispose()
+    const context = await this.#model
+      .createEmbeddingContext({
+        contextSize: size,
+        // Mean pooling needs the whole input in one batch.
+        batchSize: size,
+        ...(this.#embedThreads === undefined ? {} : { threads: this.#embedThreads }),
+        ...(signal ? { createSignal: signal } : {}),
+      })
+      .catch((err: unknown) => {
+        if (signal?.aborted) throw err
+        throw new ModelLoadError(
+          `llama.cpp could not create an embedding context of ${size} positions: ${(err as Error).message}`,
+          { cause: err, hint: 'send shorter inputs, or free memory' },
+        )
+      })
+    this.#embedding = { context, size }
+    return context
+  }
+
   async dispose(): Promise<void> {
     if (this.#disposed) return
     this.#disposed = true
     if (this.#held > 0) await new Promise<void>((resolve) => (this.#drained = resolve))
+    await this.#embedTail
+    await this.#embedding?.context.dispose()
     await this.#context.dispose()
     await this.#model.dispose()
     await this.#runtime.release()

@@ -45,6 +45,7 @@ export type {
   JobRunner,
   JobStats,
   JobToken,
+  JobTokenLogprobs,
 } from './jobs.ts'
 export {
   decodeJobRequest,
@@ -59,6 +60,7 @@ export {
   MAX_JOB_MESSAGES,
   MAX_JOB_PROMPT_CHARS,
   MAX_JOB_TOKENS,
+  MAX_JOB_TOP_LOGPROBS,
   modelProviderKey,
   requestJob,
 } from './jobs.ts'
@@ -74,6 +76,7 @@ export {
 } from './pool-ring.ts'
 export type {
   ActivationType,
+  EmbeddingFrame,
   HiddenFrame,
   LinkAccept,
   LinkHello,
@@ -86,11 +89,14 @@ export type {
 } from './shard.ts'
 export {
   decodeControl,
+  decodeEmbedding,
   decodeHidden,
   decodeOutput,
   decodePartial,
   decodeStep,
+  embeddingFrameBytes,
   encodeControl,
+  encodeEmbedding,
   encodeHidden,
   encodeOutput,
   encodePartial,
@@ -102,6 +108,7 @@ export {
   linkModeSchema,
   MAX_CONTROL_FRAME_BYTES,
   MAX_DATA_FRAME_BYTES,
+  MAX_EMBEDDING_VALUES,
   MAX_SHARD_BATCH,
   memberRefSchema,
   roundTrip,

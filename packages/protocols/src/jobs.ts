@@ -22,6 +22,9 @@ export const MAX_JOB_MESSAGES = 1024
 /** Most tokens one job generates. */
 export const MAX_JOB_TOKENS = 32_768
 
+/** Most alternatives a job token's log-probabilities list (OpenAI's `top_logprobs` cap). */
+export const MAX_JOB_TOP_LOGPROBS = 20
+
 /** How a job's model is split: `auto` runs it whole on one member when one can hold it. */
 export const JOB_MODES = ['auto', 'pipeline', 'tensor'] as const
 export type JobMode = (typeof JOB_MODES)[number]
@@ -58,6 +61,15 @@ export const jobRequestSchema = z
     topK: z.int().min(0).max(1_000_000).optional(),
     topP: z.number().gt(0).max(1).optional(),
     seed: z.int().min(0).max(0xffff_ffff).optional(),
+    /** OpenAI's presence penalty: subtracted from the logit of every token generated so far. */
+    presencePenalty: z.number().min(-2).max(2).optional(),
+    /** OpenAI's frequency penalty: subtracted from a token's logit once per time it was generated so far. */
+    frequencyPenalty: z.number().min(-2).max(2).optional(),
+    /**
+     * Report each token's log-probability (`JobToken.logprobs`) with this many of the likeliest
+     * alternatives. Absent: none. Nodes before this field refuse a job that has it.
+     */
+    logprobs: z.int().min(0).max(MAX_JOB_TOP_LOGPROBS).optional(),
     mode: z.enum(JOB_MODES).default('auto'),
     /**
      * Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat
@@ -98,7 +110,23 @@ export interface JobToken {
   index: number
   /** Text held back at the end (a generation that ended inside a character): no new token, same index. */
   textOnly?: true
+  /**
+   * With the request's `logprobs`: the token's log-probability (the log-softmax at temperature 1 of
+   * the logits after the penalties) and the likeliest alternatives, best first.
+   */
+  logprobs?: JobTokenLogprobs
 }
+
+export interface JobTokenLogprobs {
+  logprob: number
+  top: Array<{ id: number; logprob: number }>
+}
+
+const logprobSchema = z.number().max(0)
+const tokenLogprobsSchema = z.object({
+  logprob: logprobSchema,
+  top: z.array(z.object({ id: z.int().min(0), logprob: logprobSchema })).max(MAX_JOB_TOP_LOGPROBS),
+})
 
 export interface JobStats {
   tokensPerSecond: number
@@ -196,6 +224,7 @@ const replySchema = z.discriminatedUnion('type', [
     text: z.string().max(4096),
     index: z.int().min(0),
     textOnly: z.literal(true).optional(),
+    logprobs: tokenLogprobsSchema.optional(),
   }),
   z.object({ type: z.literal('end'), result: resultSchema }),
   z.object({
@@ -310,6 +339,7 @@ export async function* requestJob<Peer>(
           text: reply.text,
           index: reply.index,
           ...(reply.textOnly ? { textOnly: true } : {}),
+          ...(reply.logprobs === undefined ? {} : { logprobs: reply.logprobs }),
         }
       else if (reply.type === 'end') {
         finished = true

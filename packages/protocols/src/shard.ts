@@ -34,6 +34,7 @@ export const SHARD_FRAME = {
   HIDDEN: 0x11,
   PARTIAL: 0x12,
   OUTPUT: 0x13,
+  EMBEDDING: 0x14,
 } as const
 
 export type ActivationType = 'f32' | 'f16'
@@ -104,8 +105,24 @@ export const shardOpenSchema = z
       .max(1 << 20),
     /** Member-to-member links: a direct encrypted TCP channel when it can be set up, or libp2p streams only. */
     links: z.enum(['direct', 'libp2p']),
+    /**
+     * The output member adds to every OUTPUT with candidates the log-sum-exp of its whole row of
+     * logits (tensor parallel: of its vocabulary rows), for exact log-probabilities. Sent only when
+     * asked for: members before it refuse an OPEN that has it.
+     */
+    logSumExp: z.literal(true).optional(),
+    /**
+     * An embedding session (pipeline only): the output member answers every step with EMBEDDING
+     * instead of OUTPUT, pooling the final hidden states (after the output norm) of the positions
+     * from 0 this way; a step that wants output gets the pooled, L2-normalized vector.
+     */
+    embedding: z.enum(['mean', 'cls', 'last']).optional(),
   })
   .refine((o) => o.rank < o.members.length, 'rank must index members')
+  .refine((o) => o.embedding === undefined || o.mode === 'pipeline', {
+    message: 'embedding sessions are pipelines',
+    path: ['embedding'],
+  })
 export type OpenMessage = z.infer<typeof shardOpenSchema>
 
 export const linkHelloSchema = z.strictObject({
@@ -358,15 +375,27 @@ export interface OutputFrame {
   /** Candidate token ids and their logits, best first (empty when the step wanted none). */
   ids: Uint32Array
   logits: Float32Array
+  /**
+   * log Σ exp(logit) over the whole row the candidates come from (f64, after the logits); only in
+   * sessions opened with `logSumExp`, only with candidates.
+   */
+  logSumExp?: number
 }
 
 const OUTPUT_HEADER = 40
+/** OUTPUT flag (byte 1): an f64 log-sum-exp follows the logits. */
+const OUTPUT_HAS_LOG_SUM_EXP = 0x01
 
 export function encodeOutput(o: OutputFrame): Uint8Array {
   const k = o.ids.length
-  const frame = new Uint8Array(OUTPUT_HEADER + 8 * k)
+  const lse = o.logSumExp
+  const frame = new Uint8Array(OUTPUT_HEADER + 8 * k + (lse === undefined ? 0 : 8))
   const view = new DataView(frame.buffer)
   frame[0] = SHARD_FRAME.OUTPUT
+  if (lse !== undefined) {
+    frame[1] = OUTPUT_HAS_LOG_SUM_EXP
+    view.setFloat64(OUTPUT_HEADER + 8 * k, lse, true)
+  }
   view.setUint32(4, o.seq, true)
   view.setUint32(8, k, true)
   view.setUint32(12, o.exchanges, true)
@@ -382,12 +411,25 @@ export function decodeOutput(frame: Uint8Array, maxK: number, vocab: number): Ou
   if (frame.byteLength < OUTPUT_HEADER || frame[0] !== SHARD_FRAME.OUTPUT) throw malformed('OUTPUT')
   const view = viewOf(frame)
   const k = view.getUint32(8, true)
-  if (k > maxK || frame.byteLength !== OUTPUT_HEADER + 8 * k) {
+  const flags = frame[1]!
+  const hasLse = (flags & OUTPUT_HAS_LOG_SUM_EXP) !== 0
+  if (
+    k > maxK ||
+    (flags & ~OUTPUT_HAS_LOG_SUM_EXP) !== 0 ||
+    (hasLse && k === 0) ||
+    frame.byteLength !== OUTPUT_HEADER + 8 * k + (hasLse ? 8 : 0)
+  ) {
     throw new ShardSessionError(
-      `OUTPUT frame of ${frame.byteLength} bytes does not hold ${k} candidates (at most ${maxK})`,
+      `OUTPUT frame of ${frame.byteLength} bytes does not hold ${k} candidates (at most ${maxK})${hasLse ? ' and a log-sum-exp' : ''}`,
     )
   }
-  const body = frame.slice(OUTPUT_HEADER)
+  let logSumExp: number | undefined
+  if (hasLse) {
+    logSumExp = view.getFloat64(OUTPUT_HEADER + 8 * k, true)
+    if (!Number.isFinite(logSumExp))
+      throw new ShardSessionError('OUTPUT frame holds a log-sum-exp that is not finite')
+  }
+  const body = frame.slice(OUTPUT_HEADER, OUTPUT_HEADER + 8 * k)
   const ids = new Uint32Array(body.buffer, 0, k)
   for (const id of ids) {
     if (id >= vocab)
@@ -401,6 +443,72 @@ export function decodeOutput(frame: Uint8Array, maxK: number, vocab: number): Ou
     linkBytes: finite(view.getFloat64(32, true)),
     ids,
     logits: new Float32Array(body.buffer, 4 * k, k),
+    ...(logSumExp === undefined ? {} : { logSumExp }),
+  }
+}
+
+/**
+ * The output member's answer to one step of an embedding session: the input's pooled,
+ * L2-normalized final hidden state (`embd` f32 values) when the step wanted output, else no values.
+ */
+export interface EmbeddingFrame {
+  seq: number
+  /** Compute time of every stage of this step (µs). */
+  computeUs: number
+  /** Bytes sent on member-to-member links for this step. */
+  linkBytes: number
+  /** `embd` values, or none. */
+  values: Float32Array
+}
+
+const EMBEDDING_HEADER = 32
+
+/** Widest embedding an EMBEDDING frame carries (models are at most some 20k wide). */
+export const MAX_EMBEDDING_VALUES = 65_536
+
+export function embeddingFrameBytes(values: number): number {
+  return EMBEDDING_HEADER + 4 * values
+}
+
+export function encodeEmbedding(e: EmbeddingFrame): Uint8Array {
+  if (e.values.length > MAX_EMBEDDING_VALUES) {
+    throw new ShardSessionError(
+      `an embedding of ${e.values.length} values is over the ${MAX_EMBEDDING_VALUES} cap`,
+    )
+  }
+  const frame = new Uint8Array(embeddingFrameBytes(e.values.length))
+  const view = new DataView(frame.buffer)
+  frame[0] = SHARD_FRAME.EMBEDDING
+  view.setUint32(4, e.seq, true)
+  view.setUint32(8, e.values.length, true)
+  view.setFloat64(16, e.computeUs, true)
+  view.setFloat64(24, e.linkBytes, true)
+  writeValues(frame, EMBEDDING_HEADER, e.values, 'f32')
+  return frame
+}
+
+/** Parses an EMBEDDING frame of a model `embd` wide: `embd` values or none, every one finite. */
+export function decodeEmbedding(frame: Uint8Array, embd: number): EmbeddingFrame {
+  if (frame.byteLength < EMBEDDING_HEADER || frame[0] !== SHARD_FRAME.EMBEDDING) throw malformed('EMBEDDING')
+  const view = viewOf(frame)
+  const count = view.getUint32(8, true)
+  if (
+    (count !== 0 && count !== embd) ||
+    count > MAX_EMBEDDING_VALUES ||
+    frame.byteLength !== embeddingFrameBytes(count)
+  ) {
+    throw new ShardSessionError(
+      `EMBEDDING frame of ${frame.byteLength} bytes does not hold ${embd} values (or none), it says ${count}`,
+    )
+  }
+  const values = readValues(frame, EMBEDDING_HEADER, count, 'f32')
+  if (!values.every(Number.isFinite))
+    throw new ShardSessionError('EMBEDDING frame holds a value that is not finite')
+  return {
+    seq: view.getUint32(4, true),
+    computeUs: finite(view.getFloat64(16, true)),
+    linkBytes: finite(view.getFloat64(24, true)),
+    values,
   }
 }
 

@@ -1,11 +1,16 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
+import type { EmbeddingPooling } from '@meshnet/engine'
 import {
   decodeControl,
+  decodeEmbedding,
   decodeOutput,
+  type EmbeddingFrame,
+  embeddingFrameBytes,
   encodeControl,
   encodeStep,
   MAX_CONTROL_FRAME_BYTES,
+  MAX_EMBEDDING_VALUES,
   type MemberRef,
   type OpenMessage,
   type OutputFrame,
@@ -33,17 +38,37 @@ export class AttemptError extends Error {
   override name = 'AttemptError'
 }
 
+/** The options of a run an attempt uses (a generation's, or an embedding's). */
+export type AttemptOptions = Pick<
+  Options,
+  | 'poolId'
+  | 'model'
+  | 'maxBatch'
+  | 'kvCacheType'
+  | 'activations'
+  | 'links'
+  | 'openTimeoutMs'
+  | 'stepTimeoutMs'
+>
+
 interface AttemptContext {
   node: MeshNode
   local: ShardServer | undefined
   membership: MembershipCheck
-  opts: Options
+  opts: AttemptOptions
   contextSize: number
   topK: number
   meter: Meter
   logger: Logger
   signal: AbortSignal | undefined
+  /** An embedding run: the sessions pool the final hidden states this way (pipeline only). */
+  embedding?: EmbeddingPooling
+  /** The output members add the log-sum-exp of their rows to every OUTPUT (for log-probabilities). */
+  logSumExp?: boolean
 }
+
+/** What the output member answers a step with: candidates, or (embedding sessions) a vector. */
+type StepAnswer = OutputFrame | EmbeddingFrame
 
 interface AttemptMember {
   ref: MemberRef
@@ -53,8 +78,8 @@ interface AttemptMember {
   reported: boolean
   ready: Deferred<ReadyMessage>
   connected: Deferred<z.infer<typeof shardConnectedSchema>>
-  outputs: OutputFrame[]
-  waiter: Deferred<OutputFrame> | undefined
+  outputs: StepAnswer[]
+  waiter: Deferred<StepAnswer> | undefined
 }
 
 /** One plan's sessions: opened, linked, stepped, closed (or abandoned on a failure). */
@@ -70,6 +95,8 @@ export class Attempt {
   readonly #broken = new Set<string>()
   readonly #onBroken = new Map<string, () => void>()
   vocab = 0
+  /** The model's width (an embedding's length). */
+  embd = 0
   links = { direct: 0, libp2p: 0 }
 
   constructor(ctx: AttemptContext) {
@@ -136,6 +163,8 @@ export class Attempt {
             activations: opts.activations,
             topK: this.#ctx.topK,
             links: opts.links,
+            ...(this.#ctx.embedding === undefined ? {} : { embedding: this.#ctx.embedding }),
+            ...(this.#ctx.logSumExp === true ? { logSumExp: true as const } : {}),
           }
           void this.#read(m, outputRank)
           return m.channel.write(encodeControl(SHARD_FRAME.OPEN, open)).catch((err: unknown) => {
@@ -174,6 +203,7 @@ export class Attempt {
       )
     }
     this.vocab = config.vocab
+    this.embd = config.embd
     await this.#guard(
       Promise.all(
         members.map((m) =>
@@ -198,10 +228,46 @@ export class Attempt {
 
   /** Sends steps (all at once, so a pipeline overlaps them) and returns the last one's output. */
   async run(steps: Step[], decode: boolean): Promise<OutputFrame> {
-    const { opts, meter } = this.#ctx
-    const first = this.#seq
+    const { meter } = this.#ctx
     const started = performance.now()
     const bytesBefore = this.controlBytes()
+    const { answers, linkBytes } = await this.#exchange(steps)
+    const output = answers.at(-1)
+    if (output === undefined || !('ids' in output)) {
+      throw new ShardSessionError('the output member answered a generation step with no candidates')
+    }
+    if (decode) {
+      const rtt = performance.now() - started
+      const computeMs = output.computeUs / 1000
+      const waitMs = output.waitUs / 1000
+      const hops = this.#plan.mode === 'pipeline' ? this.#members.length + 1 : 2
+      meter.decodeSteps++
+      meter.decodeCompute += computeMs
+      meter.decodeBytes += linkBytes + (this.controlBytes() - bytesBefore)
+      meter.hopSum += Math.max(0, rtt - computeMs - waitMs) / hops
+      meter.hopSteps++
+      if (output.exchanges > 0) {
+        meter.allReduceSum += waitMs / output.exchanges
+        meter.allReduceSteps++
+      }
+    }
+    return output
+  }
+
+  /** Embedding sessions: sends steps (all at once) and returns the output member's answer to each. */
+  async embed(steps: Step[]): Promise<EmbeddingFrame[]> {
+    const { answers } = await this.#exchange(steps)
+    return answers.map((a) => {
+      if ('ids' in a)
+        throw new ShardSessionError('the output member answered an embedding step with candidates')
+      return a
+    })
+  }
+
+  /** Sends `steps` and reads the answer to each, in order. */
+  async #exchange(steps: Step[]): Promise<{ answers: StepAnswer[]; linkBytes: number }> {
+    const { opts, meter } = this.#ctx
+    const first = this.#seq
     const targets = this.#plan.mode === 'pipeline' ? [this.#members[0]!] : this.#members
     for (const step of steps) {
       const frame = encodeStep({ seq: this.#seq++, pos: step.pos, want: step.want, tokens: step.tokens })
@@ -217,33 +283,19 @@ export class Attempt {
         'sending a step',
       )
     }
-    let output: OutputFrame | undefined
+    const answers: StepAnswer[] = []
     let linkBytes = 0
     for (let i = 0; i < steps.length; i++) {
-      output = await this.#guard(this.#nextOutput(), opts.stepTimeoutMs, 'a step’s output')
+      const output = await this.#guard(this.#nextOutput(), opts.stepTimeoutMs, 'a step’s output')
       if (output.seq !== first + i) {
         this.#fail(new ShardSessionError(`output for step ${output.seq} arrived, expected step ${first + i}`))
         throw new AttemptError('out of order', { cause: this.#failure })
       }
       linkBytes += output.linkBytes
+      answers.push(output)
     }
     meter.links += linkBytes
-    if (decode && output) {
-      const rtt = performance.now() - started
-      const computeMs = output.computeUs / 1000
-      const waitMs = output.waitUs / 1000
-      const hops = this.#plan.mode === 'pipeline' ? this.#members.length + 1 : 2
-      meter.decodeSteps++
-      meter.decodeCompute += computeMs
-      meter.decodeBytes += linkBytes + (this.controlBytes() - bytesBefore)
-      meter.hopSum += Math.max(0, rtt - computeMs - waitMs) / hops
-      meter.hopSteps++
-      if (output.exchanges > 0) {
-        meter.allReduceSum += waitMs / output.exchanges
-        meter.allReduceSteps++
-      }
-    }
-    return output!
+    return { answers, linkBytes }
   }
 
   async close(): Promise<void> {
@@ -342,8 +394,13 @@ export class Attempt {
       throw err
     }
     const ref = { nodeId, addrs: addrs ?? (await knownAddrs(node, dialed.connection.remotePeer)) }
-    // OUTPUT frames carry up to topK candidates of 8 bytes.
-    const cap = Math.max(MAX_CONTROL_FRAME_BYTES, 64 + 8 * this.#ctx.topK)
+    // OUTPUT frames carry up to topK candidates of 8 bytes; EMBEDDING frames a vector (its width
+    // is known from READY only: the cap is the widest one).
+    const cap = Math.max(
+      MAX_CONTROL_FRAME_BYTES,
+      64 + 8 * this.#ctx.topK,
+      this.#ctx.embedding === undefined ? 0 : embeddingFrameBytes(MAX_EMBEDDING_VALUES),
+    )
     return { ...base, ref, local: false, channel: libp2pChannel(dialed.stream, nodeId, cap) }
   }
 
@@ -368,11 +425,19 @@ export class Attempt {
               decodeControl(frame, SHARD_FRAME.CONNECTED, shardConnectedSchema, 'CONNECTED'),
             )
             break
-          case SHARD_FRAME.OUTPUT: {
-            if (this.#plan.mode === 'pipeline' && m.rank !== outputRank) {
-              throw new ShardSessionError(`member ${id} sent an OUTPUT it does not produce`)
+          case SHARD_FRAME.OUTPUT:
+          case SHARD_FRAME.EMBEDDING: {
+            const kind = shardFrameKind(frame) === SHARD_FRAME.OUTPUT ? 'OUTPUT' : 'EMBEDDING'
+            if ((this.#plan.mode === 'pipeline' && m.rank !== outputRank) || this.vocab === 0) {
+              throw new ShardSessionError(`member ${id} sent an ${kind} it does not produce`)
             }
-            const output = decodeOutput(frame, Math.min(this.#ctx.topK, this.vocab), this.vocab)
+            if ((kind === 'EMBEDDING') !== (this.#ctx.embedding !== undefined)) {
+              throw new ShardSessionError(`member ${id} sent an ${kind} in a session that has none`)
+            }
+            const output =
+              kind === 'OUTPUT'
+                ? decodeOutput(frame, Math.min(this.#ctx.topK, this.vocab), this.vocab)
+                : decodeEmbedding(frame, this.embd)
             const waiter = m.waiter
             m.waiter = undefined
             if (waiter) waiter.resolve(output)
@@ -427,9 +492,14 @@ export class Attempt {
    * member's (each holds the best candidates of its vocabulary rows; the best k of their union are
    * the best k of the whole row, in top-k order).
    */
-  async #nextOutput(): Promise<OutputFrame> {
+  async #nextOutput(): Promise<StepAnswer> {
     if (this.#plan.mode === 'pipeline') return await this.#next(this.#members.at(-1)!)
-    const parts = await Promise.all(this.#members.map((m) => this.#next(m)))
+    const parts = (await Promise.all(this.#members.map((m) => this.#next(m)))).filter(
+      (p): p is OutputFrame => 'ids' in p,
+    )
+    if (parts.length !== this.#members.length) {
+      throw new ShardSessionError('a tensor-parallel member answered with an embedding')
+    }
     const seq = parts[0]!.seq
     if (parts.some((p) => p.seq !== seq)) {
       throw new ShardSessionError(`members answered different steps: ${parts.map((p) => p.seq).join(', ')}`)
@@ -440,6 +510,10 @@ export class Attempt {
     }
     candidates.sort((a, b) => b[1] - a[1] || a[0] - b[0])
     const best = candidates.slice(0, Math.min(this.#ctx.topK, this.vocab))
+    // The whole row's log-sum-exp from those of every member's vocabulary rows.
+    const lses = parts.map((p) => p.logSumExp)
+    const lse =
+      lses.every((l) => l !== undefined) && best.length > 0 ? logAddExp(lses as number[]) : undefined
     return {
       seq,
       computeUs: Math.max(...parts.map((p) => p.computeUs)),
@@ -448,14 +522,15 @@ export class Attempt {
       linkBytes: parts.reduce((sum, p) => sum + p.linkBytes, 0),
       ids: Uint32Array.from(best, (c) => c[0]),
       logits: Float32Array.from(best, (c) => c[1]),
+      ...(lse === undefined ? {} : { logSumExp: lse }),
     }
   }
 
-  #next(m: AttemptMember): Promise<OutputFrame> {
+  #next(m: AttemptMember): Promise<StepAnswer> {
     const ready = m.outputs.shift()
     if (ready) return Promise.resolve(ready)
     if (this.#failure) return Promise.reject(this.#failure)
-    m.waiter = deferred<OutputFrame>()
+    m.waiter = deferred<StepAnswer>()
     return m.waiter.promise
   }
 
@@ -483,4 +558,11 @@ export class Attempt {
       if (onAbort) signal?.removeEventListener('abort', onAbort)
     }
   }
+}
+
+/** log Σ exp(values), in float64. */
+function logAddExp(values: readonly number[]): number {
+  const max = Math.max(...values)
+  if (!Number.isFinite(max)) return max
+  return max + Math.log(values.reduce((sum, v) => sum + Math.exp(v - max), 0))
 }

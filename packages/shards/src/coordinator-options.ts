@@ -1,7 +1,7 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
-import type { StopReason } from '@meshnet/engine'
-import { type SamplingOptions, samplingOptionsSchema } from '@meshnet/engine'
+import type { StopReason, TokenLogprobs } from '@meshnet/engine'
+import { MAX_TOP_LOGPROBS, type SamplingOptions, samplingOptionsSchema } from '@meshnet/engine'
 import { MAX_SHARD_BATCH, sha256Schema } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { ShardGate } from './peers.ts'
@@ -16,6 +16,11 @@ export const shardedGenerationOptionsSchema = z.strictObject({
   promptTokens: z.array(z.number().int().min(0).max(0xffff_ffff)).min(1).max(1_048_576),
   maxTokens: z.number().int().min(1).max(1_048_576).default(128),
   sampling: samplingOptionsSchema.optional(),
+  /**
+   * Report each token's log-probabilities (`ShardedToken.logprobs`) with this many alternatives.
+   * The output member then also sends the log-sum-exp of its whole row (OPEN `logSumExp`).
+   */
+  logprobs: z.number().int().min(0).max(MAX_TOP_LOGPROBS).optional(),
   /** Tokens that end the generation (not included in the output): the model's EOS/EOT ids. */
   stopTokens: z.array(z.number().int().min(0)).max(64).default([]),
   /** Positions every member's KV cache holds. Default: prompt + maxTokens. */
@@ -70,6 +75,8 @@ export interface ShardedToken {
   id: number
   /** 0 for the first generated token. */
   index: number
+  /** With the `logprobs` option. */
+  logprobs?: TokenLogprobs
 }
 
 export interface ShardedFailover {

@@ -1,5 +1,5 @@
 import { InvalidArgumentError, parseWith, silentLogger } from '@meshnet/core'
-import type { StopReason } from '@meshnet/engine'
+import type { Sampler, StopReason, TokenLogprobs } from '@meshnet/engine'
 import { createSampler } from '@meshnet/engine'
 import { Attempt, AttemptError } from './attempt.ts'
 import { sparseLogits } from './candidates.ts'
@@ -43,8 +43,13 @@ export async function* runShardedGeneration(
     )
   }
   const sampler = createSampler(opts.sampling ?? {})
-  const greedy = sampler.options.temperature <= 0
-  const topK = greedy ? 1 : sampler.options.topK === 0 ? 1 << 20 : sampler.options.topK
+  const { temperature, topK: k, presencePenalty, frequencyPenalty } = sampler.options
+  // Greedy needs only the best candidate, sampling the top k (0: the whole vocabulary). Penalties
+  // apply before top-k to every token generated so far, wherever it ranks: they need the whole row.
+  const penalized = presencePenalty !== 0 || frequencyPenalty !== 0
+  const argmaxOnly = temperature <= 0 && !penalized
+  const whole = 1 << 20
+  const topK = Math.max(argmaxOnly ? 1 : penalized || k === 0 ? whole : k, opts.logprobs ?? 0)
   const stop = new Set(opts.stopTokens)
   const membership = new MembershipCheck(gate)
   const meter = new Meter()
@@ -95,7 +100,18 @@ export async function* runShardedGeneration(
     for (;;) {
       attemptNo++
       if (attempt) meter.control += attempt.controlBytes()
-      attempt = new Attempt({ node, local, membership, opts, contextSize, topK, meter, logger, signal })
+      attempt = new Attempt({
+        node,
+        local,
+        membership,
+        opts,
+        contextSize,
+        topK,
+        meter,
+        logger,
+        signal,
+        ...(opts.logprobs === undefined ? {} : { logSumExp: true }),
+      })
       try {
         const opening = performance.now()
         await attempt.open(plan)
@@ -110,9 +126,8 @@ export async function* runShardedGeneration(
         }
         for (;;) {
           if (output.ids.length === 0) throw new ShardSessionError('the output member returned no candidates')
-          const token = greedy
-            ? output.ids[0]!
-            : sampler.sample(sparseLogits(attempt.vocab, output.ids, output.logits))
+          const picked = pick(sampler, output, attempt.vocab, argmaxOnly, opts.logprobs)
+          const token = picked.id
           last = performance.now()
           if (stop.has(token)) {
             stopReason = 'eog'
@@ -120,7 +135,11 @@ export async function* runShardedGeneration(
           }
           tokens.push(token)
           first ??= last
-          yield { id: token, index: tokens.length - 1 }
+          yield {
+            id: token,
+            index: tokens.length - 1,
+            ...(picked.logprobs === undefined ? {} : { logprobs: picked.logprobs }),
+          }
           // When every shard runs in this process (a plan of this node alone) the steps resolve
           // without I/O: give the event loop a turn so the token reaches the caller's socket now.
           await new Promise<void>((resolve) => setImmediate(resolve))
@@ -195,6 +214,26 @@ export async function* runShardedGeneration(
   } finally {
     await attempt?.abort()
   }
+}
+
+/**
+ * The next token from the output member's candidates (and its log-probabilities when asked: exact
+ * with the member's log-sum-exp of the whole row, or when the candidates are the whole row).
+ */
+function pick(
+  sampler: Sampler,
+  output: { ids: Uint32Array; logits: Float32Array; logSumExp?: number },
+  vocab: number,
+  argmaxOnly: boolean,
+  logprobs: number | undefined,
+): { id: number; logprobs?: TokenLogprobs } {
+  if (logprobs === undefined && argmaxOnly) return { id: output.ids[0]! }
+  const row = sparseLogits(vocab, output.ids, output.logits)
+  if (logprobs === undefined) return { id: sampler.sample(row) }
+  return sampler.sampleWithLogprobs(row, {
+    top: logprobs,
+    ...(output.logSumExp === undefined || output.ids.length >= vocab ? {} : { logSumExp: output.logSumExp }),
+  })
 }
 
 /** The prompt in batches of `maxBatch` from position 0; the last one wants the candidates. */

@@ -17,7 +17,15 @@ export type {
   ShardedToken,
 } from './coordinator-options.ts'
 export { shardedGenerationOptionsSchema } from './coordinator-options.ts'
+export type {
+  EmbeddingFailover,
+  ShardedEmbeddingOptions,
+  ShardedEmbeddingResult,
+} from './embedding.ts'
+export { runShardedEmbedding, shardedEmbeddingOptionsSchema } from './embedding.ts'
 export { PoolAccessError, ShardCapacityError, ShardedRunError, ShardModelError } from './errors.ts'
+export type { EmbedRequest, EmbedResult } from './jobs/embed.ts'
+export { embedRequestSchema, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS } from './jobs/embed.ts'
 export { JobRefusedError } from './jobs/errors.ts'
 export { jobService } from './jobs/index.ts'
 export { jobStats } from './jobs/stats.ts'

@@ -1,10 +1,18 @@
-import type { AllReduce, LlamaShard, StepBatcher, VocabHead } from '@meshnet/engine'
+import {
+  type AllReduce,
+  EmbeddingPooler,
+  type LlamaShard,
+  logSumExp,
+  type StepBatcher,
+  type VocabHead,
+} from '@meshnet/engine'
 import {
   decodeControl,
   decodeHidden,
   decodePartial,
   decodeStep,
   encodeControl,
+  encodeEmbedding,
   encodeHidden,
   encodeOutput,
   encodePartial,
@@ -55,6 +63,8 @@ export class MemberSession {
   readonly #incoming = new Map<number, Deferred<Link>>()
   readonly #links = new Map<number, Link>()
   readonly #embd: number
+  /** The output member of an embedding session: what pools the final hidden states of each input. */
+  readonly #pooler: EmbeddingPooler | undefined
   #exchange = 0
   #closed = false
   #busy: Promise<unknown> = Promise.resolve()
@@ -79,7 +89,11 @@ export class MemberSession {
     this.bytes = init.bytes
     this.#release = init.release
     this.#embd = init.shard.config.embd
-    const { maxBatch, activations, topK } = init.open
+    const { maxBatch, activations, topK, embedding, mode, rank, members } = init.open
+    this.#pooler =
+      embedding !== undefined && mode === 'pipeline' && rank === members.length - 1
+        ? new EmbeddingPooler(embedding, this.#embd)
+        : undefined
     this.dataCap = Math.max(
       hiddenFrameBytes(maxBatch, this.#embd, activations),
       64 + maxBatch * this.#embd * 4,
@@ -331,11 +345,31 @@ export class MemberSession {
     const input = step.tokens ? { tokens: step.tokens } : { hidden: step.hidden! }
     // Tensor-parallel steps run in lockstep with the other members; every other step shares a
     // pass over the weights with the steps of this member's other sessions.
+    const pooler = this.#pooler
     const out = allReduce
       ? await this.shard.forward(input, step.pos, { allReduce })
-      : await this.#host.batcher.forwardChunked(this.shard, input, step.pos, { chunk: open.maxBatch })
+      : await this.#host.batcher.forwardChunked(this.shard, input, step.pos, {
+          chunk: open.maxBatch,
+          // An embedding pools the final hidden states, not logits.
+          ...(pooler ? { logits: 'none' as const } : {}),
+        })
     const n = step.tokens?.length ?? step.hidden!.length / this.#embd
     this.#host.counters.steps++
+    if (pooler !== undefined) {
+      if (out.kind !== 'hidden') throw new ShardSessionError('an embedding step produced logits')
+      // Each input starts at position 0; its steps follow one another.
+      if (step.pos === 0) pooler.reset()
+      else if (step.pos !== pooler.positions) {
+        throw new ShardSessionError(
+          `an embedding step at position ${step.pos} does not follow the ${pooler.positions} positions pooled so far`,
+        )
+      }
+      pooler.add(this.shard.outputNorm(out.hidden, n), n)
+      const values = step.want ? pooler.vector() : new Float32Array(0)
+      const computeUs = step.computeUs + (performance.now() - start) * 1000
+      await this.control.write(encodeEmbedding({ seq: step.seq, computeUs, linkBytes, values }))
+      return
+    }
     if (open.mode === 'pipeline' && open.rank < open.members.length - 1) {
       const computeUs = step.computeUs + (performance.now() - start) * 1000
       const next = await this.#link(open.rank + 1)
@@ -366,25 +400,36 @@ export class MemberSession {
     }
     let ids: Uint32Array = new Uint32Array(0)
     let logits: Float32Array = new Float32Array(0)
+    let lse: number | undefined
     if (step.want) {
       const head = this.#head
+      let row: Float32Array
       if (head !== undefined) {
         // Tensor parallel: the best of this member's vocabulary rows; the coordinator merges.
         if (out.kind !== 'hidden') throw new ShardSessionError('a tensor-parallel shard produced logits')
-        const part = topCandidates(
-          head.logits(out.hidden.subarray((n - 1) * this.#embd, n * this.#embd)),
-          open.topK,
-        )
+        row = head.logits(out.hidden.subarray((n - 1) * this.#embd, n * this.#embd))
+        const part = topCandidates(row, open.topK)
         ids = part.ids.map((id) => id + head.range[0])
         logits = part.logits
       } else {
         if (out.kind !== 'logits') throw new ShardSessionError('the output member has no output head')
-        ;({ ids, logits } = topCandidates(out.logits, open.topK))
+        row = out.logits
+        ;({ ids, logits } = topCandidates(row, open.topK))
       }
+      if (open.logSumExp === true) lse = logSumExp(row)
     }
     const computeUs = step.computeUs + (performance.now() - start) * 1000 - waitUs
     await this.control.write(
-      encodeOutput({ seq: step.seq, computeUs, waitUs, exchanges, linkBytes, ids, logits }),
+      encodeOutput({
+        seq: step.seq,
+        computeUs,
+        waitUs,
+        exchanges,
+        linkBytes,
+        ids,
+        logits,
+        ...(lse === undefined ? {} : { logSumExp: lse }),
+      }),
     )
   }
 

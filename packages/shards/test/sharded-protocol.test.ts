@@ -70,6 +70,31 @@ describe('shard frames', () => {
     expect(() => decodeOutput(output, 0, 100)).toThrow(/at most 0/)
   })
 
+  it('carries the log-sum-exp of the whole row after the candidates when the session asks for it', () => {
+    const out = {
+      seq: 2,
+      computeUs: 1,
+      waitUs: 0,
+      exchanges: 0,
+      linkBytes: 0,
+      ids: Uint32Array.of(4, 2),
+      logits: Float32Array.of(1.5, 1.25),
+      logSumExp: Math.E,
+    }
+    const frame = encodeOutput(out)
+    expect(frame.byteLength).toBe(40 + 2 * 8 + 8)
+    expect(decodeOutput(frame, 2, 10)).toEqual(out)
+    // Without it, the frame is as before (what members before it send and expect).
+    const { logSumExp: _, ...plain } = out
+    expect(encodeOutput(plain).byteLength).toBe(40 + 2 * 8)
+    // A flag without its value, an unknown flag, a value that is not finite: malformed.
+    expect(() => decodeOutput(frame.subarray(0, frame.length - 8), 2, 10)).toThrow(/does not hold/)
+    const unknown = encodeOutput(plain)
+    unknown[1] = 0x02
+    expect(() => decodeOutput(unknown, 2, 10)).toThrow(/does not hold/)
+    expect(() => decodeOutput(encodeOutput({ ...out, logSumExp: Number.NaN }), 2, 10)).toThrow(/not finite/)
+  })
+
   it('checks control messages: kind, JSON, schema, size', () => {
     const mode = encodeControl(SHARD_FRAME.LINK_MODE, { transport: 'direct' })
     expect(decodeControl(mode, SHARD_FRAME.LINK_MODE, linkModeSchema, 'LINK_MODE')).toEqual({

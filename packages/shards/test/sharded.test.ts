@@ -1,4 +1,4 @@
-import { createMeshnetEngine, createWasmKernels, type Kernels } from '@meshnet/engine'
+import { createMeshnetEngine, createWasmKernels, type Kernels, type TokenLogprobs } from '@meshnet/engine'
 import { createLlamaCppEngine } from '@meshnet/llama-cpp'
 import { frameStream, SHARD_FRAME, SHARD_PROTOCOL } from '@meshnet/protocols'
 import { planPipeline, planTensor } from '@meshnet/ring'
@@ -136,6 +136,53 @@ describe('sharded generation over loopback libp2p', () => {
     expect(result.stats.bytes.links).toBeGreaterThan(0)
     expect(result.stats.hopLatencyMs).toBeGreaterThanOrEqual(0)
   })
+
+  it.each([
+    ['pipeline', 1e-9],
+    // Tensor parallelism adds partial sums in another order (here the logits agree to ~1e-9); its
+    // log-sum-exp is that of every member's vocabulary rows, added up by the coordinator.
+    ['tensor', 1e-4],
+  ] as const)(
+    'a %s reports the whole model’s log-probabilities from its candidates and the members’ log-sum-exp',
+    async (mode, tolerance) => {
+      const engine = await createMeshnetEngine({ modelPath: path, contextSize: 64, kernels })
+      const whole: TokenLogprobs[] = []
+      try {
+        await engine.generate(PROMPT, {
+          maxTokens: MAX_TOKENS,
+          stopOnEog: false,
+          logprobs: 3,
+          onToken: (t) => {
+            if (t.logprobs) whole.push(t.logprobs)
+          },
+        })
+      } finally {
+        await engine.dispose()
+      }
+      // Greedy with 3 alternatives: the output members send 3 candidates, not the whole row.
+      const gen = runShardedGeneration({
+        node: coordinator.node,
+        gate: coordinator.gate,
+        poolId: pool.id,
+        model: { sha256 },
+        promptTokens: PROMPT,
+        maxTokens: MAX_TOKENS,
+        logprobs: 3,
+        plan: planOf(mode, members),
+      })
+      const split: TokenLogprobs[] = []
+      let step = await gen.next()
+      for (; !step.done; step = await gen.next()) split.push(step.value.logprobs!)
+      expect(step.value.tokens).toEqual(reference)
+      expect(split).toHaveLength(whole.length)
+      for (const [i, lp] of split.entries()) {
+        expect(lp.top.map((t) => t.id)).toEqual(whole[i]!.top.map((t) => t.id))
+        expect(Math.abs(lp.logprob - whole[i]!.logprob)).toBeLessThan(tolerance)
+        for (const [k, t] of lp.top.entries())
+          expect(Math.abs(t.logprob - whole[i]!.top[k]!.logprob)).toBeLessThan(tolerance)
+      }
+    },
+  )
 
   it.each([2, 3])('tensor parallel over %i members gives llama.cpp’s greedy tokens', async (count) => {
     const result = await run({ plan: planOf('tensor', members.slice(0, count)) })

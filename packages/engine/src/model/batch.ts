@@ -1,15 +1,15 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { LlamaShardImpl } from './llama-shard.ts'
 import { ChainedShard } from './segments.ts'
-import type { LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
+import type { LlamaShard, LogitsWanted, ShardInput, ShardOutput } from './shard-types.ts'
 
 /** One session's step in a batched pass: `input` at positions `[pos, pos + n)` of `shard`. */
 export interface BatchStep {
   shard: LlamaShard
   input: ShardInput
   pos: number
-  /** With a head: the logits of the last position (default) or of every position. */
-  logits?: 'last' | 'all'
+  /** With a head: the logits of the last position (default), of every position, or none. */
+  logits?: LogitsWanted
 }
 
 /** The segment sessions a shard runs, when its steps can be batched with others'; else undefined. */

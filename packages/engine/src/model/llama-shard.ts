@@ -20,7 +20,7 @@ import {
   storeKV,
   V_FIRST_CAPACITY,
 } from './shard-layout.ts'
-import type { ForwardOptions, LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
+import type { ForwardOptions, LlamaShard, LogitsWanted, ShardInput, ShardOutput } from './shard-types.ts'
 import type { Matrix } from './weights.ts'
 
 /** cos/sin of `count` positions from `from`, `headDim` floats each. */
@@ -240,6 +240,7 @@ export class LlamaShardImpl implements LlamaShard {
     }
     this.truncate(pos)
     const wantAll = options.logits === 'all'
+    const headOut = this.hasHead && options.logits !== 'none'
     const logitRows: Float32Array[] = []
     for (let start = 0; start < n; start += this.#maxBatch) {
       const count = Math.min(this.#maxBatch, n - start)
@@ -256,7 +257,7 @@ export class LlamaShardImpl implements LlamaShard {
       if (this.hasHead && wantAll) logitRows.push(this.logits(x, count))
     }
     this.#length = pos + n
-    if (!this.hasHead) return { kind: 'hidden', n, hidden }
+    if (!headOut) return { kind: 'hidden', n, hidden }
     if (!wantAll) {
       return { kind: 'logits', n, rows: 1, logits: this.logits(hidden.subarray((n - 1) * embd), 1) }
     }
@@ -300,7 +301,7 @@ export class LlamaShardImpl implements LlamaShard {
    * The rows together fit the first shard's `maxBatch`; each step `n ≤` its own `maxBatch`.
    */
   static async forwardMany(
-    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: 'last' | 'all' }>,
+    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: LogitsWanted }>,
     signal?: AbortSignal,
   ): Promise<ShardOutput[]> {
     const lead = steps[0]!.shard
@@ -326,7 +327,7 @@ export class LlamaShardImpl implements LlamaShard {
 
   static async #forwardMany(
     lead: LlamaShardImpl,
-    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: 'last' | 'all' }>,
+    steps: ReadonlyArray<{ shard: LlamaShardImpl; input: ShardInput; pos: number; logits?: LogitsWanted }>,
     signal: AbortSignal | undefined,
   ): Promise<ShardOutput[]> {
     const { embd } = lead.config
@@ -362,9 +363,10 @@ export class LlamaShardImpl implements LlamaShard {
     for (const item of items) item.shard.#length = item.pos + item.n
     const slice = (item: BatchRows) => x.slice(item.at * embd, (item.at + item.n) * embd)
     if (!lead.hasHead) return items.map((item) => ({ kind: 'hidden', n: item.n, hidden: slice(item) }))
-    // The logits of every session's last position (or of all its positions) in one product.
+    // The logits of every session's last position (or of all its positions, or none) in one product.
     const picks = steps.map((step, i) => {
       const item = items[i]!
+      if (step.logits === 'none') return { from: item.at, count: 0 }
       return step.logits === 'all'
         ? { from: item.at, count: item.n }
         : { from: item.at + item.n - 1, count: 1 }
@@ -376,10 +378,11 @@ export class LlamaShardImpl implements LlamaShard {
       gathered.set(x.subarray(p.from * embd, (p.from + p.count) * embd), offset * embd)
       offset += p.count
     }
-    const logits = lead.logits(gathered, count)
+    const logits = count > 0 ? lead.logits(gathered, count) : new Float32Array(0)
     const { vocab } = lead.config
     offset = 0
     return picks.map((p, i) => {
+      if (steps[i]!.logits === 'none') return { kind: 'hidden', n: items[i]!.n, hidden: slice(items[i]!) }
       const out: ShardOutput = {
         kind: 'logits',
         n: items[i]!.n,
@@ -570,6 +573,23 @@ export class LlamaShardImpl implements LlamaShard {
       out.set(logits.f32().subarray(0, count * vocab), start * vocab)
     }
     return out!
+  }
+
+  outputNorm(hidden: Float32Array, n: number): Float32Array {
+    this.#assertOpen()
+    const head = this.#head
+    if (head === undefined) {
+      throw new InvalidShardError(
+        `this shard (layers [${this.layers[0]}, ${this.layers[1]})) has no output norm; load it with head: true`,
+      )
+    }
+    const { embd, normEps } = this.config
+    if (hidden.length < n * embd) {
+      throw new InvalidArgumentError(`${n} hidden states need ${n * embd} floats, got ${hidden.length}`)
+    }
+    const out = new Float32Array(n * embd)
+    for (let i = 0; i < n; i++) rmsNorm(hidden, i * embd, embd, head.norm, normEps, out, i * embd)
+    return out
   }
 
   async dispose(): Promise<void> {

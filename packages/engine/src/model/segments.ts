@@ -179,6 +179,10 @@ export class ChainedShard implements LlamaShard {
     return this.#parts.at(-1)!.logits(hidden, n)
   }
 
+  outputNorm(hidden: Float32Array, n: number): Float32Array {
+    return this.#parts.at(-1)!.outputNorm(hidden, n)
+  }
+
   truncate(length: number): void {
     for (const part of this.#parts) part.truncate(length)
   }

@@ -10,9 +10,16 @@ export type AllReduce = (
   step: { layer: number; kind: 'attention' | 'ffn' },
 ) => Float32Array | Promise<Float32Array>
 
+/**
+ * What a shard with the head returns: the logits of the last position (default), of every position,
+ * or none (`'none'`: the hidden states after the last layer, before the output norm, as a shard
+ * without a head returns them; what an embedding pools, see `outputNorm`).
+ */
+export type LogitsWanted = 'last' | 'all' | 'none'
+
 export interface ForwardOptions {
-  /** With a head: logits of the last position only (default) or of every position. */
-  logits?: 'last' | 'all'
+  /** With a head: logits of the last position only (default), of every position, or none. */
+  logits?: LogitsWanted
   /** Required when the shard is column-sliced. */
   allReduce?: AllReduce
   signal?: AbortSignal
@@ -62,6 +69,11 @@ export interface LlamaShard {
   ffn(layer: number, hidden: Float32Array, n: number): Float32Array
   /** Output norm and projection of `n` hidden states (`n * vocab` floats). */
   logits(hidden: Float32Array, n: number): Float32Array
+  /**
+   * The output norm of `n` hidden states (`n * embd` floats): the model's final hidden states, what
+   * the projection to logits reads and an embedding pools. Needs the head.
+   */
+  outputNorm(hidden: Float32Array, n: number): Float32Array
   /** Forgets positions from `length` on. */
   truncate(length: number): void
   dispose(): Promise<void>

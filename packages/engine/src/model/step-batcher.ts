@@ -1,7 +1,7 @@
 import { InvalidArgumentError } from '@meshnet/core'
 import { EngineDisposedError } from '../errors.ts'
 import { type BatchStep, canBatch, forwardBatch, segmentsOf } from './batch.ts'
-import type { LlamaShard, ShardInput, ShardOutput } from './shard-types.ts'
+import type { LlamaShard, LogitsWanted, ShardInput, ShardOutput } from './shard-types.ts'
 
 export interface StepBatcherOptions {
   /** Positions one pass takes at most (default, and at most: the shards' `maxBatch`). */
@@ -59,7 +59,7 @@ export class StepBatcher {
     shard: LlamaShard,
     input: ShardInput,
     pos: number,
-    options: { logits?: 'last' | 'all'; signal?: AbortSignal } = {},
+    options: { logits?: LogitsWanted; signal?: AbortSignal } = {},
   ): Promise<ShardOutput> {
     if (this.#closed) return Promise.reject(new EngineDisposedError('the step batcher was closed'))
     return new Promise<ShardOutput>((resolve, reject) => {
@@ -72,13 +72,14 @@ export class StepBatcher {
   /**
    * A prompt in steps of at most `chunk` positions, each its own step, so that other sessions'
    * steps run between them (a long prompt does not stall their decoding). The result is that of
-   * the whole input: the hidden states of every position, or the logits of the last one (or all).
+   * the whole input: the hidden states of every position, or the logits of the last one (or all);
+   * with `logits: 'none'`, a shard with the head gives the hidden states of every position too.
    */
   async forwardChunked(
     shard: LlamaShard,
     input: ShardInput,
     pos: number,
-    options: { chunk: number; logits?: 'last' | 'all'; signal?: AbortSignal },
+    options: { chunk: number; logits?: LogitsWanted; signal?: AbortSignal },
   ): Promise<ShardOutput> {
     const embd = shard.config.embd
     const n = 'tokens' in input ? input.tokens.length : input.hidden.length / embd
@@ -95,7 +96,7 @@ export class StepBatcher {
       outs.push(
         await this.forward(shard, part, pos + start, {
           ...(options.signal ? { signal: options.signal } : {}),
-          ...(options.logits === 'all' ? { logits: 'all' as const } : {}),
+          ...(options.logits === 'all' || options.logits === 'none' ? { logits: options.logits } : {}),
         }),
       )
       if (!last) options.signal?.throwIfAborted()

@@ -1,7 +1,7 @@
 import { randomUUID } from 'node:crypto'
 import type { Connection, Stream } from '@libp2p/interface'
 import { InvalidArgumentError, type MeshError, parseWith } from '@meshnet/core'
-import { createWasmKernels, type OpenedTokenizer } from '@meshnet/engine'
+import { createWasmKernels, type EmbeddingPooling, type OpenedTokenizer } from '@meshnet/engine'
 import {
   decodeJobRequest,
   encodeJobFrame,
@@ -19,6 +19,7 @@ import {
 } from '@meshnet/protocols'
 import { chooseShardedMode, PROCESS_RESERVE_BYTES } from '../plan.ts'
 import { type ShardServer, shardServer } from '../server.ts'
+import { type EmbedRequest, type EmbedResult, modelPooling, runEmbedJob } from './embed.ts'
 import { JobRefusedError } from './errors.ts'
 import { loadShard } from './preload.ts'
 import { prepareJobRequest } from './request.ts'
@@ -69,6 +70,8 @@ export class JobServiceImpl implements JobService {
   #shard: ShardLoadState | undefined
   /** Counts preloads; a newer one supersedes the state reports of an older one. */
   #preloads = 0
+  /** The served model's embedding pooling, read on the first embedding job. */
+  #pooling: Promise<EmbeddingPooling | undefined> | undefined
 
   constructor(init: JobServiceInit, components: JobServiceComponents) {
     this.#init = init
@@ -379,6 +382,35 @@ export class JobServiceImpl implements JobService {
         ending('cancelled', { error: 'the requester stopped reading the job' })
       }
     }
+  }
+
+  async embed(
+    request: EmbedRequest,
+    options: { origin: JobOrigin; signal?: AbortSignal },
+  ): Promise<EmbedResult> {
+    const served = this.#init.model
+    const opened = this.#opened
+    if (served === undefined || opened === undefined) {
+      throw new JobRefusedError('ERR_NO_MODEL', 'this agent serves no model', {
+        hint: 'start it with --model <path.gguf>',
+      })
+    }
+    this.#pooling ??= modelPooling(served.path).catch((err: unknown) => {
+      this.#pooling = undefined
+      throw err
+    })
+    const context = {
+      ...this.#components,
+      served,
+      tokenizer: opened.tokenizer,
+      engines: this.#engines,
+      local: this.#server,
+      defaultPool: () => this.#defaultPool(),
+      emit: (event: JobEvent) => this.#emit(event),
+      running: this.#running,
+      counts: this.#counts,
+    }
+    return runEmbedJob(context, request, { ...options, pooling: await this.#pooling })
   }
 
   /** `job`'s tokens, each told to the listeners as it passes. */

@@ -18,12 +18,19 @@ export type ParsedJobRequest = Omit<JobRequestFields, 'prompt' | 'messages' | 'm
 }
 
 /** The sampling options of a request, without the unset ones. */
-export function samplingOf(request: Pick<JobRequestFields, 'temperature' | 'topK' | 'topP' | 'seed'>) {
+export function samplingOf(
+  request: Pick<
+    JobRequestFields,
+    'temperature' | 'topK' | 'topP' | 'seed' | 'presencePenalty' | 'frequencyPenalty'
+  >,
+) {
   return {
     ...(request.temperature === undefined ? {} : { temperature: request.temperature }),
     ...(request.topK === undefined ? {} : { topK: request.topK }),
     ...(request.topP === undefined ? {} : { topP: request.topP }),
     ...(request.seed === undefined ? {} : { seed: request.seed }),
+    ...(request.presencePenalty === undefined ? {} : { presencePenalty: request.presencePenalty }),
+    ...(request.frequencyPenalty === undefined ? {} : { frequencyPenalty: request.frequencyPenalty }),
   }
 }
 

@@ -84,6 +84,7 @@ export async function* runSharded(job: {
     promptTokens,
     maxTokens: job.request.maxTokens,
     sampling: samplingOf(job.request),
+    ...(job.request.logprobs === undefined ? {} : { logprobs: job.request.logprobs }),
     stopTokens: job.stopTokens,
     local: job.local,
     signal: job.signal,
@@ -111,7 +112,12 @@ export async function* runSharded(job: {
         result = step.value
         break
       }
-      yield { id: step.value.id, text: streamer.push(step.value.id), index: step.value.index }
+      yield {
+        id: step.value.id,
+        text: streamer.push(step.value.id),
+        index: step.value.index,
+        ...(step.value.logprobs === undefined ? {} : { logprobs: step.value.logprobs }),
+      }
     }
   } finally {
     // Returned early (its consumer stopped reading): the members' sessions close now, not at their timeout.

@@ -96,6 +96,7 @@ export async function* runSingle(job: {
     const stream = engine.stream(job.promptTokens, {
       maxTokens: request.maxTokens,
       ...samplingOf(request),
+      ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
       signal: job.signal,
     })
     for (let step = await stream.next(); ; step = await stream.next()) {
@@ -124,7 +125,13 @@ export async function* runSingle(job: {
       firstTokenAt ??= performance.now()
       if (step.value.textOnly)
         tokens.push({ id: step.value.id, text: step.value.text, index: index - 1, textOnly: true })
-      else tokens.push({ id: step.value.id, text: step.value.text, index: index++ })
+      else
+        tokens.push({
+          id: step.value.id,
+          text: step.value.text,
+          index: index++,
+          ...(step.value.logprobs === undefined ? {} : { logprobs: step.value.logprobs }),
+        })
     }
   }, job.signal)
   // Ended without the error: it-pushable drops buffered values on an error, and every token the

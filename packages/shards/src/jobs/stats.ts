@@ -4,9 +4,11 @@ import type { JobRecord } from './types.ts'
 export function jobStats(jobs: readonly JobRecord[]) {
   const num = (v: unknown) => (typeof v === 'number' && Number.isFinite(v) ? v : 0)
   const done = jobs.filter((j) => j.status === 'completed')
+  // Embedding jobs generate no tokens: the generation means leave them out.
+  const generated = done.filter((j) => j.stats.kind !== 'embedding')
   const tokens = done.reduce((n, j) => n + num(j.stats.completionTokens), 0)
   const mean = (key: string) =>
-    done.length === 0 ? 0 : done.reduce((n, j) => n + num(j.stats[key]), 0) / done.length
+    generated.length === 0 ? 0 : generated.reduce((n, j) => n + num(j.stats[key]), 0) / generated.length
   return {
     jobs: jobs.map((j) => ({
       id: j.id,

@@ -1,16 +1,18 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
 import type {
+  EmbedOptions,
   GeneratedToken,
   GenerateOptions,
   GenerateResult,
   OpenedTokenizer,
   ShardSpec,
 } from '@meshnet/engine'
-import type { JobEvent, JobMessage, JobRunner } from '@meshnet/protocols'
+import type { JobEvent, JobMessage, JobOrigin, JobRunner } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
 import type { ShardModelFacts } from '../plan.ts'
+import type { EmbedRequest, EmbedResult } from './embed.ts'
 
 /** A job as the store keeps it. */
 export interface JobRecord {
@@ -68,6 +70,11 @@ export interface ServedModel {
 /** The whole-model engine that runs `single` jobs (llama.cpp: `createLlamaCppEngine` of @meshnet/llama-cpp). */
 export interface SingleEngine {
   stream(prompt: readonly number[], options: GenerateOptions): AsyncGenerator<GeneratedToken, GenerateResult>
+  /**
+   * Pooled, L2-normalized embeddings of token inputs (`InferenceEngine.embed` of @meshnet/engine);
+   * absent: embedding jobs run over the ring only.
+   */
+  embed?(inputs: ReadonlyArray<readonly number[]>, options: EmbedOptions): Promise<Float32Array[]>
   dispose(): Promise<void>
 }
 
@@ -113,6 +120,12 @@ export interface JobServiceComponents {
 
 /** What `jobService` gives the agent. */
 export interface JobService extends JobRunner {
+  /**
+   * An embedding job: a vector per input text, on this node's whole-model engine when it can hold
+   * the model (`auto`), else over the ring as a pipeline (the last member pools). Kept in the store
+   * and told to listeners like other jobs (no token events).
+   */
+  embed(request: EmbedRequest, options: { origin: JobOrigin; signal?: AbortSignal }): Promise<EmbedResult>
   /** Hears every job event of this node's runner; returns the unsubscribe. */
   onEvent(listener: (event: JobEvent) => void): () => void
   start(): Promise<void>
