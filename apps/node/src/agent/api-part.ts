@@ -2,9 +2,11 @@ import { bearerMatches, type NodeEnv } from '@meshnet/http'
 import { Hono } from 'hono'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { DashboardPart } from './dashboard-part.ts'
+import type { EmbeddingBackend } from './embeddings.ts'
 import type { JobsPart } from './jobs-part.ts'
 import { modelInfo } from './model-info.ts'
 import { startOpenAiApi } from './openai-api.ts'
+import { describeLogprobs } from './openai-logprobs.ts'
 import { ApiError } from './openai-schemas.ts'
 import {
   BackendUnavailableError,
@@ -57,7 +59,7 @@ export function apiPart(
     }
   }
 
-  const backend: CompletionBackend = {
+  const backend: CompletionBackend & EmbeddingBackend = {
     models: () => (model === undefined ? [] : [model]),
     async countTokens(id, text) {
       check(id)
@@ -74,6 +76,9 @@ export function apiPart(
           ...(request.topP === undefined ? {} : { topP: request.topP }),
           ...(request.topK === undefined ? {} : { topK: request.topK }),
           ...(request.seed === undefined ? {} : { seed: request.seed }),
+          ...(request.presencePenalty === undefined ? {} : { presencePenalty: request.presencePenalty }),
+          ...(request.frequencyPenalty === undefined ? {} : { frequencyPenalty: request.frequencyPenalty }),
+          ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
         },
         { origin: 'api', signal: request.signal },
       )
@@ -93,8 +98,22 @@ export function apiPart(
             },
           }
         }
-        yield { id: step.value.id, text: step.value.text }
+        const { id, text, logprobs } = step.value
+        yield {
+          id,
+          text,
+          ...(logprobs === undefined ? {} : { logprobs: describeLogprobs(served().tokenizer, id, logprobs) }),
+        }
       }
+    },
+    embeddingWidth(id) {
+      check(id)
+      return served().facts.embd
+    },
+    async embed({ model: id, inputs, truncate, signal }) {
+      check(id)
+      const result = await served().runner.embed({ inputs: [...inputs], truncate }, { origin: 'api', signal })
+      return { vectors: result.vectors, promptTokens: result.stats.promptTokens }
     },
   }
 

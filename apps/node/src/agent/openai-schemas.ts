@@ -1,7 +1,7 @@
 import type { ServerResponse } from 'node:http'
 import { isMeshError, type Logger } from '@meshnet/core'
 import { z } from 'zod'
-import { type CompletionModel, MAX_STOP_SEQUENCES } from './openai-types.ts'
+import { type CompletionModel, MAX_CHOICES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS } from './openai-types.ts'
 
 // ---------------------------------------------------------------------------------------------
 // Errors, in OpenAI's shape: {"error": {"message", "type", "param", "code"}}
@@ -71,9 +71,12 @@ const unsupported = (allowed: (value: unknown) => boolean = (value) => value ===
     .refine((value) => value === undefined || allowed(value), { error: 'is not supported by this server' })
     .optional()
 
-const zeroOnly = z
-  .number()
-  .refine((value) => value === 0, { error: 'is not supported by this server (only 0 is accepted)' })
+const penalty = z.number().min(-2, 'must be at least -2').max(2, 'must be at most 2').nullish()
+
+const topLogprobs = z
+  .int('must be a whole number')
+  .min(0, 'must be at least 0')
+  .max(MAX_TOP_LOGPROBS, `must be at most ${MAX_TOP_LOGPROBS}`)
   .nullish()
 
 const stopSchema = z.union(
@@ -103,15 +106,13 @@ const commonFields = {
     .max(0xffff_ffff, 'must be at most 4294967295 (a uint32)')
     .nullish(),
   n: z
-    .number()
-    .refine((n) => n === 1, {
-      error:
-        'only 1 is supported: this server returns one choice per request; send separate requests instead',
-    })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .max(MAX_CHOICES, `must be at most ${MAX_CHOICES} (each choice is a generation of its own)`)
     .nullish(),
   stop: stopSchema.nullish(),
-  presence_penalty: zeroOnly,
-  frequency_penalty: zeroOnly,
+  presence_penalty: penalty,
+  frequency_penalty: penalty,
   logit_bias: unsupported((value) => value === null || (isRecord(value) && Object.keys(value).length === 0)),
   user: z.string().nullish(),
 }
@@ -138,9 +139,10 @@ export const completionSchema = z
     echo: unsupported((value) => value === false || value === null),
     best_of: z
       .number()
-      .refine((n) => n === 1, { error: 'only 1 is supported' })
+      .refine((n) => n === 1, { error: "only 1 is supported; ask for several choices with 'n'" })
       .nullish(),
-    logprobs: unsupported(),
+    /** The legacy shape: this many alternatives per token (OpenAI takes at most 5, this server 20). */
+    logprobs: topLogprobs,
   })
   .superRefine(streamOptionsNeedStream)
 
@@ -182,8 +184,8 @@ export const chatSchema = z
   .strictObject({
     ...commonFields,
     messages: z.array(messageSchema).min(1, 'must contain at least one message'),
-    logprobs: unsupported((value) => value === false || value === null),
-    top_logprobs: unsupported(),
+    logprobs: z.boolean().nullish(),
+    top_logprobs: topLogprobs,
     tools: unsupported((value) => value === null || (Array.isArray(value) && value.length === 0)),
     tool_choice: unsupported((value) => value === null || value === 'none'),
     parallel_tool_calls: z.boolean().nullish(),
@@ -192,6 +194,11 @@ export const chatSchema = z
     response_format: unsupported((value) => value === null || (isRecord(value) && value.type === 'text')),
   })
   .superRefine(streamOptionsNeedStream)
+  .superRefine((params, ctx) => {
+    if (params.top_logprobs != null && params.logprobs !== true) {
+      ctx.addIssue({ code: 'custom', path: ['top_logprobs'], message: "needs 'logprobs' to be true" })
+    }
+  })
 
 function isRecord(value: unknown): value is Record<string, unknown> {
   return typeof value === 'object' && value !== null && !Array.isArray(value)

@@ -9,6 +9,10 @@ export const MAX_OPENAI_BODY = 1024 * 1024
 export const MAX_STOP_SEQUENCES = 4
 /** `max_tokens` of `/v1/completions` when the request gives none (OpenAI's default). */
 export const DEFAULT_COMPLETION_MAX_TOKENS = 16
+/** Most choices (`n`) one request may ask for: each is a generation of its own. */
+export const MAX_CHOICES = 8
+/** Most alternatives per token (`top_logprobs`, and `logprobs` of `/v1/completions`): OpenAI's chat cap. */
+export const MAX_TOP_LOGPROBS = 20
 
 /** A model the API lists and serves. */
 export interface CompletionModel {
@@ -46,7 +50,36 @@ export interface CompletionRequest {
   /** Non-OpenAI extension (`top_k`, as llama.cpp's server and vLLM take it). */
   topK?: number
   seed?: number
+  /** OpenAI's `presence_penalty` (-2..2). */
+  presencePenalty?: number
+  /** OpenAI's `frequency_penalty` (-2..2). */
+  frequencyPenalty?: number
+  /** Report each token's log-probability with this many alternatives (0..20). Absent: none. */
+  logprobs?: number
   signal: AbortSignal
+}
+
+/** A token as the API reports it in log-probabilities. */
+export interface TokenLogprob {
+  /** The token's text, with its leading space (a token that is part of a character: U+FFFD). */
+  token: string
+  /** Its UTF-8 bytes. */
+  bytes: number[]
+  /** Natural log of its probability: the log-softmax at temperature 1 of the logits after the penalties. */
+  logprob: number
+}
+
+/** A generated token's log-probability and the likeliest alternatives, best first. */
+export interface CompletionLogprobs extends TokenLogprob {
+  top: TokenLogprob[]
+}
+
+/** One generated token, as a backend streams it. */
+export interface CompletionToken {
+  id: number
+  text: string
+  /** With `logprobs` (none on a text-only piece that ends a generation inside a character). */
+  logprobs?: CompletionLogprobs
 }
 
 /** How a generation ended. */
@@ -76,9 +109,7 @@ export interface CompletionBackend {
   /** Number of tokens the model's tokenizer makes of `text` (with BOS as generation would add it). */
   countTokens(model: string, text: string): Promise<number>
   /** Streams the generated tokens' text; returns the counts when done. Must stop promptly when signal aborts. */
-  generate(
-    request: CompletionRequest,
-  ): AsyncGenerator<{ id: number; text: string }, CompletionOutcome, undefined>
+  generate(request: CompletionRequest): AsyncGenerator<CompletionToken, CompletionOutcome, undefined>
 }
 
 /**

@@ -92,7 +92,7 @@ async function withMetadata(
 async function reference(
   model: string,
   prompt: string,
-  options: { maxTokens: number; temperature?: number; topP?: number; seed?: number },
+  options: { maxTokens: number; temperature?: number; topP?: number; topK?: number; seed?: number },
 ) {
   const engine = backend.engine(model)
   const pieces: string[] = []
@@ -177,10 +177,12 @@ describe('POST /v1/completions', () => {
   })
 
   it('samples with temperature, top_p and seed as the engine does, reproducibly', async () => {
+    // The API has no top-k unless asked (top_k 0: the whole vocabulary), as OpenAI.
     const expected = await reference('tiny', 'The river', {
       maxTokens: 20,
       temperature: 0.9,
       topP: 0.9,
+      topK: 0,
       seed: 7,
     })
     const ask = () =>
@@ -435,14 +437,21 @@ describe('POST /v1/chat/completions', () => {
 describe('errors', () => {
   const bad: [string, string, Record<string, unknown>, RegExp?][] = [
     ['/completions', 'temperature', { temperature: 3 }, /at most 2/],
-    ['/completions', 'n', { n: 2 }, /only 1 is supported/],
+    ['/completions', 'n', { n: 9 }, /at most 8/],
+    ['/completions', 'n', { n: 1.5 }, /whole number/],
     ['/completions', 'stop', { stop: ['a', 'b', 'c', 'd', 'e'] }, /at most 4/],
     ['/completions', 'max_tokens', { max_tokens: 0 }],
     ['/completions', 'seed', { seed: 1.5 }],
     ['/completions', 'top_p', { top_p: 0 }],
     ['/completions', 'prompt', { prompt: [1, 2, 3] }, /token arrays/],
     ['/completions', 'echo', { echo: true }, /not supported/],
-    ['/completions', 'presence_penalty', { presence_penalty: 0.5 }, /not supported/],
+    ['/completions', 'presence_penalty', { presence_penalty: 2.5 }, /at most 2/],
+    ['/completions', 'frequency_penalty', { frequency_penalty: -3 }, /at least -2/],
+    ['/completions', 'logprobs', { logprobs: 21 }, /at most 20/],
+    ['/completions', 'best_of', { best_of: 2 }, /only 1 is supported/],
+    ['/chat/completions', 'top_logprobs', { logprobs: true, top_logprobs: 21 }, /at most 20/],
+    ['/chat/completions', 'top_logprobs', { top_logprobs: 2 }, /needs 'logprobs' to be true/],
+    ['/chat/completions', 'logprobs', { logprobs: 5 }],
     ['/completions', 'stream_options', { stream_options: { include_usage: true } }, /'stream'/],
     ['/completions', 'foo', { foo: 1 }, /Unrecognized request argument supplied: foo/],
     ['/chat/completions', 'messages', { messages: [] }, /at least one/],
@@ -482,7 +491,7 @@ describe('errors', () => {
       code: 'missing_required_parameter',
     })
     const err = await client.chat.completions
-      .create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], n: 3 })
+      .create({ model: 'tiny', messages: [{ role: 'user', content: 'Hi' }], n: 9 })
       .catch((e: unknown) => e)
     expect(err).toBeInstanceOf(OpenAI.BadRequestError)
     expect(err).toMatchObject({ status: 400, param: 'n', type: 'invalid_request_error' })
@@ -624,7 +633,13 @@ describe('cancellation', () => {
     const before = backend.outcomes.length
     const response = await fetch(`http://127.0.0.1:${server.port}/v1/completions`, {
       method: 'POST',
-      body: JSON.stringify({ model: 'tiny', prompt: 'Hello world', max_tokens: 480, stream: true }),
+      body: JSON.stringify({
+        model: 'tiny',
+        prompt: 'Hello world',
+        max_tokens: 480,
+        temperature: 0,
+        stream: true,
+      }),
     })
     const reader = response.body!.getReader()
     await reader.read()
