@@ -244,7 +244,7 @@ describe('FabstirSDK chat with real agents', () => {
     expect(streamed.map((t) => t.text)).toEqual(['', '', '€', '', 'é', '', '', '€', '', 'é'])
     expect(streamed.map((t) => t.index)).toEqual([...Array(10).keys()])
 
-    const api = await openAiChat(plain, { model: 'bytes.gguf', messages, max_tokens: 10 })
+    const api = await openAiChat(plain, { model: 'bytes.gguf', messages, max_tokens: 10, temperature: 0 })
     const answer = api.body as OpenAiChat
     expect(answer.choices[0]!.message.content).toBe('€é€é')
     expect(result.stats.promptTokens).toBe(answer.usage.prompt_tokens)
