@@ -1,7 +1,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
+import { readShardModelFacts } from '@meshnet/shards'
 import {
   type AgentProcess,
   agentRequest,
@@ -12,7 +12,7 @@ import {
   startAgentProcess,
 } from '@meshnet/test-harness'
 import { afterAll, afterEach, describe, expect, it } from 'vitest'
-import { converged, llamaCppTokens, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
+import { converged, llamaCppTokens, offerFor, poolOf, ringStatus, streamAndKill } from './mesh-fixture.ts'
 
 // Rings of `mesh start` processes on loopback whose members each offer only part of what a model
 // needs (`--memory`): plans that fit every member, survivors that grow their ranges on failover
@@ -86,17 +86,6 @@ async function peakRss(agent: AgentProcess): Promise<number> {
   const kb = /VmHWM:\s+(\d+) kB/.exec(status)
   if (kb === null) throw new Error('no VmHWM in /proc/<pid>/status')
   return Number(kb[1]) * 1024
-}
-
-/** MiB to offer so that a member holds `layers` layers, with the ends' tensors and its reserve. */
-function offerFor(facts: ShardModelFacts, layers: number): number {
-  const bytes =
-    facts.reserveBytes +
-    facts.embedBytes +
-    facts.headBytes +
-    layers * (facts.bytesPerLayer + facts.kvBytesPerLayer) +
-    facts.bytesPerLayer / 2
-  return Math.ceil(bytes / MiB)
 }
 
 async function ready(ring: Ring, name: string) {

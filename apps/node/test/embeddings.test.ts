@@ -15,7 +15,7 @@ import {
 import { Ollama } from 'ollama'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
+import { apiPort, converged, offerFor, poolOf, ringStatus } from './mesh-fixture.ts'
 
 // Embeddings from real `mesh start` agents through the official OpenAI and Ollama clients: one agent
 // that runs the whole model on its own llama.cpp, and a ring of two whose members each offer too
@@ -23,7 +23,6 @@ import { converged, poolOf, ringStatus } from './mesh-fixture.ts'
 // pools). The ring's vectors must be the Meshnet engine's own whole-model vectors bit for bit (f32
 // activations on the links), and point where llama.cpp's do.
 
-const MiB = 2 ** 20
 const SHAPE = {
   layers: 8,
   embd: 256,
@@ -102,24 +101,6 @@ afterAll(async () => {
   await Promise.all(agents.splice(0).map((a) => a.stop()))
   if (root !== undefined) await rm(root, { recursive: true, force: true })
 })
-
-/** MiB to offer so that a member holds `layers` layers, with the ends' tensors and its reserve. */
-function offerFor(of: ShardModelFacts, layers: number): number {
-  const bytes =
-    of.reserveBytes +
-    of.embedBytes +
-    of.headBytes +
-    layers * (of.bytesPerLayer + of.kvBytesPerLayer) +
-    of.bytesPerLayer / 2
-  return Math.ceil(bytes / MiB)
-}
-
-async function apiPort(agent: AgentProcess): Promise<number> {
-  return eventually('the agent to print its apiPort', async () => {
-    const match = /"apiPort":\s*(\d+)/.exec(agent.output())
-    return match === null ? undefined : Number(match[1])
-  })
-}
 
 function cosine(a: ArrayLike<number>, b: ArrayLike<number>): number {
   let dot = 0

@@ -2,6 +2,7 @@ import { type ChildProcess, spawn } from 'node:child_process'
 import { readFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import type { RingTopology } from '@meshnet/ring'
+import type { ShardModelFacts } from '@meshnet/shards'
 import {
   type AgentProcess,
   agentRequest,
@@ -182,4 +183,23 @@ export async function streamAndKill(
   })
   const code = await new Promise<number | null>((resolve) => child.on('exit', resolve))
   return { out, err, killed, code }
+}
+
+/** MiB to offer so that a member holds `layers` layers, with the ends' tensors and its reserve. */
+export function offerFor(facts: ShardModelFacts, layers: number): number {
+  const bytes =
+    facts.reserveBytes +
+    facts.embedBytes +
+    facts.headBytes +
+    layers * (facts.bytesPerLayer + facts.kvBytesPerLayer) +
+    facts.bytesPerLayer / 2
+  return Math.ceil(bytes / 2 ** 20)
+}
+
+/** The agent's API port, from the `"apiPort"` its --json start event prints. */
+export async function apiPort(agent: AgentProcess): Promise<number> {
+  return eventually('the agent to print its apiPort', async () => {
+    const match = /"apiPort":\s*(\d+)/.exec(agent.output())
+    return match === null ? undefined : Number(match[1])
+  })
 }

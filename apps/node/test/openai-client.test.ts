@@ -7,6 +7,7 @@ import { createEngine } from '@meshnet/llama-cpp'
 import { type AgentProcess, beaconPort, startAgentProcess } from '@meshnet/test-harness'
 import { afterAll, beforeAll, expect, it } from 'vitest'
 import { parseChatTemplate } from '../src/agent/chat-template.ts'
+import { apiPort } from './mesh-fixture.ts'
 
 const EXAMPLE = join(import.meta.dirname, '..', '..', '..', 'examples', 'openai-client', 'index.ts')
 const MAX_TOKENS = 16
@@ -36,16 +37,6 @@ afterAll(async () => {
   await agent?.stop()
   await rm(dir, { recursive: true, force: true })
 })
-
-/** The agent's API port, from the `"apiPort"` its --json start event prints. */
-async function apiPort(agent: AgentProcess): Promise<number> {
-  for (let i = 0; i < 300; i++) {
-    const match = /"apiPort":\s*(\d+)/.exec(agent.output())
-    if (match !== null) return Number(match[1])
-    await new Promise((resolve) => setTimeout(resolve, 50))
-  }
-  throw new Error(`the agent printed no apiPort:\n${agent.output()}`)
-}
 
 /** Waits until the API lists a model (the agent may load it after it starts). */
 async function modelListed(base: string): Promise<void> {

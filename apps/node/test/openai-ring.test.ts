@@ -1,7 +1,7 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
+import { readShardModelFacts } from '@meshnet/shards'
 import {
   type AgentProcess,
   beaconPort,
@@ -11,14 +11,13 @@ import {
 } from '@meshnet/test-harness'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { ringOfThree, ringStatus } from './mesh-fixture.ts'
+import { apiPort, offerFor, ringOfThree, ringStatus } from './mesh-fixture.ts'
 
 // OpenAI's sampling parameters through a real agent's OpenAI API when the job is split over a ring
 // of three `mesh start` agents (each offers too little memory for the whole model: a pipeline, the
 // coordinator samples from the output member's candidates), against the same requests to an agent
 // that runs the whole model on its own llama.cpp. Penalized tokens and log-probabilities must agree.
 
-const MiB = 2 ** 20
 const MODEL = { layers: 3, embd: 256, heads: 4, kvHeads: 2, ff: 512, vocab: 1000, type: 'F32', seed: 7 }
 const MESSAGES = [{ role: 'user' as const, content: 'A ring of laptops holds the model' }]
 const PENALTIES = { presence_penalty: 0.8, frequency_penalty: 1.5 }
@@ -76,25 +75,6 @@ afterAll(async () => {
 
 const client = (port: number) =>
   new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: 'none', maxRetries: 0 })
-
-/** MiB to offer so that a member holds `layers` layers, with the ends' tensors and its reserve. */
-function offerFor(facts: ShardModelFacts, layers: number): number {
-  const bytes =
-    facts.reserveBytes +
-    facts.embedBytes +
-    facts.headBytes +
-    layers * (facts.bytesPerLayer + facts.kvBytesPerLayer) +
-    facts.bytesPerLayer / 2
-  return Math.ceil(bytes / MiB)
-}
-
-/** The agent's API port, from the `"apiPort"` its --json start event prints. */
-async function apiPort(agent: AgentProcess): Promise<number> {
-  return eventually('the agent to print its apiPort', async () => {
-    const match = /"apiPort":\s*(\d+)/.exec(agent.output())
-    return match === null ? undefined : Number(match[1])
-  })
-}
 
 type ChatParams = Partial<OpenAI.ChatCompletionCreateParamsNonStreaming>
 

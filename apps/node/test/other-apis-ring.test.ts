@@ -2,7 +2,7 @@ import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Anthropic from '@anthropic-ai/sdk'
-import { readShardModelFacts, type ShardModelFacts } from '@meshnet/shards'
+import { readShardModelFacts } from '@meshnet/shards'
 import {
   type AgentProcess,
   agentRequest,
@@ -15,14 +15,13 @@ import { Ollama } from 'ollama'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
-import { ringOfThree, ringStatus } from './mesh-fixture.ts'
+import { apiPort, offerFor, ringOfThree, ringStatus } from './mesh-fixture.ts'
 
 // The Ollama and Anthropic clients against real `mesh start` agents: one that runs the whole model
 // on its own llama.cpp, and a ring of three whose members each offer too little memory for the model,
 // so every job is split over them (a pipeline). Every answer must be llama.cpp's greedy answer on
 // the whole model: what the single agent's OpenAI chat endpoint gives.
 
-const MiB = 2 ** 20
 const MAX_TOKENS = 16
 const MESSAGES = [{ role: 'user' as const, content: 'A ring of laptops holds the model' }]
 
@@ -69,25 +68,6 @@ afterAll(async () => {
   await Promise.all(agents.splice(0).map((a) => a.stop()))
   if (root !== undefined) await rm(root, { recursive: true, force: true })
 })
-
-/** MiB to offer so that a member holds `layers` layers, with the ends' tensors and its reserve. */
-function offerFor(facts: ShardModelFacts, layers: number): number {
-  const bytes =
-    facts.reserveBytes +
-    facts.embedBytes +
-    facts.headBytes +
-    layers * (facts.bytesPerLayer + facts.kvBytesPerLayer) +
-    facts.bytesPerLayer / 2
-  return Math.ceil(bytes / MiB)
-}
-
-/** The agent's API port, from the `"apiPort"` its --json start event prints. */
-async function apiPort(agent: AgentProcess): Promise<number> {
-  return eventually('the agent to print its apiPort', async () => {
-    const match = /"apiPort":\s*(\d+)/.exec(agent.output())
-    return match === null ? undefined : Number(match[1])
-  })
-}
 
 async function openaiChat(url: string): Promise<string> {
   const client = new OpenAI({ baseURL: `${url}/v1`, apiKey: 'none', maxRetries: 0 })

@@ -30,23 +30,30 @@ export class SseWriter {
 
   /** Raw text (a comment line such as `: ping\n\n`, or events already formatted). */
   async write(text: string): Promise<void> {
-    const res = this.#res
-    if (this.closed || res.write(text)) return
-    await new Promise<void>((resolve) => {
-      const done = () => {
-        res.removeListener('drain', done)
-        res.removeListener('close', done)
-        resolve()
-      }
-      res.on('drain', done)
-      res.on('close', done)
-    })
+    await writeStreamed(this.#res, text)
   }
 
   /** Ends the stream, after a last piece of text when given. */
   end(text?: string): void {
     if (!this.closed) this.#res.end(text)
   }
+}
+
+/**
+ * Writes a piece of a streamed response (an SSE event, an NDJSON line): waits while the client
+ * reads slowly, returns at once when the response ended or the client is gone.
+ */
+export async function writeStreamed(res: ServerResponse, text: string): Promise<void> {
+  if (res.writableEnded || res.destroyed || res.write(text)) return
+  await new Promise<void>((resolve) => {
+    const done = () => {
+      res.removeListener('drain', done)
+      res.removeListener('close', done)
+      resolve()
+    }
+    res.on('drain', done)
+    res.on('close', done)
+  })
 }
 
 /** The text of one event. */

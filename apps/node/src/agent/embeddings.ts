@@ -1,11 +1,11 @@
 import type { ServerResponse } from 'node:http'
 import type { Logger } from '@meshnet/core'
-import { type BodyErrors, type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
+import { type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
 import { MAX_JOB_PROMPT_CHARS } from '@meshnet/protocols'
 import { MAX_EMBED_INPUTS } from '@meshnet/shards'
 import { type Context, Hono } from 'hono'
 import { z } from 'zod'
-import { ApiError, apiError, findModel, parseRequest, sendJson } from './openai-schemas.ts'
+import { ApiError, apiBodyErrors, apiError, findModel, parseRequest, sendJson } from './openai-schemas.ts'
 import { BackendUnavailableError, type CompletionBackend, type CompletionModel } from './openai-types.ts'
 import type { OtherApiServices } from './other-apis.ts'
 
@@ -245,15 +245,7 @@ function abortOnClose(res: ServerResponse): AbortSignal {
   return controller.signal
 }
 
-const bodyErrors: BodyErrors = {
-  tooLarge: () =>
-    new ApiError(413, `the request body is larger than ${MAX_EMBEDDINGS_BODY} bytes`, {
-      code: 'request_too_large',
-      headers: { connection: 'close' },
-    }),
-  badJson: () => new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' }),
-  cut: () => new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' }),
-}
+const bodyErrors = apiBodyErrors(MAX_EMBEDDINGS_BODY)
 
 async function body(req: Context<NodeEnv>['env']['incoming']): Promise<unknown> {
   const value = await readJsonBody(req, { maxBytes: MAX_EMBEDDINGS_BODY, errors: bodyErrors })

@@ -1,5 +1,5 @@
 import type { ServerResponse } from 'node:http'
-import { type NodeEnv, RESPONSE_ALREADY_SENT } from '@meshnet/http'
+import { type NodeEnv, RESPONSE_ALREADY_SENT, writeStreamed } from '@meshnet/http'
 import { type Context, Hono } from 'hono'
 import { z } from 'zod'
 import type { ChatMessage } from './chat-template.ts'
@@ -389,17 +389,8 @@ function figures(end: GenerationEnd, started: bigint) {
 }
 
 /** One NDJSON line; waits while the client reads slowly, returns at once when it is gone. */
-async function writeLine(res: ServerResponse, value: object): Promise<void> {
-  if (res.writableEnded || res.destroyed || res.write(`${JSON.stringify(value)}\n`)) return
-  await new Promise<void>((resolve) => {
-    const done = () => {
-      res.removeListener('drain', done)
-      res.removeListener('close', done)
-      resolve()
-    }
-    res.on('drain', done)
-    res.on('close', done)
-  })
+function writeLine(res: ServerResponse, value: object): Promise<void> {
+  return writeStreamed(res, `${JSON.stringify(value)}\n`)
 }
 
 function send(c: Context<NodeEnv>, body: unknown): Response {

@@ -1,16 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
-import {
-  type BodyErrors,
-  bearerMatches,
-  listen,
-  type NodeEnv,
-  RESPONSE_ALREADY_SENT,
-  readJsonBody,
-} from '@meshnet/http'
+import { bearerMatches, listen, type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
 import { type Context, Hono, type MiddlewareHandler } from 'hono'
 import { chat, complete } from './openai-generate.ts'
 import {
   ApiError,
+  apiBodyErrors,
   apiError,
   chatSchema,
   completionSchema,
@@ -241,15 +235,7 @@ function authorize(header: string | undefined, apiKey: string | undefined): void
   }
 }
 
-const bodyErrors: BodyErrors = {
-  tooLarge: () =>
-    new ApiError(413, `the request body is larger than ${MAX_OPENAI_BODY} bytes`, {
-      code: 'request_too_large',
-      headers: { connection: 'close' },
-    }),
-  badJson: () => new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' }),
-  cut: () => new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' }),
-}
+const bodyErrors = apiBodyErrors(MAX_OPENAI_BODY)
 
 /** The JSON body of a completion request (an empty one is not JSON either). */
 async function body(req: IncomingMessage): Promise<unknown> {

@@ -1,5 +1,6 @@
 import type { ServerResponse } from 'node:http'
 import { isMeshError, type Logger } from '@meshnet/core'
+import type { BodyErrors } from '@meshnet/http'
 import { z } from 'zod'
 import { type CompletionModel, MAX_CHOICES, MAX_STOP_SEQUENCES, MAX_TOP_LOGPROBS } from './openai-types.ts'
 
@@ -32,6 +33,19 @@ export class ApiError extends Error {
 
   toJSON() {
     return { error: { message: this.message, type: this.type, param: this.param, code: this.code } }
+  }
+}
+
+/** How a request body that cannot be read is answered: 413 above `maxBytes`, 400 when not JSON or cut. */
+export function apiBodyErrors(maxBytes: number): BodyErrors {
+  return {
+    tooLarge: () =>
+      new ApiError(413, `the request body is larger than ${maxBytes} bytes`, {
+        code: 'request_too_large',
+        headers: { connection: 'close' },
+      }),
+    badJson: () => new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' }),
+    cut: () => new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' }),
   }
 }
 

@@ -1,11 +1,11 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidArgumentError, type Logger, type ParseErrorFactory, parseWith } from '@meshnet/core'
-import { type BodyErrors, type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
+import { type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
 import type { ErrorHandler } from 'hono'
 import { z } from 'zod'
 import { type ChatMessage, type ChatTemplate, parseChatTemplate, renderChatPrompt } from './chat-template.ts'
 import { generateText } from './openai-generate.ts'
-import { ApiError, apiError, sendJson } from './openai-schemas.ts'
+import { ApiError, apiBodyErrors, apiError, sendJson } from './openai-schemas.ts'
 import {
   type CompletionBackend,
   type CompletionModel,
@@ -33,15 +33,7 @@ export const MAX_TEXT = MAX_OPENAI_BODY
 // ---------------------------------------------------------------------------------------------
 // Request bodies
 
-const bodyErrors: BodyErrors = {
-  tooLarge: () =>
-    new ApiError(413, `the request body is larger than ${MAX_OPENAI_BODY} bytes`, {
-      code: 'request_too_large',
-      headers: { connection: 'close' },
-    }),
-  badJson: () => new ApiError(400, 'the request body is not valid JSON', { code: 'invalid_json' }),
-  cut: () => new ApiError(400, 'the request body was cut short', { code: 'invalid_request_body' }),
-}
+const bodyErrors = apiBodyErrors(MAX_OPENAI_BODY)
 
 /** The JSON object of a request body (at most 1 MiB); 400 for anything else, 413 above the cap. */
 export async function readBody(req: IncomingMessage): Promise<Record<string, unknown>> {
