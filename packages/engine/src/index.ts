@@ -68,11 +68,14 @@ export type {
   LogprobsOptions,
   ResolvedSamplingOptions,
   Sampler,
+  SamplerExtras,
   SamplingOptions,
+  TokenConstraint,
   TokenLogprobs,
 } from './sampling.ts'
 export {
   argmax,
+  ConstraintDeadEndError,
   createSampler,
   logSumExp,
   MAX_PENALTY,
@@ -94,5 +97,6 @@ export type {
   InferenceEngine,
   StopReason,
   Tokenizer,
+  TokenPiece,
 } from './types.ts'
 export { generateOptionsSchema, parseGenerateOptions } from './types.ts'

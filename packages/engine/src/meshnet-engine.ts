@@ -232,14 +232,17 @@ class MeshnetEngineImpl implements MeshnetEngine {
     const slot = await this.#acquire(promptTokens)
     try {
       this.#assertOpen()
-      const sampler = createSampler({
-        temperature: opts.temperature,
-        topK: opts.topK,
-        topP: opts.topP,
-        presencePenalty: opts.presencePenalty,
-        frequencyPenalty: opts.frequencyPenalty,
-        ...(opts.seed === undefined ? {} : { seed: opts.seed }),
-      })
+      const sampler = createSampler(
+        {
+          temperature: opts.temperature,
+          topK: opts.topK,
+          topP: opts.topP,
+          presencePenalty: opts.presencePenalty,
+          frequencyPenalty: opts.frequencyPenalty,
+          ...(opts.seed === undefined ? {} : { seed: opts.seed }),
+        },
+        options.constraint === undefined ? {} : { constraint: options.constraint },
+      )
       const streamer = new TextStreamer(this.tokenizer, promptTokens)
       const tokens: number[] = []
       const signal = options.signal

@@ -1,4 +1,4 @@
-import { parseWith } from '@meshnet/core'
+import { MeshError, parseWith } from '@meshnet/core'
 import { z } from 'zod'
 
 /** OpenAI's range of `presence_penalty` and `frequency_penalty`. */
@@ -53,6 +53,20 @@ export interface LogprobsOptions {
    * it unpenalized. Absent: `logits` is the whole row.
    */
   logSumExp?: number
+}
+
+/**
+ * Which tokens may come next (structured output, forced tool calls): `@meshnet/grammar` makes them
+ * from a JSON Schema. The sampler draws as it would without one and, when the drawn token is not
+ * allowed, draws again from the allowed tokens alone; it calls `accept` with every chosen token.
+ */
+export interface TokenConstraint {
+  /** Whether `id` may be the next token. */
+  allows(id: number): boolean
+  /** Every token that may be the next one: 1 at their ids, 0 elsewhere (vocabulary-sized). */
+  allowedMask(): Uint8Array
+  /** `id` was chosen (it must be allowed). */
+  accept(id: number): void
 }
 
 /** Chooses tokens from logits; keeps its random state and the tokens it chose between calls. */
@@ -127,14 +141,26 @@ export function randomSeed(): number {
 }
 
 /** Creates a sampler. Options are checked here (InvalidArgumentError names the bad one). */
-export function createSampler(options: SamplingOptions = {}): Sampler {
+export function createSampler(options: SamplingOptions = {}, extra: SamplerExtras = {}): Sampler {
   const parsed = parseWith(samplingOptionsSchema, options, 'sampling option')
   const seed = parsed.seed ?? randomSeed()
   const resolved = { ...parsed, seed }
   const penalties = new Penalties(resolved.presencePenalty, resolved.frequencyPenalty)
   const rng = new Mt19937(seed)
-  const choose = (row: Float32Array) =>
+  const draw = (row: Float32Array) =>
     resolved.temperature <= 0 ? argmax(row) : sampleWithTemperature(row, resolved, rng)
+  const { constraint } = extra
+  const choose =
+    constraint === undefined
+      ? draw
+      : (row: Float32Array) => {
+          // Draw as without a constraint; a refused token: draw again from the allowed ones alone.
+          // (Both draws from one distribution: the result is a draw from it restricted to them.)
+          let id = draw(row)
+          if (!constraint.allows(id)) id = draw(allowedOnly(row, constraint.allowedMask()))
+          constraint.accept(id)
+          return id
+        }
   return {
     options: resolved,
     sample(logits) {
@@ -150,6 +176,41 @@ export function createSampler(options: SamplingOptions = {}): Sampler {
       return { id, logprobs: logprobsOf(row, id, top, lse) }
     },
   }
+}
+
+/** What a sampler takes besides its options. */
+export interface SamplerExtras {
+  /** Only tokens it allows are chosen (structured output); it sees every chosen token. */
+  constraint?: TokenConstraint
+}
+
+/** The constraint allows no token that the row gives a chance (a grammar or vocabulary gap). */
+export class ConstraintDeadEndError extends MeshError {
+  override name = 'ConstraintDeadEndError' as const
+  constructor(allowed: number) {
+    super(
+      'ERR_CONSTRAINT_DEAD_END',
+      allowed === 0
+        ? 'the output grammar allows no token of this vocabulary here'
+        : `the output grammar allows ${allowed} tokens here, but the model gives none of them a chance`,
+      { hint: 'simplify the response schema, or report the schema and model as a bug' },
+    )
+  }
+}
+
+/** `row` with every token the mask refuses at -Infinity. */
+function allowedOnly(row: Float32Array, mask: Uint8Array): Float32Array {
+  const out = new Float32Array(row.length).fill(Number.NEGATIVE_INFINITY)
+  let allowed = 0
+  let finite = 0
+  for (let i = 0; i < row.length; i++) {
+    if (mask[i] !== 1) continue
+    allowed++
+    out[i] = row[i]!
+    if (out[i]! > Number.NEGATIVE_INFINITY) finite++
+  }
+  if (finite === 0) throw new ConstraintDeadEndError(allowed)
+  return out
 }
 
 /**

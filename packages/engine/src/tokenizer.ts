@@ -1,6 +1,6 @@
 import { LLAMA_TOKEN_TYPE } from '@meshnet/gguf'
 import { UnsupportedModelError } from './errors.ts'
-import type { Tokenizer } from './types.ts'
+import type { Tokenizer, TokenPiece } from './types.ts'
 
 /** Tokens llama.cpp treats as end-of-generation by their text (and marks as control tokens). */
 const EOG_TEXTS: ReadonlySet<string> = new Set([
@@ -92,6 +92,7 @@ export class SpmTokenizer implements Tokenizer {
   readonly #ids = new Map<string, number>()
   readonly #pieces: Array<Uint8Array | undefined>
   readonly #special: number[]
+  #tokenPieces: TokenPiece[] | undefined
 
   constructor(vocab: SpmVocab) {
     const n = vocab.tokens.length
@@ -179,6 +180,24 @@ export class SpmTokenizer implements Tokenizer {
       return new TextEncoder().encode(this.#texts[id] ?? '')
     }
     return new Uint8Array(0)
+  }
+
+  /**
+   * What the token adds to generated text: normal, byte and user-defined tokens are text (`▁` as a
+   * space, a byte token as its one byte); the others (control, unknown, unused) are control tokens
+   * whose bytes are their text. Computed once for the whole vocabulary.
+   */
+  piece(id: number): TokenPiece {
+    if (this.#tokenPieces === undefined) {
+      const encoder = new TextEncoder()
+      this.#tokenPieces = this.#texts.map((text, i) => {
+        const bytes = this.#pieces[i]
+        return bytes === undefined
+          ? { bytes: encoder.encode(text), control: true }
+          : { bytes, control: false }
+      })
+    }
+    return this.#tokenPieces[id] ?? { bytes: new Uint8Array(0), control: true }
   }
 
   /** The bytes of a token sequence, as `llama_detokenize` builds them. */

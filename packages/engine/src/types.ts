@@ -1,6 +1,11 @@
 import { parseWith } from '@meshnet/core'
 import { z } from 'zod'
-import { MAX_TOP_LOGPROBS, samplingOptionsSchema, type TokenLogprobs } from './sampling.ts'
+import {
+  MAX_TOP_LOGPROBS,
+  samplingOptionsSchema,
+  type TokenConstraint,
+  type TokenLogprobs,
+} from './sampling.ts'
 
 /** Turns text into token ids and back, the way llama.cpp does for the model's vocabulary. */
 export interface Tokenizer {
@@ -24,6 +29,18 @@ export interface Tokenizer {
   ): string
   /** True for tokens that end generation (EOS, EOT, ...). */
   isEog(token: number): boolean
+  /**
+   * What token `id` adds to a generated text: its UTF-8 bytes with its leading space (a byte token:
+   * that byte, which may be part of a character), and whether it is a control token (`<|im_end|>`,
+   * `<tool_call>` in some vocabularies), whose `bytes` are then its text as templates write it.
+   */
+  piece(id: number): TokenPiece
+}
+
+/** A token's bytes as generated text; see `Tokenizer.piece`. */
+export interface TokenPiece {
+  bytes: Uint8Array
+  control: boolean
 }
 
 /** Options of `generate` and `stream`. Sampling options are those of `createSampler`. */
@@ -44,6 +61,8 @@ export type GenerateOptions = z.input<typeof generateOptionsSchema> & {
   signal?: AbortSignal
   /** Called with every generated token, as `stream` yields it. */
   onToken?: (token: GeneratedToken) => void
+  /** Only tokens it allows are generated (structured output, forced tool calls). */
+  constraint?: TokenConstraint
 }
 
 /** One generated token and the text it completes (may be '' while a UTF-8 character is partial). */
@@ -131,7 +150,7 @@ export interface EvaluateLogitsOptions {
 
 /** Parses generate options; InvalidArgumentError names the bad one. */
 export function parseGenerateOptions(options: GenerateOptions = {}): z.output<typeof generateOptionsSchema> {
-  const { signal: _signal, onToken: _onToken, ...rest } = options
+  const { signal: _signal, onToken: _onToken, constraint: _constraint, ...rest } = options
   const parsed = parseWith(generateOptionsSchema, rest, 'generate option')
   return parsed
 }

@@ -4,6 +4,7 @@ it('exports exactly the public surface', async () => {
   expect(Object.keys(await import('../src/index.ts')).sort()).toMatchInlineSnapshot(`
     [
       "ChainedShard",
+      "ConstraintDeadEndError",
       "ContextOverflowError",
       "DEFAULT_SEGMENT_BYTES",
       "EMBEDDING_POOLINGS",

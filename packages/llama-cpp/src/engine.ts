@@ -17,6 +17,7 @@ import {
   readEmbeddingPooling,
   type StopReason,
   TextStreamer,
+  type TokenConstraint,
   type TokenLogprobs,
   UnsupportedModelError,
 } from '@meshnet/engine'
@@ -152,7 +153,7 @@ async function* nativelySampled(
 }
 
 /**
- * Tokens with their log-probabilities. llama.cpp evaluates each position with a greedy chain after
+ * Tokens with their log-probabilities (or under a constraint). llama.cpp evaluates each position with a greedy chain after
  * the penalties, so the logits it returns (the best `wanted`) and their total weight are those of the
  * penalized whole row; the draw is `createSampler`'s over those candidates (bit-compatible with
  * llama.cpp's chain, and its random state lasts the whole generation where every
@@ -170,15 +171,22 @@ async function* sampledWithLogprobs(
     top: number
     vocab: number
     repeatPenalty: RepeatPenalty | undefined
+    constraint: TokenConstraint | undefined
   },
 ): AsyncGenerator<{ id: number; logprobs: TokenLogprobs }> {
-  const sampler = createSampler({
-    temperature: opts.temperature,
-    topK: opts.topK,
-    topP: opts.topP,
-    seed: opts.seed,
-  })
-  const drawn = opts.temperature <= 0 ? 1 : opts.topK > 0 ? opts.topK : opts.vocab
+  const sampler = createSampler(
+    { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed: opts.seed },
+    opts.constraint === undefined ? {} : { constraint: opts.constraint },
+  )
+  // A constraint may refuse the likeliest tokens: it chooses from the whole row.
+  const drawn =
+    opts.constraint !== undefined
+      ? opts.vocab
+      : opts.temperature <= 0
+        ? 1
+        : opts.topK > 0
+          ? opts.topK
+          : opts.vocab
   const wanted = Math.min(opts.vocab, Math.max(1, opts.top, drawn))
   const generateNext = {
     logits: { filter: { tokens: [], includeTop: wanted } },
@@ -292,7 +300,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
               frequencyPenalty: opts.frequencyPenalty,
             }
       const generated =
-        opts.logprobs === undefined
+        opts.logprobs === undefined && options.constraint === undefined
           ? nativelySampled(sequence, promptTokens, {
               ...(opts.temperature > 0
                 ? { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed }
@@ -301,10 +309,11 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
             })
           : sampledWithLogprobs(sequence, promptTokens, {
               ...opts,
-              top: opts.logprobs,
+              top: opts.logprobs ?? 0,
               seed,
               vocab: this.tokenizer.vocabSize,
               repeatPenalty,
+              constraint: options.constraint,
             })
       let stopReason: StopReason = 'maxTokens'
       const start = performance.now()
@@ -327,7 +336,7 @@ class LlamaCppEngineImpl implements LlamaCppEngine {
           const piece: GeneratedToken = {
             id: token,
             text: streamer.push(token),
-            ...(logprobs === undefined ? {} : { logprobs }),
+            ...(logprobs === undefined || opts.logprobs === undefined ? {} : { logprobs }),
           }
           options.onToken?.(piece)
           yield piece

@@ -1,6 +1,13 @@
-import { type OpenedTokenizer, openSpmTokenizer, type Tokenizer, type TokenizerKind } from '@meshnet/engine'
+import {
+  type OpenedTokenizer,
+  openSpmTokenizer,
+  type Tokenizer,
+  type TokenizerKind,
+  type TokenPiece,
+} from '@meshnet/engine'
 import type { LlamaModel, Token } from 'node-llama-cpp'
 import { acquireLlama } from './runtime.ts'
+import { tokenPieces } from './token-pieces.ts'
 
 /** llama.cpp's own tokenizer for a loaded (or vocab-only) model: exact for every vocabulary type. */
 export class LlamaCppTokenizer implements Tokenizer {
@@ -9,6 +16,7 @@ export class LlamaCppTokenizer implements Tokenizer {
   readonly eos: number | undefined
   readonly addBos: boolean
   readonly #model: LlamaModel
+  #pieces: TokenPiece[] | undefined
 
   constructor(model: LlamaModel, vocabSize: number) {
     this.#model = model
@@ -45,6 +53,23 @@ export class LlamaCppTokenizer implements Tokenizer {
 
   isEog(token: number): boolean {
     return this.#model.isEogToken(token as Token)
+  }
+
+  /**
+   * The token's bytes decoded from the GGUF vocabulary (not through detokenize, which turns part of
+   * a UTF-8 character into U+FFFD); computed once for the whole vocabulary.
+   */
+  piece(id: number): TokenPiece {
+    if (this.#pieces === undefined) {
+      const ggml = this.#model.fileInfo.metadata?.tokenizer?.ggml
+      const pieces = tokenPieces(ggml?.model, ggml?.tokens ?? [], ggml?.token_type)
+      // llama.cpp's own end-of-generation tokens are control tokens whatever their type says.
+      for (let i = 0; i < pieces.length; i++) {
+        if (!pieces[i]!.control && this.isEog(i)) pieces[i] = { ...pieces[i]!, control: true }
+      }
+      this.#pieces = pieces
+    }
+    return this.#pieces[id] ?? { bytes: new Uint8Array(0), control: true }
   }
 }
 

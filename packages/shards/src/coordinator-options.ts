@@ -1,7 +1,12 @@
 import type { Logger } from '@meshnet/core'
 import type { MeshNode } from '@meshnet/discovery'
 import type { StopReason, TokenLogprobs } from '@meshnet/engine'
-import { MAX_TOP_LOGPROBS, type SamplingOptions, samplingOptionsSchema } from '@meshnet/engine'
+import {
+  MAX_TOP_LOGPROBS,
+  type SamplingOptions,
+  samplingOptionsSchema,
+  type TokenConstraint,
+} from '@meshnet/engine'
 import { MAX_SHARD_BATCH, sha256Schema } from '@meshnet/protocols'
 import { z } from 'zod'
 import type { ShardGate } from './peers.ts'
@@ -67,6 +72,11 @@ export interface ShardedGenerationOptions extends z.input<typeof shardedGenerati
   /** The shard server of this node, for a plan entry that is this node. */
   local?: ShardServer
   replan?: ReplanFunction
+  /**
+   * Only tokens it allows are sampled (structured output): the output member then returns the whole
+   * row, since the likeliest tokens may all be refused. It lasts through failovers.
+   */
+  constraint?: TokenConstraint
   signal?: AbortSignal
   logger?: Logger
 }

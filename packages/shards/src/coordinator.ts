@@ -30,7 +30,17 @@ import { parseShardedPlan } from './plan.ts'
 export async function* runShardedGeneration(
   options: ShardedGenerationOptions,
 ): AsyncGenerator<ShardedToken, ShardedGenerationResult> {
-  const { node, gate, plan: initialPlan, local, replan, signal, logger: givenLogger, ...rest } = options
+  const {
+    node,
+    gate,
+    plan: initialPlan,
+    local,
+    replan,
+    constraint,
+    signal,
+    logger: givenLogger,
+    ...rest
+  } = options
   const parsed = parseWith(shardedGenerationOptionsSchema, rest, 'sharded generation option')
   const opts = parsed
   const logger = (givenLogger ?? silentLogger()).child({ component: 'sharded-run' })
@@ -42,14 +52,16 @@ export async function* runShardedGeneration(
       `the prompt of ${prompt.length} tokens does not fit a context of ${contextSize}`,
     )
   }
-  const sampler = createSampler(opts.sampling ?? {})
+  const sampler = createSampler(opts.sampling ?? {}, constraint === undefined ? {} : { constraint })
   const { temperature, topK: k, presencePenalty, frequencyPenalty } = sampler.options
   // Greedy needs only the best candidate, sampling the top k (0: the whole vocabulary). Penalties
-  // apply before top-k to every token generated so far, wherever it ranks: they need the whole row.
+  // apply before top-k to every token generated so far, wherever it ranks: they need the whole row,
+  // and so does a constraint, which may refuse every one of the top k.
   const penalized = presencePenalty !== 0 || frequencyPenalty !== 0
-  const argmaxOnly = temperature <= 0 && !penalized
+  const wholeRow = penalized || constraint !== undefined
+  const argmaxOnly = temperature <= 0 && !wholeRow
   const whole = 1 << 20
-  const topK = Math.max(argmaxOnly ? 1 : penalized || k === 0 ? whole : k, opts.logprobs ?? 0)
+  const topK = Math.max(argmaxOnly ? 1 : wholeRow || k === 0 ? whole : k, opts.logprobs ?? 0)
   const stop = new Set(opts.stopTokens)
   const membership = new MembershipCheck(gate)
   const meter = new Meter()
