@@ -1,11 +1,33 @@
 import { Template } from '@huggingface/jinja'
 import { MeshError } from '@meshnet/core'
+import type { ToolDefinition } from './tools/check.ts'
+import { type ToolFamily, toolFamily } from './tools/families.ts'
+import { type TemplateCaps, templateInput, templateTools } from './tools/prompt.ts'
+
+/** A tool call the assistant made, in OpenAI's shape. */
+export interface ChatToolCall {
+  id: string
+  type: 'function'
+  function: {
+    name: string
+    /**
+     * The arguments as OpenAI sends them (JSON text), or already parsed. Templates get an object
+     * (Hugging Face templates write `arguments | tojson`): JSON text is parsed before rendering.
+     */
+    arguments: string | { [key: string]: unknown }
+  }
+}
 
 /** One chat message as a template sees it (content already flattened to text). */
 export interface ChatMessage {
   role: 'system' | 'user' | 'assistant' | 'tool'
-  content: string
+  /** Null for an assistant message that only calls tools. */
+  content: string | null
   name?: string
+  /** The assistant's tool calls. */
+  tool_calls?: readonly ChatToolCall[]
+  /** A `tool` message: the call it answers. */
+  tool_call_id?: string
 }
 
 /**
@@ -57,13 +79,80 @@ export interface RenderChatOptions {
    * with two of them (llama.cpp's server does the same).
    */
   addBosToken?: boolean
+  /**
+   * Tools the model may call. A template that knows tools gets them as `tools`; for the `generic`
+   * family they are described in a system message instead (see ToolFamily).
+   */
+  tools?: readonly ToolDefinition[]
+  /** How the model calls tools (default: the template's own `toolFamily`). */
+  toolFamily?: ToolFamily
 }
 
 /** A parsed chat template. */
 export interface ChatTemplate {
   readonly source: string
-  /** The prompt text for `messages`. ChatTemplateRenderError when the template refuses them. */
+  /** The tool-call family its text shows (`toolFamily(source)`). */
+  readonly toolFamily: ToolFamily
+  /**
+   * The prompt text for `messages`. Tool calls and tool results in them are rendered as the template
+   * does, or folded into text when it cannot (templateInput); a leading system message goes into the
+   * first turn when the template has no system role. ChatTemplateRenderError when it refuses them.
+   */
   render(options: RenderChatOptions): string
+}
+
+/** A made-up text that shows whether a probe's message reached the prompt. */
+const PROBE_NEEDLE = 'meshnet-probe-4b1d'
+
+/** The text of `template` for `context`, or undefined when it raises. */
+function probe(template: Template, context: Record<string, unknown>): string | undefined {
+  try {
+    return template.render({ add_generation_prompt: true, bos_token: '', eos_token: '', ...context })
+  } catch {
+    return undefined
+  }
+}
+
+/** Probes of what a template renders, each run once, when first needed (as llama.cpp's template caps). */
+function templateCaps(template: Template): TemplateCaps {
+  let systemRole: boolean | undefined
+  let parallelToolCalls: boolean | undefined
+  return {
+    systemRole() {
+      systemRole ??=
+        probe(template, {
+          messages: [
+            { role: 'system', content: PROBE_NEEDLE },
+            { role: 'user', content: 'Hi' },
+          ],
+        })?.includes(PROBE_NEEDLE) ?? false
+      return systemRole
+    },
+    parallelToolCalls() {
+      if (parallelToolCalls === undefined) {
+        const names = ['meshnet_probe_one', 'meshnet_probe_two']
+        const ids = ['call00001', 'call00002']
+        const out = probe(template, {
+          messages: [
+            { role: 'user', content: 'Hi' },
+            {
+              role: 'assistant',
+              content: '',
+              tool_calls: names.map((name, i) => ({
+                id: ids[i],
+                type: 'function',
+                function: { name, arguments: { arg: 'value' } },
+              })),
+            },
+            ...ids.map((id) => ({ role: 'tool', tool_call_id: id, content: 'done' })),
+          ],
+          tools: templateTools(names.map((name) => ({ type: 'function', function: { name } }))),
+        })
+        parallelToolCalls = out !== undefined && names.every((name) => out.split(name).length > 2)
+      }
+      return parallelToolCalls
+    },
+  }
 }
 
 /**
@@ -79,14 +168,19 @@ export function parseChatTemplate(source: string | undefined): ChatTemplate {
   } catch (err) {
     throw new ChatTemplateSyntaxError(err)
   }
+  const family = toolFamily(text)
+  const caps = templateCaps(template)
   return {
     source: text,
+    toolFamily: family,
     render(options) {
       const bosToken = options.bosToken ?? ''
+      const input = templateInput(options.messages, options.toolFamily ?? family, options.tools, caps)
       let rendered: string
       try {
         rendered = template.render({
-          messages: options.messages.map((m) => ({ ...m })),
+          messages: input.messages,
+          ...(input.tools === undefined ? {} : { tools: input.tools }),
           add_generation_prompt: options.addGenerationPrompt ?? true,
           bos_token: bosToken,
           eos_token: options.eosToken ?? '',
@@ -122,10 +216,12 @@ export function renderChatPrompt(
   template: ChatTemplate,
   model: ChatModelFacts,
   messages: readonly ChatMessage[],
+  tools: readonly ToolDefinition[] = [],
 ): string {
   return template.render({
     messages,
     addGenerationPrompt: true,
+    ...(tools.length === 0 ? {} : { tools }),
     ...(model.bosToken === undefined ? {} : { bosToken: model.bosToken }),
     ...(model.eosToken === undefined ? {} : { eosToken: model.eosToken }),
     ...(model.addBosToken === undefined ? {} : { addBosToken: model.addBosToken }),
