@@ -46,6 +46,8 @@ export type {
   JobStats,
   JobToken,
   JobTokenLogprobs,
+  JobTool,
+  JobToolCall,
 } from './jobs.ts'
 export {
   decodeJobRequest,
@@ -56,10 +58,13 @@ export {
   JobProtocolError,
   jobMessageSchema,
   jobRequestSchema,
+  jobToolCallSchema,
+  jobToolSchema,
   MAX_JOB_FRAME_BYTES,
   MAX_JOB_MESSAGES,
   MAX_JOB_PROMPT_CHARS,
   MAX_JOB_TOKENS,
+  MAX_JOB_TOOLS,
   MAX_JOB_TOP_LOGPROBS,
   modelProviderKey,
   requestJob,

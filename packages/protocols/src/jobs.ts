@@ -2,6 +2,7 @@
 // come. One stream per job; frames are varint length-prefixed JSON (format in docs/protocols.md).
 import type { AbortOptions, Stream } from '@libp2p/interface'
 import { MeshError, type MeshErrorOptions, parseWith } from '@meshnet/core'
+import { grammarSpecSchema } from '@meshnet/grammar'
 import { CID } from 'multiformats/cid'
 import * as raw from 'multiformats/codecs/raw'
 import { sha256 } from 'multiformats/hashes/sha2'
@@ -32,12 +33,41 @@ export type JobMode = (typeof JOB_MODES)[number]
 /** Where a job came from (kept with its stats). */
 export type JobOrigin = 'cli' | 'p2p' | 'api' | 'control-plane'
 
+/** Most tools one chat job may declare. */
+export const MAX_JOB_TOOLS = 128
+/** A tool's or function's name, as OpenAI allows them. */
+const toolName = z
+  .string()
+  .regex(/^[a-zA-Z0-9_-]{1,64}$/, 'must be 1 to 64 letters, digits, underscores or dashes')
+
+/** A call of a tool: its name and its arguments as JSON text (as the model wrote them). */
+export const jobToolCallSchema = z.strictObject({
+  /** The id an API gave the call, which the tool's answer names (`toolCallId`). */
+  id: z.string().min(1).max(256).optional(),
+  name: toolName,
+  arguments: z.string().max(256 * 1024),
+})
+export type JobToolCall = z.infer<typeof jobToolCallSchema>
+
+/** A function the model may call in a chat job (the OpenAI shape, without its wrapper). */
+export const jobToolSchema = z.strictObject({
+  name: toolName,
+  description: z.string().max(8192).optional(),
+  /** A JSON Schema of its arguments (an object); absent: none. */
+  parameters: z.record(z.string(), z.unknown()).optional(),
+})
+export type JobTool = z.infer<typeof jobToolSchema>
+
 /** One message of a chat job, as the model's chat template sees it. */
 export const jobMessageSchema = z.strictObject({
   role: z.enum(['system', 'user', 'assistant', 'tool']),
   content: z.string().max(MAX_JOB_PROMPT_CHARS),
   /** Passed to the template as `message.name` (some templates show it). */
   name: z.string().min(1).max(128).optional(),
+  /** An assistant message: the tools it called (from an earlier reply's `toolCalls`). */
+  toolCalls: z.array(jobToolCallSchema).max(MAX_JOB_TOOLS).optional(),
+  /** A tool message: the id of the call it answers. */
+  toolCallId: z.string().min(1).max(256).optional(),
 })
 export type JobMessage = z.infer<typeof jobMessageSchema>
 
@@ -70,6 +100,20 @@ export const jobRequestSchema = z
      * alternatives. Absent: none. Nodes before this field refuse a job that has it.
      */
     logprobs: z.int().min(0).max(MAX_JOB_TOP_LOGPROBS).optional(),
+    /**
+     * What the output must be (`@meshnet/grammar`): JSON for a schema, a forced tool call. The node
+     * that samples keeps to it. Nodes before this field refuse a job that has it.
+     */
+    grammar: grammarSpecSchema.optional(),
+    /**
+     * A chat's tools: rendered with the model's template, and the reply's calls parsed into the
+     * result's `toolCalls`. Nodes before this field refuse a job that has it.
+     */
+    tools: z.array(jobToolSchema).max(MAX_JOB_TOOLS).optional(),
+    /** `auto` (default): the model decides; `none`; `required`: one call; `{name}`: a call of it. */
+    toolChoice: z
+      .union([z.enum(['auto', 'none', 'required']), z.strictObject({ name: toolName })])
+      .optional(),
     mode: z.enum(JOB_MODES).default('auto'),
     /**
      * Tokenize control-token text in the prompt (`<s>`, `<|im_start|>`) as those tokens (chat
@@ -88,6 +132,28 @@ export const jobRequestSchema = z
       })
     } else if (request.prompt !== undefined && request.maxTokens === undefined) {
       ctx.addIssue({ code: 'custom', path: ['maxTokens'], message: 'required with a prompt' })
+    }
+    if (request.tools !== undefined && request.messages === undefined) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tools'],
+        message: 'need chat messages (a prompt job has no template)',
+      })
+    }
+    if (request.tools !== undefined && request.grammar !== undefined) {
+      ctx.addIssue({ code: 'custom', path: ['grammar'], message: 'cannot be given with tools' })
+    }
+    const names = new Set(request.tools?.map((t) => t.name))
+    if (names.size !== (request.tools?.length ?? 0)) {
+      ctx.addIssue({ code: 'custom', path: ['tools'], message: 'must have distinct names' })
+    }
+    const choice = request.toolChoice
+    if (typeof choice === 'object' && !names.has(choice.name)) {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['toolChoice'],
+        message: `names "${choice.name}", which is not among the tools`,
+      })
     }
     const chars = request.messages?.reduce((sum, m) => sum + m.content.length, 0) ?? 0
     if (chars > MAX_JOB_PROMPT_CHARS) {
@@ -152,7 +218,14 @@ export interface JobResult {
   /** SHA-256 of the model file. */
   model: string
   tokens: number[]
+  /** Everything generated (with a tool call's text as the model wrote it). */
   text: string
+  /**
+   * A chat job with tools: the reply's text without its tool calls (null when it is calls alone), and
+   * the calls, parsed the way the model's family writes them.
+   */
+  content?: string | null
+  toolCalls?: JobToolCall[]
   stopReason: 'maxTokens' | 'eog' | 'abort' | 'contextFull'
   stats: JobStats
 }
@@ -211,6 +284,8 @@ const resultSchema = z.object({
   model: z.string().max(128),
   tokens: z.array(z.int().min(0)),
   text: z.string(),
+  content: z.string().nullable().optional(),
+  toolCalls: z.array(jobToolCallSchema).max(MAX_JOB_TOOLS).optional(),
   stopReason: z.enum(['maxTokens', 'eog', 'abort', 'contextFull']),
   stats: statsSchema,
 })

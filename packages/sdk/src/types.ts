@@ -1,7 +1,7 @@
 import type { MeshNode, PerfResult } from '@meshnet/discovery'
 import type { NodeIdentity } from '@meshnet/identity'
 import type { PoolGate } from '@meshnet/pool'
-import type { JobMessage, JobRequest, JobResult, JobToken } from '@meshnet/protocols'
+import type { JobMessage, JobRequest, JobResult, JobToken, JobTool } from '@meshnet/protocols'
 import type { P2PDebugEvent } from './debug-log.ts'
 import type { DataLimitExceededError } from './errors.ts'
 import type { SDKPool } from './pool.ts'
@@ -33,7 +33,7 @@ export interface DiscoverNodesOptions {
 }
 
 /** A generation to run: the job request of `/meshnet/job/1.0.0` plus where to run it. */
-export interface InferenceRequest extends Omit<JobRequest, 'poolId' | 'messages'> {
+export interface InferenceRequest extends Omit<JobRequest, 'poolId' | 'messages' | 'tools' | 'toolChoice'> {
   /** The text the model continues, as is (see `streamChat` for chat messages). */
   prompt: string
   /** Most tokens to generate (1 to 32768). */
@@ -60,6 +60,20 @@ export interface ChatRequest extends Omit<InferenceRequest, 'prompt' | 'maxToken
   messages: readonly ChatMessage[]
   /** Most tokens of the reply (1 to 32768); default: the rest of the model's context, as OpenAI's chat. */
   maxTokens?: number
+  /**
+   * Functions the model may call: rendered with the model's template; the calls it makes come back
+   * parsed in the result's `toolCalls` (its `content` is the rest of the reply). Send each call's
+   * answer back as a `tool` message with its `toolCallId`, after an `assistant` message with the
+   * `toolCalls`.
+   */
+  tools?: JobTool[]
+  /** `auto` (default), `none`, `required` (one call, its arguments valid for its schema), or `{ name }`. */
+  toolChoice?: JobRequest['toolChoice']
+  /**
+   * Structured output: `{ type: 'json' }` for any JSON object, with `schema` for JSON valid for that
+   * JSON Schema (see @meshnet/grammar for the keywords). The sampler keeps to it, so the reply parses.
+   */
+  responseFormat?: { type: 'text' } | { type: 'json'; schema?: Record<string, unknown> }
 }
 
 /** Tokens as they come, and the finished job. */

@@ -17,7 +17,9 @@ import {
   type JobToken,
   MAX_JOB_FRAME_BYTES,
 } from '@meshnet/protocols'
+import { withChatTemplate } from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
+import { Ajv } from 'ajv'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FabstirSDK } from '../src/sdk.ts'
 import type { ChatMessage, ChatRequest } from '../src/types.ts'
@@ -28,10 +30,12 @@ import { type Agent, startAgent } from './agents.ts'
 // template, and must give the very prompt its OpenAI-compatible API gives for the same messages.
 
 // Zephyr-style: BOS first (dropped, since the tokenizer adds its own), role markers that are plain
-// text in the test vocabulary, and a refusal of unknown roles.
+// text in the test vocabulary, and a refusal of unknown roles and of two turns of one role in a row.
+// (It has no tool role: tool calls and results are folded into text for it, as for any such template.)
 const CHAT_TEMPLATE =
   '{{ bos_token }}{% for message in messages %}' +
   "{% if message['role'] not in ['system', 'user', 'assistant'] %}{{ raise_exception('role ' + message['role'] + ' is not supported') }}{% endif %}" +
+  "{% if loop.index0 > 0 and message['role'] == messages[loop.index0 - 1]['role'] %}{{ raise_exception('roles must alternate') }}{% endif %}" +
   "{{ '<|' + message['role'] + '|>\\n' + message['content'] + '\\n' }}{% endfor %}" +
   "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 
@@ -54,9 +58,13 @@ const sdks: FabstirSDK[] = []
 beforeAll(async () => {
   root = await mkdtemp(join(tmpdir(), 'meshnet-sdk-chat-'))
   const base = join(root, 'base.gguf')
-  await generateModel({ out: base, ...SHAPE, context: 256, seed: 7 })
-  const chat = await withMetadata(base, join(root, 'chat.gguf'), CHAT_TEMPLATE)
-  const bad = await withMetadata(base, join(root, 'broken.gguf'), '{% for message in messages %}{{ message')
+  await generateModel({ out: base, ...SHAPE, context: 1024, seed: 7 })
+  const chat = await withChatTemplate(base, join(root, 'chat.gguf'), CHAT_TEMPLATE)
+  const bad = await withChatTemplate(
+    base,
+    join(root, 'broken.gguf'),
+    '{% for message in messages %}{{ message',
+  )
   const bytes = await euroModel(join(root, 'bytes.gguf'))
   const start = (name: string, model: string) =>
     startAgent(join(root, name), [
@@ -79,23 +87,6 @@ afterAll(async () => {
   await Promise.all([templated?.stop(), plain?.stop(), broken?.stop()])
   await rm(root, { recursive: true, force: true })
 })
-
-/** A copy of a GGUF with `tokenizer.chat_template` set. */
-async function withMetadata(src: string, out: string, template: string): Promise<string> {
-  const file = await openGGUF(src)
-  try {
-    const metadata = new Map<string, GGUFValueInput>(file.metadata)
-    metadata.set('tokenizer.chat_template', { type: 'string', value: template })
-    const tensors: GGUFTensorInput[] = []
-    for (const t of file.tensors) {
-      tensors.push({ name: t.name, dims: t.dims, type: t.type, data: await file.readTensor(t.name) })
-    }
-    await writeGGUF(out, { metadata, tensors })
-    return out
-  } finally {
-    await file.close()
-  }
-}
 
 /**
  * A model that answers anything with "€é€é…" one byte token at a time (E2 82 AC C3 A9): its layers
@@ -182,6 +173,87 @@ async function drain(stream: AsyncIterable<JobToken>): Promise<JobToken[]> {
   return tokens
 }
 
+const WEATHER = {
+  type: 'object',
+  properties: {
+    city: { type: 'string', minLength: 2, maxLength: 20 },
+    days: { type: 'integer' },
+  },
+  required: ['city', 'days'],
+  additionalProperties: false,
+}
+const PERSON = {
+  type: 'object',
+  properties: { name: { type: 'string', maxLength: 20 }, admin: { type: 'boolean' } },
+  required: ['name', 'admin'],
+  additionalProperties: false,
+}
+const ajv = new Ajv({ strict: false })
+
+describe('FabstirSDK chat with tools and structured output', () => {
+  it('a forced tool call comes back parsed and valid for its schema, as the OpenAI API makes it; its result goes back in', async () => {
+    const sdk = await connected()
+    const tools = [{ name: 'get_weather', description: 'The weather in a city', parameters: WEATHER }]
+    const ask = { messages: MESSAGES, tools, temperature: 0, maxTokens: 80 }
+    const called = await sdk.chat(on(templated, 'chat.gguf', { ...ask, toolChoice: 'required' }))
+    expect(called.toolCalls).toHaveLength(1)
+    const [call] = called.toolCalls!
+    expect(call!.name).toBe('get_weather')
+    expect(ajv.validate(WEATHER, JSON.parse(call!.arguments)), call!.arguments).toBe(true)
+    const api = await openAiChat(templated, {
+      model: 'chat.gguf',
+      messages: MESSAGES,
+      tools: tools.map((f) => ({ type: 'function', function: f })),
+      tool_choice: 'required',
+      temperature: 0,
+      max_tokens: 80,
+    })
+    const apiCall = (
+      api.body as { choices: Array<{ message: { tool_calls: Array<{ function: unknown }> } }> }
+    ).choices[0]!.message.tool_calls[0]!.function
+    expect(apiCall).toEqual({ name: call!.name, arguments: call!.arguments })
+
+    // The call and its result, sent back, are rendered into the prompt (the template has no tool
+    // role: they are folded into text).
+    const answered = await sdk.chat(
+      on(templated, 'chat.gguf', {
+        ...ask,
+        maxTokens: 8,
+        messages: [
+          ...MESSAGES,
+          { role: 'assistant', content: '', toolCalls: [call!] },
+          { role: 'tool', content: '{"temperature": 21}', toolCallId: call!.id! },
+        ],
+      }),
+    )
+    expect(answered.stats.promptTokens).toBeGreaterThan(called.stats.promptTokens + 10)
+  })
+
+  it('a JSON response format gives text that parses and validates, as the OpenAI API’s json_schema does', async () => {
+    const sdk = await connected()
+    const stream = sdk.streamChat(
+      on(templated, 'chat.gguf', {
+        messages: MESSAGES,
+        responseFormat: { type: 'json', schema: PERSON },
+        temperature: 0,
+        maxTokens: 60,
+      }),
+    )
+    const streamed = (await drain(stream)).map((t) => t.text).join('')
+    const { text } = await stream.result
+    expect(streamed).toBe(text)
+    expect(ajv.validate(PERSON, JSON.parse(text)), text).toBe(true)
+    const api = await openAiChat(templated, {
+      model: 'chat.gguf',
+      messages: MESSAGES,
+      response_format: { type: 'json_schema', json_schema: { name: 'person', schema: PERSON } },
+      temperature: 0,
+      max_tokens: 60,
+    })
+    expect((api.body as OpenAiChat).choices[0]!.message.content).toBe(text)
+  })
+})
+
 describe('FabstirSDK chat with real agents', () => {
   it("streams a chat rendered on the node as its OpenAI API renders it: the model's template, one BOS, the generation prompt", async () => {
     const sdk = await connected()
@@ -260,12 +332,20 @@ describe('FabstirSDK chat with real agents', () => {
   it('names why a chat is refused: messages the template rejects, or a template that does not parse', async () => {
     const sdk = await connected()
     await expect(
-      sdk.chat(on(templated, 'chat.gguf', { messages: [{ role: 'tool', content: '42' }], maxTokens: 4 })),
+      sdk.chat(
+        on(templated, 'chat.gguf', {
+          messages: [
+            { role: 'user', content: '4' },
+            { role: 'user', content: '2' },
+          ],
+          maxTokens: 4,
+        }),
+      ),
     ).rejects.toMatchObject({
       name: 'JobFailedError',
       remoteName: 'ChatTemplateRenderError',
       code: 'ERR_CHAT_TEMPLATE_RENDER',
-      message: expect.stringContaining('role tool is not supported'),
+      message: expect.stringContaining('roles must alternate'),
     })
     await expect(
       sdk.chat(on(broken, 'broken.gguf', { messages: MESSAGES, maxTokens: 4 })),
@@ -278,7 +358,10 @@ describe('FabstirSDK chat with real agents', () => {
     // The OpenAI API refuses the same chats.
     const rejected = await openAiChat(templated, {
       model: 'chat.gguf',
-      messages: [{ role: 'tool', content: '42' }],
+      messages: [
+        { role: 'user', content: '4' },
+        { role: 'user', content: '2' },
+      ],
     })
     expect(rejected.status).toBe(400)
     expect((await openAiChat(broken, { model: 'broken.gguf', messages: MESSAGES })).status).toBe(500)

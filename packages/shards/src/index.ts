@@ -28,14 +28,17 @@ export type { EmbedRequest, EmbedResult } from './jobs/embed.ts'
 export { embedRequestSchema, MAX_EMBED_INPUTS, MAX_EMBED_TOKENS } from './jobs/embed.ts'
 export { JobRefusedError } from './jobs/errors.ts'
 export { jobService } from './jobs/index.ts'
+export type { ForcedToolChoice } from './jobs/request.ts'
 export { jobStats } from './jobs/stats.ts'
 export type {
+  ChatTools,
   JobRecord,
   JobRings,
   JobService,
   JobServiceComponents,
   JobServiceInit,
   JobStore,
+  RenderChat,
   ServedModel,
   ShardAssignment,
   ShardLoadState,

@@ -1,5 +1,6 @@
 import type { OpenedTokenizer } from '@meshnet/engine'
-import { type JobMessage, jobRequestSchema, MAX_JOB_TOKENS } from '@meshnet/protocols'
+import type { GrammarSpec } from '@meshnet/grammar'
+import { type JobMessage, type JobTool, jobRequestSchema, MAX_JOB_TOKENS } from '@meshnet/protocols'
 import { describe, expect, it } from 'vitest'
 import { prepareJobRequest } from '../src/jobs/request.ts'
 
@@ -19,6 +20,7 @@ function charTokenizer() {
     },
     detokenize: () => '',
     isEog: (id: number) => id === 2,
+    piece: (id: number) => ({ bytes: Uint8Array.of(id), control: id < 3 }),
   } satisfies OpenedTokenizer['tokenizer']
   return { tokenizer, calls }
 }
@@ -88,5 +90,58 @@ describe('prepareJobRequest', () => {
     ).rejects.toMatchObject({
       name: 'ChatTemplateRenderError',
     })
+  })
+
+  it('renders a chat’s tools, forces a call with the injected grammar, and tells the model of none with toolChoice none', async () => {
+    const { tokenizer } = charTokenizer()
+    const seen: Array<readonly JobTool[]> = []
+    const renderChat = (messages: readonly JobMessage[], tools: readonly JobTool[]) => {
+      seen.push(tools)
+      return `${render(messages)}${tools.map((t) => t.name).join(',')}`
+    }
+    const forced: GrammarSpec = { parts: [{ type: 'literal', text: '<call>' }, { type: 'json' }] }
+    const toolGrammar = (_tools: readonly JobTool[], choice: unknown) => {
+      expect(choice).toEqual({ name: 'clock' })
+      return forced
+    }
+    const tools = [{ name: 'clock' }, { name: 'weather', parameters: { type: 'object' } }]
+    const ask = (toolChoice?: unknown) =>
+      prepareJobRequest(
+        jobRequestSchema.parse({
+          messages: [{ role: 'user', content: 'Hi' }],
+          tools,
+          ...(toolChoice === undefined ? {} : { toolChoice }),
+        }),
+        { tokenizer, contextSize: 64, renderChat, toolGrammar },
+      )
+    const named = await ask({ name: 'clock' })
+    expect(named.request.grammar).toEqual(forced)
+    expect(named.request.prompt).toBe('<|user|>Hi<|assistant|>clock,weather')
+    // auto: the model decides, nothing is forced.
+    expect((await ask()).request.grammar).toBeUndefined()
+    const none = await ask('none')
+    expect(none.request.prompt).toBe('<|user|>Hi<|assistant|>')
+    expect(seen.map((t) => t.length)).toEqual([2, 2, 0])
+    // A node that cannot render tools refuses the job rather than run it without them.
+    await expect(
+      prepareJobRequest(jobRequestSchema.parse({ messages: [{ role: 'user', content: 'Hi' }], tools }), {
+        tokenizer,
+        contextSize: 64,
+        renderChat,
+      }),
+    ).rejects.toMatchObject({ name: 'JobRefusedError', code: 'ERR_NO_TOOLS' })
+  })
+
+  it('refuses tools on a prompt job, tools of one name, and a tool choice that names none of them', () => {
+    const chat = { messages: [{ role: 'user', content: 'Hi' }] }
+    const bad = [
+      { prompt: 'Hi', maxTokens: 4, tools: [{ name: 'a' }] },
+      { ...chat, tools: [{ name: 'a' }, { name: 'a' }] },
+      { ...chat, tools: [{ name: 'a' }], toolChoice: { name: 'b' } },
+      { ...chat, tools: [{ name: 'a' }], grammar: { parts: [{ type: 'json' }] } },
+      { ...chat, tools: [{ name: 'not a name' }] },
+    ]
+    for (const request of bad)
+      expect(jobRequestSchema.safeParse(request).success, JSON.stringify(request)).toBe(false)
   })
 })

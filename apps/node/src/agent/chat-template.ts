@@ -227,29 +227,3 @@ export function renderChatPrompt(
     ...(model.addBosToken === undefined ? {} : { addBosToken: model.addBosToken }),
   })
 }
-
-/**
- * The job service's `renderChat`: reads a model file's chat facts once (with `read`, the agent's
- * `modelInfo`), parses its template once, and renders each chat as `renderChatPrompt` does.
- * ChatTemplateSyntaxError when the template does not parse, ChatTemplateRenderError when it refuses
- * the messages; both reach the requester by name and code.
- */
-export function chatRenderer(
-  read: (path: string) => Promise<ChatModelFacts>,
-): (model: { path: string }, messages: readonly ChatMessage[]) => Promise<string> {
-  const models = new Map<string, Promise<{ facts: ChatModelFacts; template: ChatTemplate }>>()
-  const load = (path: string) => {
-    let loaded = models.get(path)
-    if (loaded === undefined) {
-      loaded = read(path).then((facts) => ({ facts, template: parseChatTemplate(facts.chatTemplate) }))
-      models.set(path, loaded)
-      // A file that could not be read is read again by the next chat (a bad template fails each time alike).
-      loaded.catch(() => models.delete(path))
-    }
-    return loaded
-  }
-  return async (model, messages) => {
-    const { facts, template } = await load(model.path)
-    return renderChatPrompt(template, facts, messages)
-  }
-}

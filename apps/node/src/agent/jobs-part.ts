@@ -4,7 +4,7 @@ import { createLlamaCppEngine, openModelTokenizer } from '@meshnet/llama-cpp'
 import type { JobRequest } from '@meshnet/protocols'
 import { type JobService, jobService, jobStats, type ServedModel } from '@meshnet/shards'
 import type { AgentContext, AgentPart } from './agent.ts'
-import { chatRenderer } from './chat-template.ts'
+import { chatJobHooks } from './chat-jobs.ts'
 import type { ControlRoutes } from './control-api.ts'
 import type { MeshPart } from './mesh-part.ts'
 import { modelInfo } from './model-info.ts'
@@ -95,8 +95,8 @@ export function jobsPart(
       createSingleEngine: (modelPath, threads, parallel) =>
         createLlamaCppEngine({ modelPath, threads, parallel }),
       openTokenizer: (path) => openModelTokenizer(path),
-      // Chat jobs get the prompt the OpenAI API would render for the same messages.
-      renderChat: chatRenderer(modelInfo),
+      // Chat jobs get the prompt the OpenAI API would render for the same messages (and tools).
+      ...chatJobHooks(modelInfo),
     })({
       nodeId: identity.nodeId,
       node: mesh.node(),

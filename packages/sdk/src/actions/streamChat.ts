@@ -41,9 +41,24 @@ export type ChatErrorType = StreamChatErrorType
  * checked before anything is sent (InvalidRequestError).
  */
 export function streamChat(client: SDKClient, request: StreamChatParameters): StreamChatReturnType {
-  const { messages, target, poolId, nodeId, signal, ...job } = request
+  const { messages, target, poolId, nodeId, signal, responseFormat, ...job } = request
   // A copy, which the schema checks (from JavaScript, `messages` may be missing).
-  const chat = { ...job, messages: Array.from(messages ?? []) }
+  const chat = {
+    ...job,
+    messages: Array.from(messages ?? []),
+    ...(responseFormat?.type === 'json'
+      ? {
+          grammar: {
+            parts: [
+              {
+                type: 'json' as const,
+                ...(responseFormat.schema === undefined ? {} : { schema: responseFormat.schema }),
+              },
+            ],
+          },
+        }
+      : {}),
+  }
   return streamJob(
     client,
     {

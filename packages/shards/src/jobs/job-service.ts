@@ -22,7 +22,7 @@ import { type ShardServer, shardServer } from '../server.ts'
 import { type EmbedRequest, type EmbedResult, modelPooling, runEmbedJob } from './embed.ts'
 import { JobRefusedError } from './errors.ts'
 import { loadShard } from './preload.ts'
-import { prepareJobRequest } from './request.ts'
+import { constraintOf, prepareJobRequest } from './request.ts'
 import { holders, runSharded } from './sharded.ts'
 import { runSingle, SingleEngineQueue } from './single.ts'
 import type {
@@ -219,12 +219,23 @@ export class JobServiceImpl implements JobService {
     const facts = served.plan
     const contextSize = Math.min(facts.trainContext, 4096)
     // A chat is rendered here, with the served model's template; a forwarded job carries the prompt.
-    const { renderChat } = this.#init
+    const { renderChat, chatTools } = this.#init
     const { request, promptTokens } = await prepareJobRequest(parsed, {
       tokenizer: opened.tokenizer,
       contextSize,
-      renderChat: renderChat && ((messages) => renderChat(served, messages)),
+      renderChat: renderChat && ((messages, tools) => renderChat(served, messages, tools)),
+      toolGrammar: chatTools && ((tools, choice) => chatTools.grammar(served, tools, choice)),
     })
+    // A chat with tools: its reply is parsed into content and calls here, where it was rendered.
+    const { tools, toolChoice, ...forward } = request
+    const withCalls = async (result: JobResult): Promise<JobResult> => {
+      if (tools === undefined || tools.length === 0 || toolChoice === 'none' || chatTools === undefined) {
+        return result
+      }
+      const { content, toolCalls } = await chatTools.parse(served, result.text)
+      return { ...result, content, toolCalls }
+    }
+    const constraint = constraintOf(request, opened.tokenizer)
     // A job from the network without a pool runs on this node only; one from this machine goes to its pool.
     const poolId =
       (options.origin === 'p2p' || options.origin === 'control-plane') && request.poolId === undefined
@@ -297,7 +308,7 @@ export class JobServiceImpl implements JobService {
         const forwarded = requestJob(
           node,
           choice.nodeId,
-          { ...request, poolId, mode: 'auto' },
+          { ...forward, poolId, mode: 'auto' },
           { signal: controller.signal },
         )
         for (let step = await forwarded.next(); ; step = await forwarded.next()) {
@@ -323,6 +334,7 @@ export class JobServiceImpl implements JobService {
             nodeId,
             request,
             promptTokens,
+            constraint,
             jobId,
             signal: controller.signal,
             started,
@@ -339,6 +351,7 @@ export class JobServiceImpl implements JobService {
             local: this.#server,
             request,
             promptTokens,
+            constraint,
             poolId: poolId!,
             mode: choice.mode === 'single' ? 'pipeline' : choice.mode,
             jobId,
@@ -348,6 +361,7 @@ export class JobServiceImpl implements JobService {
           }),
         )
       }
+      result = await withCalls(result)
       ended = true
       store.updateJob(jobId, {
         status: result.stopReason === 'abort' ? 'cancelled' : 'completed',

@@ -1,6 +1,15 @@
-import type { OpenedTokenizer } from '@meshnet/engine'
+import type { OpenedTokenizer, TokenConstraint } from '@meshnet/engine'
+import type { GrammarSpec } from '@meshnet/grammar'
+import {
+  compileGrammar,
+  constraintVocabulary,
+  createTokenConstraint,
+  type Grammar,
+  GrammarSchemaError,
+} from '@meshnet/grammar'
 import {
   type JobMessage,
+  type JobTool,
   type jobRequestSchema,
   MAX_JOB_PROMPT_CHARS,
   MAX_JOB_TOKENS,
@@ -15,6 +24,32 @@ export type JobRequestFields = z.output<typeof jobRequestSchema>
 export type ParsedJobRequest = Omit<JobRequestFields, 'prompt' | 'messages' | 'maxTokens'> & {
   prompt: string
   maxTokens: number
+}
+
+/** A fresh constraint for one run of a job with a `grammar` (a constraint keeps the run's state). */
+export type ConstraintFactory = () => TokenConstraint
+
+/**
+ * The constraint factory of a request's `grammar` over `tokenizer`'s vocabulary, or undefined
+ * without one. JobRefusedError (ERR_GRAMMAR) naming the problem when its schema is not supported.
+ */
+export function constraintOf(
+  request: Pick<ParsedJobRequest, 'grammar' | 'maxTokens'>,
+  tokenizer: OpenedTokenizer['tokenizer'],
+): ConstraintFactory | undefined {
+  const spec = request.grammar
+  if (spec === undefined) return undefined
+  let grammar: Grammar
+  try {
+    grammar = compileGrammar(spec)
+  } catch (err) {
+    if (err instanceof GrammarSchemaError) {
+      throw new JobRefusedError('ERR_GRAMMAR', err.message, { cause: err })
+    }
+    throw err
+  }
+  const vocabulary = constraintVocabulary(tokenizer)
+  return () => createTokenConstraint(grammar, vocabulary, { maxTokens: request.maxTokens })
 }
 
 /** The sampling options of a request, without the unset ones. */
@@ -38,9 +73,16 @@ export interface PrepareJobInit {
   tokenizer: OpenedTokenizer['tokenizer']
   /** Tokens of context a job has here: prompt plus completion. */
   contextSize: number
-  /** Renders chat messages with the model's chat template; absent: this node takes prompts only. */
-  renderChat: ((messages: readonly JobMessage[]) => string | Promise<string>) | undefined
+  /** Renders chat messages (and tools) with the model's chat template; absent: this node takes prompts only. */
+  renderChat:
+    | ((messages: readonly JobMessage[], tools: readonly JobTool[]) => string | Promise<string>)
+    | undefined
+  /** The grammar of a forced tool call for the served model; absent: tools are refused. */
+  toolGrammar?: (tools: readonly JobTool[], choice: ForcedToolChoice) => GrammarSpec | Promise<GrammarSpec>
 }
+
+/** A tool choice that makes the model call a tool: any of them, or the one named. */
+export type ForcedToolChoice = 'required' | { name: string }
 
 /**
  * Turns a parsed request into what the runners take: a chat's `messages` rendered into the prompt
@@ -68,7 +110,19 @@ export async function prepareJobRequest(
       hint: "send a prompt rendered with the model's chat template (with parseSpecial), or use a Meshnet agent (mesh start), which renders chats",
     })
   }
-  const rendered = await init.renderChat(messages)
+  // toolChoice none: the model is not told of the tools.
+  const tools = rest.toolChoice === 'none' ? [] : (rest.tools ?? [])
+  if (tools.length > 0 && init.toolGrammar === undefined) {
+    throw new JobRefusedError('ERR_NO_TOOLS', 'this node does not render tools', {
+      hint: "use a Meshnet agent (mesh start), which renders tools with the model's template",
+    })
+  }
+  const choice = rest.toolChoice ?? 'auto'
+  const grammar =
+    tools.length > 0 && choice !== 'auto' && choice !== 'none'
+      ? await init.toolGrammar!(tools, choice)
+      : rest.grammar
+  const rendered = await init.renderChat(messages, tools)
   if (rendered.length > MAX_JOB_PROMPT_CHARS) {
     throw new JobRefusedError(
       'ERR_PROMPT_TOO_LONG',
@@ -87,6 +141,7 @@ export async function prepareJobRequest(
   }
   const request = {
     ...rest,
+    ...(grammar === undefined ? {} : { grammar }),
     prompt: rendered,
     parseSpecial: true,
     maxTokens: maxTokens ?? Math.min(room, MAX_JOB_TOKENS),

@@ -9,7 +9,7 @@ import type { ShardGate } from '../peers.ts'
 import type { ShardedPlan, ShardModelFacts } from '../plan.ts'
 import type { ShardServer } from '../server.ts'
 import { JobRefusedError } from './errors.ts'
-import { type ParsedJobRequest, samplingOf } from './request.ts'
+import { type ConstraintFactory, type ParsedJobRequest, samplingOf } from './request.ts'
 import type { JobRings, JobStore, ServedModel } from './types.ts'
 
 /** Ring members that hold the served model's file. */
@@ -58,6 +58,8 @@ export async function* runSharded(job: {
   local: ShardServer | undefined
   request: ParsedJobRequest
   promptTokens: number[]
+  /** With a `grammar`: the constraint of this run (it lasts through failovers). */
+  constraint: ConstraintFactory | undefined
   poolId: string
   mode: 'pipeline' | 'tensor'
   jobId: string
@@ -85,6 +87,7 @@ export async function* runSharded(job: {
     maxTokens: job.request.maxTokens,
     sampling: samplingOf(job.request),
     ...(job.request.logprobs === undefined ? {} : { logprobs: job.request.logprobs }),
+    ...(job.constraint === undefined ? {} : { constraint: job.constraint() }),
     stopTokens: job.stopTokens,
     local: job.local,
     signal: job.signal,

@@ -1,6 +1,6 @@
 import type { JobResult, JobToken } from '@meshnet/protocols'
 import { pushable } from 'it-pushable'
-import { type ParsedJobRequest, samplingOf } from './request.ts'
+import { type ConstraintFactory, type ParsedJobRequest, samplingOf } from './request.ts'
 import type { ServedModel, SingleEngine } from './types.ts'
 
 /**
@@ -84,6 +84,8 @@ export async function* runSingle(job: {
   nodeId: string
   request: ParsedJobRequest
   promptTokens: number[]
+  /** With a `grammar`: the constraint of this run. */
+  constraint: ConstraintFactory | undefined
   jobId: string
   signal: AbortSignal
   started: number
@@ -97,6 +99,7 @@ export async function* runSingle(job: {
       maxTokens: request.maxTokens,
       ...samplingOf(request),
       ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
+      ...(job.constraint === undefined ? {} : { constraint: job.constraint() }),
       signal: job.signal,
     })
     for (let step = await stream.next(); ; step = await stream.next()) {

@@ -8,11 +8,13 @@ import type {
   OpenedTokenizer,
   ShardSpec,
 } from '@meshnet/engine'
-import type { JobEvent, JobMessage, JobOrigin, JobRunner } from '@meshnet/protocols'
+import type { GrammarSpec } from '@meshnet/grammar'
+import type { JobEvent, JobMessage, JobOrigin, JobRunner, JobTool, JobToolCall } from '@meshnet/protocols'
 import type { RingMember } from '@meshnet/ring'
 import type { ShardGate } from '../peers.ts'
 import type { ShardModelFacts } from '../plan.ts'
 import type { EmbedRequest, EmbedResult } from './embed.ts'
+import type { ForcedToolChoice } from './request.ts'
 
 /** A job as the store keeps it. */
 export interface JobRecord {
@@ -104,10 +106,36 @@ export interface JobServiceInit {
    * (ERR_NO_CHAT_TEMPLATE).
    */
   renderChat?: RenderChat
+  /** Tools of chat jobs for the served model (the agent's: its OpenAI API's). Absent: jobs with tools are refused. */
+  chatTools?: ChatTools
 }
 
-/** What renders a chat job's messages for the served model (`JobServiceInit.renderChat`). */
-export type RenderChat = (model: ServedModel, messages: readonly JobMessage[]) => string | Promise<string>
+/**
+ * What renders a chat job's messages for the served model (`JobServiceInit.renderChat`), with the
+ * tools the model is told of (none: the template renders no tools).
+ */
+export type RenderChat = (
+  model: ServedModel,
+  messages: readonly JobMessage[],
+  tools: readonly JobTool[],
+) => string | Promise<string>
+
+/** How the served model's family calls tools (`JobServiceInit.chatTools`). */
+export interface ChatTools {
+  /** The grammar of one call the model must make (of any of the tools, or the one named). */
+  grammar(
+    model: ServedModel,
+    tools: readonly JobTool[],
+    choice: ForcedToolChoice,
+  ): GrammarSpec | Promise<GrammarSpec>
+  /** A reply's text without its calls (null when calls alone), and the calls. */
+  parse(
+    model: ServedModel,
+    text: string,
+  ):
+    | { content: string | null; toolCalls: JobToolCall[] }
+    | Promise<{ content: string | null; toolCalls: JobToolCall[] }>
+}
 
 export interface JobServiceComponents {
   nodeId: string
