@@ -149,6 +149,48 @@ it('refuses huge arrays, deep nesting, invalid schemas and unknown tools, and ke
       JSON.stringify({ ...VALID_CHAT, tools: [{ type: 'function', function: { parameters: {} } }] }),
     ],
     [
+      'a schema keyword the grammar cannot keep to',
+      JSON.stringify({
+        ...VALID_CHAT,
+        response_format: {
+          type: 'json_schema',
+          json_schema: { name: 'x', schema: { type: 'object', properties: { a: { not: {} } } } },
+        },
+      }),
+    ],
+    [
+      'a schema no value satisfies',
+      JSON.stringify({
+        ...VALID_CHAT,
+        response_format: { type: 'json_schema', json_schema: { name: 'x', schema: { enum: [] } } },
+      }),
+    ],
+    [
+      'a tool whose parameters have an unsupported keyword',
+      JSON.stringify({
+        ...VALID_CHAT,
+        tool_choice: 'required',
+        tools: [{ type: 'function', function: { name: 'f', parameters: { type: 'object', allOf: [] } } }],
+      }),
+    ],
+    [
+      'two tools of one name',
+      JSON.stringify({
+        ...VALID_CHAT,
+        tools: [
+          { type: 'function', function: { name: 'f' } },
+          { type: 'function', function: { name: 'f' } },
+        ],
+      }),
+    ],
+    [
+      'a thousand tools',
+      JSON.stringify({
+        ...VALID_CHAT,
+        tools: Array.from({ length: 1000 }, (_, i) => ({ type: 'function', function: { name: `f${i}` } })),
+      }),
+    ],
+    [
       'a huge stop list',
       JSON.stringify({ ...VALID_CHAT, stop: Array.from({ length: 10_000 }, (_, i) => `s${i}`) }),
     ],

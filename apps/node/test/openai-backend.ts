@@ -1,12 +1,17 @@
+import { silentLogger } from '@meshnet/core'
 import type { InferenceEngine, OpenedTokenizer } from '@meshnet/engine'
+import { compileGrammar, constraintVocabulary, createTokenConstraint } from '@meshnet/grammar'
 import { createEngine, type EngineName, openModelTokenizer } from '@meshnet/llama-cpp'
+import OpenAI from 'openai'
 import { modelInfo } from '../src/agent/model-info.ts'
+import { startOpenAiApi } from '../src/agent/openai-api.ts'
 import { describeLogprobs } from '../src/agent/openai-logprobs.ts'
 import type {
   CompletionBackend,
   CompletionModel,
   CompletionOutcome,
   CompletionRequest,
+  OpenAiApi,
 } from '../src/agent/openai-types.ts'
 
 /** A CompletionBackend over real engines, one per model, for the API tests. */
@@ -25,7 +30,7 @@ export interface EngineBackend extends CompletionBackend {
  * log-probabilities are made text by the model's tokenizer, as the agent's backend does.
  */
 export async function engineBackend(
-  models: readonly { id: string; modelPath: string; engine?: EngineName }[],
+  models: readonly { id: string; modelPath: string; engine?: EngineName; contextSize?: number }[],
 ): Promise<EngineBackend> {
   const served = new Map<
     string,
@@ -38,9 +43,14 @@ export async function engineBackend(
     }
   }
   try {
-    for (const { id, modelPath, engine: name = 'meshnet' } of models) {
+    for (const { id, modelPath, engine: name = 'meshnet', contextSize } of models) {
       const info = await modelInfo(modelPath)
-      const engine = await createEngine({ engine: name, modelPath, threads: 1 })
+      const engine = await createEngine({
+        engine: name,
+        modelPath,
+        threads: 1,
+        ...(contextSize === undefined ? {} : { contextSize }),
+      })
       const tokenizer = await openModelTokenizer(modelPath).catch(async (err: unknown) => {
         await engine.dispose()
         throw err
@@ -84,6 +94,15 @@ export async function engineBackend(
         ...(request.presencePenalty === undefined ? {} : { presencePenalty: request.presencePenalty }),
         ...(request.frequencyPenalty === undefined ? {} : { frequencyPenalty: request.frequencyPenalty }),
         ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
+        ...(request.grammar === undefined
+          ? {}
+          : {
+              constraint: createTokenConstraint(
+                compileGrammar(request.grammar),
+                constraintVocabulary(tokenizer),
+                { maxTokens: request.maxTokens },
+              ),
+            }),
         signal: request.signal,
       })
       let step = await stream.next()
@@ -109,6 +128,32 @@ export async function engineBackend(
       }
       outcomes.push(outcome)
       return outcome
+    },
+  }
+}
+
+/** An OpenAI API on 127.0.0.1 over `engineBackend(models)`, with the official client pointed at it. */
+export async function apiTestServer(models: Parameters<typeof engineBackend>[0]): Promise<{
+  backend: EngineBackend
+  api: OpenAiApi
+  client: OpenAI
+  close(): Promise<void>
+}> {
+  const backend = await engineBackend(models)
+  const api = await startOpenAiApi({ backend, port: 0, logger: silentLogger() }).catch(
+    async (err: unknown) => {
+      await backend.dispose()
+      throw err
+    },
+  )
+  const client = new OpenAI({ baseURL: `http://127.0.0.1:${api.port}/v1`, apiKey: 'unused', maxRetries: 0 })
+  return {
+    backend,
+    api,
+    client,
+    async close() {
+      await api.close()
+      await backend.dispose()
     },
   }
 }

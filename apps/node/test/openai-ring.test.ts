@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { readShardModelFacts } from '@meshnet/shards'
@@ -8,10 +8,12 @@ import {
   createModel,
   eventually,
   startAgentProcess,
+  withChatTemplate,
 } from '@meshnet/test-harness'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { apiPort, offerFor, ringOfThree, ringStatus } from './mesh-fixture.ts'
+import { CLOCK, CLOCK_INPUT, PERSON, validFor, WEATHER, WEATHER_INPUT } from './tool-fixtures.ts'
 
 // OpenAI's sampling parameters through a real agent's OpenAI API when the job is split over a ring
 // of three `mesh start` agents (each offers too little memory for the whole model: a pipeline, the
@@ -35,7 +37,16 @@ beforeAll(async () => {
   const path = join(root, 'model.gguf')
   // A small F32 model, whose logits the Meshnet engine (the ring) and llama.cpp agree on to ~1e-5
   // (on the demo's, wider and deeper, to ~1e-4).
-  await createModel(path, MODEL)
+  await createModel(join(root, 'plain.gguf'), MODEL)
+  // Qwen 2.5's own chat template, whose tool calls are `<tool_call>` blocks.
+  await withChatTemplate(
+    join(root, 'plain.gguf'),
+    path,
+    await readFile(
+      join(import.meta.dirname, 'fixtures', 'chat-templates', 'Qwen-Qwen2.5-7B-Instruct.jinja'),
+      'utf8',
+    ),
+  )
   const api = ['--api-port', '0', '--json']
   // Room for one of the three layers each: no member can hold the model, the three together can.
   const memory = ['--memory', String(offerFor(await readShardModelFacts(path), 1))]
@@ -140,5 +151,124 @@ describe('sampling parameters on a ring', () => {
     const { split, one } = await both({ n: 2, seed: 30, max_tokens: 8 })
     expect(split.choices.map((c) => c.message.content)).toEqual(one.choices.map((c) => c.message.content))
     expect(split.usage).toEqual(one.usage)
+  })
+})
+
+/** The same streamed chat on the ring and on the whole model, as the client assembles it. */
+async function bothStreamed(params: ChatParams) {
+  const ask = async (c: OpenAI) => {
+    const stream = c.chat.completions.stream({
+      model,
+      messages: MESSAGES,
+      max_tokens: 24,
+      ...params,
+      stream: true,
+    })
+    return stream.finalChatCompletion()
+  }
+  return Promise.all([ask(ring), ask(whole)])
+}
+
+describe('tools and structured output on a ring', () => {
+  it.each([
+    ['required, greedy', { tool_choice: 'required', temperature: 0 }],
+    ['named, seeded', { tool_choice: { type: 'function', function: { name: 'get_weather' } }, seed: 4 }],
+  ] as Array<[string, ChatParams]>)(
+    'a call the model must make (%s): arguments valid for the schema, the same call as the whole model, streamed or not',
+    async (_, params) => {
+      const request = { tools: [WEATHER, CLOCK], max_tokens: 120, ...params }
+      const { split, one } = await both(request)
+      const [streamedSplit, streamedOne] = await bothStreamed(request)
+      for (const answer of [split, one, streamedSplit, streamedOne]) {
+        const choice = answer.choices[0]!
+        expect(choice.finish_reason).toBe('tool_calls')
+        const [call] = choice.message.tool_calls!
+        expect(call!.type).toBe('function')
+        const fn = (call as OpenAI.ChatCompletionMessageFunctionToolCall).function
+        if ('tool_choice' in params && typeof params.tool_choice === 'object')
+          expect(fn.name).toBe('get_weather')
+        const schema = fn.name === 'get_weather' ? WEATHER_INPUT : CLOCK_INPUT
+        expect(validFor(schema, JSON.parse(fn.arguments)), fn.arguments).toBe(true)
+      }
+      const calls = (a: OpenAI.ChatCompletion) =>
+        a.choices[0]!.message.tool_calls!.map(
+          (c) => (c as OpenAI.ChatCompletionMessageFunctionToolCall).function,
+        )
+      expect(calls(split)).toEqual(calls(one))
+      expect(calls(streamedSplit)).toEqual(calls(one))
+      expect(calls(streamedOne)).toEqual(calls(one))
+    },
+  )
+
+  it('feeds a tool result back through the template, and answers as the whole model does', async () => {
+    const { split } = await both({
+      tools: [WEATHER],
+      tool_choice: 'required',
+      temperature: 0,
+      max_tokens: 120,
+    })
+    const call = split.choices[0]!.message.tool_calls![0] as OpenAI.ChatCompletionMessageFunctionToolCall
+    const messages: OpenAI.ChatCompletionMessageParam[] = [
+      ...MESSAGES,
+      { role: 'assistant', content: null, tool_calls: [call] },
+      { role: 'tool', tool_call_id: call.id, content: '{"temperature": 21, "sky": "clear"}' },
+    ]
+    const round = await both({ messages, tools: [WEATHER], tool_choice: 'none', temperature: 0 })
+    expect(round.split.choices[0]!.message.content).toBe(round.one.choices[0]!.message.content)
+    expect(round.split.choices[0]!.message.tool_calls).toBeUndefined()
+    // The call and its result are in the prompt: more tokens than the call alone.
+    const without = await both({
+      messages: messages.slice(0, 2),
+      tools: [WEATHER],
+      tool_choice: 'none',
+      temperature: 0,
+    })
+    expect(round.split.usage!.prompt_tokens).toBeGreaterThan(without.split.usage!.prompt_tokens + 10)
+  })
+
+  it.each([
+    ['greedy', { temperature: 0 }],
+    ['seeded', { seed: 12 }],
+  ] as Array<[string, ChatParams]>)(
+    'json_schema output (%s) that parses and validates, the same as the whole model, streamed or not',
+    async (_, params) => {
+      const request: ChatParams = {
+        response_format: {
+          type: 'json_schema',
+          json_schema: { name: 'person', schema: PERSON, strict: true },
+        },
+        max_tokens: 100,
+        ...params,
+      }
+      const { split, one } = await both(request)
+      const [streamedSplit, streamedOne] = await bothStreamed(request)
+      for (const answer of [split, one, streamedSplit, streamedOne]) {
+        const content = answer.choices[0]!.message.content!
+        expect(validFor(PERSON, JSON.parse(content)), content).toBe(true)
+      }
+      expect(split.choices[0]!.message.content).toBe(one.choices[0]!.message.content)
+      expect(streamedSplit.choices[0]!.message.content).toBe(one.choices[0]!.message.content)
+    },
+  )
+
+  it('json_object output is a JSON object, even when max_tokens runs short', async () => {
+    const { split, one } = await both({ response_format: { type: 'json_object' }, seed: 3, max_tokens: 12 })
+    for (const answer of [split, one]) {
+      const value = JSON.parse(answer.choices[0]!.message.content!)
+      expect(typeof value === 'object' && value !== null && !Array.isArray(value)).toBe(true)
+    }
+    expect(split.choices[0]!.message.content).toBe(one.choices[0]!.message.content)
+  })
+
+  it('refuses a schema keyword it cannot keep to, naming it', async () => {
+    const refused = ring.chat.completions.create({
+      model,
+      messages: MESSAGES,
+      response_format: {
+        type: 'json_schema',
+        json_schema: { name: 'p', schema: { type: 'string', pattern: '^a+$' } },
+      },
+    })
+    await expect(refused).rejects.toMatchObject({ status: 400, message: expect.stringMatching(/pattern/) })
   })
 })

@@ -79,6 +79,7 @@ export function apiPart(
           ...(request.presencePenalty === undefined ? {} : { presencePenalty: request.presencePenalty }),
           ...(request.frequencyPenalty === undefined ? {} : { frequencyPenalty: request.frequencyPenalty }),
           ...(request.logprobs === undefined ? {} : { logprobs: request.logprobs }),
+          ...(request.grammar === undefined ? {} : { grammar: request.grammar }),
         },
         { origin: 'api', signal: request.signal },
       )

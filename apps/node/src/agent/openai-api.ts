@@ -1,7 +1,8 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { bearerMatches, listen, type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
 import { type Context, Hono, type MiddlewareHandler } from 'hono'
-import { chat, complete } from './openai-generate.ts'
+import { chat } from './openai-chat.ts'
+import { complete } from './openai-generate.ts'
 import {
   ApiError,
   apiBodyErrors,

@@ -1,17 +1,11 @@
 import { randomBytes } from 'node:crypto'
 import type { ServerResponse } from 'node:http'
 import { setImmediate as nextTurn } from 'node:timers/promises'
+import type { GrammarSpec } from '@meshnet/grammar'
 import { SseWriter } from '@meshnet/http'
 import type { z } from 'zod'
-import { type ChatMessage, type ChatTemplate, parseChatTemplate } from './chat-template.ts'
-import {
-  ApiError,
-  type CommonParams,
-  type chatSchema,
-  type completionSchema,
-  findModel,
-  sendJson,
-} from './openai-schemas.ts'
+import { type ChatTemplate, parseChatTemplate } from './chat-template.ts'
+import { ApiError, type CommonParams, type completionSchema, findModel, sendJson } from './openai-schemas.ts'
 import {
   BackendUnavailableError,
   type CompletionBackend,
@@ -26,16 +20,16 @@ import {
 // ---------------------------------------------------------------------------------------------
 // Completions
 
-type FinishReason = 'stop' | 'length'
+export type FinishReason = 'stop' | 'length' | 'tool_calls'
 
-interface Usage {
+export interface Usage {
   prompt_tokens: number
   completion_tokens: number
   total_tokens: number
 }
 
 /** What a completion and a chat completion share once their prompt is text. */
-interface Generation {
+export interface Generation {
   model: CompletionModel
   prompt: string
   /** `prompt` or `messages`, for errors about the prompt's length. */
@@ -45,6 +39,8 @@ interface Generation {
   defaultMaxTokens: number | undefined
   /** Alternatives per token to report; undefined: no log-probabilities. */
   logprobs: number | undefined
+  /** What the output must be (response_format, a forced tool call). */
+  grammar?: GrammarSpec
 }
 
 export async function complete(
@@ -91,87 +87,8 @@ export async function complete(
         choices: choices.map((c, i) => choice(i, c.text, c.logprobs, c.finish)),
         usage,
       }),
-      chunk: (index, text, entries) => ({ ...head, choices: [choice(index, text, entries, null)] }),
-      last: (index, finish) => ({ ...head, choices: [choice(index, '', undefined, finish)] }),
-      usage: (usage) => ({ ...head, choices: [], usage }),
-    },
-  )
-}
-
-export async function chat(
-  params: z.output<typeof chatSchema>,
-  res: ServerResponse,
-  state: ServerState,
-  controller: AbortController,
-): Promise<void> {
-  const model = findModel(state.backend.models(), params.model)
-  const messages: ChatMessage[] = params.messages.map((m) => {
-    const content =
-      typeof m.content === 'string'
-        ? m.content
-        : (m.content ?? []).map((part) => (typeof part.text === 'string' ? part.text : '')).join('\n')
-    return {
-      role: m.role === 'developer' ? 'system' : m.role,
-      content,
-      ...(m.name === undefined ? {} : { name: m.name }),
-    }
-  })
-  const prompt = chatTemplate(state, model).render({
-    messages,
-    addGenerationPrompt: true,
-    ...(model.bosToken === undefined ? {} : { bosToken: model.bosToken }),
-    ...(model.eosToken === undefined ? {} : { eosToken: model.eosToken }),
-    ...(model.addBosToken === undefined ? {} : { addBosToken: model.addBosToken }),
-  })
-  const id = `chatcmpl-${randomBytes(12).toString('base64url')}`
-  const created = Math.floor(Date.now() / 1000)
-  const head = { id, object: 'chat.completion.chunk', created, model: model.id }
-  const logprobsOf = (entries: TokenEntry[] | undefined) =>
-    entries === undefined ? null : { content: entries.map(chatLogprob), refusal: null }
-  const delta = (
-    index: number,
-    content: Record<string, string>,
-    entries: TokenEntry[] | undefined,
-    finish: FinishReason | null,
-  ) => ({
-    index,
-    delta: content,
-    logprobs: logprobsOf(entries),
-    finish_reason: finish,
-  })
-  await respond(
-    {
-      model,
-      prompt,
-      promptParam: 'messages',
-      params,
-      defaultMaxTokens: undefined,
-      logprobs: params.logprobs === true ? (params.top_logprobs ?? 0) : undefined,
-    },
-    res,
-    state,
-    controller,
-    {
-      full: (choices, usage) => ({
-        ...head,
-        object: 'chat.completion',
-        choices: choices.map((c, index) => ({
-          index,
-          message: { role: 'assistant', content: c.text, refusal: null },
-          logprobs: logprobsOf(c.logprobs),
-          finish_reason: c.finish,
-        })),
-        usage,
-      }),
-      first: (index) => ({
-        ...head,
-        choices: [delta(index, { role: 'assistant', content: '' }, undefined, null)],
-      }),
-      chunk: (index, text, entries) => ({
-        ...head,
-        choices: [delta(index, { content: text }, entries, null)],
-      }),
-      last: (index, finish) => ({ ...head, choices: [delta(index, {}, undefined, finish)] }),
+      chunk: (index, text, entries) => [{ ...head, choices: [choice(index, text, entries, null)] }],
+      last: (index, finish) => [{ ...head, choices: [choice(index, '', undefined, finish)] }],
       usage: (usage) => ({ ...head, choices: [], usage }),
     },
   )
@@ -193,7 +110,7 @@ function legacyLogprobs(entries: readonly TokenEntry[], promptChars: number) {
 }
 
 /** One token of a chat choice's `logprobs.content`. */
-function chatLogprob(e: TokenEntry) {
+export function chatLogprob(e: TokenEntry) {
   return {
     token: e.token,
     logprob: e.logprob,
@@ -229,7 +146,7 @@ export function chatTemplate(state: ServerState, model: CompletionModel): ChatTe
 }
 
 /** A choice's text, for the full (non-streaming) response. */
-interface ChoiceResult {
+export interface ChoiceResult {
   text: string
   finish: FinishReason
   /** Undefined: the request asked for none. */
@@ -237,18 +154,20 @@ interface ChoiceResult {
 }
 
 /** The response bodies of one endpoint. */
-interface Shapes {
+export interface Shapes {
   full(choices: ChoiceResult[], usage: Usage): unknown
   /** Streaming: the chunk before a choice's first text (chat: the assistant role). */
   first?(index: number): unknown
-  chunk(index: number, text: string, logprobs: TokenEntry[] | undefined): unknown
-  last(index: number, finish: FinishReason): unknown
+  /** The chunks of a piece of a choice's text (none while it is held back, as a tool call's start). */
+  chunk(index: number, text: string, logprobs: TokenEntry[] | undefined): unknown[]
+  /** The chunks that end a choice (the last one with its finish reason). */
+  last(index: number, finish: FinishReason): unknown[]
   usage(usage: Usage): unknown
 }
 
 type ChoiceEnd = { finish: FinishReason; usage: Usage; meshnet?: MeshnetFigures }
 
-async function respond(
+export async function respond(
   generation: Generation,
   res: ServerResponse,
   state: ServerState,
@@ -280,6 +199,7 @@ async function respond(
     ...(params.presence_penalty == null ? {} : { presencePenalty: params.presence_penalty }),
     ...(params.frequency_penalty == null ? {} : { frequencyPenalty: params.frequency_penalty }),
     ...(generation.logprobs === undefined ? {} : { logprobs: generation.logprobs }),
+    ...(generation.grammar === undefined ? {} : { grammar: generation.grammar }),
     signal: controller.signal,
   }
   // n choices, each a generation of its own (seed + i when seeded), run at once.
@@ -345,11 +265,13 @@ async function respond(
       const { index, step } = next.value
       if (step.done) {
         ends[index] = step.value
-        await sse.write(event(withFigures(shapes.last(index, step.value.finish), step.value.meshnet)))
+        const bodies = shapes.last(index, step.value.finish)
+        for (const [i, body] of bodies.entries()) {
+          await sse.write(event(i === bodies.length - 1 ? withFigures(body, step.value.meshnet) : body))
+        }
       } else if (step.value.text !== '' || step.value.logprobs.length > 0) {
-        await sse.write(
-          event(shapes.chunk(index, step.value.text, wantsLogprobs ? step.value.logprobs : undefined)),
-        )
+        const logprobs = wantsLogprobs ? step.value.logprobs : undefined
+        for (const body of shapes.chunk(index, step.value.text, logprobs)) await sse.write(event(body))
       }
     }
     const tail = includeUsage ? `data: ${JSON.stringify(shapes.usage(usageOf(ends)))}\n\n` : ''

@@ -61,9 +61,14 @@ export function apiError(err: unknown, logger: Logger): ApiError {
         return new ApiError(400, err.message, { code: 'invalid_value' })
       case 'ContextOverflowError':
         return new ApiError(400, err.message, { code: 'context_length_exceeded' })
-      case 'BackendUnavailableError':
-      // The agent's job runner refusing a job: no model, no pool, no plan that fits, a rate limit.
+      case 'GrammarSchemaError':
+        return new ApiError(400, err.message, { code: 'invalid_schema' })
       case 'JobRefusedError':
+        // A schema the serving node's grammar cannot keep to.
+        if (err.code === 'ERR_GRAMMAR') return new ApiError(400, err.message, { code: 'invalid_schema' })
+        return new ApiError(503, err.message, { code: 'backend_unavailable' })
+      // The agent's job runner refusing a job: no model, no pool, no plan that fits, a rate limit.
+      case 'BackendUnavailableError':
         return new ApiError(503, err.message, { code: 'backend_unavailable' })
     }
     logger.error({ err }, 'OpenAI API request failed')
@@ -160,6 +165,59 @@ export const completionSchema = z
   })
   .superRefine(streamOptionsNeedStream)
 
+/** Longest `arguments` of one tool call (JSON text). */
+const MAX_TOOL_ARGUMENTS = 256 * 1024
+/** A function or schema name, as OpenAI allows them. */
+const NAME = /^[a-zA-Z0-9_-]{1,64}$/
+const nameSchema = z.string().regex(NAME, 'must be 1 to 64 letters, digits, underscores or dashes')
+/** Most tools one request may declare. */
+export const MAX_TOOLS = 128
+
+/** A JSON Schema object (its keywords are checked when it is compiled into a grammar). */
+const jsonSchemaObject = z.record(z.string(), z.unknown(), { error: 'must be a JSON Schema object' })
+
+export const toolSchema = z.strictObject({
+  type: z.literal('function', { error: "must be 'function'" }),
+  function: z.strictObject({
+    name: nameSchema,
+    description: z.string().max(8192).optional(),
+    parameters: jsonSchemaObject.optional(),
+    strict: z.boolean().nullish(),
+  }),
+})
+
+export const toolChoiceSchema = z.union(
+  [
+    z.enum(['none', 'auto', 'required']),
+    z.strictObject({ type: z.literal('function'), function: z.strictObject({ name: nameSchema }) }),
+  ],
+  { error: "must be 'none', 'auto', 'required' or {type: 'function', function: {name}}" },
+)
+
+const responseFormatSchema = z.discriminatedUnion(
+  'type',
+  [
+    z.strictObject({ type: z.literal('text') }),
+    z.strictObject({ type: z.literal('json_object') }),
+    z.strictObject({
+      type: z.literal('json_schema'),
+      json_schema: z.strictObject({
+        name: nameSchema,
+        description: z.string().max(8192).optional(),
+        schema: jsonSchemaObject.optional(),
+        strict: z.boolean().nullish(),
+      }),
+    }),
+  ],
+  { error: "must have a type of 'text', 'json_object' or 'json_schema'" },
+)
+
+const toolCallSchema = z.strictObject({
+  id: z.string().min(1).max(256),
+  type: z.literal('function'),
+  function: z.strictObject({ name: nameSchema, arguments: z.string().max(MAX_TOOL_ARGUMENTS) }),
+})
+
 const MESSAGE_ROLES = ['system', 'developer', 'user', 'assistant', 'tool'] as const
 
 const messageSchema = z
@@ -171,8 +229,22 @@ const messageSchema = z
       })
       .nullish(),
     name: z.string().optional(),
+    /** An assistant's calls of tools, as an earlier response gave them. */
+    tool_calls: z.array(toolCallSchema).max(MAX_TOOLS).nullish(),
+    /** A tool message: the call it answers. */
+    tool_call_id: z.string().min(1).max(256).nullish(),
   })
   .superRefine((message, ctx) => {
+    if (message.tool_calls != null && message.role !== 'assistant') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tool_calls'],
+        message: "is only allowed in an 'assistant' message",
+      })
+    }
+    if (message.role === 'tool' && message.tool_call_id == null) {
+      ctx.addIssue({ code: 'custom', path: ['tool_call_id'], message: "is required in a 'tool' message" })
+    }
     if (message.content == null && message.role !== 'assistant') {
       ctx.addIssue({
         code: 'custom',
@@ -200,12 +272,12 @@ export const chatSchema = z
     messages: z.array(messageSchema).min(1, 'must contain at least one message'),
     logprobs: z.boolean().nullish(),
     top_logprobs: topLogprobs,
-    tools: unsupported((value) => value === null || (Array.isArray(value) && value.length === 0)),
-    tool_choice: unsupported((value) => value === null || value === 'none'),
+    tools: z.array(toolSchema).max(MAX_TOOLS, `must have at most ${MAX_TOOLS} tools`).nullish(),
+    tool_choice: toolChoiceSchema.nullish(),
     parallel_tool_calls: z.boolean().nullish(),
     functions: unsupported((value) => value === null || (Array.isArray(value) && value.length === 0)),
     function_call: unsupported((value) => value === null || value === 'none'),
-    response_format: unsupported((value) => value === null || (isRecord(value) && value.type === 'text')),
+    response_format: responseFormatSchema.nullish(),
   })
   .superRefine(streamOptionsNeedStream)
   .superRefine((params, ctx) => {

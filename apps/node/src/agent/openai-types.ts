@@ -1,4 +1,5 @@
 import { type Logger, MeshError, type MeshErrorOptions } from '@meshnet/core'
+import type { GrammarSpec } from '@meshnet/grammar'
 import type { NodeEnv } from '@meshnet/http'
 import type { Hono } from 'hono'
 import type { ChatTemplate } from './chat-template.ts'
@@ -56,6 +57,8 @@ export interface CompletionRequest {
   frequencyPenalty?: number
   /** Report each token's log-probability with this many alternatives (0..20). Absent: none. */
   logprobs?: number
+  /** What the output must be (structured output, a forced tool call): the sampler keeps to it. */
+  grammar?: GrammarSpec
   signal: AbortSignal
 }
 

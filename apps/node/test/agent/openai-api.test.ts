@@ -3,7 +3,8 @@ import { request } from 'node:http'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { silentLogger } from '@meshnet/core'
-import { type GGUFTensorInput, type GGUFValueInput, generateModel, openGGUF, writeGGUF } from '@meshnet/gguf'
+import { generateModel } from '@meshnet/gguf'
+import { withChatTemplate } from '@meshnet/test-harness'
 import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { startOpenAiApi } from '../../src/agent/openai-api.ts'
@@ -47,9 +48,7 @@ beforeAll(async () => {
     context: 512,
     seed: 11,
   })
-  const templated = await withMetadata(plain, join(dir, 'tiny-chat.gguf'), {
-    'tokenizer.chat_template': { type: 'string', value: CHAT_TEMPLATE },
-  })
+  const templated = await withChatTemplate(plain, join(dir, 'tiny-chat.gguf'), CHAT_TEMPLATE)
   backend = await engineBackend([
     { id: 'tiny', modelPath: plain },
     { id: 'tiny-chat', modelPath: templated },
@@ -66,27 +65,6 @@ afterAll(async () => {
   await backend?.dispose()
   await rm(dir, { recursive: true, force: true })
 })
-
-/** A copy of a GGUF with extra metadata. */
-async function withMetadata(
-  src: string,
-  out: string,
-  extra: Record<string, GGUFValueInput>,
-): Promise<string> {
-  const file = await openGGUF(src)
-  try {
-    const metadata = new Map<string, GGUFValueInput>(file.metadata)
-    for (const [key, value] of Object.entries(extra)) metadata.set(key, value)
-    const tensors: GGUFTensorInput[] = []
-    for (const t of file.tensors) {
-      tensors.push({ name: t.name, dims: t.dims, type: t.type, data: await file.readTensor(t.name) })
-    }
-    await writeGGUF(out, { metadata, tensors })
-    return out
-  } finally {
-    await file.close()
-  }
-}
 
 /** The engine's own generation of `prompt`, and the text of each streamed piece. */
 async function reference(
@@ -347,17 +325,37 @@ describe('POST /v1/chat/completions', () => {
     })
   })
 
-  it("answers 400 naming messages when the template's raise_exception refuses them", async () => {
+  it('folds tool calls and results into text for a template without a tool role, which would refuse them', async () => {
+    const ask = async (messages: unknown[]) => {
+      const response = await post('/chat/completions', {
+        model: 'tiny-chat',
+        messages,
+        max_tokens: 1,
+        temperature: 0,
+      })
+      expect(response.status).toBe(200)
+      return ((await response.json()) as { usage: { prompt_tokens: number } }).usage.prompt_tokens
+    }
+    const question = { role: 'user', content: 'Weather?' }
+    const call = {
+      id: 'call_1',
+      type: 'function',
+      function: { name: 'get_weather', arguments: '{"city":"Oslo"}' },
+    }
+    const alone = await ask([question])
+    const withResult = await ask([
+      question,
+      { role: 'assistant', content: null, tool_calls: [call] },
+      { role: 'tool', tool_call_id: 'call_1', content: 'sunny, 21 degrees' },
+    ])
+    expect(withResult).toBeGreaterThan(alone + 10)
+    // A tool message must say which call it answers.
     const response = await post('/chat/completions', {
       model: 'tiny-chat',
-      messages: [{ role: 'tool', content: 'result' }],
+      messages: [{ role: 'tool', content: 'x' }],
     })
     expect(response.status).toBe(400)
-    expect(((await response.json()) as ErrorBody).error).toMatchObject({
-      type: 'invalid_request_error',
-      param: 'messages',
-      message: expect.stringContaining('role tool is not supported'),
-    })
+    expect(((await response.json()) as ErrorBody).error.param).toBe('messages[0].tool_call_id')
   })
 
   it('uses the plain fallback template when the model has none, and text content parts', async () => {
@@ -464,9 +462,20 @@ describe('errors', () => {
     ],
     [
       '/chat/completions',
-      'tools',
-      { tools: [{ type: 'function', function: { name: 'f' } }] },
-      /not supported/,
+      'tools[0].function.name',
+      { tools: [{ type: 'function', function: { name: 'get weather' } }] },
+      /letters, digits/,
+    ],
+    [
+      '/chat/completions',
+      'response_format',
+      {
+        response_format: {
+          type: 'json_schema',
+          json_schema: { name: 'x', schema: { type: 'string', format: 'email' } },
+        },
+      },
+      /"format"/,
     ],
   ]
 

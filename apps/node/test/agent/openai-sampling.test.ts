@@ -1,13 +1,10 @@
 import { mkdtemp, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
-import { silentLogger } from '@meshnet/core'
 import { generateModel } from '@meshnet/gguf'
-import OpenAI from 'openai'
+import type OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { startOpenAiApi } from '../../src/agent/openai-api.ts'
-import type { OpenAiApi } from '../../src/agent/openai-types.ts'
-import { type EngineBackend, engineBackend } from '../openai-backend.ts'
+import { apiTestServer, type EngineBackend } from '../openai-backend.ts'
 
 // OpenAI's sampling parameters through the official client, on both engines of one generated F32
 // model (their logits agree to ~1e-5): `meshnet` is the Meshnet engine, `llama` llama.cpp. The
@@ -24,7 +21,7 @@ const LOGPROB_TOLERANCE = 1e-4
 
 let dir: string
 let backend: EngineBackend
-let api: OpenAiApi
+let close: (() => Promise<void>) | undefined
 let client: OpenAI
 
 beforeAll(async () => {
@@ -42,17 +39,14 @@ beforeAll(async () => {
     context: 512,
     seed: 11,
   })
-  backend = await engineBackend([
+  ;({ backend, client, close } = await apiTestServer([
     { id: 'meshnet', modelPath: model, engine: 'meshnet' },
     { id: 'llama', modelPath: model, engine: 'llama-cpp' },
-  ])
-  api = await startOpenAiApi({ backend, port: 0, logger: silentLogger() })
-  client = new OpenAI({ baseURL: `http://127.0.0.1:${api.port}/v1`, apiKey: 'unused', maxRetries: 0 })
+  ]))
 }, 60_000)
 
 afterAll(async () => {
-  await api?.close()
-  await backend?.dispose()
+  await close?.()
   await rm(dir, { recursive: true, force: true })
 })
 
