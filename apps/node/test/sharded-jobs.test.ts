@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { createMeshNode } from '@meshnet/discovery'
@@ -13,6 +13,7 @@ import {
   startAgentProcess,
 } from '@meshnet/test-harness'
 import { multiaddr } from '@multiformats/multiaddr'
+import { Ajv } from 'ajv'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
 import { converged, ringOfThree, ringStatus, streamAndKill } from './mesh-fixture.ts'
@@ -26,6 +27,23 @@ let poolId: string
 let dir: (name: string) => string
 const agents = new Map<string, AgentProcess>()
 const PROMPT = 'The mesh splits the model'
+/** A schema whose JSON takes dozens of tokens, so that a member dies while it is being written. */
+const FAILOVER_SCHEMA = {
+  type: 'object',
+  properties: {
+    title: { type: 'string', minLength: 60, maxLength: 80 },
+    tags: {
+      type: 'array',
+      items: { type: 'string', minLength: 8, maxLength: 12 },
+      minItems: 3,
+      maxItems: 3,
+    },
+    score: { type: 'integer' },
+    done: { type: 'boolean' },
+  },
+  required: ['title', 'tags', 'score', 'done'],
+  additionalProperties: false,
+}
 let args: string[]
 
 interface JobJson {
@@ -170,17 +188,25 @@ describe('jobs on a ring of three agents', () => {
     for (const peer of peers.peers) expect(peer.trust).toBeGreaterThan(0.5)
   }, 60_000)
 
-  it('SIGKILL of a member mid-generation, three times over: every job ends with the tokens of an uninterrupted run', async () => {
+  it('SIGKILL of a member mid-generation, three times over: every job ends with the tokens of an uninterrupted run, constrained output still valid for its schema', async () => {
+    // The last round's output is constrained to a JSON Schema: the grammar's state lives in the
+    // coordinator's sampler, so the replayed tokens neither break nor change it.
+    const schemaFile = join(root, 'schema.json')
+    await writeFile(schemaFile, JSON.stringify(FAILOVER_SCHEMA))
     const uninterrupted = {
       pipeline: await infer('--mode', 'pipeline', '--max-tokens', '64'),
       tensor: await infer('--mode', 'tensor', '--max-tokens', '64'),
+      schema: await infer('--mode', 'pipeline', '--max-tokens', '96', '--schema', schemaFile),
     }
+    const valid = new Ajv({ strict: false }).compile(FAILOVER_SCHEMA)
+    expect(valid(JSON.parse(uninterrupted.schema.text)), uninterrupted.schema.text).toBe(true)
     const rounds = [
-      ['C', 'pipeline'],
-      ['B', 'tensor'],
-      ['C', 'pipeline'],
+      ['C', 'pipeline', []],
+      ['B', 'tensor', []],
+      ['C', 'schema', ['--max-tokens', '96', '--schema', schemaFile]],
     ] as const
-    for (const [victim, mode] of rounds) {
+    for (const [victim, round, extra] of rounds) {
+      const mode = round === 'schema' ? 'pipeline' : round
       // Bring back the members killed in earlier rounds, so that every round starts from three.
       for (const [name, agent] of agents) {
         if (agent.process.exitCode !== null || agent.process.signalCode !== null) {
@@ -191,16 +217,21 @@ describe('jobs on a ring of three agents', () => {
       await converged([dir('A'), dir('B'), dir('C')], poolId, 3, 60_000)
       const { out, killed, code, err } = await streamAndKill(
         dir('A'),
-        ['--prompt', PROMPT, '--max-tokens', '64', '--mode', mode],
+        ['--prompt', PROMPT, '--max-tokens', '64', '--mode', mode, ...extra],
         agents.get(victim)!,
       )
       expect(code, err).toBe(0)
       expect(killed).toBe(true)
-      expect(out.trimEnd()).toBe(uninterrupted[mode].text.trimEnd())
+      expect(out.trimEnd()).toBe(uninterrupted[round].text.trimEnd())
+      if (round === 'schema') expect(valid(JSON.parse(out)), out).toBe(true)
       const jobs = await agentRequest<{
         jobs: Array<{ failovers: number; status: string; tokens: number; mode: string }>
       }>(dir('A'), '/jobs')
-      expect(jobs.jobs[0]).toMatchObject({ status: 'completed', tokens: 64, mode })
+      expect(jobs.jobs[0]).toMatchObject({
+        status: 'completed',
+        tokens: uninterrupted[round].tokens.length,
+        mode,
+      })
       expect(jobs.jobs[0]!.failovers).toBeGreaterThanOrEqual(1)
     }
   }, 240_000)

@@ -1,6 +1,14 @@
+import { readFile } from 'node:fs/promises'
 import { availableParallelism } from 'node:os'
 import { InvalidArgumentError, printFields, printJson } from '@meshnet/core'
 import type { GenerateResult } from '@meshnet/engine'
+import {
+  compileGrammar,
+  constraintVocabulary,
+  createTokenConstraint,
+  type GrammarSpec,
+  type JsonSchema,
+} from '@meshnet/grammar'
 import { dataDirLayout } from '@meshnet/identity'
 import { createEngine, ENGINE_NAMES, type EngineName } from '@meshnet/llama-cpp'
 import { JOB_MODES, type JobMode, type JobResult, type JobToken } from '@meshnet/protocols'
@@ -26,6 +34,7 @@ interface InferenceFlags {
   seed?: string
   mode: string
   poolId?: string
+  schema?: string
 }
 
 const count = (max: number) => z.coerce.number().int('must be a whole number').min(1).max(max)
@@ -49,6 +58,10 @@ export function registerInference(program: Command, context: (cmd: Command) => C
     .option('--top-k <k>', 'keep the k most likely tokens (0 = all; default 40)')
     .option('--top-p <p>', 'keep the most likely tokens up to this probability (default 0.95)')
     .option('--seed <n>', 'seed of the sampler (default: the clock)')
+    .option(
+      '--schema <file>',
+      'write JSON valid for the JSON Schema in this file (constrained sampling; see docs/structured-output.md)',
+    )
     .action(async (flags: InferenceFlags, cmd: Command) => {
       const ctx = context(cmd)
       if (flags.local !== true) return runOnRing(ctx, flags)
@@ -83,6 +96,7 @@ export function registerInference(program: Command, context: (cmd: Command) => C
           ? undefined
           : parseFlag('--context-size', count(1 << 20), flags.contextSize)
       const sampling = samplingFlags(flags)
+      const grammar = await schemaFlag(flags)
 
       // Ctrl-C stops the generation and still prints what was generated.
       const controller = new AbortController()
@@ -101,7 +115,18 @@ export function registerInference(program: Command, context: (cmd: Command) => C
         ctx.logger.debug({ engine, modelPath, threads, loadMs }, 'model loaded')
         let result: GenerateResult
         try {
-          const stream = model.stream(prompt, { maxTokens, ...sampling, signal: controller.signal })
+          const constraint =
+            grammar === undefined
+              ? undefined
+              : createTokenConstraint(compileGrammar(grammar), constraintVocabulary(model.tokenizer), {
+                  maxTokens,
+                })
+          const stream = model.stream(prompt, {
+            maxTokens,
+            ...sampling,
+            ...(constraint === undefined ? {} : { constraint }),
+            signal: controller.signal,
+          })
           let step = await stream.next()
           while (!step.done) {
             if (!ctx.json) ctx.io.stdout.write(step.value.text)
@@ -140,12 +165,14 @@ async function runOnRing(ctx: CommandContext, flags: InferenceFlags): Promise<vo
     })
   }
   const mode = parseFlag('--mode', z.enum(JOB_MODES as unknown as [JobMode, ...JobMode[]]), flags.mode)
+  const grammar = await schemaFlag(flags)
   const request = {
     prompt: flags.prompt,
     maxTokens: parseFlag('--max-tokens', count(32_768), flags.maxTokens),
     mode,
     ...(flags.poolId === undefined ? {} : { poolId: flags.poolId }),
     ...samplingFlags(flags),
+    ...(grammar === undefined ? {} : { grammar }),
   }
   const agent = await connectAgent(dataDirLayout(ctx.dataDir))
   const controller = new AbortController()
@@ -246,4 +273,34 @@ export function registerInferenceStats(program: Command, context: (cmd: Command)
         )
       }
     })
+}
+
+/**
+ * The grammar of `--schema <file>`: JSON valid for the JSON Schema the file holds. The schema is
+ * compiled here, so an unsupported keyword is named before anything runs.
+ */
+async function schemaFlag(flags: InferenceFlags): Promise<GrammarSpec | undefined> {
+  if (flags.schema === undefined) return undefined
+  let text: string
+  try {
+    text = await readFile(flags.schema, 'utf8')
+  } catch (err) {
+    throw new InvalidArgumentError(`--schema: cannot read ${flags.schema}: ${(err as Error).message}`, {
+      cause: err,
+    })
+  }
+  let schema: unknown
+  try {
+    schema = JSON.parse(text)
+  } catch (err) {
+    throw new InvalidArgumentError(`--schema: ${flags.schema} is not JSON: ${(err as Error).message}`, {
+      cause: err,
+    })
+  }
+  if (typeof schema !== 'object' || schema === null || Array.isArray(schema)) {
+    throw new InvalidArgumentError(`--schema: ${flags.schema} must hold a JSON Schema object`)
+  }
+  const grammar: GrammarSpec = { parts: [{ type: 'json', schema: schema as JsonSchema }] }
+  compileGrammar(grammar)
+  return grammar
 }
