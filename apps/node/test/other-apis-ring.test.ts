@@ -16,11 +16,13 @@ import OpenAI from 'openai'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { DEMO_MODEL } from '../src/commands/demo.ts'
 import { apiPort, offerFor, ringOfThree, ringStatus } from './mesh-fixture.ts'
+import { ANTHROPIC_TOOLS, CLOCK_INPUT, PERSON, validFor, WEATHER_INPUT } from './tool-fixtures.ts'
 
 // The Ollama and Anthropic clients against real `mesh start` agents: one that runs the whole model
 // on its own llama.cpp, and a ring of three whose members each offer too little memory for the model,
 // so every job is split over them (a pipeline). Every answer must be llama.cpp's greedy answer on
-// the whole model: what the single agent's OpenAI chat endpoint gives.
+// the whole model: what the single agent's OpenAI chat endpoint gives. Forced tool calls and
+// structured output, whose grammar the ring's sampler keeps to, must be the single agent's too.
 
 const MAX_TOKENS = 16
 const MESSAGES = [{ role: 'user' as const, content: 'A ring of laptops holds the model' }]
@@ -97,10 +99,17 @@ async function answers(url: string): Promise<Record<string, string>> {
     chatStreamed += part.message.content
   }
   const generated = await ollama.generate({ model, prompt: MESSAGES[0]!.content, options })
-  const message = await anthropic.messages.create({ model, messages: MESSAGES, max_tokens: MAX_TOKENS })
+  // Greedy: Anthropic's default temperature is 1.
+  const greedy = { temperature: 0 } as Record<string, number>
+  const message = await anthropic.messages.create({
+    model,
+    messages: MESSAGES,
+    max_tokens: MAX_TOKENS,
+    ...greedy,
+  })
   expect(message).toMatchObject({ stop_reason: 'max_tokens', usage: { output_tokens: MAX_TOKENS } })
   const streamed = await anthropic.messages
-    .stream({ model, messages: MESSAGES, max_tokens: MAX_TOKENS })
+    .stream({ model, messages: MESSAGES, max_tokens: MAX_TOKENS, ...greedy })
     .finalMessage()
   const text = (m: Anthropic.Message) => (m.content[0] as Anthropic.TextBlock).text
   return {
@@ -138,5 +147,76 @@ describe('the Ollama and Anthropic APIs of a running agent', () => {
     const jobs = await jobsOf(ring.dataDir)
     expect(jobs.map((j) => j.mode)).toEqual(Array(6).fill('pipeline'))
     expect(jobs.every((j) => j.bytesMoved > 0)).toBe(true)
+  }, 60_000)
+})
+
+/** Runs `ask` on the single agent and on the ring; the ring's jobs were each split over it. */
+async function onBoth<T>(requests: number, ask: (url: string) => Promise<T>): Promise<{ one: T; split: T }> {
+  const jobs = async () => (await agentRequest<{ jobs: Array<{ mode: string }> }>(ring.dataDir, '/jobs')).jobs
+  const before = (await jobs()).length
+  const [one, split] = await Promise.all([ask(single.url), ask(ring.url)])
+  const after = await jobs()
+  expect(after).toHaveLength(before + requests)
+  expect(after.every((job) => job.mode === 'pipeline')).toBe(true)
+  return { one, split }
+}
+
+describe('tools and structured output on the Ollama and Anthropic APIs of a running agent', () => {
+  it('Anthropic: a forced tool call valid for its schema, the same on the ring as on one agent, streamed or not', async () => {
+    const { one, split } = await onBoth(2, async (url) => {
+      const anthropic = new Anthropic({ baseURL: url, apiKey: 'none', maxRetries: 0 })
+      const params = {
+        model: (await new Ollama({ host: url }).list()).models[0]!.name,
+        messages: [{ role: 'user' as const, content: 'What is the weather in Paris for the next two days?' }],
+        max_tokens: 80,
+        tools: ANTHROPIC_TOOLS,
+        tool_choice: { type: 'any' as const },
+        ...({ temperature: 0 } as Record<string, number>),
+      }
+      const message = await anthropic.messages.create(params)
+      const streamed = await anthropic.messages.stream(params).finalMessage()
+      return [message, streamed].map((m) => {
+        expect(m.stop_reason).toBe('tool_use')
+        expect(m.content).toHaveLength(1)
+        const { type, name, input } = m.content[0] as Anthropic.ToolUseBlock
+        return { type, name, input }
+      })
+    })
+    for (const use of [...one, ...split]) {
+      const schema = use.name === 'get_weather' ? WEATHER_INPUT : CLOCK_INPUT
+      expect(validFor(schema, use.input), JSON.stringify(use.input)).toBe(true)
+    }
+    expect(one[1]).toEqual(one[0])
+    expect(split).toEqual(one)
+  }, 60_000)
+
+  it('Ollama: format output valid for its schema, the same on the ring as on one agent, streamed or not', async () => {
+    const { one, split } = await onBoth(3, async (url) => {
+      const ollama = new Ollama({ host: url })
+      const model = (await ollama.list()).models[0]!.name
+      const options = { temperature: 0, num_predict: 80 }
+      const chat = await ollama.chat({ model, messages: MESSAGES, format: PERSON, options })
+      let streamed = ''
+      for await (const part of await ollama.chat({
+        model,
+        messages: MESSAGES,
+        format: PERSON,
+        options,
+        stream: true,
+      })) {
+        streamed += part.message.content
+      }
+      const generated = await ollama.generate({
+        model,
+        prompt: MESSAGES[0]!.content,
+        format: PERSON,
+        options,
+      })
+      return [chat.message.content, streamed, generated.response ?? '']
+    })
+    for (const text of [...one, ...split]) expect(validFor(PERSON, JSON.parse(text)), text).toBe(true)
+    // /api/generate renders the prompt as one user message: the chat's answer.
+    expect(new Set(one).size).toBe(1)
+    expect(split).toEqual(one)
   }, 60_000)
 })

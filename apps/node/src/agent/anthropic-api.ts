@@ -3,7 +3,19 @@ import type { ServerResponse } from 'node:http'
 import { type NodeEnv, RESPONSE_ALREADY_SENT, SseWriter } from '@meshnet/http'
 import { Hono } from 'hono'
 import { z } from 'zod'
-import type { ChatMessage } from './chat-template.ts'
+import {
+  chatMessages,
+  checkBlocks,
+  checkToolChoice,
+  contentSchema,
+  extraInputs,
+  required,
+  type ToolPlan,
+  toolChoiceSchema,
+  toolPlan,
+  toolsSchema,
+  toolUseBlock,
+} from './anthropic-tools.ts'
 import { ApiError, findModel, sendJson } from './openai-schemas.ts'
 import type { OtherApiServices } from './other-apis.ts'
 import {
@@ -15,84 +27,22 @@ import {
   errorHandler,
   type Generation,
   type GenerationEnd,
-  isEmpty,
   isRecord,
-  MAX_BLOCKS,
   MAX_MESSAGES,
   MAX_MODEL_NAME,
   MAX_STOP_LENGTH,
   MAX_STOPS,
-  MAX_TEXT,
   parseBody,
   readBody,
   refused,
   startGeneration,
 } from './other-apis-generate.ts'
+import { type ParsedToolCall, parseToolCalls } from './tools/parse.ts'
+import { ToolCallStreamParser } from './tools/stream-parse.ts'
 
 // ---------------------------------------------------------------------------------------------
 // Request schema. Unknown fields are refused as Anthropic refuses them ("Extra inputs are not
 // permitted"); fields this server cannot honour are refused unless they ask for nothing.
-
-const required =
-  (type: string) =>
-  (issue: { input?: unknown }): string =>
-    issue.input === undefined ? 'Field required' : `Input should be a valid ${type}`
-
-const extraInputs: z.core.$ZodErrorMap = (issue) =>
-  issue.code === 'unrecognized_keys'
-    ? `${issue.keys.join(', ')}: Extra inputs are not permitted`
-    : issue.code === 'invalid_type'
-      ? 'Input should be an object'
-      : undefined
-
-/** A content block: its type is checked with the message (only text), so the error can name it. */
-const blockSchema = z.looseObject({ type: z.string({ error: required('string') }) }, { error: extraInputs })
-
-const contentSchema = z.union(
-  [
-    z.string().max(MAX_TEXT, `must be at most ${MAX_TEXT} characters`),
-    z.array(blockSchema).max(MAX_BLOCKS, `must have at most ${MAX_BLOCKS} content blocks`),
-  ],
-  { error: required('string or a list of content blocks') },
-)
-
-type Content = z.output<typeof contentSchema>
-
-const TEXT_BLOCK_FIELDS = new Set(['type', 'text', 'cache_control', 'citations'])
-
-/** Only text blocks: `{"type":"text","text"}`, with `cache_control` (no effect) and no citations. */
-function checkBlocks(content: Content | undefined, path: PropertyKey[], ctx: z.RefinementCtx): void {
-  if (!Array.isArray(content)) return
-  content.forEach((block, i) => {
-    const at = [...path, i]
-    if (block.type !== 'text') {
-      const what =
-        block.type === 'tool_use' || block.type === 'tool_result' ? ' (tools are not supported yet)' : ''
-      ctx.addIssue({
-        code: 'custom',
-        path: [...at, 'type'],
-        message: `only 'text' content blocks are supported by this server, not '${block.type}'${what}`,
-      })
-    } else if (typeof block.text !== 'string') {
-      ctx.addIssue({
-        code: 'custom',
-        path: [...at, 'text'],
-        message: required('string')({ input: block.text }),
-      })
-    } else if (!isEmpty(block.citations)) {
-      ctx.addIssue({
-        code: 'custom',
-        path: [...at, 'citations'],
-        message: 'citations are not supported by this server',
-      })
-    } else {
-      const extra = Object.keys(block).find((key) => !TEXT_BLOCK_FIELDS.has(key))
-      if (extra !== undefined) {
-        ctx.addIssue({ code: 'custom', path: [...at, extra], message: 'Extra inputs are not permitted' })
-      }
-    }
-  })
-}
 
 const messageSchema = z
   .strictObject(
@@ -102,9 +52,7 @@ const messageSchema = z
     },
     { error: extraInputs },
   )
-  .superRefine((message, ctx) => checkBlocks(message.content, ['content'], ctx))
-
-const toolsRefused = 'tools are not supported by this server yet; send the request without tools'
+  .superRefine((message, ctx) => checkBlocks(message.content, ['content'], ctx, message.role))
 
 const messagesSchema = z
   .strictObject(
@@ -160,18 +108,9 @@ const messagesSchema = z
         .enum(['auto', 'standard_only'], { error: "Input should be 'auto' or 'standard_only'" })
         .optional(),
       cache_control: z.looseObject({ type: z.string() }, { error: extraInputs }).nullish(),
+      tools: toolsSchema,
+      tool_choice: toolChoiceSchema,
       // Not supported: refused unless they ask for nothing.
-      tools: refused(toolsRefused),
-      tool_choice: z
-        .unknown()
-        .refine(
-          (value) =>
-            value === undefined || (isRecord(value) && (value.type === 'none' || value.type === 'auto')),
-          {
-            error: toolsRefused,
-          },
-        )
-        .optional(),
       thinking: z
         .unknown()
         .refine((value) => value === undefined || (isRecord(value) && value.type === 'disabled'), {
@@ -186,9 +125,10 @@ const messagesSchema = z
     },
     { error: extraInputs },
   )
-  .superRefine((request, ctx) => checkBlocks(request.system, ['system'], ctx))
-
-type MessagesRequest = z.output<typeof messagesSchema>
+  .superRefine((request, ctx) => {
+    checkBlocks(request.system, ['system'], ctx, 'system')
+    checkToolChoice(request, ctx)
+  })
 
 // ---------------------------------------------------------------------------------------------
 // Routes
@@ -204,17 +144,21 @@ export function anthropicApi({ backend, logger }: OtherApiServices): Hono<NodeEn
   app.post('/v1/messages', async (c) => {
     const request = parseBody(messagesSchema, await readBody(c.env.incoming))
     const model = findModel(backend.models(), request.model)
+    const template = templateOf(model)
+    const plan = toolPlan(request, template)
     const generation = await startGeneration(backend, {
       model,
-      prompt: chatPrompt(templateOf(model), model, chatMessages(request)),
+      prompt: chatPrompt(template, model, chatMessages(request), plan.tools),
       promptField: 'messages',
       maxTokens: request.max_tokens,
+      // Anthropic's defaults: temperature 1 over the whole vocabulary (no top-p, no top-k).
       sampling: {
-        ...(request.temperature === undefined ? {} : { temperature: request.temperature }),
-        ...(request.top_p === undefined ? {} : { topP: request.top_p }),
-        ...(request.top_k === undefined ? {} : { topK: request.top_k }),
+        temperature: request.temperature ?? 1,
+        topP: request.top_p ?? 1,
+        topK: request.top_k ?? 0,
       },
       stops: request.stop_sequences ?? [],
+      ...(plan.grammar === undefined ? {} : { grammar: plan.grammar }),
       signal: abortOnClose(c.env.outgoing),
     })
     const head = {
@@ -223,8 +167,8 @@ export function anthropicApi({ backend, logger }: OtherApiServices): Hono<NodeEn
       role: 'assistant',
       model: model.id,
     }
-    if (request.stream === true) await stream(c.env.outgoing, generation, head)
-    else await whole(c.env.outgoing, generation, head)
+    if (request.stream === true) await stream(c.env.outgoing, generation, head, plan)
+    else await whole(c.env.outgoing, generation, head, plan)
     logger.debug({ model: model.id, stream: request.stream === true }, 'Anthropic message served')
     return RESPONSE_ALREADY_SENT
   })
@@ -238,25 +182,6 @@ export function anthropicApi({ backend, logger }: OtherApiServices): Hono<NodeEn
   })
   app.onError(errorHandler(logger, anthropicErrors))
   return app
-}
-
-/**
- * The conversation for the chat template: `system` first, then the messages, their text blocks joined
- * with a newline; consecutive user or assistant messages are one turn, as Anthropic combines them.
- */
-function chatMessages(request: MessagesRequest): ChatMessage[] {
-  const messages: ChatMessage[] =
-    request.system === undefined ? [] : [{ role: 'system', content: textOf(request.system) }]
-  for (const { role, content } of request.messages) {
-    const previous = messages.at(-1)
-    if (role !== 'system' && previous?.role === role) previous.content += `\n${textOf(content)}`
-    else messages.push({ role, content: textOf(content) })
-  }
-  return messages
-}
-
-function textOf(content: Content): string {
-  return typeof content === 'string' ? content : content.map((block) => String(block.text)).join('\n')
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -285,19 +210,37 @@ function usage(inputTokens: number, outputTokens: number) {
   }
 }
 
-function stopOf(end: GenerationEnd) {
+/** Why the message ended: `tool_use` when the model called tools. */
+function stopOf(end: GenerationEnd, calls: number) {
+  if (calls > 0) return { stop_reason: 'tool_use', stop_sequence: null }
   return { stop_reason: STOP_REASONS[end.reason], stop_sequence: end.stopSequence ?? null }
 }
 
-async function whole(res: ServerResponse, { texts }: Generation, head: Head): Promise<void> {
+/** The calls to answer with: only the first with `oneCall`. */
+function callsOf(calls: ParsedToolCall[], plan: ToolPlan): ParsedToolCall[] {
+  return plan.oneCall ? calls.slice(0, 1) : calls
+}
+
+/**
+ * One message: its text block (left out when the model only called tools), then a `tool_use` block
+ * per call.
+ */
+async function whole(res: ServerResponse, { texts }: Generation, head: Head, plan: ToolPlan): Promise<void> {
   try {
     let text = ''
     let step = await texts.next()
     for (; !step.done; step = await texts.next()) text += step.value
+    const parsed =
+      plan.family === undefined ? { content: text, toolCalls: [] } : parseToolCalls(plan.family, text)
+    const calls = callsOf(parsed.toolCalls, plan)
+    const content = parsed.content ?? ''
     sendJson(res, 200, {
       ...head,
-      content: [{ type: 'text', text }],
-      ...stopOf(step.value),
+      content: [
+        ...(content !== '' || calls.length === 0 ? [{ type: 'text', text: content }] : []),
+        ...calls.map(toolUseBlock),
+      ],
+      ...stopOf(step.value, calls.length),
       usage: usage(step.value.promptTokens, step.value.completionTokens),
     })
   } finally {
@@ -305,8 +248,18 @@ async function whole(res: ServerResponse, { texts }: Generation, head: Head): Pr
   }
 }
 
-/** Anthropic's events, in order: message_start, one text block with its deltas, message_delta, message_stop. */
-async function stream(res: ServerResponse, { promptTokens, texts }: Generation, head: Head): Promise<void> {
+/**
+ * Anthropic's events, in order: message_start, a text block with its deltas, message_delta,
+ * message_stop. With tools, the text goes through a parser that holds back what may start a call,
+ * so the text block opens with the first text (ping comes first), and each call follows as a
+ * `tool_use` block whose input is one `input_json_delta`.
+ */
+async function stream(
+  res: ServerResponse,
+  { promptTokens, texts }: Generation,
+  head: Head,
+  plan: ToolPlan,
+): Promise<void> {
   try {
     // Wait for the first text before answering, so a backend that fails at once gets a real status.
     let step = await texts.next()
@@ -322,16 +275,42 @@ async function stream(res: ServerResponse, { promptTokens, texts }: Generation, 
         usage: usage(promptTokens, 0),
       },
     })
-    await event({ type: 'content_block_start', index: 0, content_block: { type: 'text', text: '' } })
+    /** The index of the next block; whether the text block is open. */
+    let index = 0
+    let textOpen = false
+    const openText = async () => {
+      textOpen = true
+      await event({ type: 'content_block_start', index, content_block: { type: 'text', text: '' } })
+    }
+    const sendText = async (text: string) => {
+      if (text === '') return
+      if (!textOpen) await openText()
+      await event({ type: 'content_block_delta', index, delta: { type: 'text_delta', text } })
+    }
+    const parser = plan.family === undefined ? undefined : new ToolCallStreamParser(plan.family)
+    if (parser === undefined) await openText()
     await event({ type: 'ping' })
     for (; !step.done; step = await texts.next()) {
-      if (step.value === '') continue
-      await event({ type: 'content_block_delta', index: 0, delta: { type: 'text_delta', text: step.value } })
+      await sendText(parser === undefined ? step.value : parser.push(step.value).content)
     }
-    await event({ type: 'content_block_stop', index: 0 })
+    const rest = parser?.end() ?? { content: '', toolCalls: [] }
+    await sendText(rest.content)
+    const calls = callsOf(rest.toolCalls, plan)
+    if (!textOpen && calls.length === 0) await openText()
+    if (textOpen) await event({ type: 'content_block_stop', index: index++ })
+    for (const call of calls) {
+      const { input, ...block } = toolUseBlock(call)
+      await event({ type: 'content_block_start', index, content_block: { ...block, input: {} } })
+      await event({
+        type: 'content_block_delta',
+        index,
+        delta: { type: 'input_json_delta', partial_json: JSON.stringify(input) },
+      })
+      await event({ type: 'content_block_stop', index: index++ })
+    }
     await event({
       type: 'message_delta',
-      delta: stopOf(step.value),
+      delta: stopOf(step.value, calls.length),
       usage: { input_tokens: step.value.promptTokens, output_tokens: step.value.completionTokens },
     })
     await event({ type: 'message_stop' })

@@ -1,8 +1,17 @@
 import type { ServerResponse } from 'node:http'
+import type { GrammarSpec } from '@meshnet/grammar'
 import { type NodeEnv, RESPONSE_ALREADY_SENT, writeStreamed } from '@meshnet/http'
 import { type Context, Hono } from 'hono'
 import { z } from 'zod'
-import type { ChatMessage } from './chat-template.ts'
+import {
+  chatMessages,
+  formatGrammar,
+  formatSchema,
+  toolCallOf,
+  toolCallsSchema,
+  toolDefinitions,
+  toolsSchema,
+} from './ollama-tools.ts'
 import { ApiError, sendJson } from './openai-schemas.ts'
 import type { CompletionModel } from './openai-types.ts'
 import type { OtherApiServices } from './other-apis.ts'
@@ -27,6 +36,9 @@ import {
   type Sampling,
   startGeneration,
 } from './other-apis-generate.ts'
+import type { ToolFamily } from './tools/families.ts'
+import { type ParsedToolCall, parseToolCalls } from './tools/parse.ts'
+import { ToolCallStreamParser } from './tools/stream-parse.ts'
 
 /**
  * The Ollama API version these endpoints follow, as `GET /api/version` reports it (clients compare
@@ -130,25 +142,36 @@ const commonFields = {
   keep_alive: z
     .union([z.string().max(64), z.number()], { error: 'must be a duration or a number of seconds' })
     .optional(),
-  format: refused('structured outputs (format) are not supported by this server; leave format out'),
+  format: formatSchema,
   think: refused('thinking is not supported by the models this server runs; leave think out or false'),
   logprobs: refused('logprobs are not supported by this server'),
   top_logprobs: refused('logprobs are not supported by this server'),
 }
 
-const messageSchema = z.strictObject(
-  {
-    role: z.enum(['system', 'user', 'assistant', 'tool'], {
-      error: "must be 'system', 'user', 'assistant' or 'tool'",
-    }),
-    content: z.string('must be a string').max(MAX_TEXT).optional(),
-    images: refused('images are not supported: the served model reads text only'),
-    tool_calls: refused('tool calls are not supported by this server yet'),
-    thinking: refused('thinking is not supported by the models this server runs'),
-    tool_name: z.string('must be a string').max(MAX_MODEL_NAME).optional(),
-  },
-  { error: unknownFields },
-)
+const messageSchema = z
+  .strictObject(
+    {
+      role: z.enum(['system', 'user', 'assistant', 'tool'], {
+        error: "must be 'system', 'user', 'assistant' or 'tool'",
+      }),
+      content: z.string('must be a string').max(MAX_TEXT).optional(),
+      images: refused('images are not supported: the served model reads text only'),
+      tool_calls: toolCallsSchema,
+      thinking: refused('thinking is not supported by the models this server runs'),
+      tool_name: z.string('must be a string').max(MAX_MODEL_NAME).optional(),
+      tool_call_id: z.string('must be a string').max(256).optional(),
+    },
+    { error: unknownFields },
+  )
+  .superRefine((message, ctx) => {
+    if (message.tool_calls !== undefined && message.tool_calls.length > 0 && message.role !== 'assistant') {
+      ctx.addIssue({
+        code: 'custom',
+        path: ['tool_calls'],
+        message: "are only allowed in an 'assistant' message",
+      })
+    }
+  })
 
 const chatSchema = z.strictObject(
   {
@@ -157,7 +180,7 @@ const chatSchema = z.strictObject(
       .array(messageSchema, { error: 'must be an array of messages' })
       .max(MAX_MESSAGES, `must have at most ${MAX_MESSAGES} messages`)
       .optional(),
-    tools: refused('tools are not supported by this server yet; send the request without tools'),
+    tools: toolsSchema,
   },
   { error: unknownFields },
 )
@@ -222,16 +245,27 @@ export function ollamaApi({ backend, logger }: OtherApiServices): Hono<NodeEnv> 
     const request = parseBody(chatSchema, await readBody(c.env.incoming))
     const model = findModel(backend.models(), request.model)
     const head = () => ({ model: request.model, created_at: new Date().toISOString() })
-    const message = (content: string) => ({ role: 'assistant', content })
     if (request.messages === undefined || request.messages.length === 0) {
-      return send(c, { ...head(), message: message(''), done: true, done_reason: loadReason(request) })
+      const message = { role: 'assistant', content: '' }
+      return send(c, { ...head(), message, done: true, done_reason: loadReason(request) })
     }
-    const prompt = chatPrompt(templateOf(model), model, request.messages.map(toChatMessage))
-    await answer(c.env.outgoing, await generation(c, model, prompt, 'messages', request.options), {
+    const tools = toolDefinitions(request.tools)
+    const grammar = formatGrammar(request.format)
+    const template = templateOf(model)
+    // Ollama lets the model choose: the calls it writes are parsed as its template's family writes them.
+    const family = tools.length > 0 ? template.toolFamily : undefined
+    const message = (content: string, calls: readonly ParsedToolCall[]) => ({
+      role: 'assistant',
+      content,
+      ...(calls.length === 0 ? {} : { tool_calls: calls.map((call, i) => toolCallOf(family!, call, i)) }),
+    })
+    const prompt = chatPrompt(template, model, chatMessages(request.messages), tools)
+    await answer(c.env.outgoing, await generation(c, model, prompt, 'messages', request.options, grammar), {
       stream: request.stream !== false,
       started,
-      piece: (text) => ({ ...head(), message: message(text), done: false }),
-      last: (text, end) => ({ ...head(), message: message(text), done: true, ...end }),
+      ...(family === undefined ? {} : { family }),
+      piece: (text, calls = []) => ({ ...head(), message: message(text, calls), done: false }),
+      last: (text, end, calls = []) => ({ ...head(), message: message(text, calls), done: true, ...end }),
     })
     logger.debug({ model: model.id, stream: request.stream !== false }, 'Ollama chat served')
     return RESPONSE_ALREADY_SENT
@@ -251,7 +285,8 @@ export function ollamaApi({ backend, logger }: OtherApiServices): Hono<NodeEnv> 
             ...(request.system ? [{ role: 'system' as const, content: request.system }] : []),
             { role: 'user', content: request.prompt },
           ])
-    await answer(c.env.outgoing, await generation(c, model, prompt, 'prompt', request.options), {
+    const grammar = formatGrammar(request.format)
+    await answer(c.env.outgoing, await generation(c, model, prompt, 'prompt', request.options, grammar), {
       stream: request.stream !== false,
       started,
       piece: (text) => ({ ...head(), response: text, done: false }),
@@ -269,6 +304,7 @@ export function ollamaApi({ backend, logger }: OtherApiServices): Hono<NodeEnv> 
     prompt: string,
     promptField: string,
     options: Options = {},
+    grammar?: GrammarSpec,
   ): Promise<Generation> {
     return startGeneration(backend, {
       model,
@@ -279,6 +315,7 @@ export function ollamaApi({ backend, logger }: OtherApiServices): Hono<NodeEnv> 
       ...(options.num_ctx === undefined ? {} : { contextLength: options.num_ctx }),
       sampling: sampling(options),
       stops: options.stop ?? [],
+      ...(grammar === undefined ? {} : { grammar }),
       signal: abortOnClose(c.env.outgoing),
     })
   }
@@ -311,21 +348,16 @@ function refuseOthers(app: Hono<NodeEnv>): void {
   }
 }
 
-/** Backend sampling from Ollama options (seed -1 is Ollama's "no seed"). */
+/** Ollama's sampling defaults (its Modelfile parameters), for options a request leaves out. */
+export const OLLAMA_DEFAULTS = { temperature: 0.8, topP: 0.9, topK: 40 } as const
+
+/** Backend sampling from Ollama options, Ollama's defaults where absent (seed -1 is Ollama's "no seed"). */
 function sampling(options: Options): Sampling {
   return {
-    ...(options.temperature === undefined ? {} : { temperature: options.temperature }),
-    ...(options.top_p === undefined ? {} : { topP: options.top_p }),
-    ...(options.top_k === undefined ? {} : { topK: options.top_k }),
+    temperature: options.temperature ?? OLLAMA_DEFAULTS.temperature,
+    topP: options.top_p ?? OLLAMA_DEFAULTS.topP,
+    topK: options.top_k ?? OLLAMA_DEFAULTS.topK,
     ...(options.seed === undefined || options.seed === -1 ? {} : { seed: options.seed }),
-  }
-}
-
-function toChatMessage(message: z.output<typeof messageSchema>): ChatMessage {
-  return {
-    role: message.role,
-    content: message.content ?? '',
-    ...(message.tool_name === undefined ? {} : { name: message.tool_name }),
   }
 }
 
@@ -341,26 +373,44 @@ interface Shapes {
   stream: boolean
   /** process.hrtime.bigint() when the request arrived. */
   started: bigint
-  piece(text: string): object
-  last(text: string, end: object): object
+  /** With tools: how the model writes its calls, which are parsed out of the text. */
+  family?: ToolFamily
+  piece(text: string, calls?: readonly ParsedToolCall[]): object
+  last(text: string, end: object, calls?: readonly ParsedToolCall[]): object
 }
 
-/** One JSON answer, or NDJSON lines ending with a `done: true` line that carries the figures. */
+/**
+ * One JSON answer, or NDJSON lines ending with a `done: true` line that carries the figures. With
+ * tools, the calls the model wrote are taken out of the text: streamed, text that may start a call is
+ * held back, and the calls come whole in one line before the last, as Ollama sends them.
+ */
 async function answer(res: ServerResponse, generation: Generation, shapes: Shapes): Promise<void> {
   const { texts } = generation
+  const { family } = shapes
   try {
     // Wait for the first text before answering, so a backend that fails at once gets a real status.
     let step = await texts.next()
     if (!shapes.stream) {
       let text = ''
       for (; !step.done; step = await texts.next()) text += step.value
-      sendJson(res, 200, shapes.last(text, figures(step.value, shapes.started)))
+      const end = figures(step.value, shapes.started)
+      if (family === undefined) sendJson(res, 200, shapes.last(text, end))
+      else {
+        const { content, toolCalls } = parseToolCalls(family, text)
+        sendJson(res, 200, shapes.last(content ?? '', end, toolCalls))
+      }
       return
     }
     res.writeHead(200, { 'content-type': 'application/x-ndjson' })
     res.flushHeaders()
+    const parser = family === undefined ? undefined : new ToolCallStreamParser(family)
     for (; !step.done; step = await texts.next()) {
-      if (step.value !== '') await writeLine(res, shapes.piece(step.value))
+      const text = parser === undefined ? step.value : parser.push(step.value).content
+      if (text !== '') await writeLine(res, shapes.piece(text))
+    }
+    const rest = parser?.end()
+    if (rest !== undefined && (rest.content !== '' || rest.toolCalls.length > 0)) {
+      await writeLine(res, shapes.piece(rest.content, rest.toolCalls))
     }
     if (!res.destroyed) res.end(`${JSON.stringify(shapes.last('', figures(step.value, shapes.started)))}\n`)
   } finally {
@@ -453,7 +503,8 @@ function showOf(model: CompletionModel) {
     system: '',
     details,
     model_info: {},
-    capabilities: ['completion'],
+    // Every model takes tools: a template without tool syntax gets them described in a system message.
+    capabilities: ['completion', 'tools'],
     modified_at: new Date(model.created * 1000).toISOString(),
   }
 }

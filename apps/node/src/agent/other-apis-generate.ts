@@ -1,9 +1,10 @@
 import type { IncomingMessage, ServerResponse } from 'node:http'
 import { InvalidArgumentError, type Logger, type ParseErrorFactory, parseWith } from '@meshnet/core'
+import { compileGrammar, type GrammarSpec } from '@meshnet/grammar'
 import { type NodeEnv, RESPONSE_ALREADY_SENT, readJsonBody } from '@meshnet/http'
 import type { ErrorHandler } from 'hono'
 import { z } from 'zod'
-import { type ChatMessage, type ChatTemplate, parseChatTemplate, renderChatPrompt } from './chat-template.ts'
+import { type ChatMessage, type ChatTemplate, parseChatTemplate } from './chat-template.ts'
 import { generateText } from './openai-generate.ts'
 import { ApiError, apiBodyErrors, apiError, sendJson } from './openai-schemas.ts'
 import {
@@ -13,6 +14,7 @@ import {
   type CompletionRequest,
   MAX_OPENAI_BODY,
 } from './openai-types.ts'
+import type { ToolDefinition } from './tools/check.ts'
 
 // What the Ollama and Anthropic APIs share: the capped body, one zod check, the chat prompt (with
 // an assistant prefill), and one generation on the backend that says why it ended and how long it took.
@@ -133,18 +135,47 @@ export function chatTemplates(logger: Logger): (model: CompletionModel) => ChatT
 }
 
 /**
- * The prompt for a chat, rendered by the model's template as `/v1/chat/completions` renders it. When
- * the last message is the assistant's, the answer continues it (a prefill, as Anthropic and Ollama
- * do): the messages before it are rendered with the generation prompt, then its text follows.
+ * The prompt for a chat, rendered by the model's template as `/v1/chat/completions` renders it, with
+ * the tools the model may call. When the last message is the assistant's text, the answer continues
+ * it (a prefill, as Anthropic and Ollama do): the messages before it are rendered with the generation
+ * prompt, then its text follows.
  */
 export function chatPrompt(
   template: ChatTemplate,
   model: CompletionModel,
   messages: readonly ChatMessage[],
+  tools: readonly ToolDefinition[] = [],
 ): string {
+  const render = (list: readonly ChatMessage[]) =>
+    template.render({
+      messages: list,
+      addGenerationPrompt: true,
+      ...(tools.length > 0 ? { tools } : {}),
+      ...(model.bosToken === undefined ? {} : { bosToken: model.bosToken }),
+      ...(model.eosToken === undefined ? {} : { eosToken: model.eosToken }),
+      ...(model.addBosToken === undefined ? {} : { addBosToken: model.addBosToken }),
+    })
   const last = messages.at(-1)
-  if (last?.role !== 'assistant') return renderChatPrompt(template, model, messages)
-  return renderChatPrompt(template, model, messages.slice(0, -1)) + last.content
+  if (last?.role !== 'assistant' || (last.tool_calls?.length ?? 0) > 0) return render(messages)
+  return render(messages.slice(0, -1)) + (last.content ?? '')
+}
+
+/** The grammar of a JSON answer: any JSON object, or JSON valid for `schema`. */
+export function jsonGrammar(schema?: Record<string, unknown>): GrammarSpec {
+  return { parts: [{ type: 'json', ...(schema === undefined ? {} : { schema }) }] }
+}
+
+/**
+ * 400 `<field>: <what>` when `grammar` has a JSON Schema keyword generation cannot keep to (the
+ * message names the keyword and where it is).
+ */
+export function checkGrammar(grammar: GrammarSpec, field: string): void {
+  try {
+    compileGrammar(grammar)
+  } catch (err) {
+    if ((err as Error).name !== 'GrammarSchemaError') throw err
+    throw new ApiError(400, `${field}: ${(err as Error).message}`, { param: field, code: 'invalid_schema' })
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -168,6 +199,8 @@ export interface GenerationRequest {
   contextLength?: number
   sampling: Sampling
   stops: readonly string[]
+  /** What the answer must be (structured output, a forced tool call): the sampler keeps to it. */
+  grammar?: GrammarSpec
   signal: AbortSignal
 }
 
@@ -238,6 +271,7 @@ async function* texts(
       prompt: request.prompt,
       maxTokens,
       ...request.sampling,
+      ...(request.grammar === undefined ? {} : { grammar: request.grammar }),
       signal: request.signal,
     },
     request.stops,

@@ -1,4 +1,4 @@
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import Anthropic from '@anthropic-ai/sdk'
@@ -17,13 +17,14 @@ import {
 } from '../../src/agent/openai-types.ts'
 import { otherApis } from '../../src/agent/other-apis.ts'
 import { type EngineBackend, engineBackend } from '../openai-backend.ts'
+import { ANTHROPIC_TOOLS, INPUTS, OPENAI_TOOLS, PERSON, validFor } from '../tool-fixtures.ts'
 
 // The Ollama and Anthropic APIs beside the OpenAI one, on a real engine, through their official
 // clients: the same greedy text as the OpenAI API for the same conversation, the same counts as the
 // tokenizer, and each API's own error shapes for what it refuses.
 
 // ChatML, as Qwen's GGUFs carry it (its markers are plain text in the test vocabulary), refusing
-// tool messages as some templates do.
+// tool messages as some templates do (it has no tool syntax: tool messages are folded into text).
 const CHAT_TEMPLATE =
   '{% for message in messages %}' +
   "{% if message['role'] == 'tool' %}{{ raise_exception('tool messages are not supported') }}{% endif %}" +
@@ -57,8 +58,8 @@ const serve = (b: CompletionBackend, apiKey?: string) =>
 beforeAll(async () => {
   dir = await mkdtemp(join(tmpdir(), 'meshnet-other-apis-'))
   const plain = join(dir, 'tiny.gguf')
-  await generateModel({
-    out: plain,
+  const wide = join(dir, 'wide.gguf')
+  const shape = {
     layers: 2,
     embd: 256,
     heads: 4,
@@ -66,18 +67,30 @@ beforeAll(async () => {
     ff: 512,
     vocab: 1000,
     type: 'Q8_0',
-    context: 512,
     seed: 11,
-  })
-  // One file under two ids: 'tiny-chat' with a chat template, as a GGUF's tokenizer.chat_template gives it.
+  } as const
+  await generateModel({ out: plain, ...shape, context: 512 })
+  // Prompts with tools take a thousand tokens of the test vocabulary (about one per character).
+  await generateModel({ out: wide, ...shape, context: 4096 })
+  // 'tiny-chat' with CHAT_TEMPLATE and 'tiny-qwen' with Qwen 2.5's own template (tool calls as
+  // `<tool_call>` blocks), as a GGUF's tokenizer.chat_template gives them; 'tiny-wide' without one.
+  const qwen = await readFile(
+    join(import.meta.dirname, '..', 'fixtures', 'chat-templates', 'Qwen-Qwen2.5-7B-Instruct.jinja'),
+    'utf8',
+  )
+  const templates: Record<string, string> = { 'tiny-chat': CHAT_TEMPLATE, 'tiny-qwen': qwen }
   const engines = await engineBackend([
     { id: 'tiny', modelPath: plain },
     { id: 'tiny-chat', modelPath: plain },
+    { id: 'tiny-qwen', modelPath: wide },
+    { id: 'tiny-wide', modelPath: wide },
   ])
   backend = {
     ...engines,
     models: () =>
-      engines.models().map((m) => (m.id === 'tiny-chat' ? { ...m, chatTemplate: CHAT_TEMPLATE } : m)),
+      engines
+        .models()
+        .map((m) => (templates[m.id] === undefined ? m : { ...m, chatTemplate: templates[m.id] })),
   }
   api = await serve(backend)
   keyed = await serve(backend, API_KEY)
@@ -135,10 +148,12 @@ const CHAT: Turn[] = [
   { role: 'user', content: 'Hello world' },
 ]
 
+const ASK_WEATHER = 'What is the weather in Paris for the next two days?'
+
 describe('the Ollama API', () => {
   it('lists the served models and its version, and shows a model', async () => {
     const { models } = await ollama.list()
-    expect(models.map((m) => m.name)).toEqual(['tiny', 'tiny-chat'])
+    expect(models.map((m) => m.name)).toEqual(['tiny', 'tiny-chat', 'tiny-qwen', 'tiny-wide'])
     expect(models[0]).toMatchObject({ model: 'tiny', details: { format: 'gguf' } })
     expect(Date.parse(String(models[0]!.modified_at))).toBeGreaterThan(Date.parse('2020-01-01'))
     expect((await ollama.version()).version).toMatch(/^\d+\.\d+\.\d+$/)
@@ -146,7 +161,7 @@ describe('the Ollama API', () => {
     expect(shown).toMatchObject({
       template: CHAT_TEMPLATE,
       parameters: 'num_ctx 512',
-      capabilities: ['completion'],
+      capabilities: ['completion', 'tools'],
     })
     expect((await ollama.show({ model: 'tiny:latest' })).template).toBe('')
   })
@@ -225,7 +240,7 @@ describe('the Ollama API', () => {
       model: 'tiny',
       prompt: 'Hello world',
       raw: true,
-      options: { num_predict: 20 },
+      options: { temperature: 0, num_predict: 20 },
     })
     expect(raw).toMatchObject({ response: completion.text, done_reason: 'length', eval_count: 20 })
     expect(raw.prompt_eval_count).toBe(completion.usage.prompt_tokens)
@@ -235,7 +250,7 @@ describe('the Ollama API', () => {
       prompt: 'Hello world',
       raw: true,
       stream: true,
-      options: { num_predict: 20 },
+      options: { temperature: 0, num_predict: 20 },
     })) {
       streamed += part.response
     }
@@ -248,7 +263,7 @@ describe('the Ollama API', () => {
     const cut = await ollama.chat({
       model: 'tiny',
       messages: [{ role: 'user', content: 'Hello world' }],
-      options: { num_predict: 30, stop: ['never-appears', stop] },
+      options: { temperature: 0, num_predict: 30, stop: ['never-appears', stop] },
     })
     expect(cut.message.content).toBe(full.text.slice(0, full.text.indexOf(stop)))
     expect(cut.done_reason).toBe('stop')
@@ -261,7 +276,7 @@ describe('the Ollama API', () => {
         { role: 'user', content: 'Hello world' },
         { role: 'assistant', content: 'Sure,' },
       ],
-      options: { num_predict: 12 },
+      options: { temperature: 0, num_predict: 12 },
     })
     expect(continued.message.content).toBe(prefill.text)
 
@@ -278,6 +293,145 @@ describe('the Ollama API', () => {
     expect(reference.text).not.toBe(
       (await openaiChat('tiny', [{ role: 'user', content: 'The river' }], 20)).text,
     )
+  })
+
+  it("samples with Ollama's defaults (temperature 0.8, top_p 0.9, top_k 40) where options leave them out", async () => {
+    const messages = [{ role: 'user' as const, content: 'The river' }]
+    const defaults = { temperature: 0.8, top_p: 0.9, top_k: 40, seed: 5 }
+    const reference = await openaiChat('tiny', messages, 20, defaults)
+    const answer = await ollama.chat({ model: 'tiny', messages, options: { seed: 5, num_predict: 20 } })
+    expect(backend.requests.at(-1)).toMatchObject({ temperature: 0.8, topP: 0.9, topK: 40, seed: 5 })
+    expect(answer.message.content).toBe(reference.text)
+    expect(reference.text).not.toBe((await openaiChat('tiny', messages, 20)).text)
+  })
+
+  it('feeds tool calls and results back through the template, answering as the OpenAI API does', async () => {
+    const args = { city: 'Paris', unit: 'celsius', days: 2 }
+    const result = '{"temperature": 21, "sky": "clear"}'
+    const options = { temperature: 0, num_predict: 24 }
+    const reference = await openai.chat.completions.create({
+      model: 'tiny-qwen',
+      messages: [
+        { role: 'user', content: ASK_WEATHER },
+        {
+          role: 'assistant',
+          content: null,
+          tool_calls: [
+            {
+              id: 'call_1',
+              type: 'function',
+              function: { name: 'get_weather', arguments: JSON.stringify(args) },
+            },
+          ],
+        },
+        { role: 'tool', tool_call_id: 'call_1', content: result },
+      ],
+      tools: OPENAI_TOOLS,
+      max_tokens: 24,
+      temperature: 0,
+    })
+    const expected = reference.choices[0]!.message
+    expect(expected.tool_calls).toBeUndefined()
+    const request = {
+      model: 'tiny-qwen',
+      messages: [
+        { role: 'user', content: ASK_WEATHER },
+        {
+          role: 'assistant',
+          content: '',
+          tool_calls: [{ function: { name: 'get_weather', arguments: args } }],
+        },
+        { role: 'tool', content: result, tool_name: 'get_weather' },
+      ],
+      tools: OPENAI_TOOLS,
+      options,
+    }
+    const answer = await ollama.chat({ ...request, stream: false })
+    expect(answer).toMatchObject({
+      message: { role: 'assistant', content: expected.content },
+      prompt_eval_count: reference.usage!.prompt_tokens,
+      done_reason: 'length',
+    })
+    expect(answer.message.tool_calls).toBeUndefined()
+    // Qwen's template renders the call and the result in its own syntax.
+    expect(backend.requests.at(-1)!.prompt).toContain(
+      '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 2}}\n</tool_call>',
+    )
+    expect(backend.requests.at(-1)!.prompt).toContain(`<tool_response>\n${result}\n</tool_response>`)
+    let streamed = ''
+    for await (const part of await ollama.chat({ ...request, stream: true })) streamed += part.message.content
+    expect(streamed).toBe(expected.content)
+  })
+
+  it('folds tool calls and results into the text of a template without tool syntax', async () => {
+    const answer = await ollama.chat({
+      model: 'tiny-chat',
+      messages: [
+        { role: 'user', content: ASK_WEATHER },
+        {
+          role: 'assistant',
+          content: '',
+          tool_calls: [{ function: { name: 'get_weather', arguments: { city: 'Paris' } } }],
+        },
+        { role: 'tool', content: '21 degrees and clear', tool_name: 'get_weather' },
+      ],
+      options: { num_predict: 2 },
+    })
+    expect(answer.eval_count).toBe(2)
+    const { prompt } = backend.requests.at(-1)!
+    expect(prompt).toContain(
+      '<|im_start|>assistant\n{"tool_calls":[{"name":"get_weather","arguments":{"city":"Paris"}}]}',
+    )
+    expect(prompt).toContain(
+      '<|im_start|>user\nTool result (get_weather, call_1_0):\n21 degrees and clear<|im_end|>',
+    )
+  })
+
+  it('answers JSON valid for a format schema, or any JSON object for "json", as the OpenAI API does', async () => {
+    const messages = [{ role: 'user' as const, content: 'Describe a user' }]
+    for (const model of ['tiny', 'tiny-qwen']) {
+      const reference = await openaiChat(model, messages, 80, {
+        response_format: { type: 'json_schema', json_schema: { name: 'person', schema: PERSON } },
+      })
+      const options = { temperature: 0, num_predict: 80 }
+      const answer = await ollama.chat({ model, messages, format: PERSON, options })
+      expect(answer.message.content, model).toBe(reference.text)
+      expect(validFor(PERSON, JSON.parse(answer.message.content)), answer.message.content).toBe(true)
+      let streamed = ''
+      for await (const part of await ollama.chat({
+        model,
+        messages,
+        format: PERSON,
+        options,
+        stream: true,
+      })) {
+        streamed += part.message.content
+      }
+      expect(streamed).toBe(reference.text)
+
+      const generated = await ollama.generate({ model, prompt: 'Describe a user', format: PERSON, options })
+      expect(generated.response).toBe(reference.text)
+      let generatedStreamed = ''
+      for await (const part of await ollama.generate({
+        model,
+        prompt: 'Describe a user',
+        format: PERSON,
+        options,
+        stream: true,
+      })) {
+        generatedStreamed += part.response
+      }
+      expect(generatedStreamed).toBe(reference.text)
+    }
+    // "json": any JSON object, sampled at Ollama's defaults.
+    const json = await ollama.chat({
+      model: 'tiny',
+      messages,
+      format: 'json',
+      options: { seed: 3, num_predict: 40 },
+    })
+    const value: unknown = JSON.parse(json.message.content)
+    expect(typeof value === 'object' && value !== null && !Array.isArray(value)).toBe(true)
   })
 
   it('fits in a smaller num_ctx, and answers a request without messages as a load', async () => {
@@ -310,8 +464,15 @@ describe('the Ollama API', () => {
     ['/api/chat', { messages: [{ role: 'robot', content: 'x' }] }, /^messages\.0\.role: must be/],
     [
       '/api/chat',
-      { model: 'tiny-chat', messages: [{ role: 'tool', content: '42', tool_name: 'answer' }] },
-      /chat template rejected the messages: tool messages are not supported/,
+      {
+        messages: [{ role: 'user', content: 'x', tool_calls: [{ function: { name: 'f', arguments: {} } }] }],
+      },
+      /^messages\.0\.tool_calls: are only allowed in an 'assistant' message$/,
+    ],
+    [
+      '/api/chat',
+      { messages: [{ role: 'assistant', tool_calls: [{ function: { name: 'f', arguments: '{}' } }] }] },
+      /^messages\.0\.tool_calls\.0\.function\.arguments: must be an object$/,
     ],
     [
       '/api/chat',
@@ -325,10 +486,16 @@ describe('the Ollama API', () => {
     ],
     [
       '/api/chat',
-      { tools: [{ type: 'function', function: { name: 'f' } }] },
-      /^tools: tools are not supported/,
+      { tools: [{ type: 'function', function: { name: 'get weather' } }] },
+      /tools\[0\]\.function\.name "get weather" is not a valid tool name/,
     ],
-    ['/api/chat', { format: 'json' }, /^format: structured outputs/],
+    ['/api/chat', { tools: [{ type: 'retrieval' }] }, /^tools\.0\.type: must be 'function'$/],
+    ['/api/chat', { format: 'yaml' }, /^format: must be 'json' or a JSON Schema object$/],
+    [
+      '/api/chat',
+      { format: { type: 'object', properties: { code: { type: 'string', pattern: '^[A-Z]+$' } } } },
+      /^format: response schema at \/properties\/code: "pattern" is not supported/,
+    ],
     ['/api/chat', { think: true }, /^think: thinking is not supported/],
     ['/api/chat', { foo: 1 }, /^unknown field "foo": this server does not know it/],
     ['/api/chat', { options: { repeat_penalty: 1.1 } }, /^options\.repeat_penalty: only 1 is supported/],
@@ -343,6 +510,11 @@ describe('the Ollama API', () => {
     ['/api/generate', { prompt: 'Hi', context: [1, 2, 3] }, /^context: context/],
     ['/api/generate', { prompt: 'Hi', suffix: 'end' }, /^suffix: suffix/],
     ['/api/generate', { prompt: ['Hi'] }, /^prompt: must be a string/],
+    [
+      '/api/generate',
+      { prompt: 'Hi', format: { type: 'string', format: 'email' } },
+      /^format: .*"format" is not supported/,
+    ],
   ]
 
   it.each(
@@ -372,7 +544,9 @@ describe('the Ollama API', () => {
     }
     const notFound = await ollama.chat({ model: 'llama3', messages: CHAT }).catch((e: unknown) => e)
     expect(notFound).toMatchObject({ name: 'ResponseError', status_code: 404 })
-    expect((notFound as Error).message).toMatch(/model 'llama3' not found: this agent serves tiny, tiny-chat/)
+    expect((notFound as Error).message).toMatch(
+      /model 'llama3' not found: this agent serves tiny, tiny-chat, tiny-qwen, tiny-wide/,
+    )
     const method = await fetch(`${host}/api/chat`)
     expect(method.status).toBe(405)
     expect(method.headers.get('allow')).toBe('POST')
@@ -437,6 +611,7 @@ describe('the Anthropic Messages API', () => {
       ],
       max_tokens: 16,
       metadata: { user_id: 'someone' },
+      ...sampling({ temperature: 0 }),
     })
     expect(blocks.content).toEqual([{ type: 'text', text: parts.choices[0]!.message.content }])
     expect(blocks.usage.input_tokens).toBe(parts.usage!.prompt_tokens)
@@ -450,6 +625,7 @@ describe('the Anthropic Messages API', () => {
         { role: 'user', content: [{ type: 'text', text: 'world' }] },
       ],
       max_tokens: 16,
+      ...sampling({ temperature: 0 }),
     })
     expect(combined.content).toEqual(blocks.content)
     expect(combined.usage).toEqual(blocks.usage)
@@ -460,6 +636,7 @@ describe('the Anthropic Messages API', () => {
       model: 'tiny',
       messages: [{ role: 'user' as const, content: 'Hello world' }],
       max_tokens: 20,
+      ...sampling({ temperature: 0 }),
     }
     const whole = await anthropic.messages.create(params)
     const deltas: string[] = []
@@ -529,6 +706,7 @@ describe('the Anthropic Messages API', () => {
       messages: [{ role: 'user', content: 'Hello world' }],
       max_tokens: 30,
       stop_sequences: ['never-appears', stop],
+      ...sampling({ temperature: 0 }),
     })
     expect(cut).toMatchObject({
       content: [{ text: full.text.slice(0, full.text.indexOf(stop)) }],
@@ -541,6 +719,7 @@ describe('the Anthropic Messages API', () => {
         messages: [{ role: 'user', content: 'Hello world' }],
         max_tokens: 30,
         stop_sequences: [stop],
+        ...sampling({ temperature: 0 }),
       })
       .finalMessage()
     expect(streamed).toMatchObject({
@@ -557,6 +736,7 @@ describe('the Anthropic Messages API', () => {
         { role: 'assistant', content: 'Sure,' },
       ],
       max_tokens: 12,
+      ...sampling({ temperature: 0 }),
     })
     expect(continued.content).toEqual([{ type: 'text', text: prefill.text }])
 
@@ -565,6 +745,7 @@ describe('the Anthropic Messages API', () => {
       model: 'tiny',
       messages: [{ role: 'user', content: 'Hello world' }],
       max_tokens: 4096,
+      ...sampling({ temperature: 0 }),
     })
     expect(long.stop_reason).toBe('model_context_window_exceeded')
     expect(long.usage.input_tokens + long.usage.output_tokens).toBe(512)
@@ -600,6 +781,140 @@ describe('the Anthropic Messages API', () => {
     }
   })
 
+  it("samples with Anthropic's defaults (temperature 1, top_p 1, top_k 0) where the request leaves them out", async () => {
+    await anthropic.messages.create({
+      model: 'tiny',
+      messages: [{ role: 'user', content: 'Hi' }],
+      max_tokens: 2,
+    })
+    expect(backend.requests.at(-1)).toMatchObject({ temperature: 1, topP: 1, topK: 0 })
+    expect(backend.requests.at(-1)!.seed).toBeUndefined()
+  })
+
+  it.each([
+    ['any', { type: 'any' }, 'required'],
+    ['tool', { type: 'tool', name: 'get_weather' }, { type: 'function', function: { name: 'get_weather' } }],
+  ] as const)(
+    'forces a call with tool_choice %s: a tool_use block valid for its input_schema, the OpenAI API’s call, streamed or not',
+    async (_, choice, openaiChoice) => {
+      // Qwen's `<tool_call>` blocks, and the generic JSON of a template without tool syntax.
+      for (const model of ['tiny-qwen', 'tiny-wide']) {
+        const messages = [{ role: 'user' as const, content: ASK_WEATHER }]
+        const params = {
+          model,
+          messages,
+          max_tokens: 120,
+          tools: ANTHROPIC_TOOLS,
+          tool_choice: choice,
+          ...sampling({ temperature: 0 }),
+        }
+        const message = await anthropic.messages.create(params)
+        expect(message.stop_reason, model).toBe('tool_use')
+        expect(message.content).toHaveLength(1)
+        const use = message.content[0] as Anthropic.ToolUseBlock
+        expect(use).toMatchObject({ type: 'tool_use', id: expect.stringMatching(/^toolu_[\w-]+$/) })
+        if (choice.type === 'tool') expect(use.name).toBe('get_weather')
+        expect(validFor(INPUTS[use.name]!, use.input), JSON.stringify(use.input)).toBe(true)
+
+        const streamed = await anthropic.messages.stream(params).finalMessage()
+        expect(streamed.stop_reason).toBe('tool_use')
+        expect(streamed.content).toEqual([
+          { type: 'tool_use', id: expect.any(String), name: use.name, input: use.input },
+        ])
+
+        const reference = await openai.chat.completions.create({
+          model,
+          messages,
+          tools: OPENAI_TOOLS,
+          tool_choice: openaiChoice,
+          max_tokens: 120,
+          temperature: 0,
+        })
+        const call = reference.choices[0]!.message
+          .tool_calls![0] as OpenAI.ChatCompletionMessageFunctionToolCall
+        expect({ name: use.name, input: use.input }).toEqual({
+          name: call.function.name,
+          input: JSON.parse(call.function.arguments),
+        })
+        expect(message.usage.input_tokens).toBe(reference.usage!.prompt_tokens)
+      }
+    },
+  )
+
+  it('feeds tool_result blocks back: the OpenAI API’s answer to the same conversation', async () => {
+    const result = '{"temperature": 21, "sky": "clear"}'
+    for (const model of ['tiny-qwen', 'tiny-wide']) {
+      const question = { role: 'user' as const, content: ASK_WEATHER }
+      const forced = await anthropic.messages.create({
+        model,
+        messages: [question],
+        max_tokens: 120,
+        tools: ANTHROPIC_TOOLS,
+        tool_choice: { type: 'tool', name: 'get_weather' },
+        ...sampling({ temperature: 0 }),
+      })
+      const use = forced.content[0] as Anthropic.ToolUseBlock
+      for (const choice of ['auto', 'none'] as const) {
+        const params = {
+          model,
+          messages: [
+            question,
+            { role: 'assistant' as const, content: forced.content },
+            {
+              role: 'user' as const,
+              content: [
+                {
+                  type: 'tool_result' as const,
+                  tool_use_id: use.id,
+                  content: [{ type: 'text' as const, text: result }],
+                },
+                { type: 'text' as const, text: 'Thanks!' },
+              ],
+            },
+          ],
+          max_tokens: 24,
+          tools: ANTHROPIC_TOOLS,
+          tool_choice: { type: choice },
+          ...sampling({ temperature: 0 }),
+        }
+        const answer = await anthropic.messages.create(params)
+        const reference = await openai.chat.completions.create({
+          model,
+          messages: [
+            question,
+            {
+              role: 'assistant',
+              content: null,
+              tool_calls: [
+                {
+                  id: use.id,
+                  type: 'function',
+                  function: { name: use.name, arguments: JSON.stringify(use.input) },
+                },
+              ],
+            },
+            { role: 'tool', tool_call_id: use.id, content: result },
+            { role: 'user', content: 'Thanks!' },
+          ],
+          tools: OPENAI_TOOLS,
+          tool_choice: choice,
+          max_tokens: 24,
+          temperature: 0,
+        })
+        const expected = reference.choices[0]!.message
+        expect(expected.tool_calls, `${model}, ${choice}`).toBeUndefined()
+        expect(answer).toMatchObject({
+          content: [{ type: 'text', text: expected.content }],
+          stop_reason: 'max_tokens',
+          usage: { input_tokens: reference.usage!.prompt_tokens, output_tokens: 24 },
+        })
+        const streamed = await anthropic.messages.stream(params).finalMessage()
+        expect(streamed.content.map(clean)).toEqual(answer.content)
+        expect(backend.requests.at(-1)!.prompt).toContain(result)
+      }
+    }
+  })
+
   const bad: [Record<string, unknown>, RegExp][] = [
     [{ max_tokens: undefined }, /^max_tokens: Field required$/],
     [{ max_tokens: '10' }, /^max_tokens: Input should be a valid integer$/],
@@ -619,7 +934,7 @@ describe('the Anthropic Messages API', () => {
       {
         messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'base64', data: 'aGk=' } }] }],
       },
-      /^messages\.0\.content\.0\.type: only 'text' content blocks are supported by this server, not 'image'$/,
+      /^messages\.0\.content\.0\.type: only 'text', 'tool_use' and 'tool_result' content blocks are supported by this server, not 'image'$/,
     ],
     [
       { messages: [{ role: 'user', content: [{ type: 'text', text: 1 }] }] },
@@ -642,10 +957,97 @@ describe('the Anthropic Messages API', () => {
     ],
     [{ system: [{ type: 'text' }] }, /^system\.0\.text: Field required$/],
     [
-      { tools: [{ name: 'get_weather', input_schema: { type: 'object' } }] },
-      /^tools: tools are not supported by this server yet/,
+      { system: [{ type: 'tool_result', tool_use_id: 'toolu_1' }] },
+      /^system\.0\.type: only 'text' content blocks/,
     ],
-    [{ tool_choice: { type: 'any' } }, /^tool_choice: tools are not supported/],
+    [
+      {
+        tools: [
+          {
+            name: 'get_weather',
+            input_schema: { type: 'object', properties: { city: { type: 'string', pattern: '^[A-Z]' } } },
+          },
+        ],
+      },
+      /^tools\.0\.input_schema: tool get_weather schema at \/properties\/city: "pattern" is not supported/,
+    ],
+    [
+      { tools: [{ type: 'web_search_20250305', name: 'web_search', max_uses: 3 }] },
+      /^tools\.0\.type: only custom tools \(name, description, input_schema\) are supported by this server, not 'web_search_20250305'$/,
+    ],
+    [
+      { tools: [{ name: 'get weather', input_schema: { type: 'object' } }] },
+      /^tools\.0\.name: String should match pattern/,
+    ],
+    [
+      { tools: [{ name: 'f', input_schema: { type: 'array' } }] },
+      /^tools\.0\.input_schema\.type: Input should be 'object'$/,
+    ],
+    [{ tools: [{ name: 'f' }] }, /^tools\.0\.input_schema: Field required$/],
+    [
+      {
+        tools: [
+          { name: 'f', input_schema: { type: 'object' } },
+          { name: 'f', input_schema: { type: 'object' } },
+        ],
+      },
+      /^tools: Tool names must be unique: 'f' is given twice$/,
+    ],
+    [{ tool_choice: { type: 'any' } }, /^tool_choice: tool_choice of type 'any' needs tools/],
+    [
+      { tools: [{ name: 'f', input_schema: { type: 'object' } }], tool_choice: { type: 'tool', name: 'g' } },
+      /^tool_choice\.name: 'g' is not among the tools \(f\)$/,
+    ],
+    [
+      { tool_choice: { type: 'sometimes' } },
+      /^tool_choice(\.type)?: Input tag should be 'auto', 'any', 'tool' or 'none'$/,
+    ],
+    [
+      { messages: [{ role: 'user', content: [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: {} }] }] },
+      /^messages\.0\.content\.0\.type: 'tool_use' blocks are only allowed in assistant messages$/,
+    ],
+    [
+      {
+        messages: [
+          { role: 'user', content: 'Hi' },
+          { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: 'x' }] },
+        ],
+      },
+      /^messages\.1\.content\.0\.input: Input should be a valid dictionary$/,
+    ],
+    [
+      {
+        messages: [
+          { role: 'user', content: [{ type: 'tool_result', tool_use_id: 'toolu_9', content: '1' }] },
+        ],
+      },
+      /^messages\.0: unexpected `tool_use_id` found in `tool_result` blocks: toolu_9\. Each `tool_result` block must have a corresponding `tool_use` block in the previous message\.$/,
+    ],
+    [
+      {
+        messages: [
+          { role: 'user', content: 'Hi' },
+          { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: {} }] },
+          { role: 'user', content: 'Go on' },
+        ],
+      },
+      /^messages\.1: `tool_use` ids were found without `tool_result` blocks immediately after: toolu_1\./,
+    ],
+    [
+      {
+        messages: [
+          { role: 'user', content: 'Hi' },
+          { role: 'assistant', content: [{ type: 'tool_use', id: 'toolu_1', name: 'f', input: {} }] },
+          {
+            role: 'user',
+            content: [
+              { type: 'tool_result', tool_use_id: 'toolu_1', content: [{ type: 'image', source: {} }] },
+            ],
+          },
+        ],
+      },
+      /^messages\.2\.content\.0\.content: Input should be a valid string or a list of text blocks/,
+    ],
     [{ thinking: { type: 'enabled', budget_tokens: 2048 } }, /^thinking: extended thinking is not supported/],
     [{ n: 2 }, /^n: Extra inputs are not permitted$/],
     [
@@ -740,7 +1142,7 @@ describe('both APIs', () => {
       expect(await client.list().catch((e: unknown) => e)).toMatchObject({ status_code: 401 })
     }
     const ollamaKeyed = new Ollama({ host: keyedHost, headers: { Authorization: `Bearer ${API_KEY}` } })
-    expect((await ollamaKeyed.list()).models).toHaveLength(2)
+    expect((await ollamaKeyed.list()).models).toHaveLength(4)
     expect(
       (await ollamaKeyed.chat({ model: 'tiny', messages, options: { num_predict: 3 } })).eval_count,
     ).toBe(3)
@@ -787,6 +1189,136 @@ describe('both APIs', () => {
       })
       const chat = await new Ollama({ host: at }).chat({ model: 'tiny', messages })
       expect(chat).toMatchObject({ message: { content: 'Hello there' }, done_reason: 'stop', eval_count: 3 })
+    } finally {
+      await server.close()
+    }
+  })
+
+  it('take the calls the model chose to write out of its text, streamed or not', async () => {
+    // A model that chooses to call both tools after a sentence, as Qwen writes calls.
+    const pieces = [
+      'Let me',
+      ' check.\n<tool_',
+      'call>\n{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "days": 2}}\n</tool_call>\n',
+      '<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>',
+    ]
+    const calling: CompletionBackend = {
+      models: () => backend.models(),
+      countTokens: (model, text) => backend.countTokens(model, text),
+      async *generate() {
+        for (const [id, text] of pieces.entries()) yield { id, text }
+        return { promptTokens: 5, completionTokens: pieces.length, stopReason: 'eog' }
+      },
+    }
+    const weather = { name: 'get_weather', input: { city: 'Paris', unit: 'celsius', days: 2 } }
+    const clock = { name: 'get_time', input: {} }
+    const server = await serve(calling)
+    try {
+      const at = `http://127.0.0.1:${server.port}`
+      const messages = [{ role: 'user' as const, content: ASK_WEATHER }]
+      const client = new Anthropic({ baseURL: at, apiKey: 'x', maxRetries: 0 })
+      const params = { model: 'tiny-qwen', messages, max_tokens: 50, tools: ANTHROPIC_TOOLS }
+      const message = await client.messages.create(params)
+      expect(message).toMatchObject({
+        content: [
+          { type: 'text', text: 'Let me check.\n' },
+          { type: 'tool_use', id: expect.stringMatching(/^toolu_/), ...weather },
+          { type: 'tool_use', ...clock },
+        ],
+        stop_reason: 'tool_use',
+        stop_sequence: null,
+      })
+      const texts: string[] = []
+      const streamed = await client.messages
+        .stream(params)
+        .on('text', (text) => texts.push(text))
+        .finalMessage()
+      expect(texts.join('')).toBe('Let me check.\n')
+      expect(streamed.content.map(clean)).toEqual([
+        { type: 'text', text: 'Let me check.\n' },
+        { type: 'tool_use', id: expect.any(String), ...weather },
+        { type: 'tool_use', id: expect.any(String), ...clock },
+      ])
+      expect(streamed.stop_reason).toBe('tool_use')
+      const events = (
+        await (
+          await fetch(`${at}/v1/messages`, {
+            method: 'POST',
+            body: JSON.stringify({ ...params, stream: true }),
+          })
+        ).text()
+      )
+        .trimEnd()
+        .split('\n\n')
+        .map((event) => JSON.parse(event.split('\n')[1]!.slice('data: '.length)) as Record<string, unknown>)
+      expect(events.map((e) => `${e.type}${'index' in e ? ` ${e.index}` : ''}`)).toEqual([
+        'message_start',
+        'ping',
+        'content_block_start 0',
+        ...Array(events.length - 12).fill('content_block_delta 0'),
+        'content_block_stop 0',
+        'content_block_start 1',
+        'content_block_delta 1',
+        'content_block_stop 1',
+        'content_block_start 2',
+        'content_block_delta 2',
+        'content_block_stop 2',
+        'message_delta',
+        'message_stop',
+      ])
+      expect(events.find((e) => e.type === 'content_block_start' && e.index === 1)).toMatchObject({
+        content_block: {
+          type: 'tool_use',
+          id: expect.stringMatching(/^toolu_/),
+          name: 'get_weather',
+          input: {},
+        },
+      })
+      expect(events.find((e) => e.type === 'content_block_delta' && e.index === 1)).toMatchObject({
+        delta: { type: 'input_json_delta', partial_json: JSON.stringify(weather.input) },
+      })
+      expect(events.at(-2)).toMatchObject({ delta: { stop_reason: 'tool_use', stop_sequence: null } })
+      const one = await client.messages.create({
+        ...params,
+        tool_choice: { type: 'auto', disable_parallel_tool_use: true },
+      })
+      expect(one.content.slice(1)).toMatchObject([weather])
+      // Without tools the text is only text.
+      const plain = await client.messages.create({ model: 'tiny-qwen', messages, max_tokens: 50 })
+      expect(plain).toMatchObject({
+        content: [{ type: 'text', text: pieces.join('') }],
+        stop_reason: 'end_turn',
+      })
+
+      const ollamaClient = new Ollama({ host: at })
+      const ollamaCalls = [
+        { function: { index: 0, name: 'get_weather', arguments: weather.input } },
+        { function: { index: 1, name: 'get_time', arguments: {} } },
+      ]
+      const chat = await ollamaClient.chat({ model: 'tiny-qwen', messages, tools: OPENAI_TOOLS })
+      expect(chat).toMatchObject({
+        message: { role: 'assistant', content: 'Let me check.\n', tool_calls: ollamaCalls },
+        done_reason: 'stop',
+      })
+      const parts = []
+      for await (const part of await ollamaClient.chat({
+        model: 'tiny-qwen',
+        messages,
+        tools: OPENAI_TOOLS,
+        stream: true,
+      })) {
+        parts.push(part.message)
+      }
+      expect(parts.map((m) => m.content).join('')).toBe('Let me check.\n')
+      expect(parts.flatMap((m) => m.tool_calls ?? [])).toMatchObject(ollamaCalls)
+      expect(parts.at(-2)).toMatchObject({ content: '', tool_calls: ollamaCalls })
+      // An answer's calls go back as they came.
+      const again = await ollamaClient.chat({
+        model: 'tiny-qwen',
+        messages: [...messages, chat.message, { role: 'tool', content: '21', tool_name: 'get_weather' }],
+        tools: OPENAI_TOOLS,
+      })
+      expect(again.done).toBe(true)
     } finally {
       await server.close()
     }
