@@ -97,8 +97,16 @@ const optionsSchema = z.strictObject(
     use_mlock: z.boolean('must be a boolean').optional(),
     // Samplers this server does not have: only the value that turns them off.
     repeat_penalty: only(1, 'this server has no repetition penalty'),
-    presence_penalty: only(0, 'this server has no presence penalty'),
-    frequency_penalty: only(0, 'this server has no frequency penalty'),
+    presence_penalty: z
+      .number({ error: 'must be a number' })
+      .min(-2, 'must be at least -2')
+      .max(2, 'must be at most 2')
+      .optional(),
+    frequency_penalty: z
+      .number({ error: 'must be a number' })
+      .min(-2, 'must be at least -2')
+      .max(2, 'must be at most 2')
+      .optional(),
     min_p: only(0, 'this server has no min-p sampling'),
     typical_p: only(1, 'this server has no typical sampling'),
     tfs_z: only(1, 'this server has no tail-free sampling'),
@@ -358,6 +366,8 @@ function sampling(options: Options): Sampling {
     topP: options.top_p ?? OLLAMA_DEFAULTS.topP,
     topK: options.top_k ?? OLLAMA_DEFAULTS.topK,
     ...(options.seed === undefined || options.seed === -1 ? {} : { seed: options.seed }),
+    ...(options.presence_penalty === undefined ? {} : { presencePenalty: options.presence_penalty }),
+    ...(options.frequency_penalty === undefined ? {} : { frequencyPenalty: options.frequency_penalty }),
   }
 }
 

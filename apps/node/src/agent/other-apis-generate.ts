@@ -186,6 +186,10 @@ export interface Sampling {
   topP?: number
   topK?: number
   seed?: number
+  /** OpenAI's presence penalty over the tokens generated so far (-2..2). */
+  presencePenalty?: number
+  /** OpenAI's frequency penalty over the tokens generated so far (-2..2). */
+  frequencyPenalty?: number
 }
 
 export interface GenerationRequest {

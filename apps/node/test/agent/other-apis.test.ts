@@ -305,6 +305,17 @@ describe('the Ollama API', () => {
     expect(reference.text).not.toBe((await openaiChat('tiny', messages, 20)).text)
   })
 
+  it('applies presence and frequency penalties as the OpenAI API does', async () => {
+    const messages = [{ role: 'user' as const, content: 'The river' }]
+    const penalties = { temperature: 0, presence_penalty: -2, frequency_penalty: -1 }
+    const reference = await openaiChat('tiny', messages, 20, penalties)
+    const answer = await ollama.chat({ model: 'tiny', messages, options: { ...penalties, num_predict: 20 } })
+    expect(backend.requests.at(-1)).toMatchObject({ presencePenalty: -2, frequencyPenalty: -1 })
+    expect(answer.message.content).toBe(reference.text)
+    // They change the answer (negative penalties favour what was already written).
+    expect(reference.text).not.toBe((await openaiChat('tiny', messages, 20, { temperature: 0 })).text)
+  })
+
   it('feeds tool calls and results back through the template, answering as the OpenAI API does', async () => {
     const args = { city: 'Paris', unit: 'celsius', days: 2 }
     const result = '{"temperature": 21, "sky": "clear"}'
