@@ -20,6 +20,8 @@ it('exports exactly the public surface', async () => {
       "startAgentProcess",
       "startRangeServer",
       "withBuildLock",
+      "withChatTemplate",
+      "withMetadata",
     ]
   `)
 })

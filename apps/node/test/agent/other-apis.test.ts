@@ -914,10 +914,14 @@ describe('the Anthropic Messages API', () => {
         })
         const expected = reference.choices[0]!.message
         expect(expected.tool_calls, `${model}, ${choice}`).toBeUndefined()
+        // (The call's id is random and some templates show it: the answer may end early or not.)
         expect(answer).toMatchObject({
           content: [{ type: 'text', text: expected.content }],
-          stop_reason: 'max_tokens',
-          usage: { input_tokens: reference.usage!.prompt_tokens, output_tokens: 24 },
+          stop_reason: reference.choices[0]!.finish_reason === 'length' ? 'max_tokens' : 'end_turn',
+          usage: {
+            input_tokens: reference.usage!.prompt_tokens,
+            output_tokens: reference.usage!.completion_tokens,
+          },
         })
         const streamed = await anthropic.messages.stream(params).finalMessage()
         expect(streamed.content.map(clean)).toEqual(answer.content)
