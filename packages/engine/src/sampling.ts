@@ -65,6 +65,12 @@ export interface TokenConstraint {
   allows(id: number): boolean
   /** Every token that may be the next one: 1 at their ids, 0 elsewhere (vocabulary-sized). */
   allowedMask(): Uint8Array
+  /**
+   * The ids `allowedMask` marks, when there are at most `most` of them (found without walking the
+   * whole vocabulary); undefined when there are more. Optional: an engine that can fetch the logits
+   * of a few tokens asks for those of the allowed ones.
+   */
+  allowedIds?(most: number): number[] | undefined
   /** `id` was chosen (it must be allowed). */
   accept(id: number): void
 }

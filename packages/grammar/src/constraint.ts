@@ -25,12 +25,19 @@ export interface TokenConstraint {
   allows(id: number): boolean
   /** Every token that may be the next one: 1 at their ids, 0 elsewhere (vocabulary-sized). */
   allowedMask(): Uint8Array
+  /**
+   * The ids `allowedMask` marks, when there are at most `most` of them (found without walking the
+   * whole vocabulary); undefined when there are more. Optional: an engine that can fetch the logits
+   * of a few tokens asks for those of the allowed ones.
+   */
+  allowedIds?(most: number): number[] | undefined
   /** `id` was chosen (it must be allowed). */
   accept(id: number): void
 }
 
 /** A TokenConstraint for one generation under a grammar. */
 export interface GrammarConstraint extends TokenConstraint {
+  allowedIds(most: number): number[] | undefined
   /** Every part is written: an end-of-generation token may come (or has come). */
   readonly complete: boolean
   /** The text accepted so far (control tokens as their text). */
@@ -118,12 +125,12 @@ class GrammarTokenConstraint implements GrammarConstraint {
     const state = this.#state
     if (state !== undefined) {
       const limit = this.#limit()
-      const { marked } = this.#walk(state, limit, mask)
+      const { marked } = this.#walk(state, limit, mask)!
       if (state.done) for (const id of index.eogIds) mask[id] = 1
       else if (marked === 0) {
         // No token lets the text complete in time (a vocabulary without some byte, or a budget
         // smaller than the grammar): allow the tokens that get closest.
-        const best = this.#walk(state, Number.POSITIVE_INFINITY, undefined).best
+        const best = this.#walk(state, Number.POSITIVE_INFINITY, undefined)!.best
         if (best < Number.POSITIVE_INFINITY) this.#walk(state, best, mask)
       }
     }
@@ -131,15 +138,52 @@ class GrammarTokenConstraint implements GrammarConstraint {
     return mask
   }
 
+  allowedIds(most: number): number[] | undefined {
+    const state = this.#state
+    if (state === undefined) return []
+    if (this.#mask === undefined) {
+      const ids: number[] = []
+      const limit = this.#limit()
+      const walked = this.#walk(state, limit, undefined, { most, ids })
+      if (walked === undefined) return undefined
+      if (walked.marked > 0 || state.done) {
+        if (state.done) ids.push(...this.#index.eogIds)
+        return ids.length <= most ? ids : undefined
+      }
+    }
+    // The full mask (known already, or the budget's fallback): its ids, when few.
+    const mask = this.allowedMask()
+    const ids: number[] = []
+    for (let id = 0; id < mask.length; id++) {
+      if (mask[id] !== 1) continue
+      if (ids.length === most) return undefined
+      ids.push(id)
+    }
+    return ids
+  }
+
   /**
-   * Marks in `mask` the tokens that may come next and leave at most `limit` bytes to complete;
-   * returns how many, and the fewest bytes left after any token that may come next.
+   * Marks in `mask` (and lists in `cap.ids`) the tokens that may come next and leave at most
+   * `limit` bytes to complete; returns how many, and the fewest bytes left after any token that may
+   * come next. With `cap`, gives up (undefined) as soon as more than `cap.most` are found.
    */
-  #walk(state: State, limit: number, mask: Uint8Array | undefined): { marked: number; best: number } {
+  #walk(
+    state: State,
+    limit: number,
+    mask: Uint8Array | undefined,
+    cap?: { most: number; ids: number[] },
+  ): { marked: number; best: number } | undefined {
     const { first, next, byte, height, idStart, idCount, ids } = this.#index
     let marked = 0
     let best = Number.POSITIVE_INFINITY
-    const visit = (node: number, s: State): void => {
+    const mark = (id: number): boolean => {
+      if (mask !== undefined) mask[id] = 1
+      marked++
+      if (cap === undefined) return true
+      cap.ids.push(id)
+      return marked <= cap.most
+    }
+    const visit = (node: number, s: State): boolean => {
       for (let c = first[node]!; c !== -1; c = next[c]!) {
         const t = step(s, byte[c]!)
         if (t === undefined) continue
@@ -149,23 +193,20 @@ class GrammarTokenConstraint implements GrammarConstraint {
         const n = idCount[c]!
         if (n > 0) {
           if (min < best) best = min
-          if (min <= limit && mask !== undefined) {
-            for (let k = idStart[c]!; k < idStart[c]! + n; k++) mask[ids[k]!] = 1
-            marked += n
+          if (min <= limit && (mask !== undefined || cap !== undefined)) {
+            for (let k = idStart[c]!; k < idStart[c]! + n; k++) if (!mark(ids[k]!)) return false
           }
         }
-        if (first[c] !== -1) visit(c, t)
+        if (first[c] !== -1 && !visit(c, t)) return false
       }
+      return true
     }
-    visit(0, state)
+    if (!visit(0, state)) return undefined
     for (const id of this.#index.controlIds) {
       const t = this.#after(state, id)
       if (t === undefined) continue
       if (t.min < best) best = t.min
-      if (t.min <= limit && mask !== undefined) {
-        mask[id] = 1
-        marked++
-      }
+      if (t.min <= limit && (mask !== undefined || cap !== undefined) && !mark(id)) return undefined
     }
     return { marked, best }
   }

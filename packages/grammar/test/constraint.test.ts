@@ -195,6 +195,32 @@ describe('createTokenConstraint', () => {
     }
   })
 
+  it('lists the allowed ids when they are few, and says when they are more, as allowedMask marks them', () => {
+    for (const grammar of [toolCall, json()]) {
+      for (let seed = 0; seed < 6; seed++) {
+        // A fresh constraint per question, so the mask is not known to it beforehand.
+        const steps: number[] = []
+        const random = prng(seed)
+        const fresh = () => {
+          const c = createTokenConstraint(grammar, vocab, { maxTokens: grammar.minBytes + 4 + 5 * seed })
+          for (const t of steps) c.accept(t)
+          return c
+        }
+        for (let step = 0; step < 120; step++) {
+          const expected = allowedIds(fresh()).sort((a, b) => a - b)
+          for (const most of [1, 8, expected.length, vocab.size]) {
+            const listed = fresh().allowedIds(most)
+            if (expected.length <= most) expect(listed?.sort((a, b) => a - b)).toEqual(expected)
+            else expect(listed).toBeUndefined()
+          }
+          const next = expected[Math.floor(random() * expected.length)]!
+          steps.push(next)
+          if (next === EOG) break
+        }
+      }
+    }
+  })
+
   it('checks its options', () => {
     expect(() => createTokenConstraint(json(), vocab, { maxTokens: 0 })).toThrow(/maxTokens/)
   })

@@ -178,9 +178,14 @@ async function* sampledWithLogprobs(
     { temperature: opts.temperature, topK: opts.topK, topP: opts.topP, seed: opts.seed },
     opts.constraint === undefined ? {} : { constraint: opts.constraint },
   )
-  // A constraint may refuse the likeliest tokens: it chooses from the whole row.
-  const drawn =
-    opts.constraint !== undefined
+  // Greedy under a constraint: the likeliest candidates, and the allowed tokens by id when they
+  // are few (a structural point of a JSON text); when many are allowed and none of the candidates
+  // is, the whole row once more. Sampling under a constraint draws from the whole row, as the ring's
+  // coordinator does, so that a seed draws the same tokens on both.
+  const greedyConstrained = opts.constraint !== undefined && opts.temperature <= 0
+  const drawn = greedyConstrained
+    ? GREEDY_CANDIDATES
+    : opts.constraint !== undefined
       ? opts.vocab
       : opts.temperature <= 0
         ? 1
@@ -188,16 +193,20 @@ async function* sampledWithLogprobs(
           ? opts.topK
           : opts.vocab
   const wanted = Math.min(opts.vocab, Math.max(1, opts.top, drawn))
-  const generateNext = {
-    logits: { filter: { tokens: [], includeTop: wanted } },
-    totalLogitWeight: true,
-    options: {
-      temperature: 0,
-      ...(opts.repeatPenalty === undefined ? {} : { repeatPenalty: opts.repeatPenalty }),
-    },
+  const options = {
+    temperature: 0,
+    ...(opts.repeatPenalty === undefined ? {} : { repeatPenalty: opts.repeatPenalty }),
   }
-  let input = prompt as Token[]
-  for (;;) {
+  const candidates = (tokens: number[]) => ({
+    logits: { filter: { tokens: tokens as Token[], includeTop: wanted } },
+    totalLogitWeight: true,
+    options,
+  })
+  const wholeRow = { logits: true as const, totalLogitWeight: true, options }
+  const evaluate = async (
+    input: readonly Token[],
+    generateNext: typeof wholeRow | ReturnType<typeof candidates>,
+  ) => {
     const at = input.length - 1
     const outputs = await sequence.controlledEvaluate(
       input.map((token, i) => (i === at ? ([token, { generateNext }] as const) : token)),
@@ -205,6 +214,21 @@ async function* sampledWithLogprobs(
     const next = outputs[at]?.next
     if (next?.logits === undefined || next.totalLogitWeight === undefined) {
       throw new Error('llama.cpp returned no logits for the next token')
+    }
+    return { logits: next.logits, totalLogitWeight: next.totalLogitWeight }
+  }
+  let input = prompt as Token[]
+  for (;;) {
+    const few = greedyConstrained ? opts.constraint!.allowedIds?.(FEW_ALLOWED) : undefined
+    let next = await evaluate(input, candidates(few ?? []))
+    if (
+      greedyConstrained &&
+      few === undefined &&
+      ![...next.logits.keys()].some((t) => opts.constraint!.allows(t))
+    ) {
+      const end = sequence.nextTokenIndex
+      await sequence.eraseContextTokenRanges([{ start: end - 1, end }])
+      next = await evaluate([input.at(-1)!], wholeRow)
     }
     const row = new Float32Array(opts.vocab).fill(Number.NEGATIVE_INFINITY)
     let max = Number.NEGATIVE_INFINITY
@@ -221,6 +245,11 @@ async function* sampledWithLogprobs(
     input = [picked.id as Token]
   }
 }
+
+/** Candidates a greedy constrained step asks llama.cpp for. */
+const GREEDY_CANDIDATES = 32
+/** Allowed tokens few enough to ask llama.cpp for by id. */
+const FEW_ALLOWED = 512
 
 /** Positions of the first embedding context; it grows (doubling) up to the engine's context. */
 const FIRST_EMBEDDING_CONTEXT = 256
