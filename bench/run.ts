@@ -1,7 +1,8 @@
 // `pnpm bench`: runs every benchmark in this folder, one child process each, in name order.
 // Each prints its own table; figures are ratios against a reference measured in the same run, except
 // sdk-install's, a size against a fixed bar. `node --conditions=meshnet-source run.ts <prefix>...`
-// runs only the benchmarks whose file names start with one of the prefixes.
+// runs only the benchmarks whose file names start with one of the prefixes. `links` shapes links
+// in network namespaces of its own: it needs root and iproute2, and prints a skip line without them.
 import { spawnSync } from 'node:child_process'
 import { readdirSync } from 'node:fs'
 import { join } from 'node:path'

@@ -1,8 +1,8 @@
-// One ring member of bench/sharded.bench.ts, in its own process: a libp2p node on 127.0.0.1, the
-// pool gate over a data dir the bench enrolled, WebAssembly kernels on `threads` threads and a
-// shard server over one local model file. Started with child_process.fork; reports
-// `{ nodeId, addrs }` once serving, `{ stats }` when asked, and exits on 'stop' (or when the
-// bench goes away).
+// One ring member of the sharded benches (started by bench/sharded/run.ts), in its own process: a
+// libp2p node on 127.0.0.1, the pool gate over a data dir the bench enrolled, WebAssembly kernels
+// on `threads` threads and a shard server over one local model file. Started with
+// child_process.fork; reports `{ nodeId, addrs }` once serving, `{ stats }` when asked, and exits
+// on 'stop' (or when the bench goes away).
 import { createMeshNode } from '@meshnet/discovery'
 import { createWasmKernels } from '@meshnet/engine'
 import { identityFromSeed } from '@meshnet/identity'
