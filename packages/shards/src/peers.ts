@@ -101,8 +101,11 @@ export async function dialMember(
   ref: MemberRef,
   options: { timeoutMs: number; signal?: AbortSignal | undefined },
 ): Promise<{ stream: Stream; connection: Connection }> {
+  // A relayed (limited) connection carries shards when it is the only path to the member: libp2p
+  // still prefers a direct connection when one is open (after DCUtR, UPnP, or on a LAN).
   const stream = await node.dialProtocol(dialTarget(ref), SHARD_PROTOCOL, {
     timeoutMs: options.timeoutMs,
+    runOnLimitedConnection: true,
     ...(options.signal ? { signal: options.signal } : {}),
   })
   const connections = node.libp2p.getConnections().filter((c) => c.remotePeer.toString() === ref.nodeId)

@@ -99,7 +99,7 @@ export class ShardServerImpl implements SessionHost {
       (stream, connection) => {
         void this.#onStream(stream, connection)
       },
-      { maxInboundStreams: 256, maxOutboundStreams: 256, runOnLimitedConnection: false },
+      { maxInboundStreams: 256, maxOutboundStreams: 256, runOnLimitedConnection: true },
     )
     this.#started = true
     const every = Math.max(50, Math.min(5_000, Math.floor(this.#config.idleTimeoutMs / 4)))

@@ -112,6 +112,7 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
         ...(config.mdns === undefined ? {} : { mdns: config.mdns }),
         dhtMode: config.dht === false ? 'off' : 'server',
         relays: config.relay ?? [],
+        upnp: config.upnp === true,
         // Relays the user names are used at once, not only after AutoNAT finds us unreachable.
         ...(config.relay?.length ? { relayReservations: 'always' as const } : {}),
         logger,
@@ -154,6 +155,13 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
         : {
             addresses: node.multiaddrs().map(String),
             connections: node.libp2p.getConnections().length,
+            // Each connection: to whom, over which address, and whether a relay carries it.
+            links: node.libp2p.getConnections().map((c) => ({
+              peer: c.remotePeer.toString(),
+              address: c.remoteAddr.toString(),
+              relayed: c.remoteAddr.getComponents().some((part) => part.name === 'p2p-circuit'),
+              direction: c.direction,
+            })),
             peers: node.libp2p.getPeers().map(String),
             gate: gate?.stats(),
             // Requests reset before an answer (oversized, too slow, broken), by error name.

@@ -27,6 +27,8 @@ export const agentSettingsSchema = z.strictObject({
   mdns: z.boolean().optional(),
   /** LAN beacons (pool joins and presence over UDP multicast). */
   beacons: z.boolean().optional(),
+  /** Ask the router to forward our TCP port (UPnP IGD), so that members elsewhere can dial us. */
+  upnp: z.boolean().optional(),
   /** Circuit relays to reserve a slot on; with `listen: ['/p2p-circuit']` the node is reachable only through them. */
   relay: z.array(multiaddr).max(8).optional(),
   /** The model this node serves: a GGUF file, a model id (fetched from pool members) or an http(s) URL. */

@@ -27,6 +27,7 @@ interface StartFlags {
   dht?: boolean
   beacons?: boolean
   relay?: string[]
+  upnp?: boolean
   model?: string
   autoApprove?: boolean
   beaconInterface?: string
@@ -102,6 +103,7 @@ export function registerStart(
     .option('--no-dht', 'turn the Kademlia DHT off')
     .option('--no-beacons', 'turn LAN beacons off (no pool joins over the LAN, no beacon discovery)')
     .option('--relay <multiaddr>', 'circuit relay to reserve a slot on (repeatable)', collect)
+    .option('--upnp', 'ask the router to forward our TCP port (UPnP IGD), so that others can dial us')
     .option(
       '--model <file|id|url>',
       'model this node serves: a GGUF file, a model id (this member fetches only its shard from pool members) or an http(s) URL answering range requests',
@@ -253,6 +255,7 @@ function settingsFromFlags(flags: StartFlags): AgentSettings {
     listen: flags.listen,
     bootstrap: flags.bootstrap,
     relay: flags.relay,
+    upnp: flags.upnp,
     model: flags.model,
     localOnly: flags.localOnly,
     autoApprove: flags.autoApprove,

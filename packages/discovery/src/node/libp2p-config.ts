@@ -1,5 +1,5 @@
+import { upnpNat } from '@achingbrain/nat-port-mapper'
 import { noise } from '@chainsafe/libp2p-noise'
-import { autoNAT } from '@libp2p/autonat'
 import { bootstrap } from '@libp2p/bootstrap'
 import { circuitRelayServer, circuitRelayTransport } from '@libp2p/circuit-relay-v2'
 import { dcutr } from '@libp2p/dcutr'
@@ -18,12 +18,14 @@ import { yamux } from '@libp2p/yamux'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Libp2pOptions, ServiceFactoryMap } from 'libp2p'
 import pkg from '../../package.json' with { type: 'json' }
+import { autoNATWithDialBack } from './autonat-dialback.ts'
 import { connectivity } from './connectivity.ts'
 import { deadline } from './deadline.ts'
 import { DEFAULT_MAINTENANCE_MAX_BACKOFF_MS } from './defaults.ts'
 import { dhtAddressMapper, type MeshGater } from './gater.ts'
 import { httpPeerDiscovery } from './http-discovery.ts'
 import type { MeshServices } from './mesh-node-types.ts'
+import { natMonitor, upnpRecorder } from './nat-monitor.ts'
 import type { ResolvedMeshNodeOptions } from './options.ts'
 
 export function libp2pConfig<T extends ServiceMap>(
@@ -31,6 +33,8 @@ export function libp2pConfig<T extends ServiceMap>(
   gate: MeshGater,
   extraServices: ServiceFactoryMap<T>,
 ): Libp2pOptions<MeshServices & T> {
+  // UPnP's client is wrapped so that `mesh doctor` can tell what it found and mapped.
+  const upnp = options.upnp ? upnpRecorder(upnpNat({ description: 'meshnet' })) : undefined
   const services: ServiceFactoryMap<MeshServices> = {
     identify: identify(),
     identifyPush: identifyPush(),
@@ -45,7 +49,9 @@ export function libp2pConfig<T extends ServiceMap>(
       intervalMs: options.maintenanceIntervalMs,
       maxBackoffMs: Math.max(options.maintenanceIntervalMs, DEFAULT_MAINTENANCE_MAX_BACKOFF_MS),
       dialTimeoutMs: options.dialTimeoutMs,
+      mapObservedIp: !options.upnp,
     }),
+    natMonitor: natMonitor({ upnp }),
   }
   if (options.dhtMode !== 'off') {
     services.dht = kadDHT({
@@ -57,9 +63,16 @@ export function libp2pConfig<T extends ServiceMap>(
       ...(options.dhtKBucketSize === undefined ? {} : { kBucketSize: options.dhtKBucketSize }),
     })
   }
-  if (options.autoNAT) services.autoNAT = autoNAT()
+  if (options.autoNAT) services.autoNAT = autoNATWithDialBack()
   if (options.dcutr) services.dcutr = dcutr()
-  if (options.upnp) services.upnp = uPnPNAT({ portMappingDescription: 'meshnet' })
+  // The router's own mapping is trusted at once (as go-libp2p does): AutoNAT checks an address only
+  // when a new connection opens, which a small mesh may not see for minutes after the mapping.
+  if (upnp)
+    services.upnp = uPnPNAT({
+      portMappingDescription: 'meshnet',
+      portMappingClient: upnp.client,
+      autoConfirmAddress: true,
+    })
   if (options.relayServer) {
     const limits = options.relayServerLimits
     const unlimited = limits.connectionDurationMs === 0 && limits.connectionDataBytes === 0

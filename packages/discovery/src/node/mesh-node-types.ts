@@ -14,6 +14,7 @@ import type { Ping } from '@libp2p/ping'
 import type { UPnPNAT } from '@libp2p/upnp-nat'
 import type { Multiaddr } from '@multiformats/multiaddr'
 import type { Connectivity, ConnectivityStatus } from './connectivity.ts'
+import type { NatMonitor } from './nat-monitor.ts'
 import type { ResolvedMeshNodeOptions } from './options.ts'
 
 /** The services every mesh node has; the optional ones depend on the options. */
@@ -22,6 +23,8 @@ export interface MeshServices extends ServiceMap {
   identifyPush: IdentifyPush
   ping: Ping
   connectivity: Connectivity
+  /** Observed addresses, address sources and UPnP results, for `collectDiagnosis`. */
+  natMonitor: NatMonitor
   /** Absent when `dhtMode` is `off`. */
   dht?: KadDHT
   /** Absent with `localOnly` or `autoNAT: false`. */

@@ -5,7 +5,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import type { Logger } from '@meshnet/core'
 import { dataDirLayout, ensureDataDir } from '@meshnet/identity'
 import { DEFAULT_MAX_FRAME_BYTES, frameStream, StreamEndedError, writeFrame } from '@meshnet/protocols'
-import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
+import { isMultiaddr, type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import { FsDatastore } from 'datastore-fs'
 import { createLibp2p, type ServiceFactoryMap } from 'libp2p'
 import type { ConnectivityStatus } from './connectivity.ts'
@@ -133,10 +133,7 @@ class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {
     const timeoutMs = options.timeoutMs ?? DEFAULT_PROTOCOL_TIMEOUT_MS
     const limit = deadline(timeoutMs, options.signal)
     try {
-      return await this.libp2p.dialProtocol(toDialTarget(peer), protocol, {
-        signal: limit.signal,
-        runOnLimitedConnection: options.runOnLimitedConnection ?? false,
-      })
+      return await this.openStream(peer, protocol, limit.signal, options.runOnLimitedConnection ?? false)
     } catch (err) {
       throw dialFailure(
         err,
@@ -148,6 +145,27 @@ class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {
     } finally {
       limit.clear()
     }
+  }
+
+  /**
+   * A stream to `peer`. When relayed (limited) connections are all we have to it and the protocol
+   * may run on one, the stream opens on that connection: libp2p itself would dial the peer again,
+   * through the relay, for a second relayed connection (which the relay or the peer may drop).
+   */
+  private async openStream(
+    peer: PeerTarget,
+    protocol: string,
+    signal: AbortSignal,
+    runOnLimitedConnection: boolean,
+  ): Promise<Stream> {
+    if (runOnLimitedConnection) {
+      const id = peerIdOfTarget(peer)
+      const open = id === undefined ? [] : this.libp2p.getConnections(id).filter((c) => c.status === 'open')
+      if (open.length > 0 && open.every((c) => c.limits !== undefined)) {
+        return open[0]!.newStream(protocol, { signal, runOnLimitedConnection: true })
+      }
+    }
+    return this.libp2p.dialProtocol(toDialTarget(peer), protocol, { signal, runOnLimitedConnection })
   }
 
   async ping(peer: PeerTarget, options: DialProtocolOptions = {}): Promise<number> {
@@ -185,10 +203,7 @@ class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {
     const what = `${protocol} request to ${describePeer(peer)}`
     let stream: Stream | undefined
     try {
-      stream = await this.libp2p.dialProtocol(toDialTarget(peer), protocol, {
-        signal: limit.signal,
-        runOnLimitedConnection: options.runOnLimitedConnection ?? false,
-      })
+      stream = await this.openStream(peer, protocol, limit.signal, options.runOnLimitedConnection ?? false)
       await writeFrame(stream, payload, {
         signal: limit.signal,
         maxFrameBytes: options.maxRequestBytes ?? DEFAULT_MAX_FRAME_BYTES,
@@ -295,6 +310,18 @@ function toPeerId(peer: string | PeerId): PeerId {
 function toDialTarget(peer: PeerTarget): PeerId | Multiaddr | Multiaddr[] {
   if (typeof peer !== 'string') return peer
   return peer.startsWith('/') ? multiaddr(peer) : peerIdFromString(peer)
+}
+
+/** The node id a dial target names, if it names one. */
+function peerIdOfTarget(peer: PeerTarget): PeerId | undefined {
+  try {
+    if (typeof peer === 'string')
+      return peer.startsWith('/') ? peerIdOf(multiaddr(peer)) : peerIdFromString(peer)
+    if (Array.isArray(peer)) return peer[0] === undefined ? undefined : peerIdOf(peer[0])
+    return isMultiaddr(peer) ? peerIdOf(peer) : peer
+  } catch {
+    return undefined
+  }
 }
 
 function peerIdOf(addr: Multiaddr): PeerId {
