@@ -8,6 +8,7 @@ import { Command, CommanderError } from 'commander'
 import pkg from '../package.json' with { type: 'json' }
 import { registerDashboard } from './commands/dashboard.ts'
 import { registerDemo } from './commands/demo.ts'
+import { registerDoctor } from './commands/doctor.ts'
 import { registerInference, registerInferenceStats } from './commands/inference.ts'
 import { registerInit } from './commands/init.ts'
 import { registerModelCreate } from './commands/model-create.ts'
@@ -47,6 +48,7 @@ export function createProgram(io: CliIo = processIo): Command {
   registerRing(program, context)
   registerStatus(program, context)
   registerDashboard(program, context)
+  registerDoctor(program, context)
   for (const sub of program.commands) sub.exitOverride().configureOutput(program.configureOutput())
   return program
 }

@@ -94,6 +94,23 @@ export interface DashboardJob {
   error: string | null
 }
 
+/** How this node is reached, as `mesh doctor` reports it (without its pings). */
+export interface DashboardNetwork {
+  /** `public`, `endpoint-independent`, `address-and-port-dependent` (symmetric) or `unknown`. */
+  natType: string
+  /** How the NAT type was learned, or why it is not known yet. */
+  natEvidence: string
+  /** A public, non-relayed address of this node has been confirmed. */
+  publiclyReachable: boolean
+  /** Relays this node was given, and those it holds a reservation on (node ids). */
+  relays: string[]
+  reservedRelays: string[]
+  /** What UPnP found and mapped, in a few words; null when UPnP is off. */
+  upnp: string | null
+  /** Next steps in plain language, warnings first; empty when nothing looks wrong. */
+  advice: Array<{ severity: 'warning' | 'info'; message: string }>
+}
+
 export interface DashboardState {
   /** When this snapshot was taken (ISO 8601). */
   at: string
@@ -113,6 +130,8 @@ export interface DashboardState {
     bytes: number | null
     fetch: { doneBytes: number; totalBytes: number; sources: number } | null
   } | null
+  /** Reachability and advice; null while the libp2p node is not running. */
+  network: DashboardNetwork | null
   rings: DashboardRing[]
   pools: DashboardPool[]
   /** The newest jobs first (at most 50). */

@@ -9,6 +9,7 @@ export type {
   DashboardJob,
   DashboardJobEvent,
   DashboardMember,
+  DashboardNetwork,
   DashboardPool,
   DashboardRing,
   DashboardState,

@@ -17,6 +17,9 @@ export const TOKEN = 'page-test-token'
 export const MODEL = 'tiny-llama-q8'
 export const node = (n: number) => `12D3KooWPageTestMember000000000000000000000000${n}00${n}`
 export const RUNNING_JOB = 'b7e1c0de-0000-4000-8000-000000000001'
+/** The advice `mesh doctor` gives behind a symmetric NAT without a relay (the state's network). */
+export const SYMMETRIC_ADVICE =
+  'symmetric NAT and no relay reservation: members behind another NAT cannot reach this node; add a relay (`mesh start --relay <addr>`) or enable UPnP on your router (and `mesh start --upnp`)'
 
 const GiB = 1024 ** 3
 
@@ -68,6 +71,16 @@ export function fixtureState(): DashboardState {
       api: { host: '127.0.0.1', port: 0 },
     },
     model: { id: MODEL, name: 'Tiny Llama Q8_0', layers: 24, bytes: 9 * GiB, fetch: null },
+    network: {
+      natType: 'address-and-port-dependent',
+      natEvidence:
+        'the NAT at 84.17.3.9 gave each of 2 connections a new port (local 40001 seen as 61001): it maps per destination (symmetric NAT), so hole punching will not work',
+      publiclyReachable: false,
+      relays: [],
+      reservedRelays: [],
+      upnp: null,
+      advice: [{ severity: 'warning', message: SYMMETRIC_ADVICE }],
+    },
     rings: [
       {
         poolId: 'pool-1',

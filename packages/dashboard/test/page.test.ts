@@ -3,7 +3,16 @@
 import { type BrowserName, buildDashboard, type LaunchedBrowser, launchBrowser } from '@meshnet/test-harness'
 import type { Page, Viewport } from 'puppeteer-core'
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest'
-import { ANSWER_META, type FakeAgent, MODEL, node, RUNNING_JOB, startFakeAgent, TOKEN } from './fake-agent.ts'
+import {
+  ANSWER_META,
+  type FakeAgent,
+  MODEL,
+  node,
+  RUNNING_JOB,
+  SYMMETRIC_ADVICE,
+  startFakeAgent,
+  TOKEN,
+} from './fake-agent.ts'
 
 // The built page alone in a real Chromium and Firefox (Debian's, through puppeteer-core), against a fake agent
 // that serves it through dashboardApp: what it shows of a fixed state, how it applies live job
@@ -127,6 +136,13 @@ describe.each(BROWSERS)('in %s', (name) => {
       const pools = (await texts(page, 'pools')).join('')
       expect(pools).toContain('in 29 days')
       expect(pools).toContain('delta')
+    })
+
+    it("shows the node's NAT type and mesh doctor's advice", async () => {
+      const page = await open('/')
+      await live(page)
+      expect(await texts(page, 'nat-type')).toEqual(['symmetric NAT'])
+      expect(await texts(page, 'advice')).toEqual([SYMMETRIC_ADVICE.replaceAll('`', '')])
     })
 
     it('appends the text of a token event to the running job', async () => {

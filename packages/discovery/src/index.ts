@@ -1,8 +1,9 @@
 /**
  * @packageDocumentation
  * How Meshnet nodes find each other: LAN beacons (signed UDP multicast datagrams on
- * 239.192.0.1:42424 that carry pool joins and presence), the libp2p node factory, and
- * `httpPeerDiscovery`, a libp2p peer-discovery module that polls an HTTP endpoint for peers.
+ * 239.192.0.1:42424 that carry pool joins and presence), the libp2p node factory,
+ * `httpPeerDiscovery` (a libp2p peer-discovery module that polls an HTTP endpoint for peers), and
+ * `collectDiagnosis`/`diagnose` (`mesh doctor`: addresses, NAT type, relays and links, with advice).
  */
 
 export type { BeaconEnvelope, DecodeBeaconOptions, EncodeBeaconOptions } from './beacon/envelope.ts'
@@ -35,6 +36,34 @@ export {
   DEFAULT_TCP_PORT,
   DEFAULT_WS_PORT,
 } from './node/defaults.ts'
+export type {
+  AddressKind,
+  AddressObservation,
+  AddressRecord,
+  AddressSource,
+  Advice,
+  AdviceCode,
+  ClassifiedAddress,
+  CollectDiagnosisOptions,
+  Diagnosis,
+  DiagnosisInput,
+  LinkKind,
+  NatDiagnosis,
+  NatMethod,
+  NatType,
+  PeerDiagnosis,
+  PeerInput,
+  UpnpStatus,
+} from './node/doctor.ts'
+export {
+  classifyAddress,
+  classifyLink,
+  collectDiagnosis,
+  DEFAULT_DOCTOR_PING_TIMEOUT_MS,
+  describeUpnp,
+  diagnose,
+  inferNat,
+} from './node/doctor.ts'
 export {
   DialError,
   NodeStartError,
@@ -67,6 +96,7 @@ export type {
   RequestHandler,
   RequestOptions,
 } from './node/mesh-node-types.ts'
+export type { NatMonitor } from './node/nat-monitor.ts'
 export type { MeshNodeOptions, ResolvedMeshNodeOptions } from './node/options.ts'
 export { resolveMeshNodeOptions } from './node/options.ts'
 export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from './node/perf.ts'

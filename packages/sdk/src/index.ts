@@ -10,7 +10,16 @@
  * `FabstirSDK` is a thin facade over them.
  */
 
-export type { Perf, PerfComponents, PerfOptions, PerfResult, PerfServiceInit } from '@meshnet/discovery'
+export type {
+  Advice,
+  Diagnosis,
+  PeerDiagnosis,
+  Perf,
+  PerfComponents,
+  PerfOptions,
+  PerfResult,
+  PerfServiceInit,
+} from '@meshnet/discovery'
 export { MAX_PERF_BYTES, PERF_PROTOCOL, PerfError, perfService } from '@meshnet/discovery'
 export type { JobResult, JobStats, JobToken } from '@meshnet/protocols'
 export { JobFailedError, JobProtocolError } from '@meshnet/protocols'

@@ -1,4 +1,4 @@
-import type { MeshNode, PerfResult } from '@meshnet/discovery'
+import type { Diagnosis, MeshNode, PerfResult } from '@meshnet/discovery'
 import type { NodeIdentity } from '@meshnet/identity'
 import type { PoolGate } from '@meshnet/pool'
 import type { JobMessage, JobRequest, JobResult, JobToken, JobTool } from '@meshnet/protocols'
@@ -208,6 +208,11 @@ export interface ConnectivityTestResult {
   }
   natType: NatType
   nat: { publiclyReachable: boolean; reservedRelays: string[]; addresses: string[] }
+  /**
+   * What `mesh doctor` reports for the SDK's own node: addresses, NAT type and how it was learned,
+   * UPnP, relay reservations, each connected peer's link and round trip, and advice.
+   */
+  diagnosis: Diagnosis
 }
 
 export interface PeerPerformance {

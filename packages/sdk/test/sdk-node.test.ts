@@ -105,6 +105,13 @@ describe('FabstirSDK on a local libp2p network', () => {
     expect(connectivity).toMatchObject({ bootstrap: true, discovery: true, natType: 'local-only' })
     expect(connectivity.bootstrapNodes[0]?.latencyMs).toBeGreaterThanOrEqual(0)
     expect(connectivity.discoveryDetails.dht.closestPeers).toBeGreaterThanOrEqual(1)
+    // The same diagnosis as `mesh doctor`: the bootstrap node is a LAN link with a round trip.
+    expect(connectivity.diagnosis).toMatchObject({ nodeId: sdk.node!.nodeId, nat: { type: 'unknown' } })
+    expect(connectivity.diagnosis.peers.find((p) => p.nodeId === a.nodeId)).toMatchObject({
+      link: 'lan',
+      error: null,
+    })
+    expect(connectivity.diagnosis.peers.find((p) => p.nodeId === a.nodeId)?.rttMs).toBeGreaterThanOrEqual(0)
   })
 
   it('measures latency with ping and bandwidth with /perf/1.0.0, and says when a peer has no perf', async () => {

@@ -4,17 +4,19 @@ import {
   type DashboardApp,
   type DashboardJobEvent,
   type DashboardMember,
+  type DashboardNetwork,
   type DashboardPool,
   type DashboardRing,
   type DashboardState,
   dashboardApp,
   JobTracker,
-  type LinkType,
 } from '@meshnet/dashboard'
+import { classifyLink, collectDiagnosis, describeUpnp } from '@meshnet/discovery'
 import { listMembers, listPools, loadCertificate, loadRevocationList, openPoolAdmin } from '@meshnet/pool'
 import { jobStats } from '@meshnet/shards'
 import pkg from '../../package.json' with { type: 'json' }
 import type { AgentContext, AgentPart } from './agent.ts'
+import { knownMembers, ringMembers } from './doctor-part.ts'
 import type { JobsPart } from './jobs-part.ts'
 import type { MeshPart } from './mesh-part.ts'
 import type { RingPart, RingStatus } from './ring-part.ts'
@@ -62,8 +64,7 @@ export function dashboardPart(
 
   const ping = () => {
     if (lifetime.signal.aborted || Date.now() - watchedAt > WATCHED_MS) return
-    const members = new Set<string>()
-    for (const gossip of ring.rings().values()) for (const m of gossip.view().members) members.add(m.nodeId)
+    const members = ringMembers(ring)
     members.delete(identity.nodeId)
     for (const nodeId of [...members].slice(0, 64)) {
       const signal = AbortSignal.any([lifetime.signal, AbortSignal.timeout(PING_MS)])
@@ -155,6 +156,7 @@ export function dashboardPart(
                       sources: Object.keys(fetch.progress.sources).length,
                     },
             },
+      network: await networkOf(),
       rings: [...ring.rings().keys()].map((poolId) => ringOf(ring.ringStatus(poolId))),
       pools: await poolsOf(),
       jobs: tracker.jobs(stored),
@@ -213,16 +215,32 @@ export function dashboardPart(
       .node()
       .libp2p.getConnections()
       .filter((c) => c.status === 'open' && c.remotePeer.toString() === nodeId)
-    const best = open.find((c) => c.direct && c.limits === undefined) ?? open[0]
-    if (best === undefined) return { type: 'none', rttMs: null, address: null }
-    const address = best.remoteAddr.toString()
-    const type: LinkType =
-      !best.direct || best.limits !== undefined || address.includes('/p2p-circuit')
-        ? 'relayed'
-        : isPrivate(address)
-          ? 'lan'
-          : 'direct'
-    return { type, rttMs: rtts.get(nodeId) ?? (typeof best.rtt === 'number' ? best.rtt : null), address }
+    const { link, address } = classifyLink(
+      open.map((c) => ({ remote: c.remoteAddr.toString(), limited: !c.direct || c.limits !== undefined })),
+    )
+    const best = open.find((c) => c.remoteAddr.toString() === address)
+    const monitored = typeof best?.rtt === 'number' ? best.rtt : null
+    return { type: link, rttMs: link === 'none' ? null : (rtts.get(nodeId) ?? monitored), address }
+  }
+
+  /** The node's NAT type, reachability, relays and `mesh doctor`'s advice (without its pings). */
+  async function networkOf(): Promise<DashboardNetwork | null> {
+    let node: ReturnType<MeshPart['node']>
+    try {
+      node = mesh.node()
+    } catch {
+      return null
+    }
+    const report = await collectDiagnosis(node, { ping: false, members: knownMembers(ring) })
+    return {
+      natType: report.nat.type,
+      natEvidence: report.nat.evidence,
+      publiclyReachable: report.publiclyReachable,
+      relays: report.relays.configured,
+      reservedRelays: report.relays.reserved,
+      upnp: report.upnp.enabled ? describeUpnp(report.upnp) : null,
+      advice: report.advice.map(({ severity, message }) => ({ severity, message })),
+    }
   }
 
   function poolsOf(): Promise<DashboardPool[]> {
@@ -285,24 +303,4 @@ interface Progress {
 function hostOf(host: string): string {
   if (host === '0.0.0.0' || host === '::') return '127.0.0.1'
   return host.includes(':') ? `[${host}]` : host
-}
-
-/** True for a multiaddr on a loopback, private or link-local IPv4/IPv6 address. */
-function isPrivate(multiaddr: string): boolean {
-  const ip4 = /\/ip4\/([\d.]+)/.exec(multiaddr)?.[1]
-  if (ip4 !== undefined) {
-    const [a, b] = ip4.split('.').map(Number) as [number, number]
-    return (
-      a === 10 ||
-      a === 127 ||
-      (a === 172 && b >= 16 && b < 32) ||
-      (a === 192 && b === 168) ||
-      (a === 169 && b === 254)
-    )
-  }
-  const ip6 = /\/ip6\/([0-9a-f:]+)/i.exec(multiaddr)?.[1]?.toLowerCase()
-  return (
-    ip6 !== undefined &&
-    (ip6 === '::1' || ip6.startsWith('fc') || ip6.startsWith('fd') || ip6.startsWith('fe80'))
-  )
 }

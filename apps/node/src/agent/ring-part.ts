@@ -53,6 +53,8 @@ export interface RingPart extends AgentPart {
   setShardState(shard: Capabilities['shard']): void
   /** A pool's ring as `mesh ring-status` shows it: members, positions, plan and load states. */
   ringStatus(poolId: string): RingStatus
+  /** Every member of this node's pools seen in a ring view since start, online now or not. */
+  knownMembers(): Set<string>
 }
 
 /** What `GET /rings/:poolId` and `mesh ring-status` answer. */
@@ -261,6 +263,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
     served: () => served,
     capabilities: () => capabilities,
     ringStatus,
+    knownMembers: () => new Set([...peers.values()].flatMap((known) => [...known.keys()])),
     onPlan: (listener) => {
       planListeners.push(listener)
       for (const [poolId, p] of plans) if (p.plan !== undefined) listener(poolId, p.plan)

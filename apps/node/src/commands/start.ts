@@ -7,6 +7,7 @@ import { apiPart } from '../agent/api-part.ts'
 import { beaconsPart } from '../agent/beacons-part.ts'
 import { controlPlanePart } from '../agent/control-plane-part.ts'
 import { dashboardPart } from '../agent/dashboard-part.ts'
+import { doctorPart } from '../agent/doctor-part.ts'
 import { jobsPart } from '../agent/jobs-part.ts'
 import { meshPart } from '../agent/mesh-part.ts'
 import { metricsPart } from '../agent/metrics-part.ts'
@@ -82,7 +83,8 @@ const agentParts: AgentParts = (context) => {
       ? []
       : [apiPart(context, jobs, { dashboard, metrics })]),
   ]
-  return [poolFilesPart(context), ...parts, mesh, weights, ring, jobs, metrics, ...extra]
+  const doctor = doctorPart({ mesh, ring })
+  return [poolFilesPart(context), ...parts, mesh, weights, ring, jobs, metrics, doctor, ...extra]
 }
 
 export function registerStart(

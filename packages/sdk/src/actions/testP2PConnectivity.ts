@@ -1,3 +1,4 @@
+import { collectDiagnosis } from '@meshnet/discovery'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { SDKClient } from '../client.ts'
 import type { DataLimitExceededError, NotConnectedError } from '../errors.ts'
@@ -11,7 +12,8 @@ export type TestP2PConnectivityErrorType = NotConnectedError | DataLimitExceeded
 
 /**
  * Checks the network from here: each bootstrap node (dial and ping), discovery (a DHT lookup of
- * the peers closest to us, mDNS and custom modules' finds), and NAT status from AutoNAT.
+ * the peers closest to us, mDNS and custom modules' finds), NAT status from AutoNAT, and the
+ * diagnosis `mesh doctor` gives (NAT type, relays, each peer's link and round trip, advice).
  */
 export async function testP2PConnectivity(
   client: SDKClient,
@@ -54,6 +56,10 @@ export async function testP2PConnectivity(
   const known = await node.libp2p.peerStore.all()
   const discovered = known.filter((peer) => !bootstrapIds.has(peer.id.toString())).length
   const nat = node.connectivity()
+  const diagnosis = await collectDiagnosis(node, {
+    pingTimeoutMs: p2p.dialTimeout,
+    ...(options.signal ? { signal: options.signal } : {}),
+  })
   return {
     bootstrap: bootstrapNodes.length === 0 || bootstrapNodes.some((b) => b.reachable),
     bootstrapNodes,
@@ -66,5 +72,6 @@ export async function testP2PConnectivity(
     },
     natType: natType(client, session),
     nat: { ...nat, addresses: node.multiaddrs().map(String) },
+    diagnosis,
   }
 }

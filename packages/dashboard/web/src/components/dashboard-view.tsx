@@ -1,10 +1,11 @@
 import type { DashboardState } from '../../../src/contract.ts'
 import { JobsPanel } from './jobs-panel.tsx'
 import { ModelPanel } from './model-panel.tsx'
+import { NetworkPanel } from './network-panel.tsx'
 import { PoolsPanel } from './pools-panel.tsx'
 import { RingPanel } from './ring-panel.tsx'
 
-/** The dashboard: the rings, the model, the pools and the jobs of the node serving the page. */
+/** The dashboard: the rings, the model, the pools, the network and the jobs of the node serving the page. */
 export function DashboardView({ state }: { state: DashboardState | null }) {
   if (state === null) return <p class="panel muted">Waiting for the agent…</p>
   const now = Date.now()
@@ -17,6 +18,7 @@ export function DashboardView({ state }: { state: DashboardState | null }) {
       <div class="columns">
         <ModelPanel model={state.model} />
         <PoolsPanel pools={state.pools} now={now} />
+        <NetworkPanel network={state.network} />
       </div>
       <JobsPanel jobs={state.jobs} totals={state.totals} now={now} />
     </div>
