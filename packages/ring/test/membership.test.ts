@@ -2,9 +2,11 @@ import { generateIdentity } from '@meshnet/identity'
 import { describe, expect, it } from 'vitest'
 import {
   type Announcement,
+  type Beat,
   type Capabilities,
   decodeAnnouncement,
   encodeAnnouncement,
+  type FullAnnouncement,
 } from '../src/announcement.ts'
 import { RingMembership } from '../src/membership.ts'
 
@@ -96,6 +98,52 @@ describe('RingMembership', () => {
     expect(a.membership.apply(fresh)).toBe('stale')
   })
 
+  it('takes a beat only from a member it holds the full announcement of', () => {
+    const clock = { t: 0 }
+    const [a, b] = [node(clock), node(clock)]
+    const full = b.announce()
+    const { addresses: _a, certificate: _c, capabilities: _k, ...rest } = b.announce() as FullAnnouncement
+    const beat: Beat = { ...rest, beat: true }
+    expect(a.membership.apply(beat)).toBe('unknown')
+    // The beat did not use up b's sequence numbers: the full announcement sent before it counts.
+    expect(a.membership.apply(full)).toBe('changed')
+    expect(a.membership.apply({ ...beat, seq: beat.seq + 1 })).toBe('updated')
+  })
+
+  it('buries a member not heard from since the obituary, and keeps one heard from since', () => {
+    const clock = { t: 0 }
+    const [a, b, c] = [node(clock), node(clock), node(clock)]
+    const fromB = b.announce()
+    const fromC = c.announce()
+    a.membership.apply(fromB)
+    a.membership.apply(fromC)
+    const later = c.announce()
+    a.membership.apply(later)
+    expect(
+      a.membership.bury([
+        { nodeId: b.identity.nodeId, seq: fromB.seq },
+        { nodeId: c.identity.nodeId, seq: fromC.seq },
+      ]),
+    ).toBe(true)
+    expect(a.membership.view().members.map((m) => m.nodeId)).toEqual(
+      [a.identity.nodeId, c.identity.nodeId].sort(),
+    )
+    // What b said before its obituary stays buried; what it says after brings it back.
+    expect(a.membership.apply(fromB)).toBe('stale')
+    expect(a.membership.apply(b.announce())).toBe('changed')
+  })
+
+  it('knows it converged once every member reports its digest, on the highest epoch chosen', () => {
+    const clock = { t: 0 }
+    const nodes = [node(clock), node(clock), node(clock)]
+    gossip(nodes, 1) // every node now holds all three, each on the epoch it chose
+    const epochs = nodes.map((n) => n.membership.selfView.epoch)
+    gossip(nodes, 1) // one round of reports: same digest everywhere, highest epoch adopted
+    const views = nodes.map((n) => n.membership.view())
+    expect(views.every((v) => v.converged)).toBe(true)
+    expect(new Set(views.map((v) => v.epoch))).toEqual(new Set([Math.max(...epochs)]))
+  })
+
   it('reports not converged while a member still reports another view', () => {
     const clock = { t: 0 }
     const [a, b] = [node(clock), node(clock)]
@@ -126,6 +174,20 @@ describe('announcement encoding', () => {
     expect(() => decodeAnnouncement(mismatch, 'pool1')).toThrow(
       expect.objectContaining({ reason: 'node-id-mismatch' }),
     )
+  })
+
+  it('checks the signature again unless the transport proved the announcement is its sender’s own', () => {
+    const clock = { t: 0 }
+    const a = node(clock)
+    const data = Uint8Array.from(encodeAnnouncement(a.identity, a.announce()))
+    data[data.length - 1] = data[data.length - 1]! ^ 1 // the last byte of the signature
+    expect(() => decodeAnnouncement(data, 'pool1')).toThrow(
+      expect.objectContaining({ reason: 'bad-signature' }),
+    )
+    expect(() => decodeAnnouncement(data, 'pool1', { origin: generateIdentity().nodeId })).toThrow(
+      expect.objectContaining({ reason: 'bad-signature' }),
+    )
+    expect(decodeAnnouncement(data, 'pool1', { origin: a.identity.nodeId }).nodeId).toBe(a.identity.nodeId)
   })
 
   it('drops oversized and garbage input with a reason', () => {

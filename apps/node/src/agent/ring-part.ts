@@ -18,8 +18,11 @@ import {
 } from '@meshnet/protocols'
 import {
   type Capabilities,
+  decodeSyncRequest,
+  MAX_RING_SYNC_BYTES,
   type PipelineShard,
   planPipeline,
+  RING_SYNC_PROTOCOL,
   RingGossip,
   type RingMember,
   type RingView,
@@ -98,25 +101,41 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
   /** The last topology-file write of each pool; the next one waits for it. */
   const topologyWrites = new Map<string, Promise<void>>()
   const peers = new Map<string, Map<string, PoolPeer>>()
+  /** What was last written to mesh_state.db for each member (addresses and capabilities). */
+  const stored = new Map<string, string>()
   const planListeners: Array<(poolId: string, plan: PipelineShard[]) => void> = []
+  /** When each pool's ring last became converged on its current digest (ms since the epoch). */
+  const convergedSince = new Map<string, { digest: string; at: number }>()
+  /** When this node joined each pool's ring (ms since the epoch). */
+  const joinedAt = new Map<string, number>()
   let served: ServedModel | undefined
   let capabilities: Capabilities
   let scan: NodeJS.Timeout | undefined
   let stopped = false
 
   const onView = (poolId: string, view: RingView) => {
+    if (!view.converged) convergedSince.delete(poolId)
+    else if (convergedSince.get(poolId)?.digest !== view.digest) {
+      convergedSince.set(poolId, { digest: view.digest, at: Date.now() })
+    }
     const known = peers.get(poolId) ?? new Map<string, PoolPeer>()
     peers.set(poolId, known)
     for (const peer of known.values()) peer.online = false
     for (const member of view.members) {
       if (member.nodeId === identity.nodeId) continue
+      const before = known.get(member.nodeId)
       known.set(member.nodeId, {
         nodeId: member.nodeId,
         addresses: member.addresses,
         online: true,
         lastSeen: Date.now(),
       })
-      store.upsertPeer(member.nodeId, { addresses: member.addresses, capabilities: member.capabilities })
+      // Views change often while a ring forms: write a member's row only when what it says changed.
+      const row = JSON.stringify([member.addresses, member.capabilities])
+      if (before === undefined || stored.get(member.nodeId) !== row) {
+        stored.set(member.nodeId, row)
+        store.upsertPeer(member.nodeId, { addresses: member.addresses, capabilities: member.capabilities })
+      }
     }
     let plan: PipelineShard[] | undefined
     let problem: string | undefined
@@ -175,7 +194,17 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
         verifyMember: (a) => gate.verifyCertificateBytes(poolId, a.certificate, a.nodeId),
         logger,
       },
-      { pubsub: node.libp2p.services.pubsub },
+      {
+        pubsub: node.libp2p.services.pubsub,
+        // Direct push-pull with connected members: the ring agrees before gossip reaches everyone.
+        sync: (nodeId, request, { signal }) =>
+          node.request(nodeId, RING_SYNC_PROTOCOL, request, {
+            signal,
+            maxRequestBytes: MAX_RING_SYNC_BYTES,
+            maxResponseBytes: MAX_RING_SYNC_BYTES,
+            runOnLimitedConnection: true,
+          }),
+      },
     )
     ring.addEventListener('view', (event) => onView(poolId, (event as CustomEvent<RingView>).detail))
     rings.set(poolId, ring)
@@ -186,6 +215,9 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
     )
     node.libp2p.services.pubsub.subscribe(revocationTopic(poolId))
     ring.start()
+    joinedAt.set(poolId, Date.now())
+    // Members proved before this ring existed get no `member` event: sync with them now.
+    for (const nodeId of gate.members(poolId)) ring.memberConnected(nodeId)
     onView(poolId, ring.view())
   }
 
@@ -238,6 +270,7 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
         logger.warn({ poolId }, 'own certificate no longer valid (revoked or expired); leaving the ring')
         await ring.stop()
         rings.delete(poolId)
+        joinedAt.delete(poolId)
         continue
       }
       const list = gate.revocations(poolId)
@@ -299,10 +332,15 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
       node.libp2p.services.pubsub.addEventListener('message', onRevocationMessage)
       node.libp2p.addEventListener('peer:disconnect', onDisconnect)
       node.libp2p.addEventListener('peer:connect', onConnect)
-      // A newcomer should hear from us now, not at our next at-rest heartbeat.
+      // A newcomer should hear from us now, not at our next at-rest heartbeat: sync with it
+      // directly, and announce to the others.
       mesh.gate().addEventListener('member', (event) => {
-        for (const poolId of (event as CustomEvent<{ pools: string[] }>).detail.pools)
-          rings.get(poolId)?.nudge()
+        const { nodeId, pools } = (event as CustomEvent<{ nodeId: string; pools: string[] }>).detail
+        for (const poolId of pools) {
+          // Clients may read the ring but take no part in it (and do not answer ring syncs).
+          if (mesh.gate().isMember(nodeId, poolId)) rings.get(poolId)?.memberConnected(nodeId)
+          rings.get(poolId)?.nudge(nodeId)
+        }
       })
       // A member whose certificate was revoked or expired leaves the ring now, not at its timeout.
       mesh.gate().addEventListener('revoked', (event) => {
@@ -311,7 +349,9 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
       })
       node.libp2p.services.pubsub.addEventListener('subscription-change', (event) => {
         for (const { topic, subscribe } of event.detail.subscriptions) {
-          if (subscribe) for (const ring of rings.values()) if (ring.topic === topic) ring.nudge()
+          if (!subscribe) continue
+          for (const ring of rings.values())
+            if (ring.topic === topic) ring.nudge(event.detail.peerId.toString())
         }
       })
       await node.handleRequests(
@@ -348,6 +388,19 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
           runOnLimitedConnection: true,
         },
       )
+      await node.handleRequests(
+        RING_SYNC_PROTOCOL,
+        (request, { nodeId }) => {
+          const asked = decodeSyncRequest(request)
+          mesh.gate().requireMember(nodeId, asked.poolId)
+          return ringOf(asked.poolId).answerSync(asked, nodeId)
+        },
+        {
+          maxRequestBytes: MAX_RING_SYNC_BYTES,
+          maxResponseBytes: MAX_RING_SYNC_BYTES,
+          runOnLimitedConnection: true,
+        },
+      )
       await scanPools()
       scan = setInterval(
         () => void scanPools().catch((err: Error) => logger.warn({ err: err.message }, 'pool scan failed')),
@@ -369,6 +422,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
             {
               epoch: view.epoch,
               converged: view.converged,
+              joinedAt: joinedAt.get(poolId),
+              ...(view.converged ? { convergedAt: convergedSince.get(poolId)?.at } : {}),
               members: view.members.length,
               gossip: ring.stats(),
               revocationDrops: { ...revocationDrops },
