@@ -78,6 +78,10 @@ export class PoolGate extends EventTarget {
   /** Why a peer's certificate of a pool was refused (expired, revoked, …), for its PoolAccessError. */
   readonly #rejected = new Map<string, Map<string, string>>()
   readonly #verdicts = new Map<string, { cert?: Certificate; reason?: string }>()
+  /** The pools and revocation-list versions the verdicts were made under. */
+  #verdictInputs = ''
+  /** Peers' certificates proven valid, under which inputs and until when (see #whyInvalid). */
+  readonly #proven = new WeakMap<Certificate, { inputs: string; until: number }>()
   readonly #stats: PoolGateStats = { exchanges: 0, verified: 0, refused: {}, lost: 0, connectionsClosed: 0 }
   /** Fires when the earliest certificate held expires, to take it away from its peer. */
   #expiryTimer: NodeJS.Timeout | undefined
@@ -171,7 +175,11 @@ export class PoolGate extends EventTarget {
       local.set(pool.id, { pool, certificate, certificateBytes: encodeCertificate(certificate), revocations })
     }
     this.#local = local
-    this.#verdicts.clear()
+    // A verdict holds until the pools or their revocation lists change: the 3 s pool scan reloads
+    // far more often than that happens, and verifying again costs a signature per certificate.
+    const inputs = [...local].map(([id, l]) => `${id}/${l.revocations?.version ?? 0}`).join(',')
+    if (inputs !== this.#verdictInputs) this.#verdicts.clear()
+    this.#verdictInputs = inputs
     this.#revalidate()
   }
 
@@ -251,12 +259,36 @@ export class PoolGate extends EventTarget {
     return [...this.#local.keys()].some((poolId) => this.isMember(peer, poolId))
   }
 
+  /**
+   * Why a certificate a peer holds is not valid now, or undefined. A certificate proven valid stays
+   * so, without verifying its signatures again, until it expires or the pools or their revocation
+   * lists change: peers' rights are checked on every request and gossip score.
+   */
+  #whyInvalid(cert: Certificate, local: LocalPool): string | undefined {
+    const proof = this.#proven.get(cert)
+    if (proof !== undefined && proof.inputs === this.#verdictInputs && Date.now() <= proof.until) {
+      return undefined
+    }
+    try {
+      verifyCertificate(cert, {
+        poolId: local.pool.id,
+        rootPublicKey: local.pool.rootPublicKey,
+        revocations: local.revocations,
+      })
+    } catch (err) {
+      return err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
+    }
+    const until = Math.min(cert.expiresAt, cert.issuerCertificate?.expiresAt ?? Number.POSITIVE_INFINITY)
+    this.#proven.set(cert, { inputs: this.#verdictInputs, until: until + CLOCK_SKEW_MS })
+    return undefined
+  }
+
   #check(peer: string, poolId: string, roles: readonly PoolRole[]): string | undefined {
     const local = this.#local.get(poolId)
     if (local === undefined) return 'this node is not a member of that pool'
     const cert = this.#peers.get(peer)?.get(poolId)
     if (cert === undefined) return this.#rejected.get(peer)?.get(poolId) ?? 'no certificate presented'
-    const invalid = whyInvalid(cert, local)
+    const invalid = this.#whyInvalid(cert, local)
     if (invalid !== undefined) return invalid
     return roles.includes(cert.role)
       ? undefined
@@ -277,7 +309,7 @@ export class PoolGate extends EventTarget {
     for (const [peer, held] of this.#peers) {
       for (const [poolId, cert] of held) {
         const local = this.#local.get(poolId)
-        const reason = local === undefined ? 'this node left the pool' : whyInvalid(cert, local)
+        const reason = local === undefined ? 'this node left the pool' : this.#whyInvalid(cert, local)
         if (reason === undefined) {
           nextExpiry = Math.min(nextExpiry, cert.expiresAt + CLOCK_SKEW_MS)
           continue
@@ -384,19 +416,5 @@ export class PoolGate extends EventTarget {
 
   #refuse(reason: string): void {
     this.#stats.refused[reason] = (this.#stats.refused[reason] ?? 0) + 1
-  }
-}
-
-/** Why a certificate is not valid now for one of our pools (revoked, expired, …), or undefined. */
-function whyInvalid(cert: Certificate, local: LocalPool): string | undefined {
-  try {
-    verifyCertificate(cert, {
-      poolId: local.pool.id,
-      rootPublicKey: local.pool.rootPublicKey,
-      revocations: local.revocations,
-    })
-    return undefined
-  } catch (err) {
-    return err instanceof CertificateError ? err.shortMessage : 'invalid certificate'
   }
 }
