@@ -25,6 +25,7 @@ import type {
   RequestOptions,
 } from './mesh-node-types.ts'
 import { type MeshNodeOptions, type ResolvedMeshNodeOptions, resolveMeshNodeOptions } from './options.ts'
+import { WriteBehindDatastore } from './write-behind-datastore.ts'
 
 /** Wait between attempts when another ping to the same peer holds the one ping stream. */
 const PING_SLOT_RETRY_MS = 20
@@ -53,7 +54,12 @@ export async function createMeshNode<T extends ServiceMap = ServiceMap>(
     scope: options.localOnly ? 'loopback' : 'all',
   })
   const datastore =
-    options.dataDir === undefined ? undefined : new FsDatastore(dataDirLayout(options.dataDir).datastoreDir)
+    options.dataDir === undefined
+      ? undefined
+      : new WriteBehindDatastore(
+          new FsDatastore(dataDirLayout(options.dataDir).datastoreDir),
+          options.logger?.child({ component: 'libp2p' }),
+        )
 
   const libp2p = await createLibp2p<MeshServices & T>({
     ...libp2pConfig(options, gate, extraServices),
@@ -71,7 +77,7 @@ class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {
   readonly nodeId: string
   readonly peerId: PeerId
   private readonly gate: MeshGater
-  private readonly datastore: FsDatastore | undefined
+  private readonly datastore: WriteBehindDatastore | undefined
   private readonly log: Logger | undefined
   private readonly drops: RequestDrops = {}
   /** Aborted on stop, so that request handlers in flight give up. */
@@ -81,7 +87,7 @@ class MeshNodeImpl<T extends ServiceMap> implements MeshNode<T> {
     libp2p: Libp2p<MeshServices & T>,
     options: ResolvedMeshNodeOptions,
     gate: MeshGater,
-    datastore: FsDatastore | undefined,
+    datastore: WriteBehindDatastore | undefined,
   ) {
     this.libp2p = libp2p
     this.options = options
