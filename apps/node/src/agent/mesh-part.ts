@@ -25,12 +25,22 @@ const RENDEZVOUS_MS = 5_000
  * mesh_state.db, and finds pool members three ways: LAN presence beacons carrying addresses, mDNS,
  * and provider records of the pool in the DHT (which also works through a bootstrap relay).
  */
+/** Between presence beacons sent in answer to a member we are not connected to. */
+const ANSWER_GAP_MS = 500
+/**
+ * How long the higher node id of two waits for the lower one to dial it: a handshake on a loaded
+ * machine takes seconds, and a dial started meanwhile opens a second connection.
+ */
+const DIAL_FIRST_MS = 5_000
+
 export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undefined): MeshPart {
   const { config, logger, store, identity } = context
   let node: AgentNode | undefined
   let gate: PoolGate | undefined
   let rendezvous: NodeJS.Timeout | undefined
   const dialing = new Set<string>()
+  /** A presence beacon due in answer to members we are not connected to. */
+  let answer: NodeJS.Timeout | undefined
   const counts = { beaconDials: 0, dhtDials: 0 }
 
   const dial = async (nodeId: string, addresses: string[], via: 'beaconDials' | 'dhtDials') => {
@@ -58,7 +68,28 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
       ? body.addrs.filter((a): a is string => typeof a === 'string').slice(0, 16)
       : []
     const shared = gate.pools().some((p) => theirs.includes(p.id))
-    if (shared && addrs.length > 0) void dial(message.from.nodeId, addrs, 'beaconDials')
+    if (!shared || addrs.length === 0) return
+    const from = message.from.nodeId
+    if (node?.libp2p.getConnections().some((c) => c.remotePeer.toString() === from)) return
+    // A member we are not connected to may not have heard us (it just started): answer with our
+    // own presence, so that both know of the other at once. Answers to several members share one
+    // beacon, at most one per ANSWER_GAP_MS; one due within the gap is sent when it ends.
+    if (beaconsPart !== undefined && answer === undefined) {
+      const wait = beaconsPart.beacons.lastPresenceAt + ANSWER_GAP_MS - Date.now()
+      answer = setTimeout(
+        () => {
+          answer = undefined
+          if (node !== undefined) beaconsPart.beacons.announce()
+        },
+        Math.max(0, wait),
+      )
+      answer.unref()
+    }
+    // Two members that both dial on hearing the other end up with two connections (two handshakes,
+    // identifies and sets of streams). The lower node id dials; the higher one dials only if no
+    // connection came by the time a dial should have, as when the other cannot reach it.
+    if (identity.nodeId < from) void dial(from, addrs, 'beaconDials')
+    else setTimeout(() => void dial(from, addrs, 'beaconDials'), DIAL_FIRST_MS).unref()
   }
 
   const lookUpPools = async () => {
@@ -130,6 +161,8 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
       })
       beaconsPart?.addPresence(() => ({ addrs: node ? node.multiaddrs().map(String).slice(0, 8) : [] }))
       if (beaconsPart) beaconsPart.beacons.onMessage(onPresence)
+      // The beacon sent when the beacons started carried no addresses yet: tell the LAN now.
+      beaconsPart?.beacons.announce()
       // Look up pool members in the DHT every 5 s at first, backing off to once a minute while
       // lookups find no one new: DHT queries are the heaviest background work of an idle agent.
       let delay = RENDEZVOUS_MS
@@ -144,6 +177,7 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
     },
     async stop() {
       clearTimeout(rendezvous)
+      clearTimeout(answer)
       await gate?.stop()
       const stopping = node
       node = undefined

@@ -1,8 +1,7 @@
-import { createPublicKey, verify } from 'node:crypto'
 import { publicKeyFromRaw } from '@libp2p/crypto/keys'
 import { peerIdFromPublicKey } from '@libp2p/peer-id'
 import { InvalidArgumentError } from '@meshnet/core'
-import { domainSeparated, type NodeIdentity } from '@meshnet/identity'
+import { type NodeIdentity, verifySignature } from '@meshnet/identity'
 import { type DecodeOptions, decode, encode } from 'cborg'
 import { z } from 'zod'
 import { BeaconDropError, BeaconTooLargeError } from './errors.ts'
@@ -168,7 +167,8 @@ export function decodeBeacon(data: Uint8Array, options: DecodeBeaconOptions = {}
   if (nodeIdOf(payload.k) !== payload.n) {
     throw new BeaconDropError('bad-node-id', `beacon node id ${payload.n} is not the PeerId of its key`)
   }
-  if (!verifyEd25519(payload.k, domainSeparated(BEACON_DOMAIN, payloadBytes), signature)) {
+  // Through node:crypto (OpenSSL) with the key object kept: a socket anyone on the LAN can fill.
+  if (!verifySignature(payload.k, BEACON_DOMAIN, payloadBytes, signature)) {
     throw new BeaconDropError('bad-signature', `beacon from ${payload.n} has a bad signature`)
   }
   const beacon: BeaconEnvelope = {
@@ -200,29 +200,23 @@ function nestedDeeperThan(value: unknown, limit: number): boolean {
   return children.some((child) => nestedDeeperThan(child, limit - 1))
 }
 
+/** Node ids of the keys beacons came from lately (bounded: keys come from the network). */
+const nodeIds = new Map<string, string>()
+
 /** The node id (PeerId string) of a raw Ed25519 public key; '' when it is not one. */
 function nodeIdOf(publicKey: Uint8Array): string {
-  try {
-    return peerIdFromPublicKey(publicKeyFromRaw(publicKey)).toString()
-  } catch {
-    return ''
+  const key = Buffer.from(publicKey).toString('base64')
+  let nodeId = nodeIds.get(key)
+  if (nodeId === undefined) {
+    try {
+      nodeId = peerIdFromPublicKey(publicKeyFromRaw(publicKey)).toString()
+    } catch {
+      nodeId = ''
+    }
+    if (nodeIds.size >= 4096) nodeIds.clear()
+    nodeIds.set(key, nodeId)
   }
-}
-
-/**
- * Ed25519 verification through node:crypto (OpenSSL): about ten times faster than the pure-JS
- * verifier, which matters on a socket that anyone on the LAN can fill. False on any bad input.
- */
-function verifyEd25519(publicKey: Uint8Array, message: Uint8Array, signature: Uint8Array): boolean {
-  try {
-    const key = createPublicKey({
-      format: 'jwk',
-      key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(publicKey).toString('base64url') },
-    })
-    return verify(null, message, key, signature)
-  } catch {
-    return false
-  }
+  return nodeId
 }
 
 function malformed(problem: string): BeaconDropError {

@@ -111,6 +111,14 @@ export interface LanBeacons {
    * BeaconTooLargeError, or BeaconSocketError (not started, or the socket refused it).
    */
   send(type: string, body: unknown, options?: SendBeaconOptions): Promise<void>
+  /**
+   * Sends the presence beacon now and restarts its interval: for when what it carries changed (the
+   * node started listening, joined a pool), so that others need not wait a whole interval to hear
+   * it. Does nothing before start() or without a presence callback.
+   */
+  announce(): void
+  /** When the last presence beacon was sent, ms since the epoch (0 before the first). */
+  readonly lastPresenceAt: number
   /** Adds a handler for accepted beacons; returns a function that removes it. */
   onMessage(handler: BeaconHandler): () => void
   stats(): LanBeaconsStats
@@ -405,6 +413,14 @@ class LanBeaconsService implements LanBeacons {
     )
   }
 
+  lastPresenceAt = 0
+
+  announce(): void {
+    if (this.#socket === undefined) return
+    clearTimeout(this.#timer)
+    this.#presence()
+  }
+
   #presence(): void {
     const socket = this.#socket
     if (socket === undefined || this.#config.presence === undefined) return
@@ -415,6 +431,7 @@ class LanBeaconsService implements LanBeacons {
       this.#logger.warn({ err: (err as Error).message }, 'LAN beacon presence callback failed')
     }
     if (body !== undefined) {
+      this.lastPresenceAt = Date.now()
       this.send('presence', body).catch((err: unknown) =>
         this.#logger.warn({ err: (err as Error).message }, 'LAN presence beacon not sent'),
       )
