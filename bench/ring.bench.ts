@@ -24,20 +24,19 @@ const REST_WINDOW_MS = 6_000
 const TIMEOUT_MS = Number(process.env.BENCH_RING_TIMEOUT_MS ?? 120_000)
 const BAR = { agents: 16, ms: 5_000 }
 
+/** `GET /rings/:poolId`, the part of it read here (lighter for the agent than `/status`). */
+interface RingStatus {
+  epoch: number
+  converged: boolean
+  /** When this agent joined the ring (ms since the epoch). */
+  joinedAt: number
+  /** When this agent saw the ring converge on its current membership (ms since the epoch). */
+  convergedAt?: number
+  members: unknown[]
+}
+
 interface AgentStatus {
-  rings: Record<
-    string,
-    {
-      epoch: number
-      converged: boolean
-      /** When this agent joined the ring (ms since the epoch). */
-      joinedAt: number
-      /** When this agent saw the ring converge on its current membership (ms since the epoch). */
-      convergedAt?: number
-      members: number
-      gossip: { sent: { bytes: number }; received: { bytes: number } }
-    }
-  >
+  rings: Record<string, { gossip: { sent: { bytes: number }; received: { bytes: number } } }>
 }
 
 async function control<T>(dataDir: string, path: string): Promise<T> {
@@ -66,15 +65,16 @@ for (const n of SIZES) {
     if (failed) throw (failed as PromiseRejectedResult).reason
     const statusOf = () =>
       Promise.all(dirs.map((dir) => control<AgentStatus>(dir, '/status').then((s) => s.rings[poolId])))
-    let converged: AgentStatus['rings'][string][] | undefined
+    const ringsOf = () => Promise.all(dirs.map((dir) => control<RingStatus>(dir, `/rings/${poolId}`)))
+    let converged: RingStatus[] | undefined
     for (const deadline = Date.now() + TIMEOUT_MS; Date.now() < deadline; ) {
-      const rings = await statusOf().catch(() => [])
+      const rings = await ringsOf().catch(() => [])
       if (
         rings.length === n &&
-        rings.every((r) => r?.members === n && r.converged && r.convergedAt !== undefined) &&
-        new Set(rings.map((r) => r!.epoch)).size === 1
+        rings.every((r) => r.members?.length === n && r.converged && r.convergedAt !== undefined) &&
+        new Set(rings.map((r) => r.epoch)).size === 1
       ) {
-        converged = rings as AgentStatus['rings'][string][]
+        converged = rings
         break
       }
       // Polls are sparse so that they cost the agents being measured little; the agents' own

@@ -73,6 +73,9 @@ describe('three agents on loopback (separate processes)', () => {
     )
     expect(json).toMatchObject({ poolId: pool.poolId, epoch: after[0]!.epoch, converged: true })
     expect(json.members).toHaveLength(2)
+    // When A joined its ring, and when it saw the ring of two agree (after C was dropped).
+    expect(json.joinedAt).toBeLessThan(json.convergedAt)
+    expect(json.convergedAt).toBeLessThanOrEqual(Date.now())
     const peers = JSON.parse(
       (await runMesh(['pool-peers', '--json', '--pool-id', pool.poolId, '--data-dir', dir('A')])).stdout,
     )

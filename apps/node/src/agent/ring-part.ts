@@ -65,6 +65,10 @@ export interface RingStatus {
   poolId: string
   epoch: number
   converged: boolean
+  /** When this node joined the ring, ms since the epoch. */
+  joinedAt?: number
+  /** When this node saw the ring converge on its current membership, ms since the epoch. */
+  convergedAt?: number
   digest: string
   model: { name: string; sha256: string; layers: number } | null
   planProblem?: string
@@ -467,6 +471,8 @@ export function ringPart(context: AgentContext, mesh: MeshPart, weights: Weights
       poolId,
       epoch: view.epoch,
       converged: view.converged,
+      joinedAt: joinedAt.get(poolId),
+      ...(view.converged ? { convergedAt: convergedSince.get(poolId)?.at } : {}),
       digest: view.digest,
       model: served
         ? { name: served.info.name, sha256: served.info.sha256, layers: served.plan.layers }

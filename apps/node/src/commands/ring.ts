@@ -8,6 +8,9 @@ interface RingStatus {
   poolId: string
   epoch: number
   converged: boolean
+  /** When the agent joined the ring and when it saw it converge, ms since the epoch. */
+  joinedAt?: number
+  convergedAt?: number
   model: { name: string; layers: number } | null
   planProblem?: string
   ready: boolean
@@ -69,6 +72,8 @@ export function registerRing(program: Command, context: (cmd: Command) => Comman
         poolId: r.poolId,
         epoch: r.epoch,
         converged: r.converged,
+        ...(r.joinedAt === undefined ? {} : { joinedAt: r.joinedAt }),
+        ...(r.convergedAt === undefined ? {} : { convergedAt: r.convergedAt }),
         ready: r.ready,
         ...(r.planProblem ? { planProblem: r.planProblem } : {}),
         members: r.members.map((m) => ({
@@ -83,7 +88,7 @@ export function registerRing(program: Command, context: (cmd: Command) => Comman
         return void ctx.io.stdout.write('No rings: this node belongs to no pool (mesh pool-list).\n')
       for (const ring of rings) {
         ctx.io.stdout.write(
-          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}${ring.ready ? ', ready' : ''}\n`,
+          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}${ring.convergedAt ? ` since ${new Date(ring.convergedAt).toLocaleTimeString()}` : ''}${ring.ready ? ', ready' : ''}\n`,
         )
         if (ring.model)
           ctx.io.stdout.write(
