@@ -88,7 +88,7 @@ export function registerRing(program: Command, context: (cmd: Command) => Comman
         return void ctx.io.stdout.write('No rings: this node belongs to no pool (mesh pool-list).\n')
       for (const ring of rings) {
         ctx.io.stdout.write(
-          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}${ring.convergedAt ? ` since ${new Date(ring.convergedAt).toLocaleTimeString()}` : ''}${ring.ready ? ', ready' : ''}\n`,
+          `Pool ${ring.poolId}: epoch ${ring.epoch}, ${ring.converged ? 'converged' : 'NOT converged'}${ring.ready ? ', ready' : ''}\n`,
         )
         if (ring.model)
           ctx.io.stdout.write(
