@@ -36,6 +36,9 @@ export {
   DEFAULT_TCP_PORT,
   DEFAULT_WS_PORT,
 } from './node/defaults.ts'
+export { classifyAddress, classifyLink, describeUpnp, diagnose, inferNat } from './node/doctor.ts'
+export type { CollectDiagnosisOptions } from './node/doctor-collect.ts'
+export { collectDiagnosis, DEFAULT_DOCTOR_PING_TIMEOUT_MS } from './node/doctor-collect.ts'
 export type {
   AddressKind,
   AddressObservation,
@@ -44,7 +47,6 @@ export type {
   Advice,
   AdviceCode,
   ClassifiedAddress,
-  CollectDiagnosisOptions,
   Diagnosis,
   DiagnosisInput,
   LinkKind,
@@ -54,16 +56,7 @@ export type {
   PeerDiagnosis,
   PeerInput,
   UpnpStatus,
-} from './node/doctor.ts'
-export {
-  classifyAddress,
-  classifyLink,
-  collectDiagnosis,
-  DEFAULT_DOCTOR_PING_TIMEOUT_MS,
-  describeUpnp,
-  diagnose,
-  inferNat,
-} from './node/doctor.ts'
+} from './node/doctor-types.ts'
 export {
   DialError,
   NodeStartError,

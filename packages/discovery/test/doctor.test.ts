@@ -2,16 +2,9 @@ import type { Gateway, PortMapping } from '@achingbrain/nat-port-mapper'
 import type { UPnPNATClient } from '@libp2p/upnp-nat'
 import { generateIdentity } from '@meshnet/identity'
 import { afterEach, describe, expect, it } from 'vitest'
-import {
-  type AddressObservation,
-  classifyAddress,
-  classifyLink,
-  collectDiagnosis,
-  type DiagnosisInput,
-  diagnose,
-  inferNat,
-  type PeerInput,
-} from '../src/node/doctor.ts'
+import { classifyAddress, classifyLink, diagnose, inferNat } from '../src/node/doctor.ts'
+import { collectDiagnosis } from '../src/node/doctor-collect.ts'
+import type { AddressObservation, DiagnosisInput, PeerInput } from '../src/node/doctor-types.ts'
 import { createMeshNode } from '../src/node/mesh-node.ts'
 import type { MeshNode } from '../src/node/mesh-node-types.ts'
 import { disabledUpnp, upnpRecorder } from '../src/node/nat-monitor.ts'

@@ -1,196 +1,24 @@
-import { networkInterfaces } from 'node:os'
-import type { ServiceMap } from '@libp2p/interface'
 import { getNetConfig, isLinkLocal, isLoopback, isPrivate } from '@libp2p/utils'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
-import type { MeshNode } from './mesh-node-types.ts'
+import type {
+  AddressKind,
+  AddressObservation,
+  Advice,
+  AdviceCode,
+  ClassifiedAddress,
+  Diagnosis,
+  DiagnosisInput,
+  LinkKind,
+  NatDiagnosis,
+  NatMethod,
+  NatType,
+  PeerDiagnosis,
+  UpnpStatus,
+} from './doctor-types.ts'
 
 // `mesh doctor`: what a user needs to know when members cannot reach each other. `diagnose` is pure
-// (plain data in, a report with advice out); `collectDiagnosis` reads it from a running MeshNode.
-
-/** Where an address leads: this machine, a private network, the internet, or a relay circuit. */
-export type AddressKind = 'loopback' | 'lan' | 'public' | 'relayed' | 'other'
-
-/** How this node reaches a peer: a relay, a connection on a private or loopback address, any other direct one, or none. */
-export type LinkKind = 'direct' | 'lan' | 'relayed' | 'none'
-
-/**
- * - `public`: peers can dial this node's own address (confirmed by AutoNAT, or seen so by peers);
- * - `endpoint-independent`: behind a NAT that keeps one mapping per local socket ("full cone"-like):
- *   hole punching (DCUtR) can give direct links;
- * - `address-and-port-dependent`: behind a symmetric NAT, a new mapping per destination: hole
- *   punching fails, peers outside reach this node only through a relay;
- * - `unknown`: not enough evidence yet (`NatDiagnosis.evidence` says why).
- */
-export type NatType = 'public' | 'endpoint-independent' | 'address-and-port-dependent' | 'unknown'
-
-/**
- * How the NAT type was learned: `autonat` (peers dialed a public address back), `inbound-dials`
- * (peers dialed this node on a translated address), `own-address` (peers see this node's own public
- * address), `same-socket` (several peers saw one local socket), `port-preservation` (whether the NAT
- * kept each connection's local port), `none`.
- */
-export type NatMethod =
-  | 'autonat'
-  | 'inbound-dials'
-  | 'own-address'
-  | 'same-socket'
-  | 'port-preservation'
-  | 'none'
-
-/** The source libp2p's address manager gives an address (`transport`: a listen socket). */
-export type AddressSource = 'transport' | 'announce' | 'observed' | 'dns-mapping' | 'ip-mapping'
-
-/** One of our addresses as libp2p holds it. */
-export interface AddressRecord {
-  address: string
-  source: AddressSource
-  /** Safe to share: private and announced ones always, public ones once AutoNAT confirmed them. */
-  verified: boolean
-}
-
-/** The address a peer saw this node at (identify's observed address) and the connection it was on. */
-export interface AddressObservation {
-  /** The peer that reported it. */
-  peer: string
-  /** Our address as the peer saw it. */
-  observed: string
-  /** The peer's address as we see it. */
-  remote: string
-  /** Our end of that connection (`/ip4/<ip>/tcp/<port>`), when the transport tells. */
-  local?: string
-  /** Who opened the connection: `outbound` ones show how a NAT maps our sockets. */
-  direction: 'inbound' | 'outbound'
-  /** When it was reported (ms since the epoch). */
-  at: number
-}
-
-/** What UPnP found and did; all empty when the node does not run UPnP. */
-export interface UpnpStatus {
-  enabled: boolean
-  /** Gateway searches started (SSDP M-SEARCH rounds). */
-  searches: number
-  /** Gateways that answered, as `host:port (IPv4)`. */
-  gateways: string[]
-  /** The external address the gateway reported, when it was asked. */
-  externalIp: string | null
-  /** Ports mapped on the gateway, as `ip:port`. */
-  mappings: Array<{ internal: string; external: string; protocol: 'tcp' | 'udp' }>
-  /** The last thing that failed, and why. */
-  error: string | null
-}
-
-/** A peer to report on: its open connections (none for a member not connected) and a round trip. */
-export interface PeerInput {
-  nodeId: string
-  connections: Array<{ remote: string; limited: boolean }>
-  /** Round trip of a ping just now (ms), null when none was made or it failed. */
-  rttMs: number | null
-  /** Why there is no round trip (the ping's error). */
-  error: string | null
-  /** A ring or pool member this node should reach. */
-  member: boolean
-}
-
-/** Everything `diagnose` reads: plain data, as `collectDiagnosis` gathers it from a node. */
-export interface DiagnosisInput {
-  nodeId: string
-  /** ISO 8601; default now. */
-  at?: string
-  /** The node keeps to loopback (`--local-only`). */
-  localOnly: boolean
-  /** IP addresses of this machine's interfaces. */
-  localIps: string[]
-  addresses: AddressRecord[]
-  /** What the node tells others (its multiaddrs). */
-  announced: string[]
-  observations: AddressObservation[]
-  /** The AutoNAT protocol the node runs (e.g. `/libp2p/autonat/1.0.0`), null when AutoNAT is off. */
-  autoNAT: string | null
-  upnp: UpnpStatus
-  /** Relays the node was given (node ids) and those it holds a reservation on. */
-  relays: string[]
-  reservedRelays: string[]
-  publiclyReachable: boolean
-  peers: PeerInput[]
-  /** The ping budget, to word the advice about peers that did not answer. */
-  pingTimeoutMs?: number
-}
-
-export interface ClassifiedAddress {
-  address: string
-  kind: AddressKind
-  /** How libp2p learned it (`null` when it does not hold it, e.g. a relay circuit). */
-  source: AddressSource | null
-  verified: boolean
-}
-
-export interface NatDiagnosis {
-  type: NatType
-  method: NatMethod
-  /** How it was learned, or why nothing is known yet, in a sentence. */
-  evidence: string
-  /** True when peers see this node at an address that is not its own; null when nobody said. */
-  behindNat: boolean | null
-  /** This node's addresses as peers outside saw them (after the NAT). */
-  external: string[]
-  /** Peers whose report of our address the inference used. */
-  reporters: number
-  autoNAT: string | null
-}
-
-export interface PeerDiagnosis {
-  nodeId: string
-  link: LinkKind
-  /** The remote address of the connection the link type is for. */
-  address: string | null
-  rttMs: number | null
-  error: string | null
-  member: boolean
-  /** One of the relays this node was given. */
-  relay: boolean
-  connections: number
-}
-
-/** What each piece of advice is about, for programs (the message is for people). */
-export type AdviceCode =
-  | 'local-only'
-  | 'no-peers'
-  | 'members-unreachable'
-  | 'symmetric-nat-no-relay'
-  | 'nat-no-relay'
-  | 'relay-not-reserved'
-  | 'all-relayed'
-  | 'some-relayed'
-  | 'ping-failed'
-  | 'upnp-no-gateway'
-  | 'upnp-double-nat'
-  | 'upnp-failed'
-
-export interface Advice {
-  code: AdviceCode
-  /** `warning`: members may not reach each other; `info`: worth knowing. */
-  severity: 'warning' | 'info'
-  message: string
-}
-
-/** The report of `mesh doctor`, `GET /doctor` and the SDK's `testP2PConnectivity().diagnosis`. */
-export interface Diagnosis {
-  at: string
-  nodeId: string
-  /** The sockets this node listens on (wildcards expanded to each interface). */
-  listen: ClassifiedAddress[]
-  /** What it tells others. */
-  announced: ClassifiedAddress[]
-  nat: NatDiagnosis
-  upnp: UpnpStatus
-  relays: { configured: string[]; reserved: string[] }
-  /** A public, non-relayed address of ours has been confirmed. */
-  publiclyReachable: boolean
-  /** Connected peers, then members that are not connected. */
-  peers: PeerDiagnosis[]
-  /** Plain-language next steps, warnings first; empty when nothing looks wrong. */
-  advice: Advice[]
-}
+// (plain data in, a report with advice out); `collectDiagnosis` (doctor-collect.ts) reads that data
+// from a running MeshNode, and doctor-types.ts declares it.
 
 /** Classifies a multiaddr: `/p2p-circuit` is relayed; then by its IP (a DNS name is `other`). */
 export function classifyAddress(address: string | Multiaddr): AddressKind {
@@ -575,111 +403,6 @@ export function describeUpnp(upnp: UpnpStatus): string {
   return parts.join('; ')
 }
 
-export interface CollectDiagnosisOptions {
-  signal?: AbortSignal
-  /** Budget of each peer's ping. Default 3000 ms. */
-  pingTimeoutMs?: number
-  /** `false` measures nothing: RTTs come from libp2p's connection monitor when it has one. */
-  ping?: boolean
-  /** Ring and pool members this node should reach; those not connected are listed with link `none`. */
-  members?: Iterable<string>
-  /** At most this many peers are listed and pinged (members first). Default 64. */
-  maxPeers?: number
-}
-
-export const DEFAULT_DOCTOR_PING_TIMEOUT_MS = 3_000
-const DEFAULT_DOCTOR_MAX_PEERS = 64
-
-/**
- * Diagnoses a running node: its addresses, NAT type, UPnP, relay reservations, and each connected
- * peer and known member with its link type and a round trip measured now (pings run in parallel,
- * each within `pingTimeoutMs`).
- */
-export async function collectDiagnosis<T extends ServiceMap>(
-  node: MeshNode<T>,
-  options: CollectDiagnosisOptions = {},
-): Promise<Diagnosis> {
-  const pingTimeoutMs = options.pingTimeoutMs ?? DEFAULT_DOCTOR_PING_TIMEOUT_MS
-  const maxPeers = options.maxPeers ?? DEFAULT_DOCTOR_MAX_PEERS
-  const { libp2p } = node
-  const monitor = libp2p.services.natMonitor
-  const members = new Set(options.members ?? [])
-  members.delete(node.nodeId)
-
-  const open = new Map<string, Array<{ remote: string; limited: boolean; rtt: number | undefined }>>()
-  for (const connection of libp2p.getConnections()) {
-    if (connection.status !== 'open') continue
-    const nodeId = connection.remotePeer.toString()
-    open.set(nodeId, [
-      ...(open.get(nodeId) ?? []),
-      {
-        remote: connection.remoteAddr.toString(),
-        limited: connection.limits !== undefined || !connection.direct,
-        rtt: connection.rtt,
-      },
-    ])
-  }
-  const connected = [...open.keys()].sort((a, b) => Number(members.has(b)) - Number(members.has(a)))
-  const listed = [...connected, ...[...members].filter((id) => !open.has(id)).sort()].slice(0, maxPeers)
-
-  const peers = await Promise.all(
-    listed.map(async (nodeId): Promise<PeerInput> => {
-      const connections = (open.get(nodeId) ?? []).map(({ remote, limited }) => ({ remote, limited }))
-      const peer = { nodeId, connections, member: members.has(nodeId) }
-      if (connections.length === 0) return { ...peer, rttMs: null, error: 'not connected' }
-      if (options.ping === false) {
-        const rtt = open.get(nodeId)?.find((c) => typeof c.rtt === 'number')?.rtt
-        return { ...peer, rttMs: rtt ?? null, error: null }
-      }
-      try {
-        const rttMs = await node.ping(nodeId, {
-          timeoutMs: pingTimeoutMs,
-          runOnLimitedConnection: true,
-          ...(options.signal ? { signal: options.signal } : {}),
-        })
-        return { ...peer, rttMs, error: null }
-      } catch (err) {
-        if (options.signal?.aborted === true) throw err
-        return { ...peer, rttMs: null, error: (err as Error).message }
-      }
-    }),
-  )
-
-  const addresses = monitor.addresses()
-  const connectivity = node.connectivity()
-  return diagnose({
-    nodeId: node.nodeId,
-    localOnly: node.options.localOnly,
-    localIps: localIps(addresses),
-    addresses,
-    announced: node.multiaddrs().map(String),
-    observations: monitor.observations(),
-    autoNAT: libp2p.getProtocols().find((p) => p.includes('/autonat/')) ?? null,
-    upnp: monitor.upnp(),
-    relays: node.options.relays.map(
-      (addr) => addr.getComponents().findLast((c) => c.name === 'p2p')?.value ?? addr.toString(),
-    ),
-    reservedRelays: connectivity.reservedRelays,
-    publiclyReachable: connectivity.publiclyReachable,
-    peers,
-    pingTimeoutMs,
-  })
-}
-
-/** This machine's IPs: every interface's, and the ones libp2p listens on. */
-function localIps(addresses: AddressRecord[]): string[] {
-  const ips = new Set<string>()
-  for (const list of Object.values(networkInterfaces())) {
-    for (const entry of list ?? []) ips.add(entry.address)
-  }
-  for (const a of addresses) {
-    if (a.source !== 'transport') continue
-    const at = endpoint(a.address)
-    if (at !== undefined) ips.add(at.ip)
-  }
-  return [...ips]
-}
-
 function parse(text: string): Multiaddr | undefined {
   try {
     return multiaddr(text)
@@ -697,7 +420,7 @@ function netConfig(ma: Multiaddr): ReturnType<typeof getNetConfig> | undefined {
 }
 
 /** The IP and port of a multiaddr that starts with ip4/ip6 and a tcp/udp port. */
-function endpoint(address: string): { ip: string; port: number } | undefined {
+export function endpoint(address: string): { ip: string; port: number } | undefined {
   const ma = parse(address)
   const config = ma === undefined ? undefined : netConfig(ma)
   if (config === undefined || (config.type !== 'ip4' && config.type !== 'ip6') || config.port === undefined)

@@ -11,7 +11,7 @@ import type {
 } from '@libp2p/interface'
 import type { AddressManager } from '@libp2p/interface-internal'
 import type { UPnPNATClient } from '@libp2p/upnp-nat'
-import type { AddressObservation, AddressRecord, UpnpStatus } from './doctor.ts'
+import type { AddressObservation, AddressRecord, UpnpStatus } from './doctor-types.ts'
 
 /** Peers whose latest observation of our address is kept. */
 const MAX_OBSERVERS = 64
