@@ -136,8 +136,12 @@ describe('an agent with --control-plane', () => {
     const ids = [a.agent.identity.nodeId, b.agent.identity.nodeId].sort()
 
     // The agents registered the pool by its public root key and joined its ring over HTTP ...
-    const pools = await api<{ pools: Array<{ poolId: string }> }>(p, 'GET', '/v1/pools')
-    expect(pools.body.pools.map((x) => x.poolId)).toEqual([poolId])
+    // (Each agent registers its pools once it has started: a moment after `agentOn` returns.)
+    const pools = await eventually('the pool to be registered', async () => {
+      const listed = await api<{ pools: Array<{ poolId: string }> }>(p, 'GET', '/v1/pools')
+      return listed.body.pools.length > 0 ? listed.body.pools : undefined
+    })
+    expect(pools.map((x) => x.poolId)).toEqual([poolId])
     const listed = await inRing(p, poolId, 2)
     expect(listed.members.map((m) => m.nodeId)).toEqual(ids)
 
