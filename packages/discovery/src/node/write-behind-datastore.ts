@@ -39,11 +39,13 @@ export class WriteBehindDatastore extends MemoryDatastore {
     for await (const { key, value } of this.#disk.query({})) super.put(key, value)
   }
 
-  /** Writes what is pending and closes the disk store. */
+  /** Writes what is pending (once more: what the disk still refuses is not written) and closes it. */
   async close(): Promise<void> {
     clearTimeout(this.#timer)
-    this.#timer = undefined
     await this.flush()
+    // A write the disk refused re-armed the timer: nothing may write after close.
+    clearTimeout(this.#timer)
+    this.#timer = undefined
     await this.#disk.close()
   }
 
