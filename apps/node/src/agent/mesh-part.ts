@@ -18,13 +18,6 @@ export interface MeshPart extends AgentPart {
 
 /** How often pool members look each other up in the DHT (provider records of the pool). */
 const RENDEZVOUS_MS = 5_000
-
-/**
- * Starts the libp2p node from the agent's settings (`--local-only` keeps it on 127.0.0.1 with mDNS,
- * UPnP and AutoNAT off), exchanges certificates with every peer it connects to, records peers in
- * mesh_state.db, and finds pool members three ways: LAN presence beacons carrying addresses, mDNS,
- * and provider records of the pool in the DHT (which also works through a bootstrap relay).
- */
 /** Between presence beacons sent in answer to a member we are not connected to. */
 const ANSWER_GAP_MS = 500
 /**
@@ -33,6 +26,12 @@ const ANSWER_GAP_MS = 500
  */
 const DIAL_FIRST_MS = 5_000
 
+/**
+ * Starts the libp2p node from the agent's settings (`--local-only` keeps it on 127.0.0.1 with mDNS,
+ * UPnP and AutoNAT off), exchanges certificates with every peer it connects to, records peers in
+ * mesh_state.db, and finds pool members three ways: LAN presence beacons carrying addresses, mDNS,
+ * and provider records of the pool in the DHT (which also works through a bootstrap relay).
+ */
 export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undefined): MeshPart {
   const { config, logger, store, identity } = context
   let node: AgentNode | undefined
