@@ -1,8 +1,4 @@
-import { createPrivateKey, createPublicKey, type KeyObject, sign, verify } from 'node:crypto'
-import * as ed from '@noble/ed25519'
-import { sha512 } from '@noble/hashes/sha2.js'
-
-ed.hashes.sha512 = sha512
+import { createPrivateKey, createPublicKey, type KeyObject, randomBytes, sign, verify } from 'node:crypto'
 
 const encoder = new TextEncoder()
 
@@ -66,12 +62,16 @@ export function verifySignature(
   }
 }
 
-/** The Ed25519 public key of a 32-byte seed. */
+/**
+ * The Ed25519 public key of a 32-byte seed, by OpenSSL: the first call of a pure-JS one builds its
+ * tables, 40 ms of every `mesh` command's start.
+ */
 export function publicKeyOfSeed(seed: Uint8Array): Uint8Array {
-  return ed.getPublicKey(seed)
+  const spki = createPublicKey(signingKey(seed)).export({ format: 'der', type: 'spki' })
+  return new Uint8Array(spki.subarray(SPKI_PREFIX.length))
 }
 
 /** A fresh random 32-byte Ed25519 seed. */
 export function randomSeed(): Uint8Array {
-  return ed.utils.randomSecretKey()
+  return new Uint8Array(randomBytes(32))
 }
