@@ -34,6 +34,8 @@ export interface RunningAgent {
   readonly identity: NodeIdentity
   readonly controlPort: number
   status(): Record<string, unknown>
+  /** One part's status (what `status()` gives under its name), without computing the others'. */
+  partStatus(name: string): unknown
   stop(): Promise<void>
 }
 
@@ -95,7 +97,8 @@ export async function startAgent(options: {
     const routes: ControlRoutes = { 'GET /status': () => status() }
     for (const part of started) Object.assign(routes, part.routes)
     control = await startControlServer({ layout, nodeId: identity.nodeId, routes, logger })
-    return { identity, controlPort: control.port, status, stop }
+    const partStatus = (name: string) => started.find((p) => p.name === name)?.status?.()
+    return { identity, controlPort: control.port, status, partStatus, stop }
   } catch (err) {
     await stop()
     throw err

@@ -36,6 +36,7 @@ beforeAll(async () => {
         name: 'echo',
         async start() {},
         async stop() {},
+        status: () => ({ echoes: 0 }),
         routes: {
           'POST /echo': (body) => ({ body }),
           'GET /things/:id': (_body, params) => ({ id: params.id }),
@@ -74,4 +75,10 @@ it('passes a path parameter with malformed percent-encoding on as it came, witho
   expect(((await res.json()) as { id: string }).id).toBe('%E0%A4%A')
   expect(await (await call('/things/caf%C3%A9')).json()).toEqual({ id: 'café' })
   expect(errors).toEqual([])
+})
+
+it("gives one part's status alone, as the whole status has it", () => {
+  expect(agent.partStatus('echo')).toEqual({ echoes: 0 })
+  expect(agent.status().echo).toEqual(agent.partStatus('echo'))
+  expect(agent.partStatus('no-such-part')).toBeUndefined()
 })
