@@ -4,7 +4,7 @@ import { type BeaconMessage, createMeshNode, type MeshNode, type Perf, perfServi
 import { PoolGate } from '@meshnet/pool'
 import { poolRendezvousKey } from '@meshnet/protocols'
 import { ringPubsub } from '@meshnet/ring'
-import { multiaddr } from '@multiformats/multiaddr'
+import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { BeaconsPart } from './beacons-part.ts'
 
@@ -21,10 +21,26 @@ const RENDEZVOUS_MS = 5_000
 /** Between presence beacons sent in answer to a member we are not connected to. */
 const ANSWER_GAP_MS = 500
 /**
- * How long the higher node id of two waits for the lower one to dial it: a handshake on a loaded
- * machine takes seconds, and a dial started meanwhile opens a second connection.
+ * How long the higher node id of two waits for the lower one to dial it, as when the lower one
+ * cannot reach it. A handshake on a loaded machine takes seconds (16 agents on two cores: 3 s for
+ * half of them, up to 11 s), and a dial started while the other's is still in its handshake opens
+ * a second connection: at 5 s, 50 of the 170 connections among 16 agents were such duplicates.
  */
-const DIAL_FIRST_MS = 5_000
+const DIAL_FIRST_MS = 15_000
+
+/**
+ * The addresses of a beacon worth dialing: its plain TCP ones when it has any. libp2p tries a
+ * peer's addresses one after another, so a TCP handshake that ran out of its time was followed by a
+ * WebSocket one to the same agent (the WebSocket listener serves browsers).
+ */
+export function beaconDialAddresses(addresses: string[]): Multiaddr[] {
+  const all = addresses.map((a) => multiaddr(a))
+  const tcp = all.filter((address) => {
+    const [ip, transport, ...rest] = address.getComponents()
+    return ip !== undefined && transport?.name === 'tcp' && rest.every((c) => c.name === 'p2p')
+  })
+  return tcp.length > 0 ? tcp : all
+}
 
 /**
  * Starts the libp2p node from the agent's settings (`--local-only` keeps it on 127.0.0.1 with mDNS,
@@ -47,10 +63,7 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
     if (node.libp2p.getConnections().some((c) => c.remotePeer.toString() === nodeId)) return
     dialing.add(nodeId)
     try {
-      await node.libp2p.dial(
-        addresses.map((a) => multiaddr(a)),
-        { signal: AbortSignal.timeout(10_000) },
-      )
+      await node.libp2p.dial(beaconDialAddresses(addresses), { signal: AbortSignal.timeout(10_000) })
       counts[via]++
     } catch (err) {
       logger.debug({ nodeId, err: (err as Error).message }, 'dial failed')
