@@ -4,13 +4,14 @@
 //    8 and 16 of them, all spawned at once: from the last of them joining the ring to every agent
 //    reporting the same converged ring (each agent stamps both moments itself; the bench polls only
 //    every 0.5 s so as not to load them), how long they took to come up (16 Node processes on two
-//    cores queue for the CPU), and ring gossip bytes per agent per second at rest.
+//    cores queue for the CPU), and ring gossip bytes and CPU per agent per second at rest.
 //    Bar: 16 agents ≤ 5 s on this machine (a fixed bar: the wait a user sees after `mesh start`).
 // 2. The real ring gossip of 64 and 256 members in this process over a simulated network
 //    (packages/ring/test/simulation.ts: gossipsub flood publish and a mesh of degree 6, 2 ms hops):
 //    simulated time, rounds and bytes to agree when all start at once, when they come up within a
 //    second, when one joins a ring at rest and when one crashes; bytes per member per second at
 //    rest. Rounds are the longest causal chain of messages (publish or sync → delivery → …).
+import { readFileSync } from 'node:fs'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -46,6 +47,19 @@ async function control<T>(dataDir: string, path: string): Promise<T> {
     headers: { authorization: `Bearer ${token}` },
   })
   return (await response.json()) as T
+}
+
+/**
+ * CPU seconds a process has used, from /proc (user + system, in USER_HZ = 100 ticks a second);
+ * undefined where there is no /proc.
+ */
+function cpuSeconds(pid: number | undefined): number | undefined {
+  try {
+    const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return (Number(fields[11]) + Number(fields[12])) / 100
+  } catch {
+    return undefined
+  }
 }
 
 const processRows: Array<Record<string, string | number>> = []
@@ -89,14 +103,22 @@ for (const n of SIZES) {
     const bar = n === BAR.agents ? (converged && ms <= BAR.ms ? 'PASS' : 'FAIL') : '-'
     if (n === BAR.agents) barMet = bar === 'PASS'
     let atRest: number | string = '-'
+    let cpuAtRest: number | string = '-'
     if (converged) {
+      const cpuOf = () => agents.map((agent) => cpuSeconds(agent.process.pid))
       const bytesOf = async () =>
         (await statusOf()).map((r) => r!.gossip.sent.bytes + r!.gossip.received.bytes)
       await new Promise((resolve) => setTimeout(resolve, 5_000)) // back off into the at-rest beat
       const before = await bytesOf()
+      const cpuBefore = cpuOf()
       await new Promise((resolve) => setTimeout(resolve, REST_WINDOW_MS))
+      const cpuAfter = cpuOf()
       const after = await bytesOf()
       atRest = Math.round(summary(after.map((a, i) => (a - before[i]!) / (REST_WINDOW_MS / 1000))).median)
+      if (cpuAfter.every((c) => c !== undefined) && cpuBefore.every((c) => c !== undefined)) {
+        const shares = cpuAfter.map((c, i) => ((c! - cpuBefore[i]!) / (REST_WINDOW_MS / 1000)) * 100)
+        cpuAtRest = Number(summary(shares).median.toFixed(1))
+      }
     }
     const row = {
       agents: n,
@@ -106,6 +128,8 @@ for (const n of SIZES) {
       'all ready→converged ms': converged ? Math.round(agreed - allReady) : '-',
       [`bar ≤ ${BAR.ms} ms`]: bar,
       'gossip B/agent/s at rest': atRest,
+      // Of one core, median over the agents (Linux: from /proc).
+      'CPU %/agent at rest': cpuAtRest,
     }
     processRows.push(row)
     console.log(JSON.stringify(row))
@@ -176,7 +200,7 @@ if (processRows.length > 0) {
   console.log('\nring convergence on loopback (agents as separate processes)')
   table(processRows)
   console.log(
-    'gossip bytes: ring messages sent and received by each agent (gossipsub framing and duplicates excluded)',
+    'gossip bytes: ring messages sent and received by each agent (gossipsub framing and duplicates excluded); CPU: of one core, the median agent, over 6 s at rest',
   )
   if (barMet !== undefined) {
     console.log(
