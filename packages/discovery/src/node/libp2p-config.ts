@@ -142,8 +142,9 @@ export function libp2pConfig<T extends ServiceMap>(
       dialTimeout: options.dialTimeoutMs,
       // libp2p gives each address of a peer 6 s of the dial's budget, so that one that never
       // answers leaves time for the next. On loopback every address answers, and 16 agents starting
-      // on two cores take 3-6 s (at worst 11 s) per handshake: at 6 s a third of all handshakes were
-      // abandoned half done (and the peer's end of each waited out its own 10 s), then redone.
+      // on two cores take 3-6 s (at worst 11 s) per handshake: at 6 s more than half of the
+      // handshakes were abandoned half done (the peer's end of each waiting out its own 10 s), then
+      // redone.
       ...(options.localOnly ? { addressDialTimeout: options.dialTimeoutMs } : {}),
       allow: options.allowAddresses,
       deny: options.denyAddresses,
