@@ -87,6 +87,38 @@ describe('readJsonBody', () => {
     expect(response.status).toBe(413)
     expect(await response.json()).toEqual({ error: '22 bytes' })
   })
+
+  it('answers a client still writing a refused body once it has written it, not with a closed socket', async () => {
+    const url = await echo(16)
+    const chunk = new TextEncoder().encode(`"${'x'.repeat(64 * 1024)}`)
+    // The body passes the cap in its first piece, and the rest comes a second later: longer than
+    // the 500 ms that @hono/node-server waits before closing the socket of a refused body.
+    const slowly = () =>
+      new ReadableStream({
+        async start(controller) {
+          controller.enqueue(chunk)
+          await new Promise((resolve) => setTimeout(resolve, 1_000))
+          controller.enqueue(chunk)
+          controller.enqueue(new TextEncoder().encode('"'))
+          controller.close()
+        },
+      })
+    const chunked = await fetch(`${url}/echo`, {
+      method: 'POST',
+      body: slowly(),
+      duplex: 'half',
+    } as RequestInit)
+    expect(chunked.status).toBe(413)
+    expect(await chunked.json()).toEqual({ error: `${2 * chunk.length + 1} bytes` })
+    const declared = await fetch(`${url}/echo`, {
+      method: 'POST',
+      body: slowly(),
+      duplex: 'half',
+      headers: { 'content-length': String(2 * chunk.length + 1) },
+    } as RequestInit)
+    expect(declared.status).toBe(413)
+    expect(await declared.json()).toEqual({ error: `${2 * chunk.length + 1} bytes` })
+  })
 })
 
 describe('SseWriter', () => {
