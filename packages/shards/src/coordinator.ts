@@ -13,7 +13,8 @@ import {
   type Step,
   shardedGenerationOptionsSchema,
 } from './coordinator-options.ts'
-import { ShardedRunError, ShardSessionError } from './errors.ts'
+import { ShardSessionError } from './errors.ts'
+import { failOver, stepsFrom } from './failover.ts'
 import { MembershipCheck } from './peers.ts'
 import { parseShardedPlan } from './plan.ts'
 
@@ -129,7 +130,7 @@ export async function* runShardedGeneration(
         await attempt.open(plan)
         openMs ??= performance.now() - opening
         const steps =
-          tokens.length === 0 ? prefillSteps(prompt, opts.maxBatch) : replaySteps(prompt, tokens, opts)
+          tokens.length === 0 ? stepsFrom(prompt, opts.maxBatch) : replaySteps(prompt, tokens, opts)
         let output = await attempt.run(steps, false)
         if (pendingFailover) {
           failovers.push({ ...pendingFailover, recoveryMs: performance.now() - failedAt! })
@@ -181,42 +182,23 @@ export async function* runShardedGeneration(
           }
           throw err
         }
-        const dead = await failed.deadMembers(opts.pingTimeoutMs)
-        await failed.abort()
         const cause = err.cause as Error
-        logger.warn({ dead, err: cause.message, attempt: attemptNo }, 'sharded generation attempt failed')
-        if (dead.length === 0) {
-          throw new ShardedRunError(`sharded generation failed: ${cause.message}`, { cause })
-        }
-        const who = `member${dead.length > 1 ? 's' : ''} ${dead.join(', ')}`
-        if (replan === undefined) {
-          throw new ShardedRunError(`${who} stopped mid-generation and no replan function was given`, {
-            cause,
-          })
-        }
-        if (failovers.length + (pendingFailover ? 1 : 0) >= opts.maxFailovers) {
-          throw new ShardedRunError(
-            `${who} stopped mid-generation after ${opts.maxFailovers} failovers; giving up`,
-            {
-              cause,
-            },
-          )
-        }
-        try {
-          plan = parseShardedPlan(
-            await replan(dead, {
-              attempt: attemptNo,
-              plan,
-              cause,
-              signal: signal ?? new AbortController().signal,
-            }),
-          )
-        } catch (replanError) {
-          throw new ShardedRunError(
-            `${who} stopped mid-generation and the ring cannot hold the model without them: ${(replanError as Error).message}`,
-            { cause: replanError },
-          )
-        }
+        const next = await failOver({
+          run: 'generation',
+          failed,
+          cause,
+          attemptNo,
+          plan,
+          replan,
+          parse: parseShardedPlan,
+          taken: failovers.length + (pendingFailover ? 1 : 0),
+          maxFailovers: opts.maxFailovers,
+          pingTimeoutMs: opts.pingTimeoutMs,
+          signal,
+          logger,
+        })
+        plan = next.plan
+        const dead = next.dead
         if (pendingFailover) {
           failovers.push({ ...pendingFailover, recoveryMs: performance.now() - failedAt })
         }
@@ -248,20 +230,10 @@ function pick(
   })
 }
 
-/** The prompt in batches of `maxBatch` from position 0; the last one wants the candidates. */
-function prefillSteps(prompt: readonly number[], maxBatch: number): Step[] {
-  const steps: Step[] = []
-  for (let pos = 0; pos < prompt.length; pos += maxBatch) {
-    steps.push({ tokens: prompt.slice(pos, pos + maxBatch), pos, want: false })
-  }
-  steps.at(-1)!.want = true
-  return steps
-}
-
 /** What a fresh plan evaluates to reach where the failed one was (see the `replay` option). */
 function replaySteps(prompt: readonly number[], tokens: readonly number[], opts: Options): Step[] {
-  if (opts.replay === 'batched') return prefillSteps([...prompt, ...tokens], opts.maxBatch)
-  const steps = prefillSteps(prompt, opts.maxBatch)
+  if (opts.replay === 'batched') return stepsFrom([...prompt, ...tokens], opts.maxBatch)
+  const steps = stepsFrom(prompt, opts.maxBatch)
   steps.at(-1)!.want = false
   tokens.forEach((token, i) => {
     steps.push({ tokens: [token], pos: prompt.length + i, want: false })

@@ -5,8 +5,9 @@ import { EMBEDDING_POOLINGS } from '@meshnet/engine'
 import { MAX_SHARD_BATCH, sha256Schema } from '@meshnet/protocols'
 import { z } from 'zod'
 import { Attempt, AttemptError } from './attempt.ts'
-import { Meter, type ReplanFunction, type ShardedFailover, type Step } from './coordinator-options.ts'
+import { Meter, type ReplanFunction, type ShardedFailover } from './coordinator-options.ts'
 import { ShardedRunError, ShardSessionError } from './errors.ts'
+import { failOver, stepsFrom } from './failover.ts'
 import { MembershipCheck, type ShardGate } from './peers.ts'
 import { type ParsedShardedPlan, parseShardedPlan, type ShardedPlan } from './plan.ts'
 import type { ShardServer } from './server.ts'
@@ -132,11 +133,11 @@ export async function runShardedEmbedding(options: ShardedEmbeddingOptions): Pro
           failedAt = undefined
         }
         for (const group of groups(vectors, inputs, opts.maxBatch)) {
-          const steps = group.flatMap((i) => inputSteps(inputs[i]!, opts.maxBatch))
+          const steps = group.flatMap((i) => stepsFrom(inputs[i]!, opts.maxBatch))
           const answers = await attempt.embed(steps)
           let at = 0
           for (const i of group) {
-            at += inputSteps(inputs[i]!, opts.maxBatch).length
+            at += stepsFrom(inputs[i]!, opts.maxBatch).length
             const values = answers[at - 1]!.values
             if (values.length !== attempt.embd) {
               throw new ShardSessionError(`the output member answered input ${i} with no vector`)
@@ -164,41 +165,23 @@ export async function runShardedEmbedding(options: ShardedEmbeddingOptions): Pro
           await failed.abort()
           throw err
         }
-        const dead = await failed.deadMembers(opts.pingTimeoutMs)
-        await failed.abort()
         const cause = err.cause as Error
-        logger.warn({ dead, err: cause.message, attempt: attemptNo }, 'sharded embedding attempt failed')
-        if (dead.length === 0)
-          throw new ShardedRunError(`sharded embedding failed: ${cause.message}`, { cause })
-        const who = `member${dead.length > 1 ? 's' : ''} ${dead.join(', ')}`
-        if (replan === undefined) {
-          throw new ShardedRunError(`${who} stopped mid-embedding and no replan function was given`, {
-            cause,
-          })
-        }
-        if (failovers.length + (pending ? 1 : 0) >= opts.maxFailovers) {
-          throw new ShardedRunError(
-            `${who} stopped mid-embedding after ${opts.maxFailovers} failovers; giving up`,
-            {
-              cause,
-            },
-          )
-        }
-        try {
-          plan = pipeline(
-            await replan(dead, {
-              attempt: attemptNo,
-              plan,
-              cause,
-              signal: signal ?? new AbortController().signal,
-            }),
-          )
-        } catch (replanError) {
-          throw new ShardedRunError(
-            `${who} stopped mid-embedding and the ring cannot hold the model without them: ${(replanError as Error).message}`,
-            { cause: replanError },
-          )
-        }
+        const next = await failOver({
+          run: 'embedding',
+          failed,
+          cause,
+          attemptNo,
+          plan,
+          replan,
+          parse: pipeline,
+          taken: failovers.length + (pending ? 1 : 0),
+          maxFailovers: opts.maxFailovers,
+          pingTimeoutMs: opts.pingTimeoutMs,
+          signal,
+          logger,
+        })
+        plan = next.plan
+        const dead = next.dead
         if (pending) failovers.push({ ...pending, recoveryMs: performance.now() - failedAt })
         pending = {
           deadNodeIds: dead,
@@ -218,16 +201,6 @@ function pipeline(plan: ShardedPlan): ParsedShardedPlan {
     throw new ShardedRunError('embeddings run over a pipeline plan (layer ranges), not tensor parallel')
   }
   return parsed
-}
-
-/** One input's steps from position 0; its last one wants the vector. */
-function inputSteps(tokens: readonly number[], maxBatch: number): Step[] {
-  const steps: Step[] = []
-  for (let pos = 0; pos < tokens.length; pos += maxBatch) {
-    steps.push({ tokens: tokens.slice(pos, pos + maxBatch), pos, want: false })
-  }
-  steps.at(-1)!.want = true
-  return steps
 }
 
 /** The inputs without a vector yet, in groups of about STEPS_IN_FLIGHT steps (at least one input each). */

@@ -370,6 +370,30 @@ describe('sharded generation over loopback libp2p', () => {
     await group[0]!.stop()
   })
 
+  it.each([
+    ['no replan function was given', {}],
+    [
+      'its failovers are used up',
+      {
+        maxFailovers: 0,
+        replan: () => {
+          throw new Error('replan must not be asked')
+        },
+      },
+    ],
+  ] as const)('ends with an error naming the dead member when %s', async (_, options) => {
+    const group = [await member(), await member()]
+    const gen = run({ plan: planOf('pipeline', group), ...options }, async (index) => {
+      if (index === 1) await group[1]!.kill()
+    })
+    const why = 'replan' in options ? 'after 0 failovers; giving up' : 'and no replan function was given'
+    await expect(gen).rejects.toMatchObject({
+      name: 'ShardedRunError',
+      message: `member ${group[1]!.nodeId} stopped mid-generation ${why}`,
+    })
+    await group[0]!.stop()
+  })
+
   it('a peer that is not a pool member cannot open a shard stream', async () => {
     const other = await mesh.pool('other')
     const outsider = await mesh.member({ pools: [other] })
