@@ -192,17 +192,15 @@ export async function* runShardedGeneration(
           replan,
           parse: parseShardedPlan,
           taken: failovers.length + (pendingFailover ? 1 : 0),
-          maxFailovers: opts.maxFailovers,
-          pingTimeoutMs: opts.pingTimeoutMs,
+          options: opts,
           signal,
           logger,
         })
         plan = next.plan
-        const dead = next.dead
         if (pendingFailover) {
           failovers.push({ ...pendingFailover, recoveryMs: performance.now() - failedAt })
         }
-        pendingFailover = { deadNodeIds: dead, atToken: tokens.length, cause: cause.message }
+        pendingFailover = { deadNodeIds: next.dead, atToken: tokens.length, cause: cause.message }
       }
     }
   } finally {

@@ -133,11 +133,11 @@ export async function runShardedEmbedding(options: ShardedEmbeddingOptions): Pro
           failedAt = undefined
         }
         for (const group of groups(vectors, inputs, opts.maxBatch)) {
-          const steps = group.flatMap((i) => stepsFrom(inputs[i]!, opts.maxBatch))
-          const answers = await attempt.embed(steps)
+          const stepsOf = group.map((i) => stepsFrom(inputs[i]!, opts.maxBatch))
+          const answers = await attempt.embed(stepsOf.flat())
           let at = 0
-          for (const i of group) {
-            at += stepsFrom(inputs[i]!, opts.maxBatch).length
+          for (const [g, i] of group.entries()) {
+            at += stepsOf[g]!.length
             const values = answers[at - 1]!.values
             if (values.length !== attempt.embd) {
               throw new ShardSessionError(`the output member answered input ${i} with no vector`)
@@ -175,16 +175,14 @@ export async function runShardedEmbedding(options: ShardedEmbeddingOptions): Pro
           replan,
           parse: pipeline,
           taken: failovers.length + (pending ? 1 : 0),
-          maxFailovers: opts.maxFailovers,
-          pingTimeoutMs: opts.pingTimeoutMs,
+          options: opts,
           signal,
           logger,
         })
         plan = next.plan
-        const dead = next.dead
         if (pending) failovers.push({ ...pending, recoveryMs: performance.now() - failedAt })
         pending = {
-          deadNodeIds: dead,
+          deadNodeIds: next.dead,
           atInput: vectors.filter((v) => v !== undefined).length,
           cause: cause.message,
         }

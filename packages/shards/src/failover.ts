@@ -29,8 +29,8 @@ export interface FailoverInput<P> {
   parse: (plan: ShardedPlan) => P
   /** Failovers this run has taken, the one still recovering included. */
   taken: number
-  maxFailovers: number
-  pingTimeoutMs: number
+  /** The run's parsed options: its failover limit and liveness-ping budget. */
+  options: { maxFailovers: number; pingTimeoutMs: number }
   signal: AbortSignal | undefined
   logger: Logger
 }
@@ -43,7 +43,8 @@ export interface FailoverInput<P> {
  */
 export async function failOver<P>(input: FailoverInput<P>): Promise<{ dead: string[]; plan: P }> {
   const { run, failed, cause, attemptNo } = input
-  const dead = await failed.deadMembers(input.pingTimeoutMs)
+  const { maxFailovers, pingTimeoutMs } = input.options
+  const dead = await failed.deadMembers(pingTimeoutMs)
   await failed.abort()
   input.logger.warn({ dead, err: cause.message, attempt: attemptNo }, `sharded ${run} attempt failed`)
   if (dead.length === 0) throw new ShardedRunError(`sharded ${run} failed: ${cause.message}`, { cause })
@@ -51,8 +52,8 @@ export async function failOver<P>(input: FailoverInput<P>): Promise<{ dead: stri
   if (input.replan === undefined) {
     throw new ShardedRunError(`${who} stopped mid-${run} and no replan function was given`, { cause })
   }
-  if (input.taken >= input.maxFailovers) {
-    throw new ShardedRunError(`${who} stopped mid-${run} after ${input.maxFailovers} failovers; giving up`, {
+  if (input.taken >= maxFailovers) {
+    throw new ShardedRunError(`${who} stopped mid-${run} after ${maxFailovers} failovers; giving up`, {
       cause,
     })
   }

@@ -371,7 +371,7 @@ describe('sharded generation over loopback libp2p', () => {
   })
 
   it.each([
-    ['no replan function was given', {}],
+    ['no replan function was given', {}, 'and no replan function was given'],
     [
       'its failovers are used up',
       {
@@ -380,13 +380,13 @@ describe('sharded generation over loopback libp2p', () => {
           throw new Error('replan must not be asked')
         },
       },
+      'after 0 failovers; giving up',
     ],
-  ] as const)('ends with an error naming the dead member when %s', async (_, options) => {
+  ] as const)('ends with an error naming the dead member when %s', async (_, options, why) => {
     const group = [await member(), await member()]
     const gen = run({ plan: planOf('pipeline', group), ...options }, async (index) => {
       if (index === 1) await group[1]!.kill()
     })
-    const why = 'replan' in options ? 'after 0 failovers; giving up' : 'and no replan function was given'
     await expect(gen).rejects.toMatchObject({
       name: 'ShardedRunError',
       message: `member ${group[1]!.nodeId} stopped mid-generation ${why}`,
