@@ -401,6 +401,8 @@ export async function* requestJob<Peer>(
   try {
     await frames.write(encodeJobFrame({ v: 1, request: checked }))
     for (;;) {
+      // A token already read in before the abort is not handed out after it.
+      options.signal?.throwIfAborted()
       const frame = await frames.read(options.signal ? { signal: options.signal } : {})
       if (frame === undefined) {
         // Our own abort ends the stream too: that is the cancellation, not the node's doing.
