@@ -220,3 +220,79 @@ it('a meshnet engine with parallel sequences decodes concurrent generations toge
   const together = await Promise.all(prompts.map((p, i) => engine.generate(p.prompt, options(i))))
   expect(together.map((r) => r.tokens)).toEqual(alone)
 })
+
+it('waits for the sessions of the last pass, so that steps coming back one after another share a pass', async () => {
+  // Passes of a few milliseconds, so that steps coming back within turns of the event loop are
+  // well inside a wait.
+  const path = await models.model('batch-fill-wide', { ...BASE, embd: 512, ff: 2048, type: 'Q8_0' })
+  const kernels = await createWasmKernels({ threads: 1 })
+  disposables.push(kernels)
+  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
+  disposables.push(weights)
+  const options = { contextSize: 64, kvCacheType: 'f16' as const, maxBatch: 16 }
+  const decodes = [3, 6, 6, 6]
+  // Session i steps again i + 1 event-loop turns after its result: as a round trip to a
+  // coordinator would bring them back, one after another. Session 0 stops first.
+  const generate = async (batcher: StepBatcher, i: number, shard: LlamaShard) => {
+    const tokens: number[] = []
+    let out = await batcher.forward(shard, { tokens: [1 + i, 2 + i, 3 + i] }, 0)
+    for (let pos = 3; ; pos++) {
+      if (out.kind !== 'logits') throw new Error('expected logits')
+      tokens.push(createSampler({ temperature: 0 }).sample(out.logits))
+      if (tokens.length > decodes[i]!) return tokens
+      for (let turn = 0; turn <= i; turn++) await new Promise((resolve) => setImmediate(resolve))
+      out = await batcher.forward(shard, { tokens: [tokens.at(-1)!] }, pos)
+    }
+  }
+  const runAll = async (batcher: StepBatcher) => {
+    const sessions = decodes.map(() => weights.createSession(options).shard)
+    disposables.push(...sessions)
+    return {
+      tokens: await Promise.all(sessions.map((s, i) => generate(batcher, i, s))),
+      stats: batcher.stats(),
+    }
+  }
+  // Waiting up to the whole last pass's time: turns of the event loop take microseconds.
+  const filled = await runAll(new StepBatcher({ fillWaitShare: 1, maxFillWaitMs: 60_000 }))
+  const unfilled = await runAll(new StepBatcher({ fillWaitShare: 0 }))
+  expect(filled.tokens).toEqual(unfilled.tokens)
+  // At best the prompts in one pass, 3 decode passes of all 4 sessions and 3 of the 3 left; a
+  // busy machine may hold a session past one wait (a wait lasts at most the last pass's time).
+  expect(filled.stats.widest).toBe(4)
+  expect(filled.stats.passes).toBeGreaterThanOrEqual(7)
+  expect(filled.stats.passes).toBeLessThanOrEqual(9)
+  // Without the wait, session 0 (back first) runs alone each time and the others after it.
+  expect(unfilled.stats.passes).toBeGreaterThanOrEqual(11)
+  expect(unfilled.stats.fills.waits).toBe(0)
+})
+
+it('does not wait for a session whose steps come back later than a wait would last', async () => {
+  const path = await models.model('batch-fill', { ...BASE, type: 'Q8_0' })
+  const kernels = await createWasmKernels({ threads: 1 })
+  disposables.push(kernels)
+  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
+  disposables.push(weights)
+  const options = { contextSize: 256, kvCacheType: 'f16' as const, maxBatch: 16 }
+  const [fast, slow] = [0, 1].map(() => weights.createSession(options).shard)
+  disposables.push(fast!, slow!)
+  // The slow session is away 5 ms between its steps, as in a pipeline where the other stages run
+  // it, and rejoins the fast one's passes each time; a wait lasts at most 2 ms.
+  const batcher = new StepBatcher({ fillWaitShare: 1, maxFillWaitMs: 2 })
+  let slowDone = false
+  const generate = async (shard: LlamaShard, awayMs: number) => {
+    let out = await batcher.forward(shard, { tokens: [1, 2, 3] }, 0)
+    for (let pos = 3; awayMs > 0 ? pos < 9 : !slowDone && pos < 250; pos++) {
+      if (out.kind !== 'logits') throw new Error('expected logits')
+      const token = createSampler({ temperature: 0 }).sample(out.logits)
+      await new Promise((resolve) => (awayMs > 0 ? setTimeout(resolve, awayMs) : setImmediate(resolve)))
+      out = await batcher.forward(shard, { tokens: [token] }, pos)
+    }
+    if (awayMs > 0) slowDone = true
+  }
+  await Promise.all([generate(fast!, 0), generate(slow!, 5)])
+  const { fills, widest } = batcher.stats()
+  expect(widest).toBe(2)
+  // Missed: the slow session once (before its first return was seen), the fast one at its end.
+  // Waiting for the slow one would miss it after every pass it shared with the fast one.
+  expect(fills.missed).toBeLessThanOrEqual(2)
+})

@@ -6,6 +6,13 @@ import type { LlamaShard, LogitsWanted, ShardInput, ShardOutput } from './shard-
 export interface StepBatcherOptions {
   /** Positions one pass takes at most (default, and at most: the shards' `maxBatch`). */
   maxRows?: number
+  /**
+   * After a pass, how long the next one waits at most for the sessions of the last pass to give
+   * their next step: this share of the last pass's time (default 0.25), never more than
+   * `maxFillWaitMs` (default 10). 0 starts every pass with whatever is waiting.
+   */
+  fillWaitShare?: number
+  maxFillWaitMs?: number
 }
 
 /** What a step batcher has run. */
@@ -20,6 +27,11 @@ export interface StepBatcherStats {
   widest: number
   /** Steps waiting for the next pass. */
   queued: number
+  /**
+   * Rounds that waited for the sessions of the round before to give their next step, how long
+   * they waited in all (ms), and the sessions waited for that did not come in time.
+   */
+  fills: { waits: number; ms: number; missed: number }
 }
 
 interface Entry {
@@ -36,15 +48,34 @@ function passRows(shard: LlamaShard): number | undefined {
 
 /**
  * Continuous batching: sessions over the same weights give their steps to one batcher, which runs
- * whatever steps are waiting when the kernels come free as one pass (`forwardBatch`), so that one
- * read of the weights serves every session in flight. Sessions join and leave between passes;
- * nothing waits for a batch to fill. Each session gets exactly what `forward` alone gives it.
- * Column slices (tensor parallel) and steps larger than a pass run alone, in order.
+ * the steps waiting when the kernels come free as one pass (`forwardBatch`), so that one read of
+ * the weights serves every session in flight. Sessions join and leave between passes. Each session
+ * gets exactly what `forward` alone gives it. Column slices (tensor parallel) and steps larger than
+ * a pass run alone, in order.
+ *
+ * A session steps again once its last step's result has reached it and come back (a round trip to
+ * its coordinator, sampling on the way), so the first of them is back before the others: a pass
+ * started with whatever waits would run it alone while the others' steps are on their way, and
+ * they would then wait that whole pass. So the next pass waits, for at most a small share of the
+ * last pass's time, until every session of the last pass has given its next step; one that has not
+ * (it finished, or is slow) is not waited for again until it steps, and one whose last step took
+ * longer than that to come back (a pipeline's other stages ran it in between) is not waited for.
  */
 export class StepBatcher {
   readonly #maxRows: number
+  readonly #fillWaitShare: number
+  readonly #maxFillWaitMs: number
   readonly #queue: Entry[] = []
   readonly #stats = { steps: 0, passes: 0, rows: 0, widest: 0 }
+  readonly #fills = { waits: 0, ms: 0, missed: 0 }
+  /** The sessions of the last round of passes, whose next steps the next round waits for. */
+  #recent = new Set<LlamaShard>()
+  /** When each session's last step ended, and how long its next step then took to come. */
+  readonly #endedAt = new WeakMap<LlamaShard, number>()
+  readonly #returnMs = new WeakMap<LlamaShard, number>()
+  #lastRoundMs = 0
+  /** Wakes a round waiting for steps (`#fill`) when one arrives. */
+  #arrived: (() => void) | undefined
   #running = false
   #closed = false
 
@@ -52,6 +83,15 @@ export class StepBatcher {
     const maxRows = options.maxRows ?? Number.POSITIVE_INFINITY
     if (!(maxRows >= 1)) throw new InvalidArgumentError(`maxRows must be at least 1, got ${maxRows}`)
     this.#maxRows = maxRows
+    const { fillWaitShare = 0.25, maxFillWaitMs = 10 } = options
+    if (!(fillWaitShare >= 0 && fillWaitShare <= 1)) {
+      throw new InvalidArgumentError(`fillWaitShare must be between 0 and 1, got ${fillWaitShare}`)
+    }
+    if (!(maxFillWaitMs >= 0)) {
+      throw new InvalidArgumentError(`maxFillWaitMs must be 0 or more, got ${maxFillWaitMs}`)
+    }
+    this.#fillWaitShare = fillWaitShare
+    this.#maxFillWaitMs = maxFillWaitMs
   }
 
   /** `shard.forward(input, pos)`, run in the next pass with the other sessions' waiting steps. */
@@ -64,7 +104,10 @@ export class StepBatcher {
     if (this.#closed) return Promise.reject(new EngineDisposedError('the step batcher was closed'))
     return new Promise<ShardOutput>((resolve, reject) => {
       const step: BatchStep = { shard, input, pos, ...(options.logits ? { logits: options.logits } : {}) }
+      const ended = this.#endedAt.get(shard)
+      if (ended !== undefined) this.#returnMs.set(shard, performance.now() - ended)
       this.#queue.push({ step, signal: options.signal, resolve, reject })
+      this.#arrived?.()
       this.#start()
     })
   }
@@ -105,12 +148,13 @@ export class StepBatcher {
   }
 
   stats(): StepBatcherStats {
-    return { ...this.#stats, queued: this.#queue.length }
+    return { ...this.#stats, queued: this.#queue.length, fills: { ...this.#fills } }
   }
 
   /** Fails the steps still waiting; later calls are refused. */
   close(): void {
     this.#closed = true
+    this.#arrived?.()
     for (const entry of this.#queue.splice(0)) {
       entry.reject(new EngineDisposedError('the step batcher was closed'))
     }
@@ -125,16 +169,57 @@ export class StepBatcher {
 
   async #run(): Promise<void> {
     try {
-      while (this.#queue.length > 0) {
+      for (;;) {
+        await this.#fill()
+        if (this.#queue.length === 0) break
         const waiting = this.#queue.splice(0)
+        this.#recent = new Set(waiting.map((e) => e.step.shard))
+        const started = performance.now()
         for (const pass of this.#passes(waiting)) await this.#pass(pass)
+        this.#lastRoundMs = performance.now() - started
         // Sessions whose step just ended queue their next one (and links deliver theirs) first.
         await new Promise<void>((resolve) => setImmediate(resolve))
       }
     } finally {
+      this.#recent.clear()
       this.#running = false
-      if (this.#queue.length > 0) this.#start()
+      if (this.#queue.length > 0 && !this.#closed) this.#start()
     }
+  }
+
+  /**
+   * Waits until every session of the last round has queued its next step, for at most
+   * `fillWaitShare` of that round's time (and `maxFillWaitMs`). Those that did not are forgotten
+   * until they step again. A session whose last step came back later than that is not waited for:
+   * in a pipeline, its next step comes only after the other stages' passes, and this stage serves
+   * the sessions that are back in the meantime.
+   */
+  async #fill(): Promise<void> {
+    const limit = Math.min(this.#maxFillWaitMs, this.#lastRoundMs * this.#fillWaitShare)
+    const missing = () => {
+      const queued = new Set(this.#queue.map((e) => e.step.shard))
+      return [...this.#recent].filter(
+        (shard) => !queued.has(shard) && (this.#returnMs.get(shard) ?? 0) <= limit,
+      )
+    }
+    if (!(limit > 0) || missing().length === 0) return
+    const start = performance.now()
+    this.#fills.waits++
+    for (let left = limit; left > 0 && !this.#closed && missing().length > 0; ) {
+      await new Promise<void>((resolve) => {
+        const timer = setTimeout(resolve, left)
+        this.#arrived = () => {
+          clearTimeout(timer)
+          resolve()
+        }
+      })
+      this.#arrived = undefined
+      left = start + limit - performance.now()
+    }
+    this.#fills.ms += performance.now() - start
+    const late = missing()
+    this.#fills.missed += late.length
+    for (const shard of late) this.#recent.delete(shard)
   }
 
   /** Waiting steps in passes, in arrival order: each joins the first pass it can share. */
@@ -176,7 +261,11 @@ export class StepBatcher {
         entries.map((e) => e.step),
         signal ? { signal } : {},
       )
-      for (const [i, e] of entries.entries()) e.resolve(outs[i]!)
+      const now = performance.now()
+      for (const [i, e] of entries.entries()) {
+        this.#endedAt.set(e.step.shard, now)
+        e.resolve(outs[i]!)
+      }
     } catch (err) {
       if (entries.length === 1) {
         entries[0]!.reject(err)
