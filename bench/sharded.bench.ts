@@ -111,6 +111,7 @@ try {
     config,
     ...cells(m.best, m.median),
     ...details(m.result.stats),
+    'steps/pass': '-',
     'same tokens': tokens,
   })
   const dash = {
@@ -123,7 +124,13 @@ try {
   }
   console.log()
   table([
-    { config: 'node-llama-cpp, 1 thread', ...cells(llamaBest, llamaTps), ...dash, 'same tokens': '-' },
+    {
+      config: 'node-llama-cpp, 1 thread',
+      ...cells(llamaBest, llamaTps),
+      ...dash,
+      'steps/pass': '-',
+      'same tokens': '-',
+    },
     row('1 member, 1 thread (reference)', one, 'ref'),
     row('pipeline, 2 members', pipe),
     row('pipeline, 2 members, f16 activations', pipeF16),
@@ -134,17 +141,19 @@ try {
       config: `1 member, ${CONCURRENT} sessions (aggregate)`,
       ...cells(oneConcurrent.tps, '-'),
       ...details(oneConcurrent.stats),
+      'steps/pass': oneConcurrent.stepsPerPass.toFixed(2),
       'same tokens': '-',
     },
     {
       config: `pipeline, 2 members, ${CONCURRENT} sessions (aggregate)`,
       ...cells(pipeConcurrent.tps, '-'),
       ...details(pipeConcurrent.stats),
+      'steps/pass': pipeConcurrent.stepsPerPass.toFixed(2),
       'same tokens': '-',
     },
   ])
   console.log(
-    `tok/s: decode speed of the fastest of ${REPEAT} runs of ${TOKENS} tokens (after the first token); median tok/s: from the median gap between tokens over all runs. Aggregate: every token of ${CONCURRENT} concurrent sessions over their common span, fastest of ${REPEAT}.`,
+    `tok/s: decode speed of the fastest of ${REPEAT} runs of ${TOKENS} tokens (after the first token); median tok/s: from the median gap between tokens over all runs. Aggregate: every token of ${CONCURRENT} concurrent sessions over their common span, fastest of ${REPEAT}; steps/pass: the sessions' steps the members' batchers ran per pass over their weights, over all runs.`,
   )
   console.log(
     `load average of the machine: ${load.toFixed(1)} before, ${loadavg()[0]!.toFixed(1)} after (${availableParallelism()} cores)`,

@@ -19,6 +19,7 @@ import {
   type ShardedGenerationStats,
   type ShardedPlan,
   type ShardModelFacts,
+  type ShardServerStats,
 } from '@meshnet/shards'
 import { BENCH_507M, cachedModel } from '../lib.ts'
 
@@ -107,8 +108,14 @@ export interface ShardedRing {
   measureAll<K extends string>(
     configs: Record<K, { plan: ShardedPlan; options?: RunOptions }>,
   ): Promise<Record<K, Measured>>
-  /** Aggregate tokens/s of `sessions` sessions started together (different prompts), best of `repeat`. */
-  concurrent(plan: ShardedPlan, sessions: number): Promise<{ tps: number; stats: ShardedGenerationStats }>
+  /**
+   * Aggregate tokens/s of `sessions` sessions started together (different prompts), best of
+   * `repeat`; and over all runs, the steps the members' batchers ran per pass over the weights.
+   */
+  concurrent(
+    plan: ShardedPlan,
+    sessions: number,
+  ): Promise<{ tps: number; stats: ShardedGenerationStats; stepsPerPass: number }>
   /** Stops the members, the coordinator's node, and removes the data dirs. */
   close(): Promise<void>
 }
@@ -187,6 +194,27 @@ export async function startShardedRing(init: RingInit): Promise<ShardedRing> {
     gate = new PoolGate({ node, dataDir: join(root, 'coordinator') })
     await gate.start()
     const members = await Promise.all(Array.from({ length: init.members }, (_, i) => startMember(i)))
+    /** Steps and passes the members' step batchers have run, summed over the members. */
+    const batching = async () => {
+      const all = await Promise.all(
+        children.map(
+          (child) =>
+            new Promise<ShardServerStats>((resolve) => {
+              const listen = (m: unknown) => {
+                if (typeof m !== 'object' || m === null || !('stats' in m)) return
+                child.off('message', listen)
+                resolve((m as { stats: ShardServerStats }).stats)
+              }
+              child.on('message', listen)
+              child.send('stats')
+            }),
+        ),
+      )
+      return {
+        steps: all.reduce((sum, s) => sum + s.batching.steps, 0),
+        passes: all.reduce((sum, s) => sum + s.batching.passes, 0),
+      }
+    }
 
     const ringOf = (count: number) => {
       if (count > members.length) throw new Error(`the ring has ${members.length} members, not ${count}`)
@@ -256,6 +284,7 @@ export async function startShardedRing(init: RingInit): Promise<ShardedRing> {
       async concurrent(plan, sessions) {
         let best = 0
         let stats: ShardedGenerationStats | undefined
+        const before = await batching()
         for (let i = 0; i < repeat; i++) {
           const runs = await Promise.all(
             Array.from({ length: sessions }, (_, s) => generate(plan, s + 1, tokens)),
@@ -268,7 +297,13 @@ export async function startShardedRing(init: RingInit): Promise<ShardedRing> {
             stats = runs[0]!.result.stats
           }
         }
-        return { tps: best, stats: stats! }
+        const after = await batching()
+        const passes = after.passes - before.passes
+        return {
+          tps: best,
+          stats: stats!,
+          stepsPerPass: passes > 0 ? (after.steps - before.steps) / passes : 0,
+        }
       },
       close,
     }
