@@ -82,6 +82,16 @@ function sameBits(a: Float32Array, b: Float32Array): boolean {
   )
 }
 
+/** The whole model of `shape` (Q8_0 unless it says) on kernels of one thread, disposed after the tests. */
+async function wholeModel(name: string, shape: Partial<typeof BASE> = {}): Promise<ShardWeights> {
+  const path = await models.model(name, { ...BASE, type: 'Q8_0', ...shape })
+  const kernels = await createWasmKernels({ threads: 1 })
+  disposables.push(kernels)
+  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
+  disposables.push(weights)
+  return weights
+}
+
 const CASES = [
   { name: 'llama Q8_0', shape: { ...BASE, type: 'Q8_0' as const } },
   { name: 'qwen3 Q4_K_M', shape: { ...BASE, arch: 'qwen3' as const, headDim: 128, type: 'Q4_K_M' as const } },
@@ -175,11 +185,7 @@ it('batches sessions of a shard held in several weight segments, each segment as
 })
 
 it('fails only the step that is wrong, not the others in its pass', async () => {
-  const path = await models.model('batch-faults', { ...BASE, type: 'Q8_0' })
-  const kernels = await createWasmKernels({ threads: 1 })
-  disposables.push(kernels)
-  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
-  disposables.push(weights)
+  const weights = await wholeModel('batch-faults')
   const options = { contextSize: 64, kvCacheType: 'f16' as const, maxBatch: 16 }
   const [a, b, c] = [0, 1, 2].map(() => weights.createSession(options).shard)
   disposables.push(a!, b!, c!)
@@ -224,11 +230,7 @@ it('a meshnet engine with parallel sequences decodes concurrent generations toge
 it('waits for the sessions of the last pass, so that steps coming back one after another share a pass', async () => {
   // Passes of a few milliseconds, so that steps coming back within turns of the event loop are
   // well inside a wait.
-  const path = await models.model('batch-fill-wide', { ...BASE, embd: 512, ff: 2048, type: 'Q8_0' })
-  const kernels = await createWasmKernels({ threads: 1 })
-  disposables.push(kernels)
-  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
-  disposables.push(weights)
+  const weights = await wholeModel('batch-fill-wide', { embd: 512, ff: 2048 })
   const options = { contextSize: 64, kvCacheType: 'f16' as const, maxBatch: 16 }
   const decodes = [3, 6, 6, 6]
   // Session i steps again i + 1 event-loop turns after its result: as a round trip to a
@@ -267,11 +269,7 @@ it('waits for the sessions of the last pass, so that steps coming back one after
 })
 
 it('does not wait for a session whose steps come back later than a wait would last', async () => {
-  const path = await models.model('batch-fill', { ...BASE, type: 'Q8_0' })
-  const kernels = await createWasmKernels({ threads: 1 })
-  disposables.push(kernels)
-  const weights = await ShardWeights.load(path, { embed: true, head: true }, kernels)
-  disposables.push(weights)
+  const weights = await wholeModel('batch-fill')
   const options = { contextSize: 256, kvCacheType: 'f16' as const, maxBatch: 16 }
   const [fast, slow] = [0, 1].map(() => weights.createSession(options).shard)
   disposables.push(fast!, slow!)
