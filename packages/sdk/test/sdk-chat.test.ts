@@ -298,10 +298,14 @@ describe('FabstirSDK chat with real agents', () => {
     expect(result.text).toBe(answer.choices[0]!.message.content)
     expect(result.stats.promptTokens).toBe(answer.usage.prompt_tokens)
     expect(result.stats.completionTokens).toBe(answer.usage.completion_tokens)
-    // The model's context is 256: whatever the prompt leaves, unless the model ended first.
-    if (result.stopReason !== 'eog') {
-      expect(result.stats.promptTokens + result.stats.completionTokens).toBe(256)
-    }
+    // The model's context is 1024: the reply may take whatever the prompt leaves, unless the model
+    // ends first, or llama.cpp's sequence fills first: node-llama-cpp gives each of the agent's 4
+    // sequences the whole context on an AMD EPYC without AVX-512, and this test, written on another
+    // machine, saw the reply end at 256, a quarter of it.
+    const total = result.stats.promptTokens + result.stats.completionTokens
+    if (result.stopReason === 'maxTokens') expect(total).toBe(1024)
+    else if (result.stopReason === 'contextFull') expect(total).toBe(256)
+    else expect(result.stopReason).toBe('eog')
   }, 40_000)
 
   it('uses the plain fallback template for a model without one, and streams a character split over tokens whole', async () => {
