@@ -7,6 +7,7 @@ import { ringPubsub } from '@meshnet/ring'
 import { type Multiaddr, multiaddr } from '@multiformats/multiaddr'
 import type { AgentContext, AgentPart } from './agent.ts'
 import type { BeaconsPart } from './beacons-part.ts'
+import { RendezvousSchedule } from './rendezvous.ts'
 
 export type AgentNode = MeshNode<{ pubsub: GossipSub; perf: Perf }>
 
@@ -16,8 +17,6 @@ export interface MeshPart extends AgentPart {
   readonly gate: () => PoolGate
 }
 
-/** How often pool members look each other up in the DHT (provider records of the pool). */
-const RENDEZVOUS_MS = 5_000
 /** Between presence beacons sent in answer to a member we are not connected to. */
 const ANSWER_GAP_MS = 500
 /**
@@ -56,11 +55,14 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
   const dialing = new Set<string>()
   /** A presence beacon due in answer to members we are not connected to. */
   let answer: NodeJS.Timeout | undefined
-  const counts = { beaconDials: 0, dhtDials: 0 }
+  const counts = { beaconDials: 0, dhtDials: 0, provides: 0, lookups: 0 }
+
+  const isConnected = (nodeId: string) =>
+    node?.libp2p.getConnections().some((c) => c.remotePeer.toString() === nodeId) === true
 
   const dial = async (nodeId: string, addresses: string[], via: 'beaconDials' | 'dhtDials') => {
     if (node === undefined || nodeId === identity.nodeId || dialing.has(nodeId)) return
-    if (node.libp2p.getConnections().some((c) => c.remotePeer.toString() === nodeId)) return
+    if (isConnected(nodeId)) return
     dialing.add(nodeId)
     try {
       await node.libp2p.dial(beaconDialAddresses(addresses), { signal: AbortSignal.timeout(10_000) })
@@ -82,7 +84,7 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
     const shared = gate.pools().some((p) => theirs.includes(p.id))
     if (!shared || addrs.length === 0) return
     const from = message.from.nodeId
-    if (node?.libp2p.getConnections().some((c) => c.remotePeer.toString() === from)) return
+    if (isConnected(from)) return
     // A member we are not connected to may not have heard us (it just started): answer with our
     // own presence, so that both know of the other at once. Answers to several members share one
     // beacon, at most one per ANSWER_GAP_MS; one due within the gap is sent when it ends.
@@ -104,26 +106,48 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
     else setTimeout(() => void dial(from, addrs, 'beaconDials'), DIAL_FIRST_MS).unref()
   }
 
-  const lookUpPools = async () => {
-    if (node === undefined || gate === undefined || config.dht === false) return
+  /**
+   * Stores the pools' provider records when due, then looks up the other members of each pool and
+   * dials those we are not connected to; true when there was one.
+   */
+  const lookUpPools = async (schedule: RendezvousSchedule): Promise<boolean> => {
+    if (node === undefined || gate === undefined || config.dht === false) return false
+    let foundNew = false
     for (const pool of gate.pools()) {
       const key = await poolRendezvousKey(pool.id)
-      try {
-        await node.libp2p.contentRouting.provide(key, { signal: AbortSignal.timeout(4_000) })
-      } catch (err) {
-        logger.debug({ err: (err as Error).message }, 'pool provider record not stored yet')
+      if (schedule.provideDue(pool.id, Date.now())) {
+        let reached = 0
+        try {
+          counts.provides++
+          await node.libp2p.contentRouting.provide(key, {
+            signal: AbortSignal.timeout(4_000),
+            onProgress: (event: { type: string; detail?: unknown }) => {
+              const detail = event.detail as { messageName?: string } | undefined
+              if (event.type === 'kad-dht:query:peer-response' && detail?.messageName === 'ADD_PROVIDER')
+                reached++
+            },
+          })
+        } catch (err) {
+          logger.debug({ err: (err as Error).message }, 'pool provider record not stored yet')
+        }
+        schedule.provided(pool.id, reached, Date.now())
       }
       try {
+        counts.lookups++
         for await (const provider of node.libp2p.contentRouting.findProviders(key, {
           signal: AbortSignal.timeout(4_000),
         })) {
-          const addrs = provider.multiaddrs.map((a) => `${a.toString()}/p2p/${provider.id.toString()}`)
-          if (addrs.length > 0) void dial(provider.id.toString(), addrs, 'dhtDials')
+          const nodeId = provider.id.toString()
+          const addrs = provider.multiaddrs.map((a) => `${a.toString()}/p2p/${nodeId}`)
+          if (addrs.length === 0 || nodeId === identity.nodeId || isConnected(nodeId)) continue
+          foundNew = true
+          void dial(nodeId, addrs, 'dhtDials')
         }
       } catch (err) {
         logger.debug({ err: (err as Error).message }, 'pool provider lookup ended')
       }
     }
+    return foundNew
   }
 
   return {
@@ -175,14 +199,15 @@ export function meshPart(context: AgentContext, beaconsPart: BeaconsPart | undef
       if (beaconsPart) beaconsPart.beacons.onMessage(onPresence)
       // The beacon sent when the beacons started carried no addresses yet: tell the LAN now.
       beaconsPart?.beacons.announce()
-      // Look up pool members in the DHT every 5 s at first, backing off to once a minute while
-      // lookups find no one new: DHT queries are the heaviest background work of an idle agent.
-      let delay = RENDEZVOUS_MS
+      // Provide and look up at once, then on the schedule's backoff (see RendezvousSchedule).
+      const schedule = new RendezvousSchedule()
       const round = async () => {
-        const before = counts.dhtDials
-        await lookUpPools()
-        delay = counts.dhtDials > before ? RENDEZVOUS_MS : Math.min(delay * 2, 60_000)
-        if (node !== undefined) rendezvous = setTimeout(() => void round(), delay)
+        const foundNew = await lookUpPools(schedule)
+        if (node === undefined) return
+        const memberConnected = node.libp2p
+          .getConnections()
+          .some((c) => gate?.isMemberOfAny(c.remotePeer.toString()) === true)
+        rendezvous = setTimeout(() => void round(), schedule.nextRoundMs(foundNew, memberConnected))
       }
       rendezvous = setTimeout(() => void round(), 0)
       logger.info({ addresses: node.multiaddrs().map(String) }, 'libp2p node listening')
