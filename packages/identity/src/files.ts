@@ -1,4 +1,5 @@
 import { randomBytes } from 'node:crypto'
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs'
 import { link, mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { FileAccessError } from '@meshnet/core'
@@ -32,6 +33,36 @@ export async function writeFileAtomic(
     await rename(tmp, path)
   } catch (err) {
     await rm(tmp, { force: true })
+    throw new FileAccessError(`could not write ${path}: ${(err as Error).message}`, { cause: err })
+  }
+}
+
+/**
+ * {@link writeFileAtomic} in one go on the calling thread, for a small file that must be on disk
+ * before anything else happens (the files that say an agent is up). Each step of the asynchronous
+ * one waits its turn on the event loop: 16 agents starting at once on two cores took 0.1–12 s to
+ * write their 70-byte control token and agent.json that way; these syscalls take a millisecond.
+ */
+export function writeFileAtomicSync(
+  path: string,
+  data: string | Uint8Array,
+  options: WriteFileOptions = {},
+): void {
+  const dir = dirname(path)
+  const tmp = join(dir, `.${randomBytes(6).toString('hex')}.tmp`)
+  try {
+    mkdirSync(dir, { recursive: true })
+    const fd = openSync(tmp, 'wx', options.mode ?? 0o644)
+    try {
+      const bytes = typeof data === 'string' ? Buffer.from(data) : data
+      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at)
+      fsyncSync(fd)
+    } finally {
+      closeSync(fd)
+    }
+    renameSync(tmp, path)
+  } catch (err) {
+    rmSync(tmp, { force: true })
     throw new FileAccessError(`could not write ${path}: ${(err as Error).message}`, { cause: err })
   }
 }

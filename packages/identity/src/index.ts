@@ -13,7 +13,7 @@ export {
   resolveDataDir,
 } from './data-dir.ts'
 export type { WriteFileOptions } from './files.ts'
-export { writeFileAtomic, writeFileExclusive } from './files.ts'
+export { writeFileAtomic, writeFileAtomicSync, writeFileExclusive } from './files.ts'
 export type { LoadedIdentity, LoadNodeIdentityOptions, NodeIdentity } from './keys.ts'
 export {
   decodeIdentityFile,

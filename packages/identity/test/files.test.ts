@@ -1,8 +1,8 @@
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, beforeEach, describe, expect, it } from 'vitest'
-import { writeFileAtomic, writeFileExclusive } from '../src/files.ts'
+import { writeFileAtomic, writeFileAtomicSync, writeFileExclusive } from '../src/files.ts'
 
 let dir: string
 beforeEach(async () => {
@@ -19,6 +19,22 @@ describe('file writes', () => {
     await writeFileAtomic(path, 'two', { mode: 0o600 })
     expect(await readFile(path, 'utf8')).toBe('two')
     expect(await readdir(join(dir, 'sub'))).toEqual(['f.json'])
+  })
+
+  it('writeFileAtomicSync replaces the whole file with its mode and leaves no temporary behind', async () => {
+    const path = join(dir, 'sub', 'agent.json')
+    writeFileAtomicSync(path, 'one', { mode: 0o600 })
+    writeFileAtomicSync(path, new TextEncoder().encode('two'), { mode: 0o600 })
+    expect(await readFile(path, 'utf8')).toBe('two')
+    expect((await stat(path)).mode & 0o777).toBe(0o600)
+    expect(await readdir(join(dir, 'sub'))).toEqual(['agent.json'])
+  })
+
+  it('writeFileAtomicSync names the file it could not write and leaves no temporary behind', async () => {
+    const path = join(dir, 'taken')
+    await mkdir(join(path, 'inner'), { recursive: true }) // a directory where the file should go
+    expect(() => writeFileAtomicSync(path, 'x')).toThrow(/could not write .*taken/)
+    expect(await readdir(dir)).toEqual(['taken'])
   })
 
   it('writeFileExclusive never overwrites an existing file', async () => {

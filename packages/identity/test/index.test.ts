@@ -25,6 +25,7 @@ it('exports exactly the public surface', async () => {
       "signingKey",
       "verifySignature",
       "writeFileAtomic",
+      "writeFileAtomicSync",
       "writeFileExclusive",
     ]
   `)

@@ -10,7 +10,7 @@ import {
   RESPONSE_ALREADY_SENT,
   readJsonBody,
 } from '@meshnet/http'
-import { type DataDirLayout, writeFileAtomic } from '@meshnet/identity'
+import { type DataDirLayout, writeFileAtomicSync } from '@meshnet/identity'
 import { Hono } from 'hono'
 import type { ContentfulStatusCode } from 'hono/utils/http-status'
 import { z } from 'zod'
@@ -79,7 +79,8 @@ export async function startControlServer(options: {
   logger: Logger
 }): Promise<ControlServer> {
   const token = randomBytes(32).toString('hex')
-  await writeFileAtomic(options.layout.controlToken, `${token}\n`, { mode: 0o600 })
+  // Written on this thread: an agent's last step, which a loaded event loop delayed by seconds.
+  writeFileAtomicSync(options.layout.controlToken, `${token}\n`, { mode: 0o600 })
   const server = await listen(controlApp(options.routes, token, options.logger))
   const info: AgentInfo = {
     pid: process.pid,
@@ -87,7 +88,7 @@ export async function startControlServer(options: {
     nodeId: options.nodeId,
     startedAt: new Date().toISOString(),
   }
-  await writeFileAtomic(options.layout.agentInfo, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 })
+  writeFileAtomicSync(options.layout.agentInfo, `${JSON.stringify(info, null, 2)}\n`, { mode: 0o600 })
   return { port: server.port, close: () => server.close() }
 }
 
