@@ -28,6 +28,8 @@ export class RendezvousSchedule {
   readonly #provideDueAt = new Map<string, number>()
   /** Whether the last provide of some pool reached no server (as at start, before any connection). */
   #provideFailed = false
+  /** The wait before a provide that reached no server is tried again: doubles, as lookups do. */
+  #provideRetryMs = LOOKUP_FIRST_MS
 
   /** Whether this round should store the pool's provider record (the pool's first round does). */
   provideDue(poolId: string, now: number): boolean {
@@ -36,20 +38,25 @@ export class RendezvousSchedule {
 
   /** Records a provide that reached `servers` DHT servers: none means it is due again next round. */
   provided(poolId: string, servers: number, now: number): void {
-    if (servers > 0) this.#provideDueAt.set(poolId, now + PROVIDE_AGAIN_MS)
-    else this.#provideFailed = true
+    if (servers > 0) {
+      this.#provideDueAt.set(poolId, now + PROVIDE_AGAIN_MS)
+      this.#provideRetryMs = LOOKUP_FIRST_MS
+    } else this.#provideFailed = true
   }
 
   /**
    * The wait before the next round, after a round whose lookups did or did not find a member we
    * were not connected to: the first pace after a find, else twice the last wait up to the cap that
-   * applies; the first pace while a provide has reached no server yet, whatever the lookups found.
+   * applies. While a provide reaches no server, sooner: from the first pace, doubling up to a minute
+   * (an agent with no DHT server to reach, alone on its machine, need not wake every 5 s).
    */
   nextRoundMs(foundNew: boolean, memberConnected: boolean): number {
     const cap = memberConnected ? LOOKUP_MEMBER_MAX_MS : LOOKUP_ALONE_MAX_MS
     this.#lookupDelayMs = foundNew ? LOOKUP_FIRST_MS : Math.min(this.#lookupDelayMs * 2, cap)
-    const retry = this.#provideFailed
+    if (!this.#provideFailed) return this.#lookupDelayMs
     this.#provideFailed = false
-    return retry ? LOOKUP_FIRST_MS : this.#lookupDelayMs
+    const retryMs = this.#provideRetryMs
+    this.#provideRetryMs = Math.min(retryMs * 2, LOOKUP_ALONE_MAX_MS)
+    return Math.min(retryMs, this.#lookupDelayMs)
   }
 }

@@ -33,12 +33,34 @@ describe('pool rendezvous schedule', () => {
     expect(schedule.nextRoundMs(false, true)).toBe(2 * LOOKUP_FIRST_MS)
   })
 
-  it('comes back at the first pace while a provide has reached no server, without resetting the backoff', () => {
+  it('comes back sooner while a provide reaches no server, backing that off too, without resetting the lookups', () => {
     const schedule = new RendezvousSchedule()
-    schedule.nextRoundMs(false, false) // 10 s
+    schedule.nextRoundMs(false, false) // lookups: 10 s
     schedule.provided('pool-a', 0, 0)
     expect(schedule.nextRoundMs(false, false)).toBe(LOOKUP_FIRST_MS)
     schedule.provided('pool-a', 2, 5_000)
     expect(schedule.nextRoundMs(false, false)).toBe(40_000)
+  })
+
+  it('lets an agent whose provides reach no server at all wake at most once a minute', () => {
+    const schedule = new RendezvousSchedule()
+    const waits = Array.from({ length: 7 }, () => {
+      schedule.provided('pool-a', 0, 0)
+      return schedule.nextRoundMs(false, false)
+    })
+    expect(waits).toEqual([
+      5_000,
+      10_000,
+      20_000,
+      40_000,
+      LOOKUP_ALONE_MAX_MS,
+      LOOKUP_ALONE_MAX_MS,
+      LOOKUP_ALONE_MAX_MS,
+    ])
+    // Once a provide reaches a server, the next failure (a new pool, a lost DHT) starts over fast.
+    schedule.provided('pool-a', 1, 0)
+    schedule.nextRoundMs(false, false)
+    schedule.provided('pool-b', 0, 0)
+    expect(schedule.nextRoundMs(false, false)).toBe(LOOKUP_FIRST_MS)
   })
 })
