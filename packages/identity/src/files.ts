@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto'
-import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeSync } from 'node:fs'
+import { closeSync, fsyncSync, mkdirSync, openSync, renameSync, rmSync, writeFileSync } from 'node:fs'
 import { link, mkdir, open, rename, rm } from 'node:fs/promises'
 import { dirname, join } from 'node:path'
 import { FileAccessError } from '@meshnet/core'
@@ -54,8 +54,7 @@ export function writeFileAtomicSync(
     mkdirSync(dir, { recursive: true })
     const fd = openSync(tmp, 'wx', options.mode ?? 0o644)
     try {
-      const bytes = typeof data === 'string' ? Buffer.from(data) : data
-      for (let at = 0; at < bytes.length; ) at += writeSync(fd, bytes, at)
+      writeFileSync(fd, data)
       fsyncSync(fd)
     } finally {
       closeSync(fd)
